@@ -1,0 +1,62 @@
+"""Command line: ``python -m pipeline <stage> ...``; each stage is a thin call into pipeline.stages."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="list the dataset and write the train/val/test splits")
+    p.add_argument("--out", default="data/prepared/splits.json")
+
+    p = sub.add_parser("extract", help="run the frozen backbone over every image, cache features to HDF5")
+    p.add_argument("--splits", default="data/prepared/splits.json")
+    p.add_argument("--out", required=True, help="feature file (.h5)")
+    p.add_argument("--no-progress", action="store_true")
+
+    p = sub.add_parser("train", help="fit the head on the cached training features")
+    p.add_argument("--features", required=True)
+    p.add_argument("--splits", default="data/prepared/splits.json")
+    p.add_argument("--out", default="models/head.npz")
+
+    p = sub.add_parser("evaluate", help="metrics and plots of the trained head on val and test")
+    p.add_argument("--features", required=True)
+    p.add_argument("--head", default="models/head.npz")
+    p.add_argument("--out", default="evaluation")
+
+    p = sub.add_parser("download-cifar10", help="download the official CIFAR-10 with torchvision (online)")
+    p.add_argument("--root", default="data/raw")
+
+    args = parser.parse_args(argv)
+
+    from pipeline import stages
+    from pipeline.config import load_params
+    from pipeline.data import download_cifar10
+    from pipeline.errors import PipelineError
+
+    try:
+        if args.command == "download-cifar10":
+            print(f"CIFAR-10 is in {download_cifar10(args.root)}; set data.source to that directory")
+            return 0
+        params = load_params(args.params)
+        if args.command == "prepare":
+            stages.prepare(params, args.out)
+        elif args.command == "extract":
+            stages.extract(params, args.splits, args.out, progress=not args.no_progress)
+        elif args.command == "train":
+            stages.train(params, args.features, args.splits, args.out)
+        elif args.command == "evaluate":
+            stages.evaluate(args.features, args.head, args.out)
+    except (PipelineError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

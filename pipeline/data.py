@@ -1,0 +1,449 @@
+"""Image datasets: where images come from, how they are split, and how they are decoded.
+
+A *source* lists the images of a dataset as ``(key, split, class)`` and streams their raw
+contents in its natural order. Three kinds:
+
+- an image-folder directory ``<root>/<split>/<class>/<image>``;
+- the same tree inside a ``.tar`` / ``.tar.gz`` / ``.tgz`` archive, streamed without unpacking;
+- the official CIFAR-10 python batches (``cifar-10-batches-py``, as torchvision downloads it).
+
+:func:`make_splits` turns a source into the train / val / test :class:`Splits` (written by the
+prepare stage as JSON); :class:`BatchStream` yields decoded, resized, cropped uint8 batches for
+the backbone.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import pickle
+import tarfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from pipeline.errors import BadImageError, DatasetError
+from pipeline.fileutil import sha256_file, sha256_json, write_json
+
+SOURCE_SPLITS = ("train", "test")
+SPLITS = ("train", "val", "test")
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+
+
+def _image_extensions() -> frozenset[str]:
+    from PIL import Image
+
+    return frozenset(ext.lower() for ext in Image.registered_extensions())
+
+
+def _parse_member(name: str, extensions: frozenset[str]) -> tuple[str, str] | None:
+    """``train/cat/1.jpg`` -> (``train``, ``cat``); None for what is not an image of a split."""
+    parts = PurePosixPath(name).parts
+    if len(parts) != 3 or any(p.startswith(".") for p in parts):
+        return None
+    if PurePosixPath(name).suffix.lower() not in extensions:
+        return None
+    return parts[0], parts[1]
+
+
+# -- sources ---------------------------------------------------------------------------------
+class Source:
+    """Base class of image sources: list the images, stream their contents, fingerprint them."""
+
+    location: str
+
+    def entries(self) -> list[tuple[str, str, str]]:
+        """``(key, split, class_name)`` for every image, in the source's streaming order."""
+        raise NotImplementedError
+
+    def stream(self, keys: Sequence[str]) -> Iterator[tuple[str, object]]:
+        """Yield ``(key, bytes or PIL image)`` for ``keys``, which must be in ``entries()`` order."""
+        raise NotImplementedError
+
+    def content_hash(self) -> str:
+        raise NotImplementedError
+
+    def empty_class_dirs(self) -> list[str]:
+        return []
+
+
+class FolderSource(Source):
+    def __init__(self, root: Path):
+        self.root = root
+        self.location = str(root)
+
+    def entries(self) -> list[tuple[str, str, str]]:
+        extensions = _image_extensions()
+        out = []
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            dirnames.sort()
+            rel = Path(dirpath).relative_to(self.root)
+            for name in sorted(filenames):
+                key = (rel / name).as_posix()
+                parsed = _parse_member(key, extensions)
+                if parsed:
+                    out.append((key, *parsed))
+        return out
+
+    def empty_class_dirs(self) -> list[str]:
+        return [
+            f"{split}/{d.name}"
+            for split in SOURCE_SPLITS
+            if (self.root / split).is_dir()
+            for d in sorted((self.root / split).iterdir())
+            if d.is_dir() and not d.name.startswith(".") and not any(d.iterdir())
+        ]
+
+    def stream(self, keys: Sequence[str]) -> Iterator[tuple[str, object]]:
+        for key in keys:
+            try:
+                yield key, (self.root / key).read_bytes()
+            except OSError as err:
+                raise BadImageError(key, self.location, str(err)) from None
+
+    def content_hash(self) -> str:
+        return sha256_json([(key, sha256_file(self.root / key)) for key, _, _ in self.entries()])
+
+
+class TarSource(Source):
+    """An image-folder tree inside a tar archive (optionally under one top-level directory)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.location = str(path)
+        self._prefix: str | None = None
+
+    def _members(self) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo, str]]:
+        try:
+            with tarfile.open(self.path, mode="r|*") as tar:
+                for member in tar:
+                    yield tar, member, member.name.removeprefix("./")
+        except (tarfile.TarError, EOFError, OSError) as err:
+            raise DatasetError(f"cannot read archive {self.path}: {err}") from None
+
+    def _scan(self) -> tuple[list[tuple[str, bool]], str]:
+        names = [(name, m.isfile()) for _, m, name in self._members()]
+        tops = {PurePosixPath(n).parts[0] for n, _ in names if n}
+        prefix = ""
+        if len(tops) == 1 and not tops & set(SOURCE_SPLITS):
+            prefix = tops.pop() + "/"
+        return names, prefix
+
+    def entries(self) -> list[tuple[str, str, str]]:
+        extensions = _image_extensions()
+        names, self._prefix = self._scan()
+        out = []
+        for name, is_file in names:
+            key = name.removeprefix(self._prefix)
+            parsed = _parse_member(key, extensions) if is_file else None
+            if parsed:
+                out.append((key, *parsed))
+        return out
+
+    def empty_class_dirs(self) -> list[str]:
+        names, prefix = self._scan()
+        dirs = {n.removeprefix(prefix).rstrip("/") for n, is_file in names if not is_file}
+        class_dirs = {d for d in dirs if len(PurePosixPath(d).parts) == 2 and d.split("/")[0] in SOURCE_SPLITS}
+        used = {"/".join(PurePosixPath(n.removeprefix(prefix)).parts[:2]) for n, f in names if f}
+        return sorted(class_dirs - used)
+
+    def stream(self, keys: Sequence[str]) -> Iterator[tuple[str, object]]:
+        if self._prefix is None:
+            self._prefix = self._scan()[1]
+        wanted = set(keys)
+        order = iter(keys)
+        expected = next(order, None)
+        for tar, member, name in self._members():
+            if expected is None:
+                return
+            key = name.removeprefix(self._prefix)
+            if key not in wanted:
+                continue
+            if key != expected:
+                raise DatasetError(f"{self.location}: keys not in archive order at {key!r}")
+            f = tar.extractfile(member)
+            if f is None:
+                raise BadImageError(key, self.location, "not a regular file")
+            yield key, f.read()
+            expected = next(order, None)
+        if expected is not None:
+            raise BadImageError(expected, self.location, "missing from the archive")
+
+    def content_hash(self) -> str:
+        return sha256_file(self.path)
+
+
+class Cifar10BatchesSource(Source):
+    """The official CIFAR-10 python batches, as ``torchvision.datasets.CIFAR10`` stores them."""
+
+    FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.location = str(root)
+
+    @staticmethod
+    def matches(path: Path) -> bool:
+        return (path / "batches.meta").is_file() and (path / "test_batch").is_file()
+
+    def _classes(self) -> list[str]:
+        with open(self.root / "batches.meta", "rb") as f:
+            return pickle.load(f, encoding="latin1")["label_names"]
+
+    def _batches(self, split: str) -> Iterator[tuple[np.ndarray, list[int]]]:
+        for name in self.FILES[split]:
+            with open(self.root / name, "rb") as f:
+                batch = pickle.load(f, encoding="latin1")
+            yield batch["data"].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), batch["labels"]
+
+    def entries(self) -> list[tuple[str, str, str]]:
+        classes = self._classes()
+        out = []
+        for split in SOURCE_SPLITS:
+            i = 0
+            for _, labels in self._batches(split):
+                for label in labels:
+                    out.append((f"{split}/{i:05d}", split, classes[label]))
+                    i += 1
+        return out
+
+    def stream(self, keys: Sequence[str]) -> Iterator[tuple[str, object]]:
+        from PIL import Image
+
+        wanted = set(keys)
+        for split in SOURCE_SPLITS:
+            if not any(k.startswith(split + "/") for k in wanted):
+                continue
+            i = 0
+            for images, _ in self._batches(split):
+                for image in images:
+                    key = f"{split}/{i:05d}"
+                    if key in wanted:
+                        yield key, Image.fromarray(image)
+                    i += 1
+
+    def content_hash(self) -> str:
+        names = ["batches.meta", *self.FILES["train"], *self.FILES["test"]]
+        return sha256_json([(n, sha256_file(self.root / n)) for n in names])
+
+
+def open_source(location: str | Path) -> Source:
+    path = Path(location)
+    if not path.exists():
+        raise DatasetError(
+            f"data.source {str(location)!r} does not exist; give an image-folder directory, a "
+            f"{'/'.join(ARCHIVE_SUFFIXES)} archive of one, or a CIFAR-10 'cifar-10-batches-py' "
+            "directory (python -m pipeline download-cifar10 fetches it when online)"
+        )
+    if path.is_dir():
+        return Cifar10BatchesSource(path) if Cifar10BatchesSource.matches(path) else FolderSource(path)
+    if path.name.endswith(ARCHIVE_SUFFIXES):
+        return TarSource(path)
+    raise DatasetError(f"data.source {str(location)!r} is a file but not a {'/'.join(ARCHIVE_SUFFIXES)} archive")
+
+
+def download_cifar10(root: str | Path) -> Path:
+    """Download the official CIFAR-10 with torchvision (needs the internet); returns its directory."""
+    from torchvision.datasets import CIFAR10
+
+    for train in (True, False):
+        CIFAR10(root=str(root), train=train, download=True)
+    return Path(root) / "cifar-10-batches-py"
+
+
+# -- splits ----------------------------------------------------------------------------------
+@dataclass
+class Split:
+    keys: list[str]
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+@dataclass
+class Splits:
+    """The prepared dataset: class names, the three splits, and where the images come from."""
+
+    source: str
+    source_hash: str
+    classes: list[str]
+    splits: dict[str, Split]
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies the exact images, labels and split membership."""
+        return sha256_json(
+            {
+                "source_hash": self.source_hash,
+                "classes": self.classes,
+                "splits": {n: [s.keys, s.labels] for n, s in self.splits.items()},
+            }
+        )
+
+    def save(self, path: str | Path) -> None:
+        write_json(
+            path,
+            {
+                "source": self.source,
+                "source_hash": self.source_hash,
+                "fingerprint": self.fingerprint,
+                "classes": self.classes,
+                "settings": self.settings,
+                "counts": {n: len(s) for n, s in self.splits.items()},
+                "splits": {n: {"keys": s.keys, "labels": s.labels} for n, s in self.splits.items()},
+            },
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> Splits:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"splits file {path} does not exist; run the prepare stage first")
+        raw = json.loads(path.read_text())
+        splits = cls(
+            source=raw["source"],
+            source_hash=raw["source_hash"],
+            classes=raw["classes"],
+            splits={n: Split(s["keys"], s["labels"]) for n, s in raw["splits"].items()},
+            settings=raw.get("settings", {}),
+        )
+        if splits.fingerprint != raw["fingerprint"]:
+            raise DatasetError(f"splits file {path} does not match its recorded fingerprint (edited by hand?)")
+        return splits
+
+
+def _stratified_take(labels: np.ndarray, per_class: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices of a seeded random subset with at most ``per_class`` items of each class."""
+    chosen = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)]
+    return np.sort(np.concatenate(chosen))
+
+
+def make_splits(source: Source, val_fraction: float, subset_per_class: int | None, seed: int) -> Splits:
+    """List a source, check its layout, subset it and carve a stratified validation split."""
+    entries = source.entries()
+    by_split: dict[str, list[tuple[str, str]]] = {s: [] for s in SOURCE_SPLITS}
+    for key, split, cls in entries:
+        if split in by_split:
+            by_split[split].append((key, cls))
+    for split, items in by_split.items():
+        if not items:
+            raise DatasetError(
+                f"{source.location}: split {split!r} has no images; expected <root>/{split}/<class>/<image> "
+                f"for each of {list(SOURCE_SPLITS)}"
+            )
+    empty = source.empty_class_dirs()
+    if empty:
+        raise DatasetError(f"{source.location}: class folders with no images: {empty}")
+    classes = sorted({cls for items in by_split.values() for _, cls in items})
+    if len(classes) < 2:
+        raise DatasetError(f"{source.location}: found one class ({classes}); a classifier needs at least two")
+    train_classes = {cls for _, cls in by_split["train"]}
+    if missing := sorted(set(classes) - train_classes):
+        raise DatasetError(f"{source.location}: classes with test images but no training images: {missing}")
+
+    index = {c: i for i, c in enumerate(classes)}
+    rng = np.random.default_rng(seed)
+    arrays = {
+        s: (np.array([k for k, _ in items]), np.array([index[c] for _, c in items], dtype=np.int64))
+        for s, items in by_split.items()
+    }
+    if subset_per_class is not None:
+        for s, (keys, labels) in arrays.items():
+            take = _stratified_take(labels, subset_per_class, rng)
+            arrays[s] = keys[take], labels[take]
+
+    keys, labels = arrays["train"]
+    counts = Counter(labels.tolist())
+    val_mask = np.zeros(len(keys), bool)
+    if val_fraction > 0:
+        for c in range(len(classes)):
+            idx = rng.permutation(np.flatnonzero(labels == c))
+            n_val = min(max(1, round(val_fraction * counts[c])), counts[c] - 1) if counts[c] > 1 else 0
+            val_mask[idx[:n_val]] = True
+    parts = {
+        "train": (keys[~val_mask], labels[~val_mask]),
+        "val": (keys[val_mask], labels[val_mask]),
+        "test": arrays["test"],
+    }
+    return Splits(
+        source=source.location,
+        source_hash=source.content_hash(),
+        classes=classes,
+        splits={s: Split(k.tolist(), lab.tolist()) for s, (k, lab) in parts.items()},
+        settings={"val_fraction": val_fraction, "subset_per_class": subset_per_class, "seed": seed},
+    )
+
+
+# -- decoding --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ImageGeometry:
+    """How an image becomes a fixed-size uint8 tensor: resize the short side, then centre-crop."""
+
+    resize_size: int
+    crop_size: int
+    interpolation: str = "bilinear"
+
+
+def decode_image(raw: object, geometry: ImageGeometry):
+    """Bytes (any format PIL reads) or a PIL image -> uint8 tensor (3, crop, crop), RGB."""
+    from PIL import Image
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    image = raw if isinstance(raw, Image.Image) else Image.open(io.BytesIO(raw))
+    image = image.convert("RGB")
+    image = TF.resize(image, geometry.resize_size, interpolation=InterpolationMode(geometry.interpolation))
+    image = TF.center_crop(image, geometry.crop_size)
+    return TF.pil_to_tensor(image)
+
+
+class BatchStream:
+    """Iterable of ``(batch_index, uint8 images (B, 3, H, W), valid mask (B,))`` for one split.
+
+    Batch ``b`` holds images ``[b * batch_size, (b + 1) * batch_size)`` of ``keys``; only the
+    batches in ``batches`` are produced, in that order. As a torch ``IterableDataset`` with
+    ``W`` workers, worker ``w`` produces every ``W``-th batch, so the DataLoader's round-robin
+    returns them in order. With ``skip_bad`` an unreadable image gives a zero image and a False
+    in the mask instead of an error.
+    """
+
+    def __init__(self, source: Source, keys: Sequence[str], batch_size: int, batches: Sequence[int],
+                 geometry: ImageGeometry, skip_bad: bool = False):
+        self.source, self.keys, self.batch_size = source, list(keys), batch_size
+        self.batches, self.geometry, self.skip_bad = list(batches), geometry, skip_bad
+
+    def n_batches(self) -> int:
+        return math.ceil(len(self.keys) / self.batch_size)
+
+    def __iter__(self):
+        import torch
+
+        info = torch.utils.data.get_worker_info()
+        mine = self.batches if info is None else self.batches[info.id :: info.num_workers]
+        if not mine:
+            return
+        wanted = [k for b in mine for k in self.keys[b * self.batch_size : (b + 1) * self.batch_size]]
+        stream = self.source.stream(wanted)
+        size = self.geometry.crop_size
+        for b in mine:
+            keys = self.keys[b * self.batch_size : (b + 1) * self.batch_size]
+            images = torch.zeros((len(keys), 3, size, size), dtype=torch.uint8)
+            valid = torch.ones(len(keys), dtype=torch.bool)
+            for i, expected in enumerate(keys):
+                key, raw = next(stream)
+                assert key == expected, (key, expected)
+                try:
+                    images[i] = decode_image(raw, self.geometry)
+                except Exception as err:  # PIL raises many types for corrupt data
+                    if not self.skip_bad:
+                        raise BadImageError(key, self.source.location, f"{type(err).__name__}: {err}") from None
+                    valid[i] = False
+            yield b, images, valid
+

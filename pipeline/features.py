@@ -1,0 +1,220 @@
+"""The feature store: cached f(x) in HDF5, the one thing the backbone and head sides share.
+
+Layout of a feature file::
+
+    /<split>/features   (N, D) float32 or float16, chunked by rows
+    /<split>/labels     (N,) int64
+    /<split>/ids        (N,) str, the image keys
+    /<split>/skipped    (M,) str, images that could not be read (when skipping is allowed)
+    attributes          what made the features (see FeatureSpec), checked before reuse
+
+Extraction writes chunk files into ``.<name>.partial/`` beside the output as it goes (each one
+atomically), so a killed run resumes from the last complete chunk; the HDF5 file is assembled from
+the chunks into a temporary file and renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from pipeline import __version__
+from pipeline.errors import FeatureStoreError
+from pipeline.fileutil import atomic_path, write_json
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Everything that determines the features; stored as the file's attributes."""
+
+    backbone: str
+    weights: str
+    """As requested in params ("DEFAULT", a path, "none")."""
+    weights_id: str
+    """What was loaded: a torchvision weights enum member, or the checkpoint's sha256."""
+    input_size: int
+    preprocessing: str
+    """JSON: resize_size, crop_size, interpolation, mean, std."""
+    dataset_fingerprint: str
+    split_seed: int
+    val_fraction: float
+    subset_per_class: int
+    """-1 for all images."""
+    storage_dtype: str
+    classes: tuple[str, ...]
+    feature_dim: int
+    format_version: int = FORMAT_VERSION
+    package_version: str = __version__
+
+    def attrs(self) -> dict:
+        d = asdict(self)
+        d["classes"] = json.dumps(list(self.classes))
+        return d
+
+    @classmethod
+    def from_attrs(cls, attrs) -> FeatureSpec:
+        d = {k: attrs[k] for k in cls.__dataclass_fields__}
+        d = {k: v.item() if isinstance(v, np.generic) else v for k, v in d.items()}
+        d["classes"] = tuple(json.loads(d["classes"]))
+        return cls(**d)
+
+    def differences(self, expected: dict) -> list[str]:
+        """Human-readable differences between this spec and ``expected`` (a subset of fields)."""
+        mine = asdict(self)
+        return [
+            f"{k}: the file has {mine[k]!r}, the current settings want {v!r}"
+            for k, v in expected.items()
+            if mine[k] != v
+        ]
+
+
+# -- writing ------------------------------------------------------------------------------
+class PartialFeatures:
+    """The chunk files of an extraction in progress, keyed by (split, chunk index)."""
+
+    def __init__(self, out_path: str | Path, spec: FeatureSpec, chunk_rows: int):
+        self.out_path = Path(out_path)
+        self.dir = self.out_path.parent / f".{self.out_path.name}.partial"
+        self.chunk_rows = chunk_rows
+        meta = {"spec": spec.attrs(), "chunk_rows": chunk_rows}
+        meta_path = self.dir / "meta.json"
+        if meta_path.exists() and json.loads(meta_path.read_text()) != meta:
+            print(f"discarding partial extraction in {self.dir}: it was made with other settings")
+            shutil.rmtree(self.dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if not meta_path.exists():
+            write_json(meta_path, meta)
+
+    def _chunk_path(self, split: str, index: int) -> Path:
+        return self.dir / f"{split}-{index:06d}.npz"
+
+    def done(self, split: str) -> set[int]:
+        return {int(p.stem.rsplit("-", 1)[1]) for p in self.dir.glob(f"{split}-*.npz")}
+
+    def write_chunk(self, split: str, index: int, features: np.ndarray, valid: np.ndarray) -> None:
+        with atomic_path(self._chunk_path(split, index)) as tmp, open(tmp, "wb") as f:
+            np.savez(f, features=features, valid=valid)
+
+    def read_chunk(self, split: str, index: int) -> tuple[np.ndarray, np.ndarray]:
+        with np.load(self._chunk_path(split, index), allow_pickle=False) as npz:
+            return npz["features"], npz["valid"]
+
+    def assemble(self, spec: FeatureSpec, splits: dict[str, tuple[list[str], list[int]]]) -> Path:
+        """Write the final HDF5 file from the chunks (streaming, one chunk in memory at a time)."""
+        import h5py
+
+        with atomic_path(self.out_path) as tmp:
+            with h5py.File(tmp, "w") as h5:
+                h5.attrs.update(spec.attrs())
+                for split, (keys, labels) in splits.items():
+                    n_chunks = -(-len(keys) // self.chunk_rows)
+                    valid = np.concatenate(
+                        [self.read_chunk(split, i)[1] for i in range(n_chunks)] or [np.zeros(0, bool)]
+                    )
+                    if len(valid) != len(keys):
+                        raise FeatureStoreError(f"{self.dir}: chunks of {split} hold {len(valid)} rows, expected {len(keys)}")
+                    keep = np.flatnonzero(valid)
+                    group = h5.create_group(split)
+                    dset = group.create_dataset(
+                        "features", shape=(len(keep), spec.feature_dim), dtype=spec.storage_dtype,
+                        chunks=(max(1, min(len(keep), 1024)), spec.feature_dim) if len(keep) else None,
+                    )
+                    row = 0
+                    for i in range(n_chunks):
+                        feats, ok = self.read_chunk(split, i)
+                        dset[row : row + ok.sum()] = feats[ok]
+                        row += int(ok.sum())
+                    group.create_dataset("labels", data=np.asarray(labels, np.int64)[keep])
+                    group.create_dataset("ids", data=np.asarray(keys, dtype=object)[keep], dtype=h5py.string_dtype())
+                    skipped = [keys[i] for i in np.flatnonzero(~valid)]
+                    group.create_dataset("skipped", data=np.asarray(skipped, dtype=object), dtype=h5py.string_dtype())
+                    if skipped:
+                        print(f"{split}: skipped {len(skipped)} unreadable images: {skipped[:10]}{' ...' if len(skipped) > 10 else ''}")
+        shutil.rmtree(self.dir)
+        return self.out_path
+
+
+# -- reading ------------------------------------------------------------------------------
+class FeatureStore:
+    """Read access to a feature file, with its spec; use as a context manager."""
+
+    def __init__(self, path: str | Path):
+        import h5py
+
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FeatureStoreError(f"feature file {self.path} does not exist; run the extract stage first")
+        try:
+            self._h5 = h5py.File(self.path, "r")
+            self.spec = FeatureSpec.from_attrs(self._h5.attrs)
+        except (OSError, KeyError, ValueError, TypeError) as err:
+            raise FeatureStoreError(
+                f"feature file {self.path} is truncated, corrupt or of another format ({err}); "
+                "delete it and run the extract stage again"
+            ) from None
+
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._h5.close()
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self._h5.keys())
+
+    def check(self, expected: dict) -> None:
+        """Refuse a file whose spec differs from ``expected`` (FeatureSpec field -> value)."""
+        diffs = self.spec.differences(expected)
+        if diffs:
+            raise FeatureStoreError(
+                f"feature file {self.path} was made with other settings than the current ones:\n  "
+                + "\n  ".join(diffs)
+                + "\nre-run the extract stage (dvc repro) to recompute it"
+            )
+
+    def _group(self, split: str):
+        if split not in self._h5:
+            raise FeatureStoreError(f"feature file {self.path} has no split {split!r}; it has {self.splits}")
+        return self._h5[split]
+
+    def __len__(self) -> int:
+        return sum(len(self._group(s)["labels"]) for s in self.splits)
+
+    def n_rows(self, split: str) -> int:
+        return len(self._group(split)["labels"])
+
+    def ids(self, split: str) -> list[str]:
+        return [s.decode() if isinstance(s, bytes) else s for s in self._group(split)["ids"][:]]
+
+    def iter_chunks(self, split: str, rows: int = 8192) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield (features float32, labels) in row blocks, checked for NaN/inf and label range."""
+        group = self._group(split)
+        feats, labels = group["features"], group["labels"]
+        n_classes = len(self.spec.classes)
+        for start in range(0, len(labels), rows):
+            X = np.asarray(feats[start : start + rows], dtype=np.float32)
+            y = labels[start : start + rows].astype(np.int64)
+            if not np.isfinite(X).all():
+                bad = start + int(np.flatnonzero(~np.isfinite(X).all(axis=1))[0])
+                raise FeatureStoreError(f"{self.path}: {split} features hold NaN or inf (first at row {bad})")
+            if len(y) and (y.min() < 0 or y.max() >= n_classes):
+                raise FeatureStoreError(f"{self.path}: {split} labels outside 0..{n_classes - 1}")
+            yield X, y
+
+    def load(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """The whole split in memory as (features float32 (N, D), labels int64 (N,))."""
+        chunks = list(self.iter_chunks(split))
+        if not chunks:
+            return np.zeros((0, self.spec.feature_dim), np.float32), np.zeros(0, np.int64)
+        return np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])
