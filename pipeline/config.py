@@ -33,7 +33,8 @@ class BackboneParams(_Section):
     input_size: int = Field(224, ge=32, le=1024)
     batch_size: int = Field(64, gt=0)
     storage_dtype: Literal["float32", "float16"] = "float32"
-    num_workers: int = Field(1, ge=0)
+    num_workers: int | None = Field(None, ge=0)
+    """Image-decoding processes; None: 0 on the CPU (measured fastest on 2 cores), 8 on CUDA."""
     on_bad_image: Literal["error", "skip"] = "error"
 
 

@@ -153,15 +153,20 @@ class TarSource(Source):
         return sorted(class_dirs - used)
 
     def stream(self, keys: Sequence[str]) -> Iterator[tuple[str, object]]:
-        if self._prefix is None:
-            self._prefix = self._scan()[1]
+        """One pass over the archive; the top-level prefix is learnt from the first match."""
         wanted = set(keys)
         order = iter(keys)
         expected = next(order, None)
+        prefix = self._prefix
         for tar, member, name in self._members():
             if expected is None:
                 return
-            key = name.removeprefix(self._prefix)
+            if prefix is None:
+                head = name[: len(name) - len(expected)]
+                if not name.endswith(expected) or (head and not head.endswith("/")):
+                    continue
+                prefix = head
+            key = name.removeprefix(prefix)
             if key not in wanted:
                 continue
             if key != expected:

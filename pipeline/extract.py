@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +77,7 @@ def extract_features(
     out_path: str | Path,
     *,
     batch_size: int = 64,
-    num_workers: int = 1,
+    num_workers: int | None = None,
     skip_bad: bool = False,
     device: torch.device | None = None,
     chunk_rows: int | None = None,
@@ -84,6 +85,8 @@ def extract_features(
 ) -> Path:
     """Compute and cache features for every split of ``splits``; resumes a partial run."""
     device = device or default_device()
+    if num_workers is None:
+        num_workers = min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
     chunk_batches = max(1, (chunk_rows or 1024) // batch_size)
     partial = PartialFeatures(out_path, spec, chunk_rows=chunk_batches * batch_size)
     model = backbone.to(device).to(memory_format=torch.channels_last)

@@ -1,0 +1,76 @@
+"""Extraction throughput against the bare backbone's forward pass, in one run.
+
+    python benchmarks/extract_speed.py [--backbone efficientnet_lite0] [--images 2000] [--workers 0 1 2]
+
+(a) the backbone alone on random uint8 batches already in memory (same batch size, input size,
+    dtype, memory format and allocator settings as the pipeline);
+(b) the whole extraction (read the archive, decode, resize, normalise, forward, write HDF5) on
+    real images of the default dataset, for each number of decoding workers.
+Prints images/s for both and the ratio (b)/(a).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from pipeline.backbones import load_backbone
+from pipeline.data import make_splits, open_source
+from pipeline.extract import default_device, extract_features, feature_spec, tune_allocator
+
+
+def bare_forward(backbone, batch_size: int, batches: int, device) -> float:
+    size = backbone.preprocessing.geometry.crop_size
+    images = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8, device=device)
+    model = backbone.to(device).to(memory_format=torch.channels_last)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        model(images)  # warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(batches):
+            model(images).float().cpu()
+        elapsed = time.perf_counter() - start
+    return batches * batch_size / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--weights", default="DEFAULT")
+    parser.add_argument("--input-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--images", type=int, default=2000, help="real images in (b), taken from the test split")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1])
+    parser.add_argument("--source", default="data/cifar10-jpeg.tar.gz")
+    args = parser.parse_args()
+
+    tune_allocator()
+    device = default_device()
+    weights = None if args.weights.lower() == "none" else args.weights
+    backbone = load_backbone(args.backbone, weights, args.input_size)
+    source = open_source(args.source)
+    splits = make_splits(source, 0.0, max(1, args.images // 10), seed=0)
+    splits.splits = {"test": splits.splits["test"]}
+    n = len(splits.splits["test"])
+    spec = feature_spec(splits, backbone, weights, args.input_size, "float32")
+    print(f"device {device}, {torch.get_num_threads()} torch threads, backbone {args.backbone} at {args.input_size} px, "
+          f"batch {args.batch_size}")
+
+    bare = bare_forward(backbone, args.batch_size, max(3, n // args.batch_size), device)
+    print(f"(a) bare forward:           {bare:8.1f} images/s")
+    for workers in args.workers:
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            extract_features(splits, source, backbone, spec, Path(tmp) / "f.h5", batch_size=args.batch_size,
+                             num_workers=workers, device=device, progress=False)
+            rate = n / (time.perf_counter() - start)
+        print(f"(b) extract, {workers} worker(s): {rate:8.1f} images/s on {n} real images; (b)/(a) = {rate / bare:.2f}")
+
+
+if __name__ == "__main__":
+    main()
