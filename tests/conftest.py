@@ -1,0 +1,45 @@
+"""Shared fixtures: small but real image datasets taken from the shipped CIFAR-10 archive."""
+
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+CIFAR_ARCHIVE = ROOT / "data" / "cifar10-jpeg.tar.gz"
+
+
+def write_cifar_folder(dest: Path, classes: list[str], per_class: dict[str, int]) -> Path:
+    """Copy the first ``per_class[split]`` CIFAR-10 JPEGs of each class into an image folder."""
+    counts: dict[tuple[str, str], int] = {}
+    with tarfile.open(CIFAR_ARCHIVE, "r|gz") as tar:
+        for member in tar:
+            parts = member.name.split("/")
+            if len(parts) != 3 or not member.isfile():
+                continue
+            split, cls, name = parts
+            if cls not in classes or counts.get((split, cls), 0) >= per_class.get(split, 0):
+                continue
+            counts[(split, cls)] = counts.get((split, cls), 0) + 1
+            out = dest / split / cls / name
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_bytes(tar.extractfile(member).read())
+    return dest
+
+
+@pytest.fixture(scope="session")
+def cifar_folder(tmp_path_factory) -> Path:
+    """3 classes of real CIFAR-10 images: 8 train and 4 test images each."""
+    return write_cifar_folder(
+        tmp_path_factory.mktemp("cifar") / "images", ["airplane", "cat", "ship"], {"train": 8, "test": 4}
+    )
+
+
+def write_image(path: Path, rng: np.random.Generator, size=(20, 16), mode="RGB", fmt=None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
+    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode=mode).save(path, format=fmt)
