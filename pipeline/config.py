@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ConfigError
 from pipeline.heads import HEADS
@@ -44,14 +44,18 @@ class HeadParams(_Section):
     model_config = ConfigDict(extra="allow", strict=True, frozen=True)
     kind: str = "logistic"
 
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        if kind not in HEADS:
+            raise ValueError(f"{kind!r} is not a known head; valid choices: {sorted(HEADS)}")
+        return kind
+
     @model_validator(mode="after")
-    def _check_kinds(self) -> HeadParams:
-        valid = sorted(HEADS)
-        if self.kind not in HEADS:
-            raise ValueError(f"kind {self.kind!r} is not a known head; valid choices: {valid}")
+    def _known_sections(self) -> HeadParams:
         for name in self.model_extra or {}:
             if name not in HEADS:
-                raise ValueError(f"unknown key {name!r}; valid keys: ['kind'] + {valid}")
+                raise ValueError(f"unknown key head.{name}; valid keys: kind, {', '.join(sorted(HEADS))}")
         return self
 
     def params_of(self, kind: str | None = None) -> BaseModel:
@@ -75,8 +79,8 @@ def _format(err: ValidationError, prefix: str) -> str:
     lines = []
     for e in err.errors():
         key = ".".join([prefix, *map(str, e["loc"])]).strip(".")
-        value = "" if e["type"] == "missing" else f" (got {e.get('input')!r})"
-        lines.append(f"params: {key}: {e['msg']}{value}")
+        value = "" if e["type"] in ("missing", "value_error") else f" (got {e.get('input')!r})"
+        lines.append(f"params: {key}: {e['msg'].removeprefix('Value error, ')}{value}")
     return "\n".join(lines)
 
 

@@ -12,6 +12,7 @@ import ctypes
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ def tune_allocator() -> None:
         return  # not glibc
     M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
     libc.mallopt(M_MMAP_MAX, 0)
-    libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
+    libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1)
 
 
 def default_device() -> torch.device:
@@ -111,6 +112,7 @@ def extract_features(
         pending: dict[int, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
         n_batches = math.ceil(len(splits.splits[name]) / batch_size)
         expected = iter(batches)
+        split_start, split_images = time.perf_counter(), 0
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             for b, images, valid in loader:
                 if b != next(expected):
@@ -124,5 +126,8 @@ def extract_features(
                     parts = [group[k] for k in sorted(group)]
                     partial.write_chunk(name, chunk, np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
                 bar.update(len(images))
+                split_images += len(images)
+        rate = split_images / (time.perf_counter() - split_start)
+        bar.write(f"{name}: {split_images} images at {rate:.1f} images/s")
     bar.close()
     return partial.assemble(spec, {n: (s.keys, s.labels) for n, s in splits.splits.items()})

@@ -1,0 +1,134 @@
+import h5py
+import numpy as np
+import pytest
+
+from pipeline.backbones import load_backbone
+from pipeline.data import make_splits, open_source
+from pipeline.errors import FeatureStoreError
+from pipeline.extract import extract_features, feature_spec
+from pipeline.features import FeatureStore, PartialFeatures
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return load_backbone("resnet18", None, 32, seed=0)
+
+
+@pytest.fixture(scope="module")
+def splits(cifar_folder):
+    return make_splits(open_source(cifar_folder), 0.25, None, seed=0)
+
+
+def run(splits, backbone, out, dtype="float32", **kwargs):
+    spec = feature_spec(splits, backbone, None, 32, dtype)
+    return extract_features(splits, open_source(splits.source), backbone, spec, out, batch_size=4,
+                            num_workers=0, progress=False, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def feature_file(splits, backbone, tmp_path_factory):
+    return run(splits, backbone, tmp_path_factory.mktemp("features") / "f.h5", chunk_rows=8)
+
+
+def test_layout_and_attributes(feature_file, splits):
+    with h5py.File(feature_file) as h5:
+        assert set(h5) == {"train", "val", "test"}
+        for name, split in splits.splits.items():
+            assert h5[name]["features"].shape == (len(split), 512)
+            assert h5[name]["features"].dtype == np.float32
+            assert h5[name]["labels"][:].tolist() == split.labels
+            assert [s.decode() for s in h5[name]["ids"][:]] == split.keys
+        attrs = dict(h5.attrs)
+    assert attrs["backbone"] == "resnet18" and attrs["weights"] == "none"
+    assert attrs["dataset_fingerprint"] == splits.fingerprint
+    assert attrs["input_size"] == 32 and attrs["feature_dim"] == 512
+    assert "mean" in attrs["preprocessing"]
+    # nothing half-written left beside it
+    assert [p.name for p in feature_file.parent.iterdir()] == ["f.h5"]
+
+
+def test_features_match_the_backbone_run_directly(feature_file, splits, backbone):
+    import torch
+
+    from pipeline.data import decode_image
+
+    keys = splits.splits["test"].keys[:3]
+    images = torch.stack([decode_image(raw, backbone.preprocessing.geometry) for _, raw in open_source(splits.source).stream(keys)])
+    with torch.inference_mode():
+        direct = backbone(images).numpy()
+    with FeatureStore(feature_file) as store:
+        cached, _ = store.load("test")
+    np.testing.assert_allclose(cached[:3], direct, rtol=1e-4, atol=1e-5)
+
+
+def test_float16_storage(splits, backbone, feature_file, tmp_path):
+    out = run(splits, backbone, tmp_path / "f16.h5", dtype="float16")
+    with FeatureStore(out) as half, FeatureStore(feature_file) as full:
+        assert half._h5["train"]["features"].dtype == np.float16
+        X16, _ = half.load("train")
+        X32, _ = full.load("train")
+    assert X16.dtype == np.float32  # read back as float32
+    np.testing.assert_allclose(X16, X32, rtol=1e-2, atol=1e-2)
+
+
+def test_interrupted_extraction_resumes_bit_for_bit(splits, backbone, feature_file, tmp_path, monkeypatch):
+    out = tmp_path / "f.h5"
+    original = PartialFeatures.write_chunk
+    written = []
+
+    def crash_after_two(self, split, index, features, valid):
+        if len(written) == 2:
+            raise KeyboardInterrupt("simulated interruption")
+        written.append((split, index))
+        original(self, split, index, features, valid)
+
+    monkeypatch.setattr(PartialFeatures, "write_chunk", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        run(splits, backbone, out, chunk_rows=8)
+    assert not out.exists()
+    monkeypatch.setattr(PartialFeatures, "write_chunk", original)
+
+    resumed = []
+    monkeypatch.setattr(PartialFeatures, "write_chunk", lambda self, s, i, f, v: (resumed.append((s, i)), original(self, s, i, f, v)))
+    run(splits, backbone, out, chunk_rows=8)
+    assert not set(resumed) & set(written)  # committed chunks were not recomputed
+    with FeatureStore(out) as a, FeatureStore(feature_file) as b:
+        for split in ("train", "val", "test"):
+            assert np.array_equal(a.load(split)[0], b.load(split)[0])
+
+
+def test_partial_run_with_other_settings_is_discarded(splits, backbone, tmp_path):
+    out = tmp_path / "f.h5"
+    other = feature_spec(splits, backbone, "other", 32, "float32")
+    partial = PartialFeatures(out, other, chunk_rows=8)
+    partial.write_chunk("train", 0, np.full((8, 512), 7.0, np.float32), np.ones(8, bool))
+    run(splits, backbone, out, chunk_rows=8)
+    with FeatureStore(out) as store:
+        assert not (store.load("train")[0][:8] == 7.0).all()
+
+
+def test_truncated_file_is_refused(feature_file, tmp_path):
+    broken = tmp_path / "broken.h5"
+    broken.write_bytes(feature_file.read_bytes()[: feature_file.stat().st_size // 2])
+    with pytest.raises(FeatureStoreError, match="truncated"):
+        FeatureStore(broken)
+
+
+def test_mismatched_settings_are_refused_with_the_difference(feature_file):
+    with FeatureStore(feature_file) as store:
+        store.check({"backbone": "resnet18", "input_size": 32})
+        with pytest.raises(FeatureStoreError, match="input_size: the file has 32, the current settings want 224"):
+            store.check({"backbone": "resnet18", "input_size": 224})
+
+
+def test_nan_and_out_of_range_labels_are_caught(feature_file, tmp_path):
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(feature_file.read_bytes())
+    with h5py.File(bad, "r+") as h5:
+        h5["train"]["features"][3, 5] = np.nan
+        h5["test"]["labels"][0] = 99
+    with FeatureStore(bad) as store:
+        with pytest.raises(FeatureStoreError, match="NaN or inf.*row 3"):
+            store.load("train")
+        with pytest.raises(FeatureStoreError, match="labels outside 0..2"):
+            store.load("test")

@@ -1,0 +1,97 @@
+import numpy as np
+import pytest
+
+from pipeline.config import parse_params
+from pipeline.errors import ConfigError
+from pipeline.heads import HEADS, load_head
+
+
+def blobs(n_per_class=60, dim=16, n_classes=4, seed=0, spread=1.0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 3, (n_classes, dim))
+    X = np.concatenate([c + spread * rng.normal(size=(n_per_class, dim)) for c in centres]).astype(np.float32)
+    y = np.repeat(np.arange(n_classes), n_per_class)
+    return X * 5 + 10, y  # offset and scale, so normalisation matters
+
+
+@pytest.mark.parametrize("kind", sorted(HEADS))
+def test_each_head_fits_predicts_saves_and_loads(kind, tmp_path):
+    X, y = blobs()
+    Xt, yt = blobs(seed=0, n_per_class=30)  # same centres, new noise
+    head = HEADS[kind](seed=0).fit(X, y)
+    assert (head.predict(Xt) == yt).mean() > 0.9
+    proba = head.predict_proba(Xt)
+    np.testing.assert_allclose(proba.sum(axis=1), 1, rtol=1e-5)
+    head.save(tmp_path / "head.npz", metadata={"note": "x"})
+    loaded, meta = load_head(tmp_path / "head.npz")
+    assert meta == {"note": "x"} and loaded.kind == kind and loaded.params == head.params
+    np.testing.assert_array_equal(loaded.decision_function(Xt), head.decision_function(Xt))
+
+
+def test_logistic_head_is_scikit_learn_logistic_regression():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = blobs(spread=3.0)
+    head = HEADS["logistic"](HEADS["logistic"].Params(C=0.1)).fit(X, y)
+    scaler = StandardScaler().fit(X)
+    reference = LogisticRegression(C=0.1, max_iter=1000).fit(scaler.transform(X), y)
+    np.testing.assert_allclose(head.predict_proba(X), reference.predict_proba(scaler.transform(X)), atol=1e-4)
+
+
+def test_linear_head_minimises_the_same_objective_as_logistic_regression():
+    """mean CE + wd/2 ||W||^2 equals scikit-learn's objective with C = 1 / (N * wd), up to a factor."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = blobs(spread=3.0)
+    wd = 1e-2
+    head = HEADS["linear"](HEADS["linear"].Params(weight_decay=wd, max_iter=500)).fit(X, y)
+    Xs = StandardScaler().fit_transform(X)
+    reference = LogisticRegression(C=1 / (len(y) * wd), max_iter=5000, tol=1e-10).fit(Xs, y)
+    np.testing.assert_allclose(head.predict_proba(X), reference.predict_proba(Xs), atol=2e-3)
+
+
+def test_ridge_head_is_least_squares_on_one_hot_targets():
+    from sklearn.linear_model import Ridge
+
+    X, y = blobs(spread=3.0)
+    head = HEADS["ridge"](HEADS["ridge"].Params(alpha=5.0, normalize="none")).fit(X, y)
+    reference = Ridge(alpha=5.0).fit(X.astype(np.float64), np.eye(4)[y])
+    np.testing.assert_allclose(head.decision_function(X), reference.predict(X), atol=1e-3)
+
+
+def test_heads_are_reproducible_from_the_seed():
+    X, y = blobs(spread=3.0)
+    for kind in HEADS:
+        a = HEADS[kind](seed=3).fit(X, y).decision_function(X)
+        b = HEADS[kind](seed=3).fit(X, y).decision_function(X)
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"head": {"kind": "svm"}}, r"head.kind.*'svm' is not a known head; valid choices: \['linear', 'logistic', 'ridge'\]"),
+        ({"head": {"logistic": {"C": -1.0}}}, r"head.logistic.C: Input should be greater than 0 \(got -1.0\)"),
+        ({"head": {"logistic": {"C": "big"}}}, r"head.logistic.C: Input should be a valid number"),
+        ({"head": {"ridge": {"alpah": 1.0}}}, r"head.ridge.alpah: Extra inputs are not permitted"),
+        ({"head": {"linear": {"normalize": "zscore"}}}, r"head.linear.normalize: Input should be 'none', 'standardize' or 'l2'"),
+        ({"backbone": {"input_size": "224"}}, r"backbone.input_size: Input should be a valid integer"),
+        ({"backbone": {"storage_dtype": "int8"}}, r"backbone.storage_dtype: Input should be 'float32' or 'float16'"),
+        ({"data": {"val_fraction": 1.5}}, r"data.val_fraction: Input should be less than 1"),
+        ({"dataa": {}}, r"dataa: Extra inputs are not permitted"),
+    ],
+)
+def test_bad_params_name_the_key_and_the_valid_values(raw, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_params(raw)
+
+
+def test_shipped_params_are_valid():
+    from pipeline.config import load_params
+    from tests.conftest import ROOT
+
+    params = load_params(ROOT / "params.yaml")
+    assert params.backbone.name == "efficientnet_lite0"
+    assert params.head.params_of().model_dump()["normalize"] == "standardize"
