@@ -36,6 +36,8 @@ class BackboneParams(_Section):
     num_workers: int | None = Field(None, ge=0)
     """Image-decoding processes; None: 0 on the CPU (measured fastest on 2 cores), 8 on CUDA."""
     on_bad_image: Literal["error", "skip"] = "error"
+    chunk_rows: int = Field(1024, gt=0)
+    """Rows committed to disk at a time; an interrupted extraction resumes from the last chunk."""
 
 
 class HeadParams(_Section):

@@ -81,14 +81,14 @@ def extract_features(
     num_workers: int | None = None,
     skip_bad: bool = False,
     device: torch.device | None = None,
-    chunk_rows: int | None = None,
+    chunk_rows: int = 1024,
     progress: bool = True,
 ) -> Path:
     """Compute and cache features for every split of ``splits``; resumes a partial run."""
     device = device or default_device()
     if num_workers is None:
         num_workers = min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
-    chunk_batches = max(1, (chunk_rows or 1024) // batch_size)
+    chunk_batches = max(1, chunk_rows // batch_size)
     partial = PartialFeatures(out_path, spec, chunk_rows=chunk_batches * batch_size)
     model = backbone.to(device).to(memory_format=torch.channels_last)
     plan = {}

@@ -6,7 +6,6 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -20,14 +19,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    # A fixed name: a run killed with SIGKILL leaves at most one stale temporary, which the next
+    # run overwrites.
+    tmp_path = path.parent / f".{path.name}.tmp"
+    tmp_path.unlink(missing_ok=True)
     try:
         yield tmp_path
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp creates 0600
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)

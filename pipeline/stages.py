@@ -42,7 +42,8 @@ def extract(params: Params, splits_path: str | Path, features_path: str | Path, 
     start = time.perf_counter()
     out = extract_features(
         splits, open_source(splits.source), backbone, spec, features_path,
-        batch_size=b.batch_size, num_workers=b.num_workers, skip_bad=b.on_bad_image == "skip", progress=progress,
+        batch_size=b.batch_size, num_workers=b.num_workers, skip_bad=b.on_bad_image == "skip",
+        chunk_rows=b.chunk_rows, progress=progress,
     )
     n = sum(len(s) for s in splits.splits.values())
     print(f"extracted {n} images with {b.name} in {time.perf_counter() - start:.1f} s -> {out}")

@@ -132,3 +132,93 @@ def test_nan_and_out_of_range_labels_are_caught(feature_file, tmp_path):
             store.load("train")
         with pytest.raises(FeatureStoreError, match="labels outside 0..2"):
             store.load("test")
+
+
+def test_unreadable_image_is_skipped_and_reported(cifar_folder, backbone, tmp_path):
+    import shutil
+
+    root = tmp_path / "images"
+    shutil.copytree(cifar_folder, root)
+    (root / "test" / "ship" / "0002.jpg").write_bytes(b"\x89PNG broken")
+    splits = make_splits(open_source(root), 0.25, None, seed=0)
+    with pytest.raises(Exception, match="test/ship/0002.jpg"):
+        run(splits, backbone, tmp_path / "strict.h5")
+    out = run(splits, backbone, tmp_path / "f.h5", skip_bad=True)
+    with FeatureStore(out) as store:
+        assert "test/ship/0002.jpg" not in store.ids("test")
+        assert store.n_rows("test") == len(splits.splits["test"]) - 1
+        assert [s.decode() for s in store._h5["test"]["skipped"][:]] == ["test/ship/0002.jpg"]
+
+
+def test_same_params_same_features_and_metrics(tmp_path):
+    """Two independent runs of every stage agree exactly."""
+    import json
+
+    from pipeline import stages
+    from pipeline.config import parse_params
+    from tests.conftest import CIFAR_ARCHIVE
+
+    params = parse_params({
+        "data": {"source": str(CIFAR_ARCHIVE), "subset_per_class": 4},
+        "backbone": {"name": "resnet18", "weights": None, "input_size": 32, "batch_size": 16},
+    })
+    outputs = []
+    for run_dir in (tmp_path / "a", tmp_path / "b"):
+        stages.prepare(params, run_dir / "splits.json")
+        stages.extract(params, run_dir / "splits.json", run_dir / "f.h5", progress=False)
+        stages.train(params, run_dir / "f.h5", run_dir / "splits.json", run_dir / "head.npz")
+        metrics = stages.evaluate(run_dir / "f.h5", run_dir / "head.npz", run_dir / "eval")
+        with FeatureStore(run_dir / "f.h5") as store:
+            outputs.append(({s: store.load(s)[0] for s in store.splits}, metrics))
+        assert (run_dir / "splits.json").read_text() == (tmp_path / "a" / "splits.json").read_text()
+    (fa, ma), (fb, mb) = outputs
+    assert all(np.array_equal(fa[s], fb[s]) for s in fa)
+    ma.pop("fit_seconds"), mb.pop("fit_seconds")
+    assert json.dumps(ma, sort_keys=True) == json.dumps(mb, sort_keys=True)
+
+
+def test_kill_9_mid_extraction_then_resume_bit_for_bit(tmp_path):
+    """A real extraction process is SIGKILLed once some chunks are committed; a rerun resumes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from pipeline import stages
+    from pipeline.config import load_params
+    from tests.conftest import CIFAR_ARCHIVE
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({
+        "data": {"source": str(CIFAR_ARCHIVE), "subset_per_class": 20},
+        "backbone": {"name": "resnet18", "weights": None, "input_size": 112, "batch_size": 8, "chunk_rows": 16},
+    }))
+    params = load_params(tmp_path / "params.yaml")
+    splits_path, out = tmp_path / "splits.json", tmp_path / "killed" / "f.h5"
+    stages.prepare(params, splits_path)
+    partial = out.parent / ".f.h5.partial"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "--params", str(tmp_path / "params.yaml"), "extract",
+         "--splits", str(splits_path), "--out", str(out), "--no-progress"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while len(list(partial.glob("*.npz"))) < 3:
+        assert proc.poll() is None, "extraction ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    committed = {p.name: p.stat().st_mtime_ns for p in partial.glob("*.npz")}
+    assert 3 <= len(committed) < 25  # 400 images in chunks of 16
+
+    stages.extract(params, splits_path, out, progress=False)  # resumes
+    stages.extract(params, splits_path, tmp_path / "clean" / "f.h5", progress=False)  # uninterrupted
+    assert not partial.exists()
+    with FeatureStore(out) as resumed, FeatureStore(tmp_path / "clean" / "f.h5") as clean:
+        for split in ("train", "val", "test"):
+            assert np.array_equal(resumed.load(split)[0], clean.load(split)[0])
+            assert resumed.ids(split) == clean.ids(split)
