@@ -19,14 +19,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="feature file (.h5)")
     p.add_argument("--no-progress", action="store_true")
 
-    p = sub.add_parser("train", help="fit the head on the cached training features")
+    p = sub.add_parser("train", help="fit a head on the cached training features")
     p.add_argument("--features", required=True)
     p.add_argument("--splits", default="data/prepared/splits.json")
+    p.add_argument("--config", default="head", help="head configuration: head (default) or heads.<name>")
     p.add_argument("--out", default="models/head.npz")
 
-    p = sub.add_parser("evaluate", help="metrics and plots of the trained head on val and test")
+    p = sub.add_parser("evaluate", help="metrics and plots of a trained head on val and test")
     p.add_argument("--features", required=True)
     p.add_argument("--head", default="models/head.npz")
+    p.add_argument("--name", default="head", help="the name this head has in the comparison")
+    p.add_argument("--out", default="evaluation")
+
+    p = sub.add_parser("compare", help="one table and one chart of evaluated heads")
+    p.add_argument("metrics", nargs="+", help="metrics.json files written by evaluate")
     p.add_argument("--out", default="evaluation")
 
     p = sub.add_parser("download-cifar10", help="download the official CIFAR-10 with torchvision (online)")
@@ -49,9 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "extract":
             stages.extract(params, args.splits, args.out, progress=not args.no_progress)
         elif args.command == "train":
-            stages.train(params, args.features, args.splits, args.out)
+            stages.train(params, args.features, args.splits, args.out, head_key=args.config)
         elif args.command == "evaluate":
-            stages.evaluate(args.features, args.head, args.out)
+            stages.evaluate(args.features, args.head, args.out, name=args.name)
+        elif args.command == "compare":
+            stages.compare(args.metrics, args.out)
     except (PipelineError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

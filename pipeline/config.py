@@ -60,14 +60,15 @@ class HeadParams(_Section):
                 raise ValueError(f"unknown key head.{name}; valid keys: kind, {', '.join(sorted(HEADS))}")
         return self
 
-    def params_of(self, kind: str | None = None) -> BaseModel:
-        """The validated params of head ``kind`` (default: the selected kind)."""
+    def params_of(self, kind: str | None = None, where: str = "head") -> BaseModel:
+        """The validated params of head ``kind`` (default: the selected kind); ``where`` names
+        this section in error messages."""
         kind = kind or self.kind
         raw = (self.model_extra or {}).get(kind) or {}
         try:
             return HEADS[kind].Params.model_validate(raw)
         except ValidationError as err:
-            raise ConfigError(_format(err, prefix=f"head.{kind}")) from None
+            raise ConfigError(_format(err, prefix=f"{where}.{kind}")) from None
 
 
 class Params(_Section):
@@ -75,6 +76,17 @@ class Params(_Section):
     data: DataParams = DataParams()
     backbone: BackboneParams = BackboneParams()
     head: HeadParams = HeadParams()
+    heads: dict[str, HeadParams] = {}
+    """Named head configurations compared on the same features (one DVC stage each)."""
+
+    def head_config(self, key: str = "head") -> HeadParams:
+        """``head`` or ``heads.<name>``."""
+        if key == "head":
+            return self.head
+        name = key.removeprefix("heads.")
+        if not key.startswith("heads.") or name not in self.heads:
+            raise ConfigError(f"no head configuration {key!r}; valid: ['head'] + {['heads.' + n for n in self.heads]}")
+        return self.heads[name]
 
 
 def _format(err: ValidationError, prefix: str) -> str:
@@ -92,8 +104,9 @@ def parse_params(raw: dict[str, Any] | None) -> Params:
         params = Params.model_validate(raw or {})
     except ValidationError as err:
         raise ConfigError(_format(err, prefix="")) from None
-    for kind in params.head.model_extra or {}:
-        params.head.params_of(kind)
+    for prefix, head in [("head", params.head), *((f"heads.{n}", h) for n, h in params.heads.items())]:
+        for kind in {head.kind, *(head.model_extra or {})}:
+            head.params_of(kind, where=prefix)
     return params
 
 

@@ -80,6 +80,8 @@ class Head:
         self.seed = seed
         self.normalizer = FeatureNormalizer(self.params.normalize)
         self.n_classes: int | None = None
+        self.info: dict[str, Any] = {}
+        """What fitting chose or measured (chosen penalty, sweep curve); saved with the head."""
 
     # -- to implement ---------------------------------------------------------------------
     def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
@@ -94,13 +96,29 @@ class Head:
     def _load_state(self, state: dict[str, np.ndarray]) -> None:
         raise NotImplementedError
 
+    @property
+    def needs_validation(self) -> bool:
+        """True when fitting selects a hyper-parameter on a validation split."""
+        return False
+
+    def _select(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.ndarray) -> None:
+        """Choose hyper-parameters on (normalised) validation features; see SweepParams."""
+
     # -- public interface -------------------------------------------------------------------
-    def fit(self, X: np.ndarray, y: np.ndarray, n_classes: int | None = None) -> Head:
-        X = np.asarray(X, dtype=np.float32)
-        y = np.asarray(y, dtype=np.int64)
-        if X.ndim != 2 or len(X) != len(y):
-            raise ValueError(f"expected features (N, D) and labels (N,), got {X.shape} and {y.shape}")
+    def fit(self, X: np.ndarray, y: np.ndarray, n_classes: int | None = None,
+            validation: tuple[np.ndarray, np.ndarray] | None = None) -> Head:
+        """Fit on (X, y). A head that selects a hyper-parameter does so on ``validation``, then
+        refits on train + validation (the linear-probe protocol)."""
+        X, y = _check_xy(X, y)
         self.n_classes = int(n_classes if n_classes is not None else y.max() + 1)
+        self.info = {}
+        if self.needs_validation:
+            if validation is None or len(validation[1]) == 0:
+                raise ValueError(f"head {self.kind} with select: sweep needs a validation split (data.val_fraction > 0)")
+            X_val, y_val = _check_xy(*validation)
+            self.normalizer.fit(X)
+            self._select(self.normalizer.transform(X), y, self.normalizer.transform(X_val), y_val)
+            X, y = np.concatenate([X, X_val]), np.concatenate([y, y_val])
         self._fit(self.normalizer.fit(X).transform(X), y)
         return self
 
@@ -123,12 +141,21 @@ class Head:
             "params": self.params.model_dump(),
             "seed": self.seed,
             "n_classes": self.n_classes,
+            "info": self.info,
             "metadata": metadata or {},
         }
         arrays = {f"head.{k}": v for k, v in self._state().items()}
         arrays |= {f"norm.{k}": v for k, v in self.normalizer.state().items()}
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, header=np.array(json.dumps(header)), **arrays)
+
+
+def _check_xy(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    X = np.asarray(X, dtype=np.float32)
+    y = np.asarray(y, dtype=np.int64)
+    if X.ndim != 2 or len(X) != len(y):
+        raise ValueError(f"expected features (N, D) and labels (N,), got {X.shape} and {y.shape}")
+    return X, y
 
 
 def load_head(path: str | Path) -> tuple[Head, dict[str, Any]]:
@@ -145,6 +172,7 @@ def load_head(path: str | Path) -> tuple[Head, dict[str, Any]]:
         raise ValueError(f"{path}: unknown head kind {header['kind']!r}; valid choices: {sorted(HEADS)}")
     head = cls(cls.Params.model_validate(header["params"]), seed=header["seed"])
     head.n_classes = header["n_classes"]
+    head.info = header.get("info", {})
     head.normalizer.load_state(norm_state)
     head._load_state(head_state)
     return head, header["metadata"]
@@ -172,15 +200,93 @@ class LinearModelHead(Head):
         self.coef, self.intercept = state["coef"], state["intercept"]
 
 
-class LogisticParams(HeadParamsBase):
-    C: float = Field(1.0, gt=0)
-    """Inverse L2 penalty strength, as in scikit-learn."""
+def torch_device():
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def softmax_regression(X: np.ndarray, y: np.ndarray, n_classes: int, l2: float, max_iter: int,
+                       init: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Train an ``nn.Linear`` to minimise mean cross-entropy + l2 / 2 * ||W||^2 by full-batch
+    L-BFGS in torch (on the GPU when there is one).
+
+    Deterministic (zero or given start, no sampling). Returns (W (C, D), b (C,)) as float32.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    device = torch_device()
+    features, labels = torch.as_tensor(X, device=device), torch.as_tensor(y, device=device)
+    layer = torch.nn.Linear(X.shape[1], n_classes, device=device)
+    with torch.no_grad():  # the problem is convex: start at zero (or the given point), no RNG
+        layer.weight.copy_(torch.as_tensor(init[0]) if init else torch.zeros_like(layer.weight))
+        layer.bias.copy_(torch.as_tensor(init[1]) if init else torch.zeros_like(layer.bias))
+    opt = torch.optim.LBFGS(layer.parameters(), lr=1.0, max_iter=max_iter, history_size=20, tolerance_grad=1e-5,
+                            tolerance_change=1e-9, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(layer(features), labels) + 0.5 * l2 * layer.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return layer.weight.detach().cpu().numpy(), layer.bias.detach().cpu().numpy()
+
+
+class Grid(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    low: float = Field(1e-6, gt=0)
+    high: float = Field(1e5, gt=0)
+    num: int = Field(45, ge=1)
+
+    def values(self) -> np.ndarray:
+        return np.logspace(np.log10(self.low), np.log10(self.high), self.num)
+
+
+class SweepParams(HeadParamsBase):
+    select: Literal["fixed", "sweep"] = "fixed"
+    """fixed: use the given penalty. sweep: choose the L2 penalty l2 (in mean cross-entropy +
+    l2 / 2 ||W||^2) from ``grid`` by validation top-1, then refit on train + val."""
+    grid: Grid = Grid()
+    sweep_max_iter: int = Field(30, gt=0)
+    """L-BFGS iterations per grid value; each value starts from the previous one's solution."""
+
+
+class SweptLinearHead(LinearModelHead):
+    """Logistic-loss linear heads whose L2 penalty can be chosen on a validation split.
+
+    The sweep walks the grid from the strongest penalty to the weakest, warm-starting each fit from
+    the previous solution (torch L-BFGS, on the GPU when there is one); ties go to the stronger
+    penalty. The chosen value and the validation curve are kept in ``info``.
+    """
+
+    @property
+    def needs_validation(self) -> bool:
+        return self.params.select == "sweep"
+
+    def _select(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.ndarray) -> None:
+        grid = self.params.grid.values()[::-1]
+        solution, accuracies = None, []
+        for l2 in grid:
+            solution = softmax_regression(X, y, self.n_classes, float(l2), self.params.sweep_max_iter, init=solution)
+            W, b = solution
+            accuracies.append(float(((X_val @ W.T + b).argmax(axis=1) == y_val).mean()))
+        best = int(np.argmax(accuracies))  # first maximum = strongest penalty among ties
+        self.info["sweep"] = {"l2": grid.tolist(), "val_top1": accuracies}
+        self.info["chosen_l2"] = float(grid[best])
+
+
+class LogisticParams(SweepParams):
+    C: float = Field(0.001, gt=0)
+    """Inverse L2 penalty as in scikit-learn (select: fixed); a swept l2 becomes C = 1 / (l2 * N)."""
     max_iter: int = Field(1000, gt=0)
     tol: float = Field(1e-4, gt=0)
 
 
 @register
-class LogisticHead(LinearModelHead):
+class LogisticHead(SweptLinearHead):
     """Multinomial logistic regression (scikit-learn, L-BFGS) on normalised features."""
 
     kind = "logistic"
@@ -189,9 +295,10 @@ class LogisticHead(LinearModelHead):
     def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
         from sklearn.linear_model import LogisticRegression
 
-        model = LogisticRegression(
-            C=self.params.C, max_iter=self.params.max_iter, tol=self.params.tol, random_state=self.seed
-        )
+        chosen = self.info.get("chosen_l2")
+        C = self.params.C if chosen is None else 1.0 / (chosen * len(y))
+        self.info["C"] = C
+        model = LogisticRegression(C=C, max_iter=self.params.max_iter, tol=self.params.tol, random_state=self.seed)
         model.fit(X, y)
         coef = np.zeros((self.n_classes, X.shape[1]), np.float32)
         intercept = np.full(self.n_classes, -np.inf, np.float32)
@@ -204,47 +311,27 @@ class LogisticHead(LinearModelHead):
         self.coef, self.intercept = coef, intercept
 
 
-class LinearParams(HeadParamsBase):
-    weight_decay: float = Field(1e-4, ge=0)
-    """L2 penalty on the weights: loss = mean cross-entropy + weight_decay / 2 * ||W||^2."""
+class LinearParams(SweepParams):
+    weight_decay: float = Field(0.01, ge=0)
+    """L2 penalty (select: fixed): loss = mean cross-entropy + weight_decay / 2 * ||W||^2."""
     max_iter: int = Field(300, gt=0)
 
 
 @register
-class LinearHead(LinearModelHead):
-    """A torch ``nn.Linear`` trained with cross-entropy by full-batch L-BFGS (deterministic)."""
+class LinearHead(SweptLinearHead):
+    """A linear layer trained with cross-entropy by full-batch L-BFGS in torch (deterministic)."""
 
     kind = "linear"
     Params = LinearParams
 
     def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
-        import torch
-        import torch.nn.functional as F
-
-        torch.manual_seed(self.seed)
-        features, labels = torch.from_numpy(X), torch.from_numpy(y)
-        layer = torch.nn.Linear(X.shape[1], self.n_classes)
-        torch.nn.init.zeros_(layer.weight)  # the problem is convex: start at zero, independent of RNG
-        torch.nn.init.zeros_(layer.bias)
-        opt = torch.optim.LBFGS(
-            layer.parameters(), lr=1.0, max_iter=self.params.max_iter, history_size=20,
-            tolerance_grad=1e-6, tolerance_change=1e-10, line_search_fn="strong_wolfe",
-        )
-        wd = self.params.weight_decay
-
-        def closure() -> torch.Tensor:
-            opt.zero_grad()
-            loss = F.cross_entropy(layer(features), labels) + 0.5 * wd * layer.weight.pow(2).sum()
-            loss.backward()
-            return loss
-
-        opt.step(closure)
-        self.coef = layer.weight.detach().numpy().copy()
-        self.intercept = layer.bias.detach().numpy().copy()
+        l2 = self.info.get("chosen_l2", self.params.weight_decay)
+        self.info["weight_decay"] = l2
+        self.coef, self.intercept = softmax_regression(X, y, self.n_classes, l2, self.params.max_iter)
 
 
 class RidgeParams(HeadParamsBase):
-    alpha: float = Field(1.0, ge=0)
+    alpha: float = Field(10.0, ge=0)
     """L2 penalty: minimises ||X W + b - Y||^2 + alpha ||W||^2 with Y the one-hot targets."""
 
 
@@ -265,3 +352,125 @@ class RidgeHead(LinearModelHead):
         W = np.linalg.solve(gram, Xc.T @ (Y - y_mean))
         self.coef = W.T.astype(np.float32)
         self.intercept = (y_mean - x_mean @ W).astype(np.float32)
+
+
+class NearestCentroidParams(HeadParamsBase):
+    normalize: Normalize = "l2"
+
+
+@register
+class NearestCentroidHead(LinearModelHead):
+    """Cosine similarity to each class's mean feature (a linear head with no fitting at all)."""
+
+    kind = "nearest_centroid"
+    Params = NearestCentroidParams
+
+    def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
+        centroids = np.stack([X[y == c].mean(axis=0) if (y == c).any() else np.zeros(X.shape[1]) for c in range(self.n_classes)])
+        centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
+        self.coef, self.intercept = centroids.astype(np.float32), np.zeros(self.n_classes, np.float32)
+
+
+class KnnParams(HeadParamsBase):
+    normalize: Normalize = "l2"
+    k: int = Field(20, gt=0)
+    temperature: float = Field(0.07, gt=0)
+    """Neighbour i votes for its class with weight exp(cosine similarity / temperature)."""
+
+
+@register
+class KnnHead(Head):
+    """k nearest neighbours by cosine similarity on L2-normalised features, weighted votes.
+
+    Stores the training features (float16) in the head file.
+    """
+
+    kind = "knn"
+    Params = KnnParams
+
+    def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
+        self.bank, self.bank_labels = X.astype(np.float16), y.astype(np.int64)
+
+    def _scores(self, X: np.ndarray) -> np.ndarray:
+        k = min(self.params.k, len(self.bank_labels))
+        bank = self.bank.astype(np.float32)
+        scores = np.zeros((len(X), self.n_classes), np.float32)
+        for start in range(0, len(X), 1024):
+            sims = X[start : start + 1024] @ bank.T
+            nearest = np.argpartition(-sims, kth=k - 1, axis=1)[:, :k]
+            weights = np.exp(np.take_along_axis(sims, nearest, axis=1) / self.params.temperature)
+            rows = np.repeat(np.arange(len(nearest)), k)
+            np.add.at(scores[start : start + 1024], (rows, self.bank_labels[nearest].ravel()), weights.ravel())
+        return np.log(scores + 1e-30)  # log of the vote mass: softmax gives the vote shares
+
+    def _state(self) -> dict[str, np.ndarray]:
+        return {"bank": self.bank, "bank_labels": self.bank_labels}
+
+    def _load_state(self, state: dict[str, np.ndarray]) -> None:
+        self.bank, self.bank_labels = state["bank"], state["bank_labels"]
+
+
+class MlpParams(HeadParamsBase):
+    hidden: int = Field(1024, gt=0)
+    dropout: float = Field(0.2, ge=0, lt=1)
+    epochs: int = Field(20, gt=0)
+    batch_size: int = Field(256, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+
+
+@register
+class MlpHead(Head):
+    """One hidden layer (ReLU, dropout), AdamW with a cosine schedule, seeded shuffling and init."""
+
+    kind = "mlp"
+    Params = MlpParams
+
+    def _module(self, dim: int):
+        import torch
+
+        p = self.params
+        return torch.nn.Sequential(
+            torch.nn.Linear(dim, p.hidden), torch.nn.ReLU(), torch.nn.Dropout(p.dropout), torch.nn.Linear(p.hidden, self.n_classes)
+        )
+
+    def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
+        import torch
+        import torch.nn.functional as F
+
+        p = self.params
+        device = torch_device()
+        features, labels = torch.as_tensor(X), torch.as_tensor(y)
+        # init, shuffling and dropout are seeded; the caller's RNG state is left as it was
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(self.seed)
+            net = self._module(X.shape[1]).to(device)
+            opt = torch.optim.AdamW(net.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+            steps = p.epochs * -(-len(y) // p.batch_size)
+            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+            net.train()
+            for _ in range(p.epochs):
+                order = torch.randperm(len(y))
+                for start in range(0, len(y), p.batch_size):
+                    idx = order[start : start + p.batch_size]
+                    loss = F.cross_entropy(net(features[idx].to(device)), labels[idx].to(device))
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    schedule.step()
+        self.net_state = {k: v.detach().cpu().numpy() for k, v in net.state_dict().items()}
+
+    def _scores(self, X: np.ndarray) -> np.ndarray:
+        import torch
+
+        net = self._module(X.shape[1])
+        net.load_state_dict({k: torch.as_tensor(v) for k, v in self.net_state.items()})
+        net.eval()
+        with torch.inference_mode():
+            return net(torch.as_tensor(X)).numpy()
+
+    def _state(self) -> dict[str, np.ndarray]:
+        return self.net_state
+
+    def _load_state(self, state: dict[str, np.ndarray]) -> None:
+        self.net_state = dict(state)

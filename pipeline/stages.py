@@ -68,33 +68,39 @@ def _feature_identity(store) -> dict:
             "dataset_fingerprint": s.dataset_fingerprint, "classes": list(s.classes), "feature_dim": s.feature_dim}
 
 
-def train(params: Params, features_path: str | Path, splits_path: str | Path, head_path: str | Path) -> dict:
+def train(params: Params, features_path: str | Path, splits_path: str | Path, head_path: str | Path,
+          head_key: str = "head") -> dict:
+    """Fit the head configured at ``head_key`` (``head`` or ``heads.<name>``) on the cached features."""
     from pipeline.features import FeatureStore
     from pipeline.heads import HEADS
 
-    kind = params.head.kind
+    config = params.head_config(head_key)
+    head = HEADS[config.kind](config.params_of(where=head_key), seed=params.seed)
     with FeatureStore(features_path) as store:
         store.check(expected_spec(params, splits_path))
         X, y = store.load("train")
+        validation = store.load("val") if head.needs_validation else None
         identity = _feature_identity(store)
-    head = HEADS[kind](params.head.params_of(kind), seed=params.seed)
     start = time.perf_counter()
-    head.fit(X, y, n_classes=len(identity["classes"]))
+    head.fit(X, y, n_classes=len(identity["classes"]), validation=validation)
     fit_seconds = time.perf_counter() - start
     head.save(head_path, metadata={"features": identity, "fit_seconds": fit_seconds, "n_train": len(y)})
-    print(f"trained head {kind} on {len(y)} x {X.shape[1]} features in {fit_seconds:.1f} s -> {head_path}")
-    return {"fit_seconds": fit_seconds}
+    chosen = {k: v for k, v in head.info.items() if k != "sweep"}
+    print(f"trained head {config.kind} ({head_key}) on {len(y)} x {X.shape[1]} features in {fit_seconds:.1f} s "
+          f"{chosen or ''} -> {head_path}")
+    return {"fit_seconds": fit_seconds, **chosen}
 
 
-def evaluate(features_path: str | Path, head_path: str | Path, out_dir: str | Path) -> dict:
+def evaluate(features_path: str | Path, head_path: str | Path, out_dir: str | Path, name: str = "head") -> dict:
+    """Metrics of a trained head on val and test, and the test plots (confusion, reliability)."""
     from pipeline.errors import FeatureStoreError
     from pipeline.features import FeatureStore
-    from pipeline.heads import load_head
-    from pipeline.metrics import classification_metrics, plot_confusion
+    from pipeline.heads import load_head, softmax
+    from pipeline.metrics import calibration, classification_metrics, plot_confusion, plot_reliability
 
     out_dir = Path(out_dir)
     head, meta = load_head(head_path)
-    results: dict = {"head": head.kind}
+    scores = {}
     with FeatureStore(features_path) as store:
         if meta.get("features") != _feature_identity(store):
             raise FeatureStoreError(
@@ -103,22 +109,44 @@ def evaluate(features_path: str | Path, head_path: str | Path, out_dir: str | Pa
         classes = list(store.spec.classes)
         for split in ("val", "test"):
             X, y = store.load(split)
-            if not len(y):
-                continue
-            scores = head.decision_function(X)
-            metrics = classification_metrics(scores, y, classes)
-            confusion = np.array(metrics.pop("confusion_matrix"))
-            results[split] = metrics
+            if len(y):
+                scores[split] = (head.decision_function(X), y)
+    results: dict = {"name": name, "head": head.kind}
+    confusion, reliability = {}, {}
+    for split, (split_scores, y) in scores.items():
+        results[split] = classification_metrics(split_scores, y, classes)
+        confusion[split] = np.array(results[split].pop("confusion_matrix"))
+        reliability[split] = calibration(softmax(split_scores), y)
+        results[split]["ece"] = reliability[split]["ece"]
     results["fit_seconds"] = round(meta.get("fit_seconds", float("nan")), 3)
+    results["chosen"] = {k: v for k, v in head.info.items() if k != "sweep"}
     write_json(out_dir / "metrics.json", results)
-    # the last split evaluated is test: its confusion matrix and predictions become plots
-    write_json(out_dir / "confusion.json", {"classes": classes, "matrix": confusion.tolist()})
+    write_json(out_dir / "confusion.json", {"classes": classes, "matrix": confusion["test"].tolist()})
+    if "sweep" in head.info:
+        write_json(out_dir / "sweep.json", [
+            {"l2": l2, "val_top1": acc} for l2, acc in zip(head.info["sweep"]["l2"], head.info["sweep"]["val_top1"])
+        ])
+    test_scores, test_labels = scores["test"]
     with atomic_path(out_dir / "test_predictions.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["actual", "predicted"])
-        writer.writerows((classes[a], classes[p]) for a, p in zip(y, scores.argmax(axis=1)))
-    test = results["test"]
-    plot_confusion(confusion, classes, out_dir / "confusion.png", f"{head.kind} head, test top-1 {test['top1']:.3f}")
-    summary = ", ".join(f"{s} top-1 {results[s]['top1']:.4f}" for s in ("val", "test") if s in results)
-    print(f"evaluated head {head.kind}: {summary} -> {out_dir}")
+        writer.writerows((classes[a], classes[p]) for a, p in zip(test_labels, test_scores.argmax(axis=1)))
+    title = f"{name} ({head.kind}), test top-1 {results['test']['top1']:.3f}"
+    plot_confusion(confusion["test"], classes, out_dir / "confusion.png", title)
+    plot_reliability(reliability["test"], out_dir / "reliability.png", title)
+    summary = ", ".join(f"{s} top-1 {results[s]['top1']:.4f}" for s in scores)
+    print(f"evaluated {name} ({head.kind}): {summary}, test ECE {results['test']['ece']:.4f} -> {out_dir}")
     return results
+
+
+def compare(metrics_paths: list[str | Path], out_dir: str | Path) -> list[dict]:
+    """One table (Markdown) and one chart (PNG) of every evaluated head, best test top-1 first."""
+    from pipeline.metrics import comparison_table, plot_comparison
+
+    rows = sorted((json.loads(Path(p).read_text()) for p in metrics_paths), key=lambda r: -r["test"]["top1"])
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir / "comparison.md") as tmp:
+        tmp.write_text(comparison_table(rows))
+    plot_comparison(rows, out_dir / "comparison.png")
+    print(comparison_table(rows))
+    return rows

@@ -72,7 +72,7 @@ def test_heads_are_reproducible_from_the_seed():
 @pytest.mark.parametrize(
     "raw, message",
     [
-        ({"head": {"kind": "svm"}}, r"head.kind.*'svm' is not a known head; valid choices: \['linear', 'logistic', 'ridge'\]"),
+        ({"head": {"kind": "svm"}}, r"head.kind: 'svm' is not a known head; valid choices: \['knn', 'linear', 'logistic', 'mlp', 'nearest_centroid', 'ridge'\]"),
         ({"head": {"logistic": {"C": -1.0}}}, r"head.logistic.C: Input should be greater than 0 \(got -1.0\)"),
         ({"head": {"logistic": {"C": "big"}}}, r"head.logistic.C: Input should be a valid number"),
         ({"head": {"ridge": {"alpah": 1.0}}}, r"head.ridge.alpah: Extra inputs are not permitted"),
@@ -95,3 +95,56 @@ def test_shipped_params_are_valid():
     params = load_params(ROOT / "params.yaml")
     assert params.backbone.name == "efficientnet_lite0"
     assert params.head.params_of().model_dump()["normalize"] == "standardize"
+
+
+def correlated(n_per_class, sample_seed, dim=30, n_classes=3, separation=0.5):
+    """Classes that differ little, seen through an ill-conditioned mixing: the L2 penalty matters,
+    and the best one lies inside the grid."""
+    rng = np.random.default_rng(0)
+    means = rng.normal(0, separation, (n_classes, dim))
+    mixing = rng.normal(size=(dim, dim)) * np.logspace(0, 2, dim)
+    samples = np.random.default_rng(sample_seed)
+    Z = np.concatenate([m + samples.normal(size=(n_per_class, dim)) for m in means])
+    return (Z @ mixing).astype(np.float32), np.repeat(np.arange(n_classes), n_per_class)
+
+
+def test_sweep_chooses_the_brute_force_best_penalty_then_refits_on_train_and_val():
+    """The warm-started torch path must pick the penalty that fitting scikit-learn at every value picks."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = correlated(30, sample_seed=1)
+    Xv, yv = correlated(200, sample_seed=2)
+    params = HEADS["logistic"].Params(select="sweep", grid={"low": 1e-4, "high": 10.0, "num": 6}, sweep_max_iter=500)
+    head = HEADS["logistic"](params).fit(X, y, validation=(Xv, yv))
+
+    grid = np.logspace(-4, 1, 6)
+    scaler = StandardScaler().fit(X)
+    brute = []
+    for l2 in grid:
+        model = LogisticRegression(C=1 / (l2 * len(y)), max_iter=10000, tol=1e-8).fit(scaler.transform(X), y)
+        brute.append((model.predict(scaler.transform(Xv)) == yv).mean())
+    one_sample = 1 / len(yv)
+    assert max(brute) - min(brute) > 10 * one_sample  # the problem discriminates between penalties
+    assert 0 < int(np.argmax(brute)) < len(grid) - 1  # ... and its best penalty is inside the grid
+    np.testing.assert_allclose(head.info["sweep"]["val_top1"][::-1], brute, atol=2.5 * one_sample)  # swept high to low
+    chosen = head.info["chosen_l2"]
+    assert brute[int(np.argmin(np.abs(np.log(grid / chosen))))] >= max(brute) - 2.5 * one_sample
+
+    # refit on train + val at the chosen penalty, with C = 1 / (l2 * N_train+val)
+    X_all, y_all = np.concatenate([X, Xv]), np.concatenate([y, yv])
+    assert head.info["C"] == pytest.approx(1 / (chosen * len(y_all)))
+    scaler_all = StandardScaler().fit(X_all)
+    reference = LogisticRegression(C=head.info["C"], max_iter=10000).fit(scaler_all.transform(X_all), y_all)
+    np.testing.assert_allclose(head.predict_proba(Xv), reference.predict_proba(scaler_all.transform(Xv)), atol=1e-3)
+
+
+def test_linear_sweep_records_the_choice():
+    X, y = blobs(n_per_class=25, dim=40, spread=6.0, seed=1)
+    Xv, yv = blobs(n_per_class=50, dim=40, spread=6.0, seed=1)
+    params = HEADS["linear"].Params(select="sweep", grid={"low": 1e-3, "high": 1.0, "num": 4})
+    head = HEADS["linear"](params).fit(X, y, validation=(Xv, yv))
+    assert head.info["chosen_l2"] in head.info["sweep"]["l2"]
+    assert head.info["weight_decay"] == head.info["chosen_l2"]
+    with pytest.raises(ValueError, match="needs a validation split"):
+        HEADS["linear"](params).fit(X, y)

@@ -39,6 +39,7 @@ def project(tmp_path) -> tuple[Path, dict]:
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["data"]["subset_per_class"] = 6
     params["backbone"]["batch_size"] = 32
+    params["heads"] = {"ridge": {"kind": "ridge"}, "centroid": {"kind": "nearest_centroid"}}
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
@@ -56,7 +57,7 @@ def lock_entry(repo: Path, stage: str) -> dict:
 def test_dvc_repro_then_head_change_reruns_only_head_stages(project):
     repo, env = project
     out = sh([sys.executable, "-m", "dvc", "repro"], repo, env)
-    for stage in ("prepare", "extract", "train", "evaluate"):
+    for stage in ("prepare", "extract", "train", "evaluate", "train-heads@ridge", "evaluate-heads@centroid", "compare"):
         assert f"Running stage '{stage}'" in out
     features = repo / "data" / "features" / "efficientnet_lite0-224px.h5"
     digest = hashlib.sha256(features.read_bytes()).hexdigest()
@@ -66,8 +67,12 @@ def test_dvc_repro_then_head_change_reruns_only_head_stages(project):
     assert metrics["test"]["n"] == 60 and metrics["val"]["n"] == 10
     assert metrics["test"]["top1"] > 0.4  # real ImageNet features on 10 classes (chance: 0.1)
     assert (repo / "evaluation" / "confusion.png").stat().st_size > 0
-    shown = sh([sys.executable, "-m", "dvc", "metrics", "show", "--json"], repo, env)
-    assert "top1" in shown
+    shown = json.loads(sh([sys.executable, "-m", "dvc", "metrics", "show", "--json"], repo, env))
+    files = next(iter(shown.values()))["data"]  # keyed by revision ("" for the workspace)
+    assert {"evaluation/metrics.json", "evaluation/heads/ridge/metrics.json", "evaluation/heads/centroid/metrics.json"} <= set(files)
+    table = (repo / "evaluation" / "comparison.md").read_text()
+    assert all(f"| {name} |" in table for name in ("head", "ridge", "centroid"))
+    assert (repo / "evaluation" / "comparison.png").stat().st_size > 0
 
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["head"]["kind"] = "ridge"
@@ -75,6 +80,7 @@ def test_dvc_repro_then_head_change_reruns_only_head_stages(project):
     out = sh([sys.executable, "-m", "dvc", "repro"], repo, env)
     assert "Running stage 'train'" in out and "Running stage 'evaluate'" in out
     assert "Running stage 'extract'" not in out and "Running stage 'prepare'" not in out
+    assert "Running stage 'train-heads" not in out  # the compared heads are untouched
     assert lock_entry(repo, "extract") == extract_lock  # DVC's own record of extract is unchanged
     assert hashlib.sha256(features.read_bytes()).hexdigest() == digest
     metrics = json.loads((repo / "evaluation" / "metrics.json").read_text())
