@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 
@@ -35,6 +36,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("metrics", nargs="+", help="metrics.json files written by evaluate")
     p.add_argument("--out", default="evaluation")
 
+    p = sub.add_parser("predict", help="classify image files or folders with the trained backbone + head")
+    p.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
+    p.add_argument("--features", help="feature file whose backbone to use (default: the one params.yaml names)")
+    p.add_argument("--head", default="models/head.npz")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--json", action="store_true", help="one JSON document on stdout")
+
+    p = sub.add_parser("export", help="save backbone + head as one torch.export program (uint8 images -> scores)")
+    p.add_argument("--features", help="feature file whose backbone to use (default: the one params.yaml names)")
+    p.add_argument("--head", default="models/head.npz")
+    p.add_argument("--out", default="models/model.pt2")
+
     p = sub.add_parser("download-cifar10", help="download the official CIFAR-10 with torchvision (online)")
     p.add_argument("--root", default="data/raw")
 
@@ -60,6 +74,20 @@ def main(argv: list[str] | None = None) -> int:
             stages.evaluate(args.features, args.head, args.out, name=args.name)
         elif args.command == "compare":
             stages.compare(args.metrics, args.out)
+        elif args.command in ("predict", "export"):
+            from pipeline import model
+
+            b = params.backbone
+            features = args.features or f"data/features/{b.name}-{b.input_size}px.h5"
+            trained = model.load_trained(features, args.head)
+            if args.command == "export":
+                print(f"exported {trained.backbone.name} + {trained.head.kind} head -> {model.export(trained, args.out)}")
+            else:
+                results = model.predict(trained, model.image_paths(args.paths), args.top_k, args.batch_size)
+                if args.json:
+                    print(json.dumps(list(results), indent=1))
+                for r in [] if args.json else results:
+                    print(f"{r['path']}: " + ", ".join(f"{t['class']} {t['score']:.3f}" for t in r["top"]))
     except (PipelineError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -194,4 +194,7 @@ def load_backbone(name: str, weights: str | None, input_size: int, seed: int = 0
         raise BackboneError(f"backbone.name {name!r} is not known; valid choices: {available_backbones()}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build(weights, input_size)
+        extractor = build(weights, input_size)
+    if weights is None:
+        extractor.weights_id = f"random-init(seed={seed})"
+    return extractor

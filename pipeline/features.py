@@ -212,6 +212,20 @@ class FeatureStore:
                 raise FeatureStoreError(f"{self.path}: {split} labels outside 0..{n_classes - 1}")
             yield X, y
 
+    def identity(self) -> dict:
+        """What a head records about the features it was trained on; checked before the head is used."""
+        s = self.spec
+        return {"backbone": s.backbone, "weights_id": s.weights_id, "preprocessing": s.preprocessing,
+                "dataset_fingerprint": s.dataset_fingerprint, "classes": list(s.classes), "feature_dim": s.feature_dim}
+
+    def check_head(self, head_metadata: dict, head_path: str | Path) -> None:
+        """Refuse a head that was trained on other features than these."""
+        if head_metadata.get("features") != self.identity():
+            raise FeatureStoreError(
+                f"head {head_path} was trained on other features (backbone, weights, preprocessing or data) "
+                f"than {self.path}; re-run the train stage"
+            )
+
     def load(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         """The whole split in memory as (features float32 (N, D), labels int64 (N,))."""
         chunks = list(self.iter_chunks(split))

@@ -21,7 +21,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     # A fixed name: a run killed with SIGKILL leaves at most one stale temporary, which the next
     # run overwrites.
-    tmp_path = path.parent / f".{path.name}.tmp"
+    tmp_path = path.parent / f".{path.stem}.tmp{path.suffix}"  # the suffix kept: some writers check it
     tmp_path.unlink(missing_ok=True)
     try:
         yield tmp_path

@@ -62,12 +62,6 @@ def expected_spec(params: Params, splits_path: str | Path) -> dict:
     }
 
 
-def _feature_identity(store) -> dict:
-    s = store.spec
-    return {"backbone": s.backbone, "weights_id": s.weights_id, "preprocessing": s.preprocessing,
-            "dataset_fingerprint": s.dataset_fingerprint, "classes": list(s.classes), "feature_dim": s.feature_dim}
-
-
 def train(params: Params, features_path: str | Path, splits_path: str | Path, head_path: str | Path,
           head_key: str = "head") -> dict:
     """Fit the head configured at ``head_key`` (``head`` or ``heads.<name>``) on the cached features."""
@@ -80,7 +74,7 @@ def train(params: Params, features_path: str | Path, splits_path: str | Path, he
         store.check(expected_spec(params, splits_path))
         X, y = store.load("train")
         validation = store.load("val") if head.needs_validation else None
-        identity = _feature_identity(store)
+        identity = store.identity()
     start = time.perf_counter()
     head.fit(X, y, n_classes=len(identity["classes"]), validation=validation)
     fit_seconds = time.perf_counter() - start
@@ -93,7 +87,6 @@ def train(params: Params, features_path: str | Path, splits_path: str | Path, he
 
 def evaluate(features_path: str | Path, head_path: str | Path, out_dir: str | Path, name: str = "head") -> dict:
     """Metrics of a trained head on val and test, and the test plots (confusion, reliability)."""
-    from pipeline.errors import FeatureStoreError
     from pipeline.features import FeatureStore
     from pipeline.heads import load_head, softmax
     from pipeline.metrics import calibration, classification_metrics, plot_confusion, plot_reliability
@@ -102,10 +95,7 @@ def evaluate(features_path: str | Path, head_path: str | Path, out_dir: str | Pa
     head, meta = load_head(head_path)
     scores = {}
     with FeatureStore(features_path) as store:
-        if meta.get("features") != _feature_identity(store):
-            raise FeatureStoreError(
-                f"head {head_path} was trained on other features than {features_path}; re-run the train stage"
-            )
+        store.check_head(meta, head_path)
         classes = list(store.spec.classes)
         for split in ("val", "test"):
             X, y = store.load(split)

@@ -1,0 +1,92 @@
+"""Prediction on new images and export of f + g as one module, against the pipeline's own path."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline import stages
+from pipeline.config import parse_params
+from pipeline.errors import FeatureStoreError, PipelineError
+from pipeline.features import FeatureStore
+from pipeline.model import export, image_paths, load_exported, load_trained, predict
+
+
+@pytest.fixture(scope="module")
+def trained(cifar_folder, tmp_path_factory):
+    """A small real run: prepare, extract (ResNet-18, random init, 64 px), train and evaluate heads."""
+    out = tmp_path_factory.mktemp("run")
+    params = parse_params({
+        "data": {"source": str(cifar_folder), "val_fraction": 0.25},
+        "backbone": {"name": "resnet18", "weights": None, "input_size": 64, "batch_size": 8},
+        "heads": {"mlp": {"kind": "mlp", "mlp": {"epochs": 3, "hidden": 32}}, "knn": {"kind": "knn"}},
+    })
+    stages.prepare(params, out / "splits.json")
+    stages.extract(params, out / "splits.json", out / "f.h5", progress=False)
+    stages.train(params, out / "f.h5", out / "splits.json", out / "logistic.npz")
+    stages.evaluate(out / "f.h5", out / "logistic.npz", out / "eval")
+    for name in ("mlp", "knn"):
+        stages.train(params, out / "f.h5", out / "splits.json", out / f"{name}.npz", head_key=f"heads.{name}")
+    return out, params
+
+
+def test_predict_agrees_with_evaluate_on_the_test_images(trained, cifar_folder):
+    out, _ = trained
+    model = load_trained(out / "f.h5", out / "logistic.npz")
+    with FeatureStore(out / "f.h5") as store:
+        ids = store.ids("test")
+    with open(out / "eval" / "test_predictions.csv") as f:
+        evaluated = [row["predicted"] for row in csv.DictReader(f)]
+    results = list(predict(model, [cifar_folder / key for key in ids], top_k=2))
+    assert [r["top"][0]["class"] for r in results] == evaluated
+    assert all(len(r["top"]) == 2 and r["top"][0]["score"] >= r["top"][1]["score"] for r in results)
+
+
+@pytest.mark.parametrize("head_file", ["logistic.npz", "mlp.npz"])
+def test_exported_module_gives_the_pipeline_scores(trained, tmp_path, head_file):
+    out, _ = trained
+    model = load_trained(out / "f.h5", out / head_file)
+    path = export(model, tmp_path / "model.pt2")
+    module, meta = load_exported(path)
+    assert meta["classes"] == ["airplane", "cat", "ship"] and meta["preprocessing"]["crop_size"] == 64
+    from pipeline.data import decode_image, open_source
+
+    with FeatureStore(out / "f.h5") as store:
+        keys, (features, _) = store.ids("test"), store.load("test")
+    source = open_source(json.loads((out / "splits.json").read_text())["source"])
+    images = torch.stack([decode_image(raw, model.backbone.preprocessing.geometry) for _, raw in source.stream(keys)])
+    with torch.inference_mode():
+        exported = module(images).numpy()
+    pipeline_scores = model.head.decision_function(features)  # from the cached features
+    np.testing.assert_allclose(exported, pipeline_scores, rtol=1e-3, atol=1e-3)
+    assert (exported.argmax(1) == pipeline_scores.argmax(1)).all()
+
+
+def test_knn_head_is_refused_for_export_with_the_exportable_kinds(trained, tmp_path):
+    out, _ = trained
+    with pytest.raises(PipelineError, match="'knn' cannot be exported.*exportable kinds: logistic, linear"):
+        export(load_trained(out / "f.h5", out / "knn.npz"), tmp_path / "m.pt2")
+
+
+def test_head_trained_on_other_features_is_refused(trained, cifar_folder, tmp_path):
+    out, params = trained
+    other = params.model_copy(update={"backbone": params.backbone.model_copy(update={"input_size": 32})})
+    stages.extract(other, out / "splits.json", tmp_path / "other.h5", progress=False)
+    with pytest.raises(FeatureStoreError, match="trained on other features"):
+        load_trained(tmp_path / "other.h5", out / "logistic.npz")
+
+
+def test_predict_cli_json(trained, cifar_folder):
+    out, _ = trained
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "predict", str(cifar_folder / "test" / "ship"), "--json", "--top-k", "3",
+         "--features", str(out / "f.h5"), "--head", str(out / "logistic.npz")],
+        capture_output=True, text=True, check=True,
+    )
+    rows = json.loads(result.stdout)
+    assert [r["path"] for r in rows] == [str(p) for p in image_paths([cifar_folder / "test" / "ship"])]
+    assert all({t["class"] for t in r["top"]} <= {"airplane", "cat", "ship"} and len(r["top"]) == 3 for r in rows)
