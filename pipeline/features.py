@@ -194,6 +194,10 @@ class FeatureStore:
     def n_rows(self, split: str) -> int:
         return len(self._group(split)["labels"])
 
+    def nbytes(self, split: str) -> int:
+        """Size of the split's features as float32 in memory."""
+        return self.n_rows(split) * self.spec.feature_dim * 4
+
     def ids(self, split: str) -> list[str]:
         return [s.decode() if isinstance(s, bytes) else s for s in self._group(split)["ids"][:]]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Callable, ClassVar, Iterable, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -45,10 +45,18 @@ class FeatureNormalizer:
         self.scale: np.ndarray | None = None
 
     def fit(self, X: np.ndarray) -> FeatureNormalizer:
+        return self.fit_chunks(lambda: [(X, None)])
+
+    def fit_chunks(self, chunks) -> FeatureNormalizer:
+        """Fit from (features, labels) blocks; moments accumulate in float64."""
         if self.mode == "standardize":
-            X64 = X.astype(np.float64)
-            self.mean = X64.mean(axis=0).astype(np.float32)
-            std = X64.std(axis=0)
+            n, total, squares = 0, 0.0, 0.0
+            for X, _ in chunks():
+                X64 = X.astype(np.float64)
+                n, total, squares = n + len(X64), total + X64.sum(axis=0), squares + np.square(X64).sum(axis=0)
+            mean = total / n
+            std = np.sqrt(np.maximum(squares / n - mean**2, 0.0))
+            self.mean = mean.astype(np.float32)
             self.scale = np.where(std > 1e-12, std, 1.0).astype(np.float32)
         return self
 
@@ -206,19 +214,30 @@ def torch_device():
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def softmax_regression(X: np.ndarray, y: np.ndarray, n_classes: int, l2: float, max_iter: int,
+Chunks = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
+"""A re-iterable source of (features, labels) blocks: a feature file read in row blocks."""
+
+
+def softmax_regression(data: tuple[np.ndarray, np.ndarray] | Chunks, n_classes: int, l2: float, max_iter: int,
                        init: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Train an ``nn.Linear`` to minimise mean cross-entropy + l2 / 2 * ||W||^2 by full-batch
     L-BFGS in torch (on the GPU when there is one).
 
-    Deterministic (zero or given start, no sampling). Returns (W (C, D), b (C,)) as float32.
+    ``data`` is either (X, y) in memory or :data:`Chunks`, read block by block on every pass so
+    that features larger than memory can be used. Deterministic (zero or given start, no
+    sampling). Returns (W (C, D), b (C,)) as float32.
     """
     import torch
     import torch.nn.functional as F
 
     device = torch_device()
-    features, labels = torch.as_tensor(X, device=device), torch.as_tensor(y, device=device)
-    layer = torch.nn.Linear(X.shape[1], n_classes, device=device)
+    if isinstance(data, tuple):
+        in_memory = [(torch.as_tensor(data[0], device=device), torch.as_tensor(data[1], device=device))]
+        blocks = lambda: in_memory  # noqa: E731
+    else:
+        blocks = lambda: ((torch.as_tensor(X, device=device), torch.as_tensor(y, device=device)) for X, y in data())  # noqa: E731
+    dim = next(iter(blocks()))[0].shape[1]
+    layer = torch.nn.Linear(dim, n_classes, device=device)
     with torch.no_grad():  # the problem is convex: start at zero (or the given point), no RNG
         layer.weight.copy_(torch.as_tensor(init[0]) if init else torch.zeros_like(layer.weight))
         layer.bias.copy_(torch.as_tensor(init[1]) if init else torch.zeros_like(layer.bias))
@@ -227,9 +246,17 @@ def softmax_regression(X: np.ndarray, y: np.ndarray, n_classes: int, l2: float, 
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = F.cross_entropy(layer(features), labels) + 0.5 * l2 * layer.weight.pow(2).sum()
-        loss.backward()
-        return loss
+        total, rows = 0.0, 0
+        for X, y in blocks():  # gradients of the summed loss accumulate block by block
+            loss = F.cross_entropy(layer(X), y, reduction="sum")
+            loss.backward()
+            total, rows = total + loss.item(), rows + len(y)
+        with torch.no_grad():
+            for p in layer.parameters():
+                p.grad /= rows
+            layer.weight.grad += l2 * layer.weight
+            penalty = 0.5 * l2 * layer.weight.pow(2).sum().item()
+        return torch.tensor(total / rows + penalty)
 
     opt.step(closure)
     return layer.weight.detach().cpu().numpy(), layer.bias.detach().cpu().numpy()
@@ -270,12 +297,13 @@ class SweptLinearHead(LinearModelHead):
         grid = self.params.grid.values()[::-1]
         solution, accuracies = None, []
         for l2 in grid:
-            solution = softmax_regression(X, y, self.n_classes, float(l2), self.params.sweep_max_iter, init=solution)
+            solution = softmax_regression((X, y), self.n_classes, float(l2), self.params.sweep_max_iter, init=solution)
             W, b = solution
             accuracies.append(float(((X_val @ W.T + b).argmax(axis=1) == y_val).mean()))
         best = int(np.argmax(accuracies))  # first maximum = strongest penalty among ties
         self.info["sweep"] = {"l2": grid.tolist(), "val_top1": accuracies}
         self.info["chosen_l2"] = float(grid[best])
+        self.info["chosen_val_top1"] = accuracies[best]  # held out: the final head is refit on train + val
 
 
 class LogisticParams(SweepParams):
@@ -327,7 +355,17 @@ class LinearHead(SweptLinearHead):
     def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
         l2 = self.info.get("chosen_l2", self.params.weight_decay)
         self.info["weight_decay"] = l2
-        self.coef, self.intercept = softmax_regression(X, y, self.n_classes, l2, self.params.max_iter)
+        self.coef, self.intercept = softmax_regression((X, y), self.n_classes, l2, self.params.max_iter)
+
+    def fit_chunks(self, chunks: Chunks, n_classes: int) -> LinearHead:
+        """Fit from features read block by block (never all in memory); ``select: fixed`` only."""
+        if self.needs_validation:
+            raise ValueError("head linear with select: sweep needs the features in memory; use select: fixed")
+        self.n_classes, self.info = n_classes, {"weight_decay": self.params.weight_decay, "streamed": True}
+        self.normalizer.fit_chunks(chunks)
+        normalised = lambda: ((self.normalizer.transform(X), y) for X, y in chunks())  # noqa: E731
+        self.coef, self.intercept = softmax_regression(normalised, n_classes, self.params.weight_decay, self.params.max_iter)
+        return self
 
 
 class RidgeParams(HeadParamsBase):

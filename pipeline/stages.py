@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import time
 from pathlib import Path
 
@@ -62,6 +63,16 @@ def expected_spec(params: Params, splits_path: str | Path) -> dict:
     }
 
 
+def fits_in_memory(nbytes: int) -> bool:
+    """Whether features of ``nbytes`` (float32) can be loaded whole: a quarter of the free memory,
+    since fitting holds a normalised copy and the solver's own buffers."""
+    try:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return True
+    return nbytes < free / 4
+
+
 def train(params: Params, features_path: str | Path, splits_path: str | Path, head_path: str | Path,
           head_key: str = "head") -> dict:
     """Fit the head configured at ``head_key`` (``head`` or ``heads.<name>``) on the cached features."""
@@ -72,16 +83,21 @@ def train(params: Params, features_path: str | Path, splits_path: str | Path, he
     head = HEADS[config.kind](config.params_of(where=head_key), seed=params.seed)
     with FeatureStore(features_path) as store:
         store.check(expected_spec(params, splits_path))
-        X, y = store.load("train")
-        validation = store.load("val") if head.needs_validation else None
-        identity = store.identity()
-    start = time.perf_counter()
-    head.fit(X, y, n_classes=len(identity["classes"]), validation=validation)
-    fit_seconds = time.perf_counter() - start
-    head.save(head_path, metadata={"features": identity, "fit_seconds": fit_seconds, "n_train": len(y)})
+        identity, n_classes, n_train = store.identity(), len(store.spec.classes), store.n_rows("train")
+        start = time.perf_counter()
+        if hasattr(head, "fit_chunks") and not head.needs_validation and not fits_in_memory(store.nbytes("train")):
+            print(f"train features ({store.nbytes('train') / 2**30:.1f} GiB as float32) exceed the memory budget: "
+                  "streaming them in blocks")
+            head.fit_chunks(lambda: store.iter_chunks("train"), n_classes)
+        else:
+            X, y = store.load("train")
+            validation = store.load("val") if head.needs_validation else None
+            head.fit(X, y, n_classes=n_classes, validation=validation)
+        fit_seconds = time.perf_counter() - start
+    head.save(head_path, metadata={"features": identity, "fit_seconds": fit_seconds, "n_train": n_train})
     chosen = {k: v for k, v in head.info.items() if k != "sweep"}
-    print(f"trained head {config.kind} ({head_key}) on {len(y)} x {X.shape[1]} features in {fit_seconds:.1f} s "
-          f"{chosen or ''} -> {head_path}")
+    print(f"trained head {config.kind} ({head_key}) on {n_train} x {identity['feature_dim']} features in "
+          f"{fit_seconds:.1f} s {chosen or ''} -> {head_path}")
     return {"fit_seconds": fit_seconds, **chosen}
 
 

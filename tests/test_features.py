@@ -222,3 +222,34 @@ def test_kill_9_mid_extraction_then_resume_bit_for_bit(tmp_path):
         for split in ("train", "val", "test"):
             assert np.array_equal(resumed.load(split)[0], clean.load(split)[0])
             assert resumed.ids(split) == clean.ids(split)
+
+
+def test_linear_head_streams_a_feature_file_too_large_for_memory(feature_file, splits, tmp_path, monkeypatch, capsys):
+    """With the memory budget exceeded, train reads the features in blocks and gets the same head."""
+    from pipeline import stages
+    from pipeline.config import parse_params
+    from pipeline.heads import HEADS, load_head
+
+    splits.save(tmp_path / "splits.json")
+    params = parse_params({"backbone": {"name": "resnet18", "weights": None, "input_size": 32},
+                           "head": {"kind": "linear", "linear": {"weight_decay": 1.0}}})
+    original, block_sizes = FeatureStore.iter_chunks, []
+
+    def small_blocks(self, split, rows=8192):
+        for X, y in original(self, split, rows=5):
+            block_sizes.append(len(y))
+            yield X, y
+
+    monkeypatch.setattr(FeatureStore, "iter_chunks", small_blocks)
+    monkeypatch.setattr(stages, "fits_in_memory", lambda nbytes: False)
+    stages.train(params, feature_file, tmp_path / "splits.json", tmp_path / "streamed.npz")
+    assert "streaming them in blocks" in capsys.readouterr().out
+    assert max(block_sizes) == 5  # never more than one block of rows at a time
+    streamed, _ = load_head(tmp_path / "streamed.npz")
+    assert streamed.info["streamed"]
+
+    with FeatureStore(feature_file) as store:
+        X, y = store.load("train")
+        Xt, _ = store.load("test")
+    in_memory = HEADS["linear"](params.head.params_of()).fit(X, y, n_classes=3)
+    np.testing.assert_allclose(streamed.decision_function(Xt), in_memory.decision_function(Xt), rtol=1e-3, atol=1e-3)
