@@ -38,6 +38,8 @@ class BackboneParams(_Section):
     on_bad_image: Literal["error", "skip"] = "error"
     chunk_rows: int = Field(1024, gt=0)
     """Rows committed to disk at a time; an interrupted extraction resumes from the last chunk."""
+    launcher: str = "python"
+    """How dvc.yaml starts extract: ``python``, or ``torchrun --nproc_per_node=N`` (data-parallel)."""
 
 
 class HeadParams(_Section):

@@ -8,12 +8,15 @@ forward pass run on the device (CUDA with bf16 autocast when present, else the C
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -41,6 +44,43 @@ def tune_allocator() -> None:
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's place in a data-parallel extraction (torch.distributed, launched by torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    barrier: Callable[[], None] = lambda: None
+
+    def chunks(self, n_chunks: int) -> range:
+        """The contiguous block of chunk indices this rank extracts."""
+        return range(self.rank * n_chunks // self.world_size, (self.rank + 1) * n_chunks // self.world_size)
+
+
+@contextlib.contextmanager
+def distributed() -> Iterator[tuple[Shard, torch.device]]:
+    """The shard and device of this process: from torchrun's environment (RANK, WORLD_SIZE,
+    LOCAL_RANK), with NCCL on cuda:LOCAL_RANK or gloo on the CPU; a single shard otherwise."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        yield Shard(), default_device()
+        return
+    import datetime
+
+    import torch.distributed as dist
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    # ranks wait for each other at the end of extraction: allow for uneven shards
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=12))
+    try:
+        yield Shard(dist.get_rank(), dist.get_world_size(), dist.barrier), device
+    finally:
+        dist.destroy_process_group()
 
 
 class _TorchBatches(torch.utils.data.IterableDataset):
@@ -83,24 +123,40 @@ def extract_features(
     device: torch.device | None = None,
     chunk_rows: int = 1024,
     progress: bool = True,
-) -> Path:
-    """Compute and cache features for every split of ``splits``; resumes a partial run."""
+    shard: Shard | None = None,
+) -> Path | None:
+    """Compute and cache features for every split of ``splits``; resumes a partial run.
+
+    With a :class:`Shard` (one process of a distributed run), this process extracts only its
+    contiguous share of each split's chunks; rank 0 assembles the file once every rank is done and
+    returns its path, the other ranks return None.
+    """
+    shard = shard or Shard()
     device = device or default_device()
     if num_workers is None:
         num_workers = min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
     chunk_batches = max(1, chunk_rows // batch_size)
-    partial = PartialFeatures(out_path, spec, chunk_rows=chunk_batches * batch_size)
+    if shard.rank == 0:  # rank 0 alone decides whether an earlier partial run can be resumed
+        partial = PartialFeatures(out_path, spec, chunk_rows=chunk_batches * batch_size)
+    shard.barrier()
+    if shard.rank != 0:
+        partial = PartialFeatures(out_path, spec, chunk_rows=chunk_batches * batch_size)
     model = backbone.to(device).to(memory_format=torch.channels_last)
-    plan = {}
+    plan, total, resumed = {}, 0, 0
     for name, split in splits.splits.items():
         n_batches = math.ceil(len(split) / batch_size)
+        mine = shard.chunks(math.ceil(n_batches / chunk_batches))
         done = partial.done(name)
-        plan[name] = [b for b in range(n_batches) if b // chunk_batches not in done]
-    total = sum(min(len(splits.splits[n]), len(bs) * batch_size) for n, bs in plan.items())
-    resumed = sum(len(s) for s in splits.splits.values()) - total
+        plan[name] = [b for b in range(n_batches) if b // chunk_batches in mine and b // chunk_batches not in done]
+        for b in range(n_batches):
+            if b // chunk_batches in mine:
+                rows = len(split.keys[b * batch_size : (b + 1) * batch_size])
+                total, resumed = (total + rows, resumed) if b in plan[name] else (total, resumed + rows)
+    who = f" [rank {shard.rank}/{shard.world_size}]" if shard.world_size > 1 else ""
     if resumed:
-        print(f"resuming: {resumed} images already extracted in {partial.dir}")
-    bar = tqdm(total=total, unit="img", desc=f"extract {backbone.name}", disable=not progress, smoothing=0.1)
+        print(f"resuming{who}: {resumed} images already extracted in {partial.dir}", flush=True)
+    desc = f"extract {backbone.name}{who}"
+    bar = tqdm(total=total, unit="img", desc=desc, disable=not progress or shard.rank != 0, smoothing=0.1)
     for name, batches in plan.items():
         if not batches:
             continue
@@ -128,6 +184,10 @@ def extract_features(
                 bar.update(len(images))
                 split_images += len(images)
         rate = split_images / (time.perf_counter() - split_start)
-        bar.write(f"{name}: {split_images} images at {rate:.1f} images/s")
+        if shard.rank == 0:
+            bar.write(f"{name}: {split_images} images at {rate:.1f} images/s" + (" (rank 0)" if shard.world_size > 1 else ""))
     bar.close()
+    shard.barrier()  # every rank's chunks are committed
+    if shard.rank != 0:
+        return None
     return partial.assemble(spec, {n: (s.keys, s.labels) for n, s in splits.splits.items()})

@@ -241,8 +241,9 @@ def softmax_regression(data: tuple[np.ndarray, np.ndarray] | Chunks, n_classes: 
     with torch.no_grad():  # the problem is convex: start at zero (or the given point), no RNG
         layer.weight.copy_(torch.as_tensor(init[0]) if init else torch.zeros_like(layer.weight))
         layer.bias.copy_(torch.as_tensor(init[1]) if init else torch.zeros_like(layer.bias))
+    # stop when the float32 loss stops changing at its own resolution (about 1e-7)
     opt = torch.optim.LBFGS(layer.parameters(), lr=1.0, max_iter=max_iter, history_size=20, tolerance_grad=1e-5,
-                            tolerance_change=1e-9, line_search_fn="strong_wolfe")
+                            tolerance_change=1e-7, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         opt.zero_grad()

@@ -30,10 +30,12 @@ def prepare(params: Params, splits_path: str | Path) -> dict:
     return counts
 
 
-def extract(params: Params, splits_path: str | Path, features_path: str | Path, progress: bool = True) -> Path:
+def extract(params: Params, splits_path: str | Path, features_path: str | Path, progress: bool = True) -> Path | None:
+    """Run the frozen backbone over every image. Under torchrun, each process extracts its own
+    shard and rank 0 writes the file (the other ranks return None)."""
     from pipeline.backbones import load_backbone
     from pipeline.data import Splits, open_source
-    from pipeline.extract import extract_features, feature_spec, tune_allocator
+    from pipeline.extract import distributed, extract_features, feature_spec, tune_allocator
 
     tune_allocator()
     b = params.backbone
@@ -41,13 +43,16 @@ def extract(params: Params, splits_path: str | Path, features_path: str | Path, 
     backbone = load_backbone(b.name, b.weights, b.input_size, seed=params.seed)
     spec = feature_spec(splits, backbone, b.weights, b.input_size, b.storage_dtype)
     start = time.perf_counter()
-    out = extract_features(
-        splits, open_source(splits.source), backbone, spec, features_path,
-        batch_size=b.batch_size, num_workers=b.num_workers, skip_bad=b.on_bad_image == "skip",
-        chunk_rows=b.chunk_rows, progress=progress,
-    )
-    n = sum(len(s) for s in splits.splits.values())
-    print(f"extracted {n} images with {b.name} in {time.perf_counter() - start:.1f} s -> {out}")
+    with distributed() as (shard, device):
+        out = extract_features(
+            splits, open_source(splits.source), backbone, spec, features_path,
+            batch_size=b.batch_size, num_workers=b.num_workers, skip_bad=b.on_bad_image == "skip",
+            chunk_rows=b.chunk_rows, progress=progress, shard=shard, device=device,
+        )
+    if out is not None:
+        n = sum(len(s) for s in splits.splits.values())
+        procs = f" by {shard.world_size} processes" if shard.world_size > 1 else ""
+        print(f"extracted {n} images with {b.name}{procs} in {time.perf_counter() - start:.1f} s -> {out}")
     return out
 
 

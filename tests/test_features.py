@@ -177,6 +177,7 @@ def test_same_params_same_features_and_metrics(tmp_path):
     assert json.dumps(ma, sort_keys=True) == json.dumps(mb, sort_keys=True)
 
 
+@pytest.mark.slow
 def test_kill_9_mid_extraction_then_resume_bit_for_bit(tmp_path):
     """A real extraction process is SIGKILLed once some chunks are committed; a rerun resumes."""
     import os
@@ -253,3 +254,54 @@ def test_linear_head_streams_a_feature_file_too_large_for_memory(feature_file, s
         Xt, _ = store.load("test")
     in_memory = HEADS["linear"](params.head.params_of()).fit(X, y, n_classes=3)
     np.testing.assert_allclose(streamed.decision_function(Xt), in_memory.decision_function(Xt), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_give_the_single_process_features(splits, backbone, feature_file, tmp_path, monkeypatch):
+    """2 CPU processes (gloo) each extract a contiguous shard; the combined file equals a 1-process run.
+
+    The first launch is preceded by an interrupted single-process run, so the ranks also resume:
+    chunks already committed are not recomputed.
+    """
+    import subprocess
+    import sys
+
+    import yaml
+
+    from pipeline.config import load_params
+    from pipeline.stages import expected_spec
+
+    splits.save(tmp_path / "splits.json")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({
+        "backbone": {"name": "resnet18", "weights": None, "input_size": 32, "batch_size": 4, "chunk_rows": 8},
+    }))
+    out = tmp_path / "f.h5"
+    original, written = PartialFeatures.write_chunk, []
+
+    def crash_after_one(self, split, index, features, valid):
+        if written:
+            raise KeyboardInterrupt("simulated interruption")
+        written.append((split, index))
+        original(self, split, index, features, valid)
+
+    monkeypatch.setattr(PartialFeatures, "write_chunk", crash_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        run(splits, backbone, out, chunk_rows=8)
+    assert written == [("train", 0)]
+
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pipeline",
+         "--params", str(tmp_path / "params.yaml"), "extract", "--splits", str(tmp_path / "splits.json"),
+         "--out", str(out), "--no-progress"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "by 2 processes" in result.stdout
+    assert "resuming [rank 0/2]: 8 images already extracted" in result.stdout  # train chunk 0 is rank 0's
+    assert "resuming [rank 1/2]" not in result.stdout
+    assert not (out.parent / ".f.h5.partial").exists()
+    with FeatureStore(out) as sharded, FeatureStore(feature_file) as single:
+        sharded.check(expected_spec(load_params(tmp_path / "params.yaml"), tmp_path / "splits.json"))
+        for split in ("train", "val", "test"):
+            assert sharded.ids(split) == single.ids(split)
+            np.testing.assert_allclose(sharded.load(split)[0], single.load(split)[0], rtol=1e-4, atol=1e-5)
