@@ -33,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="evaluation")
 
     p = sub.add_parser("compare", help="one table and one chart of evaluated heads")
-    p.add_argument("metrics", nargs="+", help="metrics.json files written by evaluate")
+    p.add_argument("metrics", nargs="*",
+                   help="metrics.json files written by evaluate (default: the main head's and those of `heads:`)")
     p.add_argument("--out", default="evaluation")
 
     p = sub.add_parser("predict", help="classify image files or folders with the trained backbone + head")
@@ -73,12 +74,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "evaluate":
             stages.evaluate(args.features, args.head, args.out, name=args.name)
         elif args.command == "compare":
-            stages.compare(args.metrics, args.out)
+            metrics = args.metrics or [f"{args.out}/metrics.json", *(f"{args.out}/heads/{n}/metrics.json" for n in params.heads)]
+            stages.compare(metrics, args.out)
         elif args.command in ("predict", "export"):
             from pipeline import model
 
-            b = params.backbone
-            features = args.features or f"data/features/{b.name}-{b.input_size}px.h5"
+            features = args.features or params.backbone.features_file
             trained = model.load_trained(features, args.head)
             if args.command == "export":
                 print(f"exported {trained.backbone.name} + {trained.head.kind} head -> {model.export(trained, args.out)}")
@@ -89,7 +90,10 @@ def main(argv: list[str] | None = None) -> int:
                 for r in [] if args.json else results:
                     print(f"{r['path']}: " + ", ".join(f"{t['class']} {t['score']:.3f}" for t in r["top"]))
     except (PipelineError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        message = str(err).strip()
+        if "Original Traceback" in message:  # raised in a DataLoader worker: keep the original message
+            message = message.splitlines()[-1].split(": ", 1)[-1]
+        print(f"error: {message}", file=sys.stderr)
         return 2
     return 0
 

@@ -6,6 +6,7 @@ outside its valid choices stops there with a message naming the key.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -40,6 +41,11 @@ class BackboneParams(_Section):
     """Rows committed to disk at a time; an interrupted extraction resumes from the last chunk."""
     launcher: str = "python"
     """How dvc.yaml starts extract: ``python``, or ``torchrun --nproc_per_node=N`` (data-parallel)."""
+
+    @property
+    def features_file(self) -> str:
+        """Where dvc.yaml puts this configuration's feature file (the same rule as there)."""
+        return f"data/features/{self.name}-{self.input_size}px.h5"
 
 
 class HeadParams(_Section):
@@ -87,7 +93,7 @@ class Params(_Section):
             return self.head
         name = key.removeprefix("heads.")
         if not key.startswith("heads.") or name not in self.heads:
-            raise ConfigError(f"no head configuration {key!r}; valid: ['head'] + {['heads.' + n for n in self.heads]}")
+            raise ConfigError(f"no head configuration {key!r}; valid: {['head', *('heads.' + n for n in self.heads)]}")
         return self.heads[name]
 
 
@@ -112,13 +118,24 @@ def parse_params(raw: dict[str, Any] | None) -> Params:
     return params
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string; read it as the float everyone means."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"params file {path} does not exist")
     with path.open() as f:
         try:
-            raw = yaml.safe_load(f)
+            raw = yaml.load(f, Loader=_Loader)  # noqa: S506 (a SafeLoader)
         except yaml.YAMLError as err:
             raise ConfigError(f"params file {path} is not valid YAML: {err}") from None
     if raw is not None and not isinstance(raw, dict):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import pickle
 import tarfile
@@ -31,7 +30,6 @@ from pipeline.errors import BadImageError, DatasetError
 from pipeline.fileutil import sha256_file, sha256_json, write_json
 
 SOURCE_SPLITS = ("train", "test")
-SPLITS = ("train", "val", "test")
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 
 
@@ -103,11 +101,17 @@ class FolderSource(Source):
         for key in keys:
             try:
                 yield key, (self.root / key).read_bytes()
-            except OSError as err:
-                raise BadImageError(key, self.location, str(err)) from None
+            except OSError as err:  # decode_image raises it, where on_bad_image decides
+                yield key, err
 
     def content_hash(self) -> str:
-        return sha256_json([(key, sha256_file(self.root / key)) for key, _, _ in self.entries()])
+        def file_hash(key: str) -> str:
+            try:
+                return sha256_file(self.root / key)
+            except OSError as err:  # extraction reports it, or skips it (backbone.on_bad_image)
+                return f"unreadable: {err.strerror}"
+
+        return sha256_json([(key, file_hash(key)) for key, _, _ in self.entries()])
 
 
 class TarSource(Source):
@@ -127,8 +131,8 @@ class TarSource(Source):
             raise DatasetError(f"cannot read archive {self.path}: {err}") from None
 
     def _scan(self) -> tuple[list[tuple[str, bool]], str]:
-        names = [(name, m.isfile()) for _, m, name in self._members()]
-        tops = {PurePosixPath(n).parts[0] for n, _ in names if n}
+        names = [(name, m.isfile()) for _, m, name in self._members() if PurePosixPath(name).parts]
+        tops = {PurePosixPath(n).parts[0] for n, _ in names}
         prefix = ""
         if len(tops) == 1 and not tops & set(SOURCE_SPLITS):
             prefix = tops.pop() + "/"
@@ -172,12 +176,10 @@ class TarSource(Source):
             if key != expected:
                 raise DatasetError(f"{self.location}: keys not in archive order at {key!r}")
             f = tar.extractfile(member)
-            if f is None:
-                raise BadImageError(key, self.location, "not a regular file")
-            yield key, f.read()
+            yield key, (f.read() if f is not None else OSError("not a regular file"))
             expected = next(order, None)
         if expected is not None:
-            raise BadImageError(expected, self.location, "missing from the archive")
+            raise BadImageError.of(expected, self.location, "missing from the archive")
 
     def content_hash(self) -> str:
         return sha256_file(self.path)
@@ -256,8 +258,14 @@ def download_cifar10(root: str | Path) -> Path:
     """Download the official CIFAR-10 with torchvision (needs the internet); returns its directory."""
     from torchvision.datasets import CIFAR10
 
-    for train in (True, False):
-        CIFAR10(root=str(root), train=train, download=True)
+    try:
+        for train in (True, False):
+            CIFAR10(root=str(root), train=train, download=True)
+    except OSError as err:  # URLError included
+        raise DatasetError(
+            f"could not download CIFAR-10 ({err}); offline, use the shipped data/cifar10-jpeg.tar.gz "
+            "(the default data.source)"
+        ) from None
     return Path(root) / "cifar-10-batches-py"
 
 
@@ -311,7 +319,10 @@ class Splits:
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"splits file {path} does not exist; run the prepare stage first")
-        raw = json.loads(path.read_text())
+        try:
+            raw = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise DatasetError(f"splits file {path} is not valid JSON ({err}); run the prepare stage again") from None
         splits = cls(
             source=raw["source"],
             source_hash=raw["source_hash"],
@@ -402,6 +413,8 @@ def decode_image(raw: object, geometry: ImageGeometry):
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms import functional as TF
 
+    if isinstance(raw, Exception):  # the source could not read the file
+        raise raw
     image = raw if isinstance(raw, Image.Image) else Image.open(io.BytesIO(raw))
     image = image.convert("RGB")
     image = TF.resize(image, geometry.resize_size, interpolation=InterpolationMode(geometry.interpolation))
@@ -424,9 +437,6 @@ class BatchStream:
         self.source, self.keys, self.batch_size = source, list(keys), batch_size
         self.batches, self.geometry, self.skip_bad = list(batches), geometry, skip_bad
 
-    def n_batches(self) -> int:
-        return math.ceil(len(self.keys) / self.batch_size)
-
     def __iter__(self):
         import torch
 
@@ -448,7 +458,7 @@ class BatchStream:
                     images[i] = decode_image(raw, self.geometry)
                 except Exception as err:  # PIL raises many types for corrupt data
                     if not self.skip_bad:
-                        raise BadImageError(key, self.source.location, f"{type(err).__name__}: {err}") from None
+                        raise BadImageError.of(key, self.source.location, f"{type(err).__name__}: {err}") from None
                     valid[i] = False
             yield b, images, valid
 

@@ -1,4 +1,10 @@
-"""The errors the pipeline reports to users: each message names the bad value and what is valid."""
+"""The errors the pipeline reports to users: each message names the bad value and what is valid.
+
+Every class can be built from its message alone, so that an error raised in a DataLoader worker
+process survives being re-raised in the main process.
+"""
+
+from __future__ import annotations
 
 
 class PipelineError(ValueError):
@@ -14,9 +20,11 @@ class DatasetError(PipelineError):
 
 
 class BadImageError(DatasetError):
-    def __init__(self, key: str, location: str, reason: str):
-        super().__init__(f"cannot read image {key!r} in {location}: {reason}")
-        self.key = key
+    """An image that cannot be read or decoded; the message names it."""
+
+    @classmethod
+    def of(cls, key: str, location: str, reason: str) -> BadImageError:
+        return cls(f"cannot read image {key!r} in {location}: {reason}")
 
 
 class BackboneError(PipelineError):

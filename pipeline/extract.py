@@ -136,11 +136,12 @@ def extract_features(
     if num_workers is None:
         num_workers = min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
     chunk_batches = max(1, chunk_rows // batch_size)
+    compute = "cuda-bfloat16" if device.type == "cuda" else f"{device.type}-float32"
     if shard.rank == 0:  # rank 0 alone decides whether an earlier partial run can be resumed
-        partial = PartialFeatures(out_path, spec, chunk_rows=chunk_batches * batch_size)
+        partial = PartialFeatures(out_path, spec, chunk_batches * batch_size, compute)
     shard.barrier()
     if shard.rank != 0:
-        partial = PartialFeatures(out_path, spec, chunk_rows=chunk_batches * batch_size)
+        partial = PartialFeatures(out_path, spec, chunk_batches * batch_size, compute)
     model = backbone.to(device).to(memory_format=torch.channels_last)
     plan, total, resumed = {}, 0, 0
     for name, split in splits.splits.items():

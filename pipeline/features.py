@@ -79,11 +79,12 @@ class FeatureSpec:
 class PartialFeatures:
     """The chunk files of an extraction in progress, keyed by (split, chunk index)."""
 
-    def __init__(self, out_path: str | Path, spec: FeatureSpec, chunk_rows: int):
+    def __init__(self, out_path: str | Path, spec: FeatureSpec, chunk_rows: int, compute: str = "cpu-float32"):
         self.out_path = Path(out_path)
         self.dir = self.out_path.parent / f".{self.out_path.name}.partial"
         self.chunk_rows = chunk_rows
-        meta = {"spec": spec.attrs(), "chunk_rows": chunk_rows}
+        # chunks computed another way (GPU bf16 against CPU float32) are not mixed into one file
+        meta = {"spec": spec.attrs(), "chunk_rows": chunk_rows, "compute": compute}
         meta_path = self.dir / "meta.json"
         if meta_path.exists() and json.loads(meta_path.read_text()) != meta:
             print(f"discarding partial extraction in {self.dir}: it was made with other settings")
@@ -102,6 +103,10 @@ class PartialFeatures:
         with atomic_path(self._chunk_path(split, index)) as tmp, open(tmp, "wb") as f:
             np.savez(f, features=features, valid=valid)
 
+    def read_valid(self, split: str, index: int) -> np.ndarray:
+        with np.load(self._chunk_path(split, index), allow_pickle=False) as npz:
+            return npz["valid"]
+
     def read_chunk(self, split: str, index: int) -> tuple[np.ndarray, np.ndarray]:
         with np.load(self._chunk_path(split, index), allow_pickle=False) as npz:
             return npz["features"], npz["valid"]
@@ -115,9 +120,7 @@ class PartialFeatures:
                 h5.attrs.update(spec.attrs())
                 for split, (keys, labels) in splits.items():
                     n_chunks = -(-len(keys) // self.chunk_rows)
-                    valid = np.concatenate(
-                        [self.read_chunk(split, i)[1] for i in range(n_chunks)] or [np.zeros(0, bool)]
-                    )
+                    valid = np.concatenate([self.read_valid(split, i) for i in range(n_chunks)] or [np.zeros(0, bool)])
                     if len(valid) != len(keys):
                         raise FeatureStoreError(f"{self.dir}: chunks of {split} hold {len(valid)} rows, expected {len(keys)}")
                     keep = np.flatnonzero(valid)
@@ -187,9 +190,6 @@ class FeatureStore:
         if split not in self._h5:
             raise FeatureStoreError(f"feature file {self.path} has no split {split!r}; it has {self.splits}")
         return self._h5[split]
-
-    def __len__(self) -> int:
-        return sum(len(self._group(s)["labels"]) for s in self.splits)
 
     def n_rows(self, split: str) -> int:
         return len(self._group(split)["labels"])

@@ -17,6 +17,7 @@ from typing import Any, Callable, ClassVar, Iterable, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from pipeline.errors import ConfigError, PipelineError
 from pipeline.fileutil import atomic_path
 
 HEADS: dict[str, type[Head]] = {}
@@ -122,7 +123,7 @@ class Head:
         self.info = {}
         if self.needs_validation:
             if validation is None or len(validation[1]) == 0:
-                raise ValueError(f"head {self.kind} with select: sweep needs a validation split (data.val_fraction > 0)")
+                raise ConfigError(f"head {self.kind} with select: sweep needs a validation split: set data.val_fraction > 0")
             X_val, y_val = _check_xy(*validation)
             self.normalizer.fit(X)
             self._select(self.normalizer.transform(X), y, self.normalizer.transform(X_val), y_val)
@@ -177,7 +178,7 @@ def load_head(path: str | Path) -> tuple[Head, dict[str, Any]]:
         norm_state = {k[5:]: npz[k] for k in npz.files if k.startswith("norm.")}
     cls = HEADS.get(header["kind"])
     if cls is None:
-        raise ValueError(f"{path}: unknown head kind {header['kind']!r}; valid choices: {sorted(HEADS)}")
+        raise PipelineError(f"{path}: unknown head kind {header['kind']!r}; valid choices: {sorted(HEADS)}")
     head = cls(cls.Params.model_validate(header["params"]), seed=header["seed"])
     head.n_classes = header["n_classes"]
     head.info = header.get("info", {})
@@ -325,7 +326,9 @@ class LogisticHead(SweptLinearHead):
         from sklearn.linear_model import LogisticRegression
 
         chosen = self.info.get("chosen_l2")
-        C = self.params.C if chosen is None else 1.0 / (chosen * len(y))
+        # scikit-learn fits one weight vector w for two classes; the softmax weights are (-w/2, w/2), whose
+        # penalty l2/2 ||W||^2 = l2/4 ||w||^2 matches C = 2 / (l2 N); for more classes C = 1 / (l2 N)
+        C = self.params.C if chosen is None else (2.0 if self.n_classes == 2 else 1.0) / (chosen * len(y))
         self.info["C"] = C
         model = LogisticRegression(C=C, max_iter=self.params.max_iter, tol=self.params.tol, random_state=self.seed)
         model.fit(X, y)
@@ -361,7 +364,7 @@ class LinearHead(SweptLinearHead):
     def fit_chunks(self, chunks: Chunks, n_classes: int) -> LinearHead:
         """Fit from features read block by block (never all in memory); ``select: fixed`` only."""
         if self.needs_validation:
-            raise ValueError("head linear with select: sweep needs the features in memory; use select: fixed")
+            raise ConfigError("head linear with select: sweep needs the features in memory; use select: fixed")
         self.n_classes, self.info = n_classes, {"weight_decay": self.params.weight_decay, "streamed": True}
         self.normalizer.fit_chunks(chunks)
         normalised = lambda: ((self.normalizer.transform(X), y) for X, y in chunks())  # noqa: E731
@@ -437,7 +440,9 @@ class KnnHead(Head):
         for start in range(0, len(X), 1024):
             sims = X[start : start + 1024] @ bank.T
             nearest = np.argpartition(-sims, kth=k - 1, axis=1)[:, :k]
-            weights = np.exp(np.take_along_axis(sims, nearest, axis=1) / self.params.temperature)
+            near_sims = np.take_along_axis(sims, nearest, axis=1)
+            # shifting each row by its maximum keeps exp finite and leaves the vote shares unchanged
+            weights = np.exp((near_sims - near_sims.max(axis=1, keepdims=True)) / self.params.temperature)
             rows = np.repeat(np.arange(len(nearest)), k)
             np.add.at(scores[start : start + 1024], (rows, self.bank_labels[nearest].ravel()), weights.ravel())
         return np.log(scores + 1e-30)  # log of the vote mass: softmax gives the vote shares

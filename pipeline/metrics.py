@@ -30,7 +30,8 @@ def classification_metrics(scores: np.ndarray, labels: np.ndarray, classes: list
     if n_classes > 5:
         out["top5"] = top_k_accuracy(scores, labels, 5)
     out["mean_class_accuracy"] = float(np.nanmean(per_class))
-    out["per_class_accuracy"] = {c: round(float(a), 6) for c, a in zip(classes, per_class)}
+    # a class absent from the split has no accuracy: null in JSON
+    out["per_class_accuracy"] = {c: None if np.isnan(a) else round(float(a), 6) for c, a in zip(classes, per_class)}
     out["confusion_matrix"] = cm.tolist()
     return out
 

@@ -50,8 +50,9 @@ def load_trained(features_path: str | Path, head_path: str | Path) -> TrainedMod
     rebuilt = json.dumps(backbone.preprocessing.describe(), sort_keys=True)
     if backbone.weights_id != spec.weights_id or rebuilt != spec.preprocessing:
         raise FeatureStoreError(
-            f"the backbone recorded in {features_path} ({spec.backbone}, weights {spec.weights_id}) cannot be "
-            f"rebuilt identically here: got weights {backbone.weights_id} (checkpoint changed since extraction?)"
+            f"the backbone recorded in {features_path} cannot be rebuilt identically here: weights "
+            f"{spec.weights_id} recorded, {backbone.weights_id} loaded; preprocessing {spec.preprocessing} "
+            f"recorded, {rebuilt} now (checkpoint or package changed since extraction?)"
         )
     return TrainedModel(backbone, head, list(spec.classes))
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import time
 from pathlib import Path
 
@@ -71,11 +70,12 @@ def expected_spec(params: Params, splits_path: str | Path) -> dict:
 def fits_in_memory(nbytes: int) -> bool:
     """Whether features of ``nbytes`` (float32) can be loaded whole: a quarter of the free memory,
     since fitting holds a normalised copy and the solver's own buffers."""
-    try:
-        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError):
+    try:  # MemAvailable counts reclaimable page cache, unlike MemFree
+        meminfo = Path("/proc/meminfo").read_text()
+        available = int(meminfo.split("MemAvailable:")[1].split()[0]) * 1024
+    except (OSError, IndexError, ValueError):
         return True
-    return nbytes < free / 4
+    return nbytes < available / 4
 
 
 def train(params: Params, features_path: str | Path, splits_path: str | Path, head_path: str | Path,

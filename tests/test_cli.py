@@ -25,3 +25,19 @@ def test_missing_dataset_and_missing_feature_file(tmp_path):
     assert result.returncode == 2 and "data.source 'nowhere.tar.gz' does not exist" in result.stderr
     result = run_cli(tmp_path, {}, "evaluate", "--features", "missing.h5", "--head", "missing.npz")
     assert result.returncode == 2 and "head file missing.npz does not exist; run the train stage first" in result.stderr
+
+
+def test_bad_image_found_by_a_decoding_worker_is_one_clear_line(tmp_path, cifar_folder):
+    import shutil
+
+    root = tmp_path / "images"
+    shutil.copytree(cifar_folder, root)
+    (root / "test" / "cat" / "0001.jpg").write_bytes(b"garbage")
+    params = {"data": {"source": str(root)},
+              "backbone": {"name": "resnet18", "weights": None, "input_size": 32, "num_workers": 1}}
+    assert run_cli(tmp_path, params, "prepare", "--out", "s.json").returncode == 0
+    result = run_cli(tmp_path, params, "extract", "--splits", "s.json", "--out", "f.h5", "--no-progress")
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot read image 'test/cat/0001.jpg'"), result.stderr
+    assert not (tmp_path / "f.h5").exists()

@@ -145,3 +145,27 @@ def test_shipped_archive_is_complete_cifar10():
     assert sorted({c for _, _, c in entries}) == [
         "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"
     ]
+
+
+def test_archive_made_with_tar_dot(cifar_folder, tmp_path):
+    """`tar -C dir -cf x.tar .` stores a member named '.': it is not a split."""
+    archive = tmp_path / "dot.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(cifar_folder, arcname=".")
+    splits = make_splits(open_source(archive), 0.0, None, seed=0)
+    assert splits.classes == ["airplane", "cat", "ship"] and len(splits.splits["test"]) == 12
+
+
+def test_unreadable_file_is_skipped_when_allowed(cifar_folder, tmp_path):
+    import shutil
+
+    root = tmp_path / "images"
+    shutil.copytree(cifar_folder, root)
+    (root / "train" / "cat" / "0002.jpg").unlink()
+    (root / "train" / "cat" / "0002.jpg").symlink_to(tmp_path / "gone.jpg")  # listed, but cannot be read
+    source = open_source(root)
+    keys = make_splits(source, 0.0, None, seed=0).splits["train"].keys
+    with pytest.raises(BadImageError, match="train/cat/0002.jpg"):
+        list(BatchStream(source, keys, 8, [0, 1, 2], GEOMETRY))
+    valid = torch.cat([v for _, _, v in BatchStream(source, keys, 8, [0, 1, 2], GEOMETRY, skip_bad=True)])
+    assert [keys[i] for i in np.flatnonzero(~valid.numpy())] == ["train/cat/0002.jpg"]

@@ -148,3 +148,30 @@ def test_linear_sweep_records_the_choice():
     assert head.info["weight_decay"] == head.info["chosen_l2"]
     with pytest.raises(ValueError, match="needs a validation split"):
         HEADS["linear"](params).fit(X, y)
+
+
+def test_knn_probabilities_stay_finite_on_unnormalised_features():
+    X, y = blobs()
+    head = HEADS["knn"](HEADS["knn"].Params(normalize="standardize")).fit(X, y)
+    proba = head.predict_proba(X)
+    assert np.isfinite(proba).all() and (head.predict(X) == y).mean() > 0.9
+
+
+def test_two_class_sweep_refits_scikit_learn_at_the_matching_penalty():
+    """For two classes scikit-learn fits one vector w; the softmax penalty l2 matches C = 2 / (l2 N)."""
+    X, y = correlated(40, sample_seed=1, n_classes=2)
+    Xv, yv = correlated(100, sample_seed=2, n_classes=2)
+    params = HEADS["logistic"].Params(select="sweep", grid={"low": 1e-3, "high": 1.0, "num": 4})
+    head = HEADS["logistic"](params).fit(X, y, validation=(Xv, yv))
+    assert head.info["C"] == pytest.approx(2 / (head.info["chosen_l2"] * (len(y) + len(yv))))
+    linear = HEADS["linear"](HEADS["linear"].Params(weight_decay=head.info["chosen_l2"], max_iter=1000))
+    linear.fit(np.concatenate([X, Xv]), np.concatenate([y, yv]))
+    np.testing.assert_allclose(head.predict_proba(Xv), linear.predict_proba(Xv), atol=2e-3)
+
+
+def test_yaml_exponent_floats_are_numbers(tmp_path):
+    from pipeline.config import load_params
+
+    (tmp_path / "params.yaml").write_text("head:\n  logistic: {C: 1e-3}\n  ridge: {alpha: 2E+1}\n")
+    params = load_params(tmp_path / "params.yaml")
+    assert params.head.params_of("logistic").C == 0.001 and params.head.params_of("ridge").alpha == 20.0
