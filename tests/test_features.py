@@ -25,6 +25,24 @@ def run(splits, backbone, out, dtype="float32", **kwargs):
                             num_workers=0, progress=False, **kwargs)
 
 
+def interrupt_after(n_chunks, splits, backbone, out, monkeypatch):
+    """Run an extraction that is interrupted once ``n_chunks`` chunks are committed; return them."""
+    original, written = PartialFeatures.write_chunk, []
+
+    def crash(self, split, index, features, valid):
+        if len(written) == n_chunks:
+            raise KeyboardInterrupt("simulated interruption")
+        written.append((split, index))
+        original(self, split, index, features, valid)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(PartialFeatures, "write_chunk", crash)
+        with pytest.raises(KeyboardInterrupt):
+            run(splits, backbone, out, chunk_rows=8)
+    assert not out.exists()
+    return written
+
+
 @pytest.fixture(scope="module")
 def feature_file(splits, backbone, tmp_path_factory):
     return run(splits, backbone, tmp_path_factory.mktemp("features") / "f.h5", chunk_rows=8)
@@ -73,22 +91,8 @@ def test_float16_storage(splits, backbone, feature_file, tmp_path):
 
 def test_interrupted_extraction_resumes_bit_for_bit(splits, backbone, feature_file, tmp_path, monkeypatch):
     out = tmp_path / "f.h5"
-    original = PartialFeatures.write_chunk
-    written = []
-
-    def crash_after_two(self, split, index, features, valid):
-        if len(written) == 2:
-            raise KeyboardInterrupt("simulated interruption")
-        written.append((split, index))
-        original(self, split, index, features, valid)
-
-    monkeypatch.setattr(PartialFeatures, "write_chunk", crash_after_two)
-    with pytest.raises(KeyboardInterrupt):
-        run(splits, backbone, out, chunk_rows=8)
-    assert not out.exists()
-    monkeypatch.setattr(PartialFeatures, "write_chunk", original)
-
-    resumed = []
+    written = interrupt_after(2, splits, backbone, out, monkeypatch)
+    original, resumed = PartialFeatures.write_chunk, []
     monkeypatch.setattr(PartialFeatures, "write_chunk", lambda self, s, i, f, v: (resumed.append((s, i)), original(self, s, i, f, v)))
     run(splits, backbone, out, chunk_rows=8)
     assert not set(resumed) & set(written)  # committed chunks were not recomputed
@@ -276,18 +280,7 @@ def test_torchrun_two_processes_give_the_single_process_features(splits, backbon
         "backbone": {"name": "resnet18", "weights": None, "input_size": 32, "batch_size": 4, "chunk_rows": 8},
     }))
     out = tmp_path / "f.h5"
-    original, written = PartialFeatures.write_chunk, []
-
-    def crash_after_one(self, split, index, features, valid):
-        if written:
-            raise KeyboardInterrupt("simulated interruption")
-        written.append((split, index))
-        original(self, split, index, features, valid)
-
-    monkeypatch.setattr(PartialFeatures, "write_chunk", crash_after_one)
-    with pytest.raises(KeyboardInterrupt):
-        run(splits, backbone, out, chunk_rows=8)
-    assert written == [("train", 0)]
+    assert interrupt_after(1, splits, backbone, out, monkeypatch) == [("train", 0)]
 
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pipeline",
