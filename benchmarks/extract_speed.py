@@ -45,8 +45,9 @@ def main() -> None:
     parser.add_argument("--input-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--images", type=int, default=2000, help="real images in (b), taken from the test split")
-    parser.add_argument("--workers", type=int, nargs="+", default=[1])
+    parser.add_argument("--workers", type=int, nargs="+", default=[0], help="decoding processes (the pipeline uses 0 on the CPU)")
     parser.add_argument("--source", default="data/cifar10-jpeg.tar.gz")
+    parser.add_argument("--compile", action="store_true", help="also measure with backbone.compile (torch.compile)")
     args = parser.parse_args()
 
     tune_allocator()
@@ -70,6 +71,19 @@ def main() -> None:
                              num_workers=workers, device=device, progress=False)
             rate = n / (time.perf_counter() - start)
         print(f"(b) extract, {workers} worker(s): {rate:8.1f} images/s on {n} real images; (b)/(a) = {rate / bare:.2f}")
+    if args.compile:
+        compiled = torch.compile(backbone)
+        start = time.perf_counter()
+        bare_forward(compiled, args.batch_size, 1, device)
+        print(f"torch.compile: {time.perf_counter() - start:.1f} s to compile")
+        bare_c = bare_forward(compiled, args.batch_size, max(3, n // args.batch_size), device)
+        print(f"(a) bare forward, compiled: {bare_c:8.1f} images/s")
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            extract_features(splits, source, backbone, spec, Path(tmp) / "f.h5", batch_size=args.batch_size,
+                             num_workers=args.workers[0], device=device, progress=False, compile=True)
+            rate = n / (time.perf_counter() - start)
+        print(f"(b) extract, compiled (compilation included): {rate:8.1f} images/s; against eager (a): {rate / bare:.2f}")
 
 
 if __name__ == "__main__":

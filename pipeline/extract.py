@@ -83,6 +83,45 @@ def distributed() -> Iterator[tuple[Shard, torch.device]]:
         dist.destroy_process_group()
 
 
+def prefetch(iterable, depth: int = 2):
+    """Iterate ``iterable`` in a background thread, ``depth`` items ahead (exceptions re-raised here).
+
+    Decoding and resizing release the GIL, so with no worker processes the next batch is prepared
+    while the backbone runs on the current one.
+    """
+    import queue
+    import threading
+
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in iterable:
+                if stop.is_set():
+                    return
+                items.put(item)
+            items.put(done)
+        except BaseException as err:  # handed to the consumer
+            items.put(err)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+        while (item := items.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                items.get_nowait()
+            except queue.Empty:
+                thread.join(0.01)
+
+
 class _TorchBatches(torch.utils.data.IterableDataset):
     def __init__(self, stream: BatchStream):
         self.stream = stream
@@ -124,6 +163,7 @@ def extract_features(
     chunk_rows: int = 1024,
     progress: bool = True,
     shard: Shard | None = None,
+    compile: bool = False,
 ) -> Path | None:
     """Compute and cache features for every split of ``splits``; resumes a partial run.
 
@@ -136,13 +176,15 @@ def extract_features(
     if num_workers is None:
         num_workers = min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
     chunk_batches = max(1, chunk_rows // batch_size)
-    compute = "cuda-bfloat16" if device.type == "cuda" else f"{device.type}-float32"
+    compute = ("cuda-bfloat16" if device.type == "cuda" else f"{device.type}-float32") + ("-compiled" if compile else "")
     if shard.rank == 0:  # rank 0 alone decides whether an earlier partial run can be resumed
         partial = PartialFeatures(out_path, spec, chunk_batches * batch_size, compute)
     shard.barrier()
     if shard.rank != 0:
         partial = PartialFeatures(out_path, spec, chunk_batches * batch_size, compute)
     model = backbone.to(device).to(memory_format=torch.channels_last)
+    if compile:
+        model = torch.compile(model)
     plan, total, resumed = {}, 0, 0
     for name, split in splits.splits.items():
         n_batches = math.ceil(len(split) / batch_size)
@@ -171,10 +213,13 @@ def extract_features(
         expected = iter(batches)
         split_start, split_images = time.perf_counter(), 0
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            for b, images, valid in loader:
+            for b, images, valid in (loader if num_workers else prefetch(loader)):
                 if b != next(expected):
                     raise RuntimeError(f"batches out of order in {name}: got {b}")
-                feats = model(images.to(device, non_blocking=True)).float().cpu().numpy()
+                n = len(images)
+                if compile and n < batch_size:  # one shape only: a smaller last batch would recompile
+                    images = torch.cat([images, images.new_zeros((batch_size - n, *images.shape[1:]))])
+                feats = model(images.to(device, non_blocking=True))[:n].float().cpu().numpy()
                 chunk = b // chunk_batches
                 pending.setdefault(chunk, {})[b] = (feats.astype(spec.storage_dtype), valid.numpy())
                 in_chunk = min(chunk_batches, n_batches - chunk * chunk_batches)
@@ -182,8 +227,8 @@ def extract_features(
                     group = pending.pop(chunk)
                     parts = [group[k] for k in sorted(group)]
                     partial.write_chunk(name, chunk, np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
-                bar.update(len(images))
-                split_images += len(images)
+                bar.update(n)
+                split_images += n
         rate = split_images / (time.perf_counter() - split_start)
         if shard.rank == 0:
             bar.write(f"{name}: {split_images} images at {rate:.1f} images/s" + (" (rank 0)" if shard.world_size > 1 else ""))

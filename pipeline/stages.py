@@ -46,7 +46,7 @@ def extract(params: Params, splits_path: str | Path, features_path: str | Path, 
         out = extract_features(
             splits, open_source(splits.source), backbone, spec, features_path,
             batch_size=b.batch_size, num_workers=b.num_workers, skip_bad=b.on_bad_image == "skip",
-            chunk_rows=b.chunk_rows, progress=progress, shard=shard, device=device,
+            chunk_rows=b.chunk_rows, progress=progress, shard=shard, device=device, compile=b.compile,
         )
     if out is not None:
         n = sum(len(s) for s in splits.splits.values())

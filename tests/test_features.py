@@ -298,3 +298,13 @@ def test_torchrun_two_processes_give_the_single_process_features(splits, backbon
         for split in ("train", "val", "test"):
             assert sharded.ids(split) == single.ids(split)
             np.testing.assert_allclose(sharded.load(split)[0], single.load(split)[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_compiled_backbone_gives_the_eager_features(splits, backbone, feature_file, tmp_path):
+    """backbone.compile: one compiled shape (the short last batch is padded), same features to rounding."""
+    out = run(splits, backbone, tmp_path / "compiled.h5", chunk_rows=8, compile=True)
+    with FeatureStore(out) as compiled, FeatureStore(feature_file) as eager:
+        for split in ("train", "val", "test"):
+            assert compiled.ids(split) == eager.ids(split)
+            np.testing.assert_allclose(compiled.load(split)[0], eager.load(split)[0], rtol=1e-3, atol=1e-4)
