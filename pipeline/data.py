@@ -14,6 +14,7 @@ the backbone.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -130,7 +131,9 @@ class TarSource(Source):
         except (tarfile.TarError, EOFError, OSError) as err:
             raise DatasetError(f"cannot read archive {self.path}: {err}") from None
 
-    def _scan(self) -> tuple[list[tuple[str, bool]], str]:
+    @functools.cached_property
+    def _listing(self) -> tuple[list[tuple[str, bool]], str]:
+        """(member name, is a file) for every member, and the top-level prefix; one pass, kept."""
         names = [(name, m.isfile()) for _, m, name in self._members() if PurePosixPath(name).parts]
         tops = {PurePosixPath(n).parts[0] for n, _ in names}
         prefix = ""
@@ -140,7 +143,7 @@ class TarSource(Source):
 
     def entries(self) -> list[tuple[str, str, str]]:
         extensions = _image_extensions()
-        names, self._prefix = self._scan()
+        names, self._prefix = self._listing
         out = []
         for name, is_file in names:
             key = name.removeprefix(self._prefix)
@@ -150,7 +153,7 @@ class TarSource(Source):
         return out
 
     def empty_class_dirs(self) -> list[str]:
-        names, prefix = self._scan()
+        names, prefix = self._listing
         dirs = {n.removeprefix(prefix).rstrip("/") for n, is_file in names if not is_file}
         class_dirs = {d for d in dirs if len(PurePosixPath(d).parts) == 2 and d.split("/")[0] in SOURCE_SPLITS}
         used = {"/".join(PurePosixPath(n.removeprefix(prefix)).parts[:2]) for n, f in names if f}

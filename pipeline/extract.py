@@ -190,11 +190,11 @@ def extract_features(
         n_batches = math.ceil(len(split) / batch_size)
         mine = shard.chunks(math.ceil(n_batches / chunk_batches))
         done = partial.done(name)
-        plan[name] = [b for b in range(n_batches) if b // chunk_batches in mine and b // chunk_batches not in done]
-        for b in range(n_batches):
-            if b // chunk_batches in mine:
-                rows = len(split.keys[b * batch_size : (b + 1) * batch_size])
-                total, resumed = (total + rows, resumed) if b in plan[name] else (total, resumed + rows)
+        my_batches = [b for b in range(n_batches) if b // chunk_batches in mine]
+        plan[name] = [b for b in my_batches if b // chunk_batches not in done]
+        rows = lambda batches: sum(min(batch_size, len(split) - b * batch_size) for b in batches)  # noqa: E731
+        total += rows(plan[name])
+        resumed += rows(my_batches) - rows(plan[name])
     who = f" [rank {shard.rank}/{shard.world_size}]" if shard.world_size > 1 else ""
     if resumed:
         print(f"resuming{who}: {resumed} images already extracted in {partial.dir}", flush=True)

@@ -110,6 +110,11 @@ class Head:
         """True when fitting selects a hyper-parameter on a validation split."""
         return False
 
+    @property
+    def chosen(self) -> dict[str, Any]:
+        """What fitting chose (penalty, held-out score at the choice), without the sweep curve."""
+        return {k: v for k, v in self.info.items() if k != "sweep"}
+
     def _select(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.ndarray) -> None:
         """Choose hyper-parameters on (normalised) validation features; see SweepParams."""
 

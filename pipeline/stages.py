@@ -100,10 +100,9 @@ def train(params: Params, features_path: str | Path, splits_path: str | Path, he
             head.fit(X, y, n_classes=n_classes, validation=validation)
         fit_seconds = time.perf_counter() - start
     head.save(head_path, metadata={"features": identity, "fit_seconds": fit_seconds, "n_train": n_train})
-    chosen = {k: v for k, v in head.info.items() if k != "sweep"}
     print(f"trained head {config.kind} ({head_key}) on {n_train} x {identity['feature_dim']} features in "
-          f"{fit_seconds:.1f} s {chosen or ''} -> {head_path}")
-    return {"fit_seconds": fit_seconds, **chosen}
+          f"{fit_seconds:.1f} s {head.chosen or ''} -> {head_path}")
+    return {"fit_seconds": fit_seconds, **head.chosen}
 
 
 def evaluate(features_path: str | Path, head_path: str | Path, out_dir: str | Path, name: str = "head") -> dict:
@@ -130,7 +129,7 @@ def evaluate(features_path: str | Path, head_path: str | Path, out_dir: str | Pa
         reliability[split] = calibration(softmax(split_scores), y)
         results[split]["ece"] = reliability[split]["ece"]
     results["fit_seconds"] = round(meta.get("fit_seconds", float("nan")), 3)
-    results["chosen"] = {k: v for k, v in head.info.items() if k != "sweep"}
+    results["chosen"] = head.chosen
     write_json(out_dir / "metrics.json", results)
     write_json(out_dir / "confusion.json", {"classes": classes, "matrix": confusion["test"].tolist()})
     if "sweep" in head.info:
@@ -156,8 +155,9 @@ def compare(metrics_paths: list[str | Path], out_dir: str | Path) -> list[dict]:
 
     rows = sorted((json.loads(Path(p).read_text()) for p in metrics_paths), key=lambda r: -r["test"]["top1"])
     out_dir = Path(out_dir)
+    table = comparison_table(rows)
     with atomic_path(out_dir / "comparison.md") as tmp:
-        tmp.write_text(comparison_table(rows))
+        tmp.write_text(table)
     plot_comparison(rows, out_dir / "comparison.png")
-    print(comparison_table(rows))
+    print(table)
     return rows
