@@ -18,12 +18,13 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("extract", help="run the frozen backbone over every image, cache features to HDF5")
     p.add_argument("--splits", default="data/prepared/splits.json")
     p.add_argument("--out", required=True, help="feature file (.h5)")
+    p.add_argument("--cut", action="store_true", help="cache the activations at backbone.cut instead (the cut cache)")
     p.add_argument("--no-progress", action="store_true")
 
     p = sub.add_parser("train", help="fit a head on the cached training features")
     p.add_argument("--features", required=True)
     p.add_argument("--splits", default="data/prepared/splits.json")
-    p.add_argument("--config", default="head", help="head configuration: head (default) or heads.<name>")
+    p.add_argument("--config", default="head", help="head configuration: head (default), heads.<name> or finetune.<name>")
     p.add_argument("--out", default="models/head.npz")
 
     p = sub.add_parser("evaluate", help="metrics and plots of a trained head on val and test")
@@ -68,18 +69,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "prepare":
             stages.prepare(params, args.out)
         elif args.command == "extract":
-            stages.extract(params, args.splits, args.out, progress=not args.no_progress)
+            stages.extract(params, args.splits, args.out, progress=not args.no_progress, cut=args.cut)
         elif args.command == "train":
             stages.train(params, args.features, args.splits, args.out, head_key=args.config)
         elif args.command == "evaluate":
             stages.evaluate(args.features, args.head, args.out, name=args.name)
         elif args.command == "compare":
-            metrics = args.metrics or [f"{args.out}/metrics.json", *(f"{args.out}/heads/{n}/metrics.json" for n in params.heads)]
+            metrics = args.metrics or [f"{args.out}/metrics.json", *(f"{args.out}/heads/{n}/metrics.json" for n in params.heads),
+                                       *(f"{args.out}/finetune/{n}/metrics.json" for n in params.finetune)]
             stages.compare(metrics, args.out)
         elif args.command in ("predict", "export"):
             from pipeline import model
 
-            features = args.features or params.backbone.features_file
+            from pipeline.heads import FINETUNE, load_head
+
+            cut = load_head(args.head)[0].kind == FINETUNE
+            features = args.features or (params.backbone.cut_file if cut else params.backbone.features_file)
             trained = model.load_trained(features, args.head)
             if args.command == "export":
                 print(f"exported {trained.backbone.name} + {trained.head.kind} head -> {model.export(trained, args.out)}")

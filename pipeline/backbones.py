@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import functools
 import importlib
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from pipeline.data import ImageGeometry
 from pipeline.errors import BackboneError
@@ -44,22 +45,111 @@ class Preprocessing:
 
 
 class FeatureExtractor(nn.Module):
-    """Frozen f: uint8 images (B, 3, H, W) -> features (B, D), normalisation included."""
+    """Frozen f: uint8 images (B, 3, H, W) -> features (B, D), normalisation included.
 
-    def __init__(self, net: nn.Module, preprocessing: Preprocessing, feature_dim: int, name: str, weights_id: str):
+    ``cut_at(layer)`` splits it: the part below the layer is again a FeatureExtractor (whose
+    features are the layer's input activations, (B, C, H, W)), the part above a trainable module.
+    """
+
+    def __init__(self, net: nn.Module, preprocessing: Preprocessing, feature_dim: int, name: str, weights_id: str,
+                 cut: str = "", feature_shape: tuple[int, ...] | None = None):
         super().__init__()
         self.net = net
         self.preprocessing = preprocessing
         self.feature_dim = feature_dim
         self.name = name
         self.weights_id = weights_id
+        self.cut = cut
+        """Empty for pooled features; else the layer whose input this extractor outputs."""
+        self.feature_shape = feature_shape or (feature_dim,)
         self.register_buffer("scale", 1.0 / (255.0 * torch.tensor(preprocessing.std)).view(1, 3, 1, 1))
         self.register_buffer("shift", (torch.tensor(preprocessing.mean) / torch.tensor(preprocessing.std)).view(1, 3, 1, 1))
         self.eval().requires_grad_(False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float() * self.scale - self.shift
-        return self.net(x.contiguous(memory_format=torch.channels_last)).flatten(1)
+        out = self.net(x.contiguous(memory_format=torch.channels_last))
+        return out if self.cut else out.flatten(1)
+
+    def cut_at(self, layer: str) -> tuple[FeatureExtractor, nn.Module]:
+        """Split at the input of ``layer`` (a module name of the network, e.g. ``layer4`` or
+        ``_blocks.12``): (bottom, top) with ``top(bottom(x)) == self(x)``.
+
+        The bottom is frozen like this extractor; the top maps the cached activations to the pooled
+        features and shares its parameters with this network (copy it before training).
+        """
+        bottom, top = split_network(self.net, layer)
+        with torch.no_grad():
+            out = bottom(torch.zeros(1, 3, self.preprocessing.geometry.crop_size, self.preprocessing.geometry.crop_size))
+        shape = tuple(out.shape[1:])
+        if len(shape) != 3:
+            raise BackboneError(f"backbone.cut {layer!r}: its input has shape {shape} per image, not (C, H, W)")
+        bottom = FeatureExtractor(bottom, self.preprocessing, math.prod(shape), self.name, self.weights_id, layer, shape)
+        return bottom, top
+
+
+def split_network(net: nn.Module, layer: str) -> tuple[fx.GraphModule, fx.GraphModule]:
+    """Cut ``net``'s traced graph where ``layer`` starts: bottom(x) returns the one activation
+    passed on to ``layer`` and top(activation) returns what ``net`` returns.
+
+    A valid cut point has exactly one activation crossing it (no skip connection over it): the
+    input of a stage or of a residual block, not of a layer inside a block. The batch size read
+    below the cut (``x.size(0)``) is read again above it from the activation.
+    """
+    nodes = list(fx.symbolic_trace(net).graph.nodes)
+    starts = _module_starts(nodes)
+    if layer not in starts:
+        raise BackboneError(f"backbone.cut {layer!r} is not a layer of this network; valid cut points: {cut_points(net)}")
+    i = starts[layer]
+    crossing = _crossing(nodes, i)
+    activations = [n for n in crossing if not _is_batch_size(n)]
+    if len(activations) != 1:
+        raise BackboneError(
+            f"backbone.cut {layer!r} is not a cut point: {len(activations)} activations pass it "
+            f"({[n.name for n in activations]}); valid cut points: {cut_points(net)}"
+        )
+    bottom_graph, env = fx.Graph(), {}
+    for node in nodes[:i]:
+        env[node] = bottom_graph.node_copy(node, env.__getitem__)
+    bottom_graph.output(env[activations[0]])
+    top_graph = fx.Graph()
+    env = {activations[0]: top_graph.placeholder("activations")}
+    for node in crossing:
+        if _is_batch_size(node):
+            env[node] = top_graph.call_method("size", (env[activations[0]], 0))
+    position = {node: k for k, node in enumerate(nodes)}
+    for node in nodes[:i]:  # parameters and buffers fetched by name above the cut, used below it
+        if node.op == "get_attr" and any(position[u] >= i for u in node.users):
+            env[node] = top_graph.node_copy(node, env.__getitem__)
+    for node in nodes[i:]:
+        env[node] = top_graph.node_copy(node, env.__getitem__)
+    return fx.GraphModule(net, bottom_graph), fx.GraphModule(net, top_graph)
+
+
+def _module_starts(nodes: list[fx.Node]) -> dict[str, int]:
+    """Module name -> index of the first graph node computed inside it (from the tracer's module stack)."""
+    starts: dict[str, int] = {}
+    for i, node in enumerate(nodes):
+        for path in node.meta.get("nn_module_stack", {}):
+            starts.setdefault(path.split("@")[0], i)
+    return starts
+
+
+def _is_batch_size(node: fx.Node) -> bool:
+    return node.op == "call_method" and node.target == "size" and tuple(node.args[1:]) == (0,)
+
+
+def _crossing(nodes: list[fx.Node], i: int) -> list[fx.Node]:
+    """Values computed before node ``i`` and used from ``i`` on (parameters fetched by name aside)."""
+    position = {node: k for k, node in enumerate(nodes)}
+    return [n for n in nodes[:i] if n.op != "get_attr" and any(position[u] >= i for u in n.users)]
+
+
+def cut_points(net: nn.Module, max_depth: int = 2) -> list[str]:
+    """Layer names (at most ``max_depth`` levels deep) whose input is the only activation passed on."""
+    nodes = list(fx.symbolic_trace(net).graph.nodes)
+    return [name for name, i in _module_starts(nodes).items() if name.count(".") < max_depth and i > 0
+            and sum(not _is_batch_size(n) for n in _crossing(nodes, i)) == 1]
 
 
 def strip_classifier(net: nn.Module) -> int:

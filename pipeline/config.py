@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ConfigError
-from pipeline.heads import HEADS
+from pipeline.heads import FINETUNE, HEADS
 
 
 class _Section(BaseModel):
@@ -43,11 +43,22 @@ class BackboneParams(_Section):
     """torch.compile the backbone: faster extraction after a one-time compilation (see README)."""
     launcher: str = "python"
     """How dvc.yaml starts extract: ``python``, or ``torchrun --nproc_per_node=N`` (data-parallel)."""
+    cut: str | None = None
+    """A layer of the backbone: its input activations are cached by extract-cut and the layers from
+    it up are fine-tuned by the ``finetune:`` configurations. None: no cut cache."""
+    cut_storage_dtype: Literal["float32", "float16"] = "float16"
+    cut_max_gib: float = Field(20.0, gt=0)
+    """extract-cut refuses to start when the cut cache would be larger than this."""
 
     @property
     def features_file(self) -> str:
         """Where dvc.yaml puts this configuration's feature file (the same rule as there)."""
         return f"data/features/{self.name}-{self.input_size}px.h5"
+
+    @property
+    def cut_file(self) -> str:
+        """Where dvc.yaml puts the cut cache (the same rule as there)."""
+        return f"data/features/{self.name}-{self.input_size}px-cut-{self.cut}.h5"
 
 
 class HeadParams(_Section):
@@ -78,7 +89,8 @@ class HeadParams(_Section):
         try:
             return HEADS[kind].Params.model_validate(raw)
         except ValidationError as err:
-            raise ConfigError(_format(err, prefix=f"{where}.{kind}")) from None
+            prefix = where if where.startswith(f"{FINETUNE}.") else f"{where}.{kind}"
+            raise ConfigError(_format(err, prefix=prefix)) from None
 
 
 class Params(_Section):
@@ -88,15 +100,30 @@ class Params(_Section):
     head: HeadParams = HeadParams()
     heads: dict[str, HeadParams] = {}
     """Named head configurations compared on the same features (one DVC stage each)."""
+    finetune: dict[str, dict | None] = {}
+    """Named fine-tune configurations (params of the ``finetune`` head), trained on the cut cache."""
+
+    @model_validator(mode="after")
+    def _finetune_on_the_cut(self) -> Params:
+        for where, head in [("head", self.head), *((f"heads.{n}", h) for n, h in self.heads.items())]:
+            if head.kind == FINETUNE:
+                raise ValueError(f"{where}.kind: 'finetune' trains on the cut cache, not on pooled features; "
+                                 "configure it under finetune: (and set backbone.cut)")
+        if self.finetune and self.backbone.cut is None:
+            raise ValueError(f"finetune: {sorted(self.finetune)} need a cut cache: set backbone.cut to a layer of the backbone")
+        return self
 
     def head_config(self, key: str = "head") -> HeadParams:
-        """``head`` or ``heads.<name>``."""
+        """``head``, ``heads.<name>`` or ``finetune.<name>``."""
         if key == "head":
             return self.head
-        name = key.removeprefix("heads.")
-        if not key.startswith("heads.") or name not in self.heads:
-            raise ConfigError(f"no head configuration {key!r}; valid: {['head', *('heads.' + n for n in self.heads)]}")
-        return self.heads[name]
+        section, _, name = key.partition(".")
+        if section == "heads" and name in self.heads:
+            return self.heads[name]
+        if section == "finetune" and name in self.finetune:
+            return HeadParams.model_validate({"kind": FINETUNE, FINETUNE: self.finetune[name] or {}})
+        valid = ["head", *(f"heads.{n}" for n in self.heads), *(f"finetune.{n}" for n in self.finetune)]
+        raise ConfigError(f"no head configuration {key!r}; valid: {valid}")
 
 
 def _format(err: ValidationError, prefix: str) -> str:
@@ -117,6 +144,8 @@ def parse_params(raw: dict[str, Any] | None) -> Params:
     for prefix, head in [("head", params.head), *((f"heads.{n}", h) for n, h in params.heads.items())]:
         for kind in {head.kind, *(head.model_extra or {})}:
             head.params_of(kind, where=prefix)
+    for name in params.finetune:
+        params.head_config(f"finetune.{name}").params_of(where=f"finetune.{name}")
     return params
 
 

@@ -146,6 +146,8 @@ def feature_spec(splits: Splits, backbone: FeatureExtractor, weights: str | None
         storage_dtype=storage_dtype,
         classes=tuple(splits.classes),
         feature_dim=backbone.feature_dim,
+        cut=backbone.cut,
+        feature_shape=backbone.feature_shape,
     )
 
 

@@ -2,7 +2,8 @@
 
 Layout of a feature file::
 
-    /<split>/features   (N, D) float32 or float16, chunked by rows
+    /<split>/features   (N, D) float32 or float16, chunked by rows; a cut cache holds the
+                        activations at a layer inside the backbone instead, (N, C, H, W)
     /<split>/labels     (N,) int64
     /<split>/ids        (N,) str, the image keys
     /<split>/skipped    (M,) str, images that could not be read (when skipping is allowed)
@@ -27,7 +28,9 @@ from pipeline import __version__
 from pipeline.errors import FeatureStoreError
 from pipeline.fileutil import atomic_path, write_json
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+CHUNK_BYTES = 4 << 20
+"""Target size of one HDF5 chunk (rows of features): large reads, small partial reads."""
 
 
 @dataclass(frozen=True)
@@ -50,19 +53,30 @@ class FeatureSpec:
     storage_dtype: str
     classes: tuple[str, ...]
     feature_dim: int
+    """Values per image: D for pooled features, C * H * W for a cut cache."""
+    cut: str = ""
+    """Empty for pooled features; else the layer whose input activations these are."""
+    feature_shape: tuple[int, ...] = ()
+    """Shape per image: (D,) or (C, H, W)."""
     format_version: int = FORMAT_VERSION
     package_version: str = __version__
 
     def attrs(self) -> dict:
         d = asdict(self)
         d["classes"] = json.dumps(list(self.classes))
+        d["feature_shape"] = json.dumps(list(self.shape))
         return d
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.feature_shape) or (self.feature_dim,)
 
     @classmethod
     def from_attrs(cls, attrs) -> FeatureSpec:
         d = {k: attrs[k] for k in cls.__dataclass_fields__}
         d = {k: v.item() if isinstance(v, np.generic) else v for k, v in d.items()}
         d["classes"] = tuple(json.loads(d["classes"]))
+        d["feature_shape"] = tuple(json.loads(d["feature_shape"]))
         return cls(**d)
 
     def differences(self, expected: dict) -> list[str]:
@@ -125,9 +139,10 @@ class PartialFeatures:
                         raise FeatureStoreError(f"{self.dir}: chunks of {split} hold {len(valid)} rows, expected {len(keys)}")
                     keep = np.flatnonzero(valid)
                     group = h5.create_group(split)
+                    rows = max(1, min(len(keep), 1024, CHUNK_BYTES // (spec.feature_dim * np.dtype(spec.storage_dtype).itemsize)))
                     dset = group.create_dataset(
-                        "features", shape=(len(keep), spec.feature_dim), dtype=spec.storage_dtype,
-                        chunks=(max(1, min(len(keep), 1024)), spec.feature_dim) if len(keep) else None,
+                        "features", shape=(len(keep), *spec.shape), dtype=spec.storage_dtype,
+                        chunks=(rows, *spec.shape) if len(keep) else None,
                     )
                     row = 0
                     for i in range(n_chunks):
@@ -201,26 +216,37 @@ class FeatureStore:
     def ids(self, split: str) -> list[str]:
         return [s.decode() if isinstance(s, bytes) else s for s in self._group(split)["ids"][:]]
 
-    def iter_chunks(self, split: str, rows: int = 8192) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield (features float32, labels) in row blocks, checked for NaN/inf and label range."""
+    def block_rows(self, max_bytes: int = 256 << 20) -> int:
+        """Rows per block so that a block is at most ``max_bytes`` as float32 (a whole number of
+        HDF5 chunks when possible)."""
+        return max(1, max_bytes // (4 * self.spec.feature_dim))
+
+    def read(self, split: str, start: int, stop: int, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+        """Rows [start, stop) as (features, labels), checked for NaN/inf and the label range."""
         group = self._group(split)
-        feats, labels = group["features"], group["labels"]
+        X = np.asarray(group["features"][start:stop], dtype=dtype)
+        y = group["labels"][start:stop].astype(np.int64)
+        finite = np.isfinite(X.reshape(len(X), -1)).all(axis=1)
+        if not finite.all():
+            raise FeatureStoreError(f"{self.path}: {split} features hold NaN or inf (first at row {start + int(np.flatnonzero(~finite)[0])})")
         n_classes = len(self.spec.classes)
-        for start in range(0, len(labels), rows):
-            X = np.asarray(feats[start : start + rows], dtype=np.float32)
-            y = labels[start : start + rows].astype(np.int64)
-            if not np.isfinite(X).all():
-                bad = start + int(np.flatnonzero(~np.isfinite(X).all(axis=1))[0])
-                raise FeatureStoreError(f"{self.path}: {split} features hold NaN or inf (first at row {bad})")
-            if len(y) and (y.min() < 0 or y.max() >= n_classes):
-                raise FeatureStoreError(f"{self.path}: {split} labels outside 0..{n_classes - 1}")
-            yield X, y
+        if len(y) and (y.min() < 0 or y.max() >= n_classes):
+            raise FeatureStoreError(f"{self.path}: {split} labels outside 0..{n_classes - 1}")
+        return X, y
+
+    def iter_chunks(self, split: str, rows: int | None = None, dtype=np.float32) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield (features, labels) in blocks of ``rows`` (default :meth:`block_rows`), checked as by :meth:`read`."""
+        rows = rows or self.block_rows()
+        n = self.n_rows(split)
+        for start in range(0, n, rows):
+            yield self.read(split, start, min(n, start + rows), dtype)
 
     def identity(self) -> dict:
         """What a head records about the features it was trained on; checked before the head is used."""
         s = self.spec
         return {"backbone": s.backbone, "weights_id": s.weights_id, "preprocessing": s.preprocessing,
-                "dataset_fingerprint": s.dataset_fingerprint, "classes": list(s.classes), "feature_dim": s.feature_dim}
+                "dataset_fingerprint": s.dataset_fingerprint, "classes": list(s.classes), "feature_dim": s.feature_dim,
+                "cut": s.cut, "feature_shape": list(s.shape)}
 
     def check_head(self, head_metadata: dict, head_path: str | Path) -> None:
         """Refuse a head that was trained on other features than these."""
@@ -230,9 +256,9 @@ class FeatureStore:
                 f"than {self.path}; re-run the train stage"
             )
 
-    def load(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """The whole split in memory as (features float32 (N, D), labels int64 (N,))."""
-        chunks = list(self.iter_chunks(split))
+    def load(self, split: str, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+        """The whole split in memory as (features (N, D) or (N, C, H, W), labels int64 (N,))."""
+        chunks = list(self.iter_chunks(split, dtype=dtype))
         if not chunks:
-            return np.zeros((0, self.spec.feature_dim), np.float32), np.zeros(0, np.int64)
+            return np.zeros((0, *self.spec.shape), dtype), np.zeros(0, np.int64)
         return np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])

@@ -21,6 +21,8 @@ from pipeline.errors import ConfigError, PipelineError
 from pipeline.fileutil import atomic_path
 
 HEADS: dict[str, type[Head]] = {}
+FINETUNE = "finetune"
+"""The head kind that trains the backbone's top layers on a cut cache (pipeline.finetune)."""
 
 Normalize = Literal["none", "standardize", "l2"]
 
@@ -523,3 +525,6 @@ class MlpHead(Head):
 
     def _load_state(self, state: dict[str, np.ndarray]) -> None:
         self.net_state = dict(state)
+
+
+from pipeline import finetune  # noqa: E402, F401  (registers the finetune head, defined on top of this module)

@@ -21,6 +21,7 @@ from pipeline.backbones import FeatureExtractor, load_backbone
 from pipeline.data import decode_image
 from pipeline.errors import FeatureStoreError, PipelineError
 from pipeline.features import FeatureStore
+from pipeline.finetune import FinetuneHead
 from pipeline.heads import Head, LinearModelHead, MlpHead, load_head
 
 EXPORT_META = "transfer_model.json"
@@ -31,11 +32,13 @@ class TrainedModel:
     backbone: FeatureExtractor
     head: Head
     classes: list[str]
+    storage_dtype: str = "float32"
+    """The feature file's dtype: features are rounded to it, as the head saw them in training."""
 
     def predict_proba(self, images: torch.Tensor) -> np.ndarray:
         """uint8 images (B, 3, S, S) -> class probabilities (B, n_classes), the pipeline's own path."""
         with torch.inference_mode():
-            features = self.backbone(images).float().numpy()
+            features = self.backbone(images).to(getattr(torch, self.storage_dtype)).float().numpy()
         return self.head.predict_proba(features)
 
 
@@ -47,6 +50,8 @@ def load_trained(features_path: str | Path, head_path: str | Path) -> TrainedMod
         spec = store.spec
     weights = None if spec.weights == "none" else spec.weights
     backbone = load_backbone(spec.backbone, weights, spec.input_size, seed=spec.split_seed)
+    if spec.cut:  # a fine-tuned head: the frozen part is the backbone below the cut
+        backbone, _ = backbone.cut_at(spec.cut)
     rebuilt = json.dumps(backbone.preprocessing.describe(), sort_keys=True)
     if backbone.weights_id != spec.weights_id or rebuilt != spec.preprocessing:
         raise FeatureStoreError(
@@ -54,7 +59,7 @@ def load_trained(features_path: str | Path, head_path: str | Path) -> TrainedMod
             f"{spec.weights_id} recorded, {backbone.weights_id} loaded; preprocessing {spec.preprocessing} "
             f"recorded, {rebuilt} now (checkpoint or package changed since extraction?)"
         )
-    return TrainedModel(backbone, head, list(spec.classes))
+    return TrainedModel(backbone, head, list(spec.classes), spec.storage_dtype)
 
 
 # -- prediction ---------------------------------------------------------------------------
@@ -101,7 +106,7 @@ class HeadModule(nn.Module):
         if not isinstance(head, (LinearModelHead, MlpHead)):
             raise PipelineError(
                 f"head kind {head.kind!r} cannot be exported as a torch module (it is not linear and not the MLP); "
-                "exportable kinds: logistic, linear, ridge, nearest_centroid, mlp. Use `python -m pipeline predict`"
+                "exportable kinds: logistic, linear, ridge, nearest_centroid, mlp, finetune. Use `python -m pipeline predict`"
             )
         norm = head.normalizer
         self.mode = norm.mode
@@ -129,14 +134,15 @@ class HeadModule(nn.Module):
 class TransferModel(nn.Module):
     """g(f(x)): uint8 images (B, 3, S, S), resized and centre-cropped, -> class scores (logits)."""
 
-    def __init__(self, backbone: FeatureExtractor, head: Head):
+    def __init__(self, backbone: FeatureExtractor, head: Head, storage_dtype: str = "float32"):
         super().__init__()
         self.backbone = backbone
-        self.head = HeadModule(head)
+        self.head = head.module() if isinstance(head, FinetuneHead) else HeadModule(head)
+        self.storage_dtype = getattr(torch, storage_dtype)
         self.eval().requires_grad_(False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(images).float())
+        return self.head(self.backbone(images).to(self.storage_dtype).float())
 
 
 def export(model: TrainedModel, out_path: str | Path) -> Path:
@@ -145,7 +151,7 @@ def export(model: TrainedModel, out_path: str | Path) -> Path:
 
     from pipeline.fileutil import atomic_path
 
-    module = TransferModel(model.backbone, model.head)
+    module = TransferModel(model.backbone, model.head, model.storage_dtype)
     size = model.backbone.preprocessing.geometry.crop_size
     example = torch.zeros(2, 3, size, size, dtype=torch.uint8)
     with torch.inference_mode():
@@ -156,7 +162,7 @@ def export(model: TrainedModel, out_path: str | Path) -> Path:
         "preprocessing": model.backbone.preprocessing.describe(),
         "output": "class scores (logits); softmax gives probabilities",
         "head": model.head.kind,
-        "backbone": model.backbone.name,
+        "backbone": model.backbone.name + (f" (fine-tuned from {model.backbone.cut} up)" if model.backbone.cut else ""),
         "weights_id": model.backbone.weights_id,
     }
     with atomic_path(out_path) as tmp:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import Params
+from pipeline.errors import ConfigError
 from pipeline.fileutil import atomic_path, write_json
 
 
@@ -29,10 +30,12 @@ def prepare(params: Params, splits_path: str | Path) -> dict:
     return counts
 
 
-def extract(params: Params, splits_path: str | Path, features_path: str | Path, progress: bool = True) -> Path | None:
-    """Run the frozen backbone over every image. Under torchrun, each process extracts its own
-    shard and rank 0 writes the file (the other ranks return None)."""
-    from pipeline.backbones import load_backbone
+def extract(params: Params, splits_path: str | Path, features_path: str | Path, progress: bool = True,
+            cut: bool = False) -> Path | None:
+    """Run the frozen backbone over every image; with ``cut``, only its part below ``backbone.cut``
+    (the cut cache). Under torchrun, each process extracts its own shard and rank 0 writes the file
+    (the other ranks return None)."""
+    from pipeline.backbones import cut_points, load_backbone
     from pipeline.data import Splits, open_source
     from pipeline.extract import distributed, extract_features, feature_spec, tune_allocator
 
@@ -40,7 +43,20 @@ def extract(params: Params, splits_path: str | Path, features_path: str | Path, 
     b = params.backbone
     splits = Splits.load(splits_path)
     backbone = load_backbone(b.name, b.weights, b.input_size, seed=params.seed)
-    spec = feature_spec(splits, backbone, b.weights, b.input_size, b.storage_dtype)
+    dtype = b.storage_dtype
+    if cut and b.cut is None:  # no fine-tuning configured: the stage's output is a placeholder
+        import h5py
+
+        with atomic_path(features_path) as tmp, h5py.File(tmp, "w") as h5:
+            h5.attrs["placeholder"] = "backbone.cut is null: no cut cache"
+        print(f"backbone.cut is null: no cut cache computed (placeholder {features_path}); "
+              f"cut points of {b.name}: {cut_points(backbone.net)}")
+        return None
+    if cut:
+        backbone, _ = backbone.cut_at(b.cut)
+        dtype = b.cut_storage_dtype
+        check_cut_size(backbone, sum(len(s) for s in splits.splits.values()), dtype, b.cut_max_gib, Path(features_path))
+    spec = feature_spec(splits, backbone, b.weights, b.input_size, dtype)
     start = time.perf_counter()
     with distributed() as (shard, device):
         out = extract_features(
@@ -51,18 +67,41 @@ def extract(params: Params, splits_path: str | Path, features_path: str | Path, 
     if out is not None:
         n = sum(len(s) for s in splits.splits.values())
         procs = f" by {shard.world_size} processes" if shard.world_size > 1 else ""
-        print(f"extracted {n} images with {b.name}{procs} in {time.perf_counter() - start:.1f} s -> {out}")
+        what = f"{b.name} up to {b.cut}" if cut else b.name
+        print(f"extracted {n} images with {what}{procs} in {time.perf_counter() - start:.1f} s -> {out}")
     return out
 
 
-def expected_spec(params: Params, splits_path: str | Path) -> dict:
-    """The FeatureSpec fields the current params and prepared data require of a feature file."""
+def check_cut_size(bottom, n_images: int, dtype: str, max_gib: float, out_path: Path) -> None:
+    """State the cut cache's size before computing it; refuse one above ``max_gib`` or the free disk."""
+    import shutil
+
+    shape = "x".join(map(str, bottom.feature_shape))
+    gib = n_images * bottom.feature_dim * np.dtype(dtype).itemsize / 2**30
+    print(f"cut cache at the input of {bottom.cut}: {n_images} images x {shape} {dtype} = {gib:.2f} GiB")
+    if gib > max_gib:
+        raise ConfigError(
+            f"the cut cache would take {gib:.1f} GiB, above backbone.cut_max_gib = {max_gib}: cut later in the "
+            "network, store float16 (backbone.cut_storage_dtype), use fewer images (data.subset_per_class), "
+            "or raise backbone.cut_max_gib"
+        )
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(out_path.parent).free / 2**30
+    if 2 * gib > free:  # the chunk files and the assembled file exist side by side for a moment
+        raise ConfigError(f"the cut cache needs about {2 * gib:.1f} GiB of disk while it is assembled; "
+                          f"{out_path.parent} has {free:.1f} GiB free")
+
+
+def expected_spec(params: Params, splits_path: str | Path, cut: bool = False) -> dict:
+    """The FeatureSpec fields the current params and prepared data require of a feature file
+    (``cut``: of the cut cache)."""
     b = params.backbone
     return {
         "backbone": b.name,
         "weights": "none" if b.weights is None else b.weights,
         "input_size": b.input_size,
-        "storage_dtype": b.storage_dtype,
+        "storage_dtype": b.cut_storage_dtype if cut else b.storage_dtype,
+        "cut": (b.cut or "") if cut else "",
         "dataset_fingerprint": json.loads(Path(splits_path).read_text())["fingerprint"],
     }
 
@@ -82,15 +121,17 @@ def train(params: Params, features_path: str | Path, splits_path: str | Path, he
           head_key: str = "head") -> dict:
     """Fit the head configured at ``head_key`` (``head`` or ``heads.<name>``) on the cached features."""
     from pipeline.features import FeatureStore
-    from pipeline.heads import HEADS
+    from pipeline.heads import FINETUNE, HEADS
 
     config = params.head_config(head_key)
     head = HEADS[config.kind](config.params_of(where=head_key), seed=params.seed)
     with FeatureStore(features_path) as store:
-        store.check(expected_spec(params, splits_path))
+        store.check(expected_spec(params, splits_path, cut=config.kind == FINETUNE))
         identity, n_classes, n_train = store.identity(), len(store.spec.classes), store.n_rows("train")
         start = time.perf_counter()
-        if hasattr(head, "fit_chunks") and not head.needs_validation and not fits_in_memory(store.nbytes("train")):
+        if config.kind == FINETUNE:
+            head.fit_store(store)
+        elif hasattr(head, "fit_chunks") and not head.needs_validation and not fits_in_memory(store.nbytes("train")):
             print(f"train features ({store.nbytes('train') / 2**30:.1f} GiB as float32) exceed the memory budget: "
                   "streaming them in blocks")
             head.fit_chunks(lambda: store.iter_chunks("train"), n_classes)
@@ -100,7 +141,8 @@ def train(params: Params, features_path: str | Path, splits_path: str | Path, he
             head.fit(X, y, n_classes=n_classes, validation=validation)
         fit_seconds = time.perf_counter() - start
     head.save(head_path, metadata={"features": identity, "fit_seconds": fit_seconds, "n_train": n_train})
-    print(f"trained head {config.kind} ({head_key}) on {n_train} x {identity['feature_dim']} features in "
+    shape = "x".join(map(str, identity["feature_shape"]))
+    print(f"trained head {config.kind} ({head_key}) on {n_train} x {shape} features in "
           f"{fit_seconds:.1f} s {head.chosen or ''} -> {head_path}")
     return {"fit_seconds": fit_seconds, **head.chosen}
 
@@ -118,9 +160,9 @@ def evaluate(features_path: str | Path, head_path: str | Path, out_dir: str | Pa
         store.check_head(meta, head_path)
         classes = list(store.spec.classes)
         for split in ("val", "test"):
-            X, y = store.load(split)
-            if len(y):
-                scores[split] = (head.decision_function(X), y)
+            blocks = [(head.decision_function(X), y) for X, y in store.iter_chunks(split)]
+            if blocks:
+                scores[split] = (np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks]))
     results: dict = {"name": name, "head": head.kind}
     confusion, reliability = {}, {}
     for split, (split_scores, y) in scores.items():

@@ -1,0 +1,253 @@
+"""The fine-tuned head: the backbone's layers above a cut, plus a new classifier, trained on the cut cache.
+
+The classic "retrain the last layers" with the f/g split moved down: f is the backbone below the
+cut (frozen, run once by extract-cut, its activations cached as (N, C, H, W)); g is the backbone
+above the cut, initialised from the pretrained weights, followed by a new linear classifier. g
+trains on the cached activations epoch after epoch: AdamW with separate learning rates for the
+pretrained layers and the classifier, linear warm-up then cosine decay, weight decay on weights
+only, label smoothing, random horizontal flips of the cached maps; seeded; on the GPU when there
+is one. Scores average the map and its mirror image (``tta_flip``).
+
+Before training, g(activations) equals the frozen network's pooled features: the top is the same
+graph with the same weights (see ``FeatureExtractor.cut_at``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+from pydantic import Field
+
+from pipeline.errors import PipelineError
+from pipeline.heads import FINETUNE, Head, HeadParamsBase, register, torch_device
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from pipeline.features import FeatureStore
+
+
+class FinetuneParams(HeadParamsBase):
+    normalize: Literal["none"] = "none"
+    """The top layers normalise their input themselves (batch norm)."""
+    epochs: int = Field(4, gt=0)
+    batch_size: int = Field(64, gt=0)
+    lr_top: float = Field(3e-4, gt=0)
+    """Peak learning rate of the pretrained layers above the cut."""
+    lr_classifier: float = Field(3e-3, gt=0)
+    """Peak learning rate of the new linear classifier."""
+    weight_decay: float = Field(0.05, ge=0)
+    """AdamW weight decay, on weight matrices and kernels only (not on biases and norm scales)."""
+    warmup_epochs: float = Field(0.25, ge=0)
+    """Linear warm-up of both learning rates from 0, then the schedule."""
+    schedule: Literal["cosine", "constant"] = "cosine"
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    flip: bool = True
+    """Mirror each training map left-right with probability 1/2 (valid on feature maps: convolutions
+    and pooling commute with the mirror up to the learned kernels)."""
+    tta_flip: bool = True
+    """Scores are the mean of the scores of the map and of its mirror image."""
+    batchnorm: Literal["train", "frozen"] = "train"
+    """train: batch norm layers above the cut update their statistics; frozen: keep ImageNet's."""
+
+
+def build_top(source: dict, pretrained: bool = True) -> nn.Module:
+    """The backbone above the cut described by ``source`` (backbone, weights, input_size, seed, cut),
+    with its pretrained weights (or, ``pretrained=False``, just the architecture, to load a state into)."""
+    from pipeline.backbones import load_backbone
+
+    weights = source["weights"] if pretrained else None
+    backbone = load_backbone(source["backbone"], None if weights == "none" else weights, source["input_size"], seed=source["seed"])
+    _, top = backbone.cut_at(source["cut"])
+    return top
+
+
+def finetuned_module(top: nn.Module, feature_dim: int, n_classes: int, tta_flip: bool) -> nn.Module:
+    """top -> new linear classifier, as one module mapping activations (B, C, H, W) to scores."""
+    import torch
+    from torch import nn
+
+    class FinetunedTop(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.top = top
+            self.classifier = nn.Linear(feature_dim, n_classes)
+            self.tta_flip = tta_flip
+
+        def forward(self, activations: torch.Tensor) -> torch.Tensor:
+            x = activations.float().contiguous(memory_format=torch.channels_last)
+            scores = self.classifier(self.top(x).flatten(1))
+            if self.tta_flip and not self.training:
+                scores = (scores + self.classifier(self.top(x.flip(3)).flatten(1))) / 2
+            return scores
+
+    return FinetunedTop()
+
+
+@register
+class FinetuneHead(Head):
+    """The backbone's layers above the cut and a new classifier, trained on cached cut activations."""
+
+    kind = FINETUNE
+    Params = FinetuneParams
+
+    def __init__(self, params: FinetuneParams | None = None, seed: int = 0):
+        super().__init__(params, seed)
+        self.state: dict[str, np.ndarray] = {}
+        self._net = None
+
+    def fit(self, X, y, n_classes=None, validation=None) -> Head:
+        raise PipelineError("the finetune head trains from a cut cache: call fit_store(store)")
+
+    def fit_store(self, store: FeatureStore) -> FinetuneHead:
+        """Train on the ``train`` split of a cut cache (in memory when it fits, else read in
+        shuffled blocks)."""
+        import torch
+        import torch.nn.functional as F
+        from tqdm import tqdm
+
+        from pipeline.stages import fits_in_memory
+
+        spec = store.spec
+        if not spec.cut:
+            raise PipelineError(f"{store.path} holds pooled features; the finetune head needs a cut cache (extract-cut)")
+        p = self.params
+        self.n_classes = len(spec.classes)
+        self.info = {"source": {"backbone": spec.backbone, "weights": spec.weights, "input_size": spec.input_size,
+                                "seed": spec.split_seed, "cut": spec.cut}}
+        device = torch_device()
+        n = store.n_rows("train")
+        in_memory = fits_in_memory(n * spec.feature_dim * np.dtype(spec.storage_dtype).itemsize * 4)
+        data = store.load("train", dtype=spec.storage_dtype) if in_memory else None
+        steps_per_epoch = math.ceil(n / p.batch_size)
+        total_steps, warmup_steps = p.epochs * steps_per_epoch, round(p.warmup_epochs * steps_per_epoch)
+
+        def lr_factor(step: int) -> float:
+            if step < warmup_steps:
+                return (step + 1) / warmup_steps
+            if p.schedule == "constant":
+                return 1.0
+            return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(1, total_steps - warmup_steps)))
+
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(self.seed)
+            generator = torch.Generator().manual_seed(self.seed)
+            top = build_top(self.info["source"]).requires_grad_(True)
+            net = finetuned_module(top, self._pooled_dim(top, spec.shape), self.n_classes, p.tta_flip)
+            torch.nn.init.zeros_(net.classifier.weight)
+            torch.nn.init.zeros_(net.classifier.bias)
+            net = net.to(device).to(memory_format=torch.channels_last)
+            decay = [q for q in top.parameters() if q.ndim > 1]
+            no_decay = [q for q in top.parameters() if q.ndim <= 1]
+            opt = torch.optim.AdamW([
+                {"params": decay, "lr": p.lr_top, "weight_decay": p.weight_decay},
+                {"params": no_decay, "lr": p.lr_top, "weight_decay": 0.0},
+                {"params": [net.classifier.weight], "lr": p.lr_classifier, "weight_decay": p.weight_decay},
+                {"params": [net.classifier.bias], "lr": p.lr_classifier, "weight_decay": 0.0},
+            ])
+            schedule = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+            losses, seconds = [], []
+            for epoch in range(p.epochs):
+                net.train()
+                if p.batchnorm == "frozen":
+                    for m in net.modules():
+                        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                            m.eval()
+                start, total_loss = time.perf_counter(), 0.0
+                bar = tqdm(total=n, unit="img", desc=f"finetune epoch {epoch + 1}/{p.epochs}", leave=False)
+                for X, labels in self._batches(store, data, n, generator):
+                    x = torch.as_tensor(X).to(device, non_blocking=True).float()
+                    if p.flip:
+                        mirror = (torch.rand(len(x), generator=generator) < 0.5).to(device)
+                        x = torch.where(mirror[:, None, None, None], x.flip(3), x)
+                    target = torch.as_tensor(labels).to(device)
+                    loss = F.cross_entropy(net(x), target, label_smoothing=p.label_smoothing)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    schedule.step()
+                    total_loss += loss.item() * len(x)
+                    bar.update(len(x))
+                bar.close()
+                losses.append(total_loss / n)
+                seconds.append(time.perf_counter() - start)
+                print(f"finetune epoch {epoch + 1}/{p.epochs}: train loss {losses[-1]:.4f}, {seconds[-1]:.1f} s "
+                      f"({n / seconds[-1]:.0f} images/s)", flush=True)
+        self.info |= {"train_loss": losses, "epoch_seconds": seconds}
+        self._net = net.cpu().eval()
+        self.state = {k: v.detach().numpy() for k, v in self._net.state_dict().items()}
+        return self
+
+    @property
+    def chosen(self) -> dict:
+        seconds = self.info.get("epoch_seconds") or [float("nan")]
+        return {"cut": self.info.get("source", {}).get("cut"), "seconds_per_epoch": round(float(np.mean(seconds)), 1)}
+
+    def _batches(self, store: FeatureStore, data, n: int, generator):
+        """Shuffled training batches: a full permutation in memory, else blocks of rows in random
+        order, each block shuffled (contiguous reads from the HDF5 file)."""
+        import torch
+
+        bs = self.params.batch_size
+        if data is not None:
+            order = torch.randperm(n, generator=generator).numpy()
+            X, y = data
+            for s in range(0, n, bs):
+                idx = np.sort(order[s : s + bs])
+                yield X[idx], y[idx]
+            return
+        rows = store.block_rows(max_bytes=256 << 20)
+        carry = None
+        for b in torch.randperm(math.ceil(n / rows), generator=generator).tolist():
+            X, y = store.read("train", b * rows, min(n, (b + 1) * rows), dtype=store.spec.storage_dtype)
+            if carry is not None:
+                X, y = np.concatenate([carry[0], X]), np.concatenate([carry[1], y])
+            order = torch.randperm(len(y), generator=generator).numpy()
+            full = len(y) - len(y) % bs
+            for s in range(0, full, bs):
+                idx = order[s : s + bs]
+                yield X[idx], y[idx]
+            carry = (X[order[full:]], y[order[full:]]) if full < len(y) else None
+        if carry is not None:
+            yield carry
+
+    @staticmethod
+    def _pooled_dim(top: nn.Module, shape: tuple[int, ...]) -> int:
+        import torch
+
+        with torch.no_grad():
+            was_training = top.training
+            out = top.eval()(torch.zeros(1, *shape))
+            top.train(was_training)
+        return int(out.flatten(1).shape[1])
+
+    def module(self) -> nn.Module:
+        """The trained top + classifier as one module, activations (B, C, H, W) -> scores, in eval mode."""
+        import torch
+
+        if self._net is None:
+            if not self.state:
+                raise RuntimeError("FinetuneHead is not fitted")
+            top = build_top(self.info["source"], pretrained=False)
+            shape = self.state["classifier.weight"].shape
+            net = finetuned_module(top, shape[1], shape[0], self.params.tta_flip)
+            net.load_state_dict({k: torch.as_tensor(v) for k, v in self.state.items()})
+            self._net = net.to(memory_format=torch.channels_last).eval().requires_grad_(False)
+        return self._net
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        import torch
+
+        net = self.module()
+        with torch.inference_mode():
+            return np.concatenate([net(torch.as_tensor(X[s : s + 256])).numpy() for s in range(0, len(X), 256)]
+                                  or [np.zeros((0, self.n_classes), np.float32)])
+
+    def _state(self) -> dict[str, np.ndarray]:
+        return self.state
+
+    def _load_state(self, state: dict[str, np.ndarray]) -> None:
+        self.state, self._net = dict(state), None

