@@ -118,7 +118,7 @@ def comparison_table(rows: list[dict]) -> str:
         test, chosen = r["test"], dict(r.get("chosen", {}))
         # a swept head is refit on train + val: its held-out val figure is the one from the sweep
         val_top1 = chosen.pop("chosen_val_top1", r.get("val", {}).get("top1", float("nan")))
-        chosen = ", ".join(f"{k}={v:.3g}" for k, v in chosen.items())
+        chosen = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in chosen.items())
         cells = [r["name"], r["head"], f"{test['top1']:.4f}", f"{test.get('top5', float('nan')):.4f}",
                  f"{test['mean_class_accuracy']:.4f}", f"{val_top1:.4f}",
                  f"{test.get('ece', float('nan')):.4f}", f"{r.get('fit_seconds', float('nan')):.1f}", chosen]

@@ -40,6 +40,7 @@ def project(tmp_path) -> tuple[Path, dict]:
     params["data"]["subset_per_class"] = 6
     params["backbone"]["batch_size"] = 32
     params["heads"] = {"ridge": {"kind": "ridge"}, "centroid": {"kind": "nearest_centroid"}}
+    params["finetune"]["top"]["epochs"] = 1
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
@@ -57,7 +58,8 @@ def lock_entry(repo: Path, stage: str) -> dict:
 def test_dvc_repro_then_head_change_reruns_only_head_stages(project):
     repo, env = project
     out = sh([sys.executable, "-m", "dvc", "repro"], repo, env)
-    for stage in ("prepare", "extract", "train", "evaluate", "train-heads@ridge", "evaluate-heads@centroid", "compare"):
+    for stage in ("prepare", "extract", "train", "evaluate", "train-heads@ridge", "evaluate-heads@centroid",
+                  "extract-cut", "finetune@top", "evaluate-finetune@top", "compare"):
         assert f"Running stage '{stage}'" in out
     features = repo / "data" / "features" / "efficientnet_lite0-224px.h5"
     digest = hashlib.sha256(features.read_bytes()).hexdigest()
@@ -69,9 +71,12 @@ def test_dvc_repro_then_head_change_reruns_only_head_stages(project):
     assert (repo / "evaluation" / "confusion.png").stat().st_size > 0
     shown = json.loads(sh([sys.executable, "-m", "dvc", "metrics", "show", "--json"], repo, env))
     files = next(iter(shown.values()))["data"]  # keyed by revision ("" for the workspace)
-    assert {"evaluation/metrics.json", "evaluation/heads/ridge/metrics.json", "evaluation/heads/centroid/metrics.json"} <= set(files)
+    assert {"evaluation/metrics.json", "evaluation/heads/ridge/metrics.json", "evaluation/heads/centroid/metrics.json",
+            "evaluation/finetune/top/metrics.json"} <= set(files)
     table = (repo / "evaluation" / "comparison.md").read_text()
-    assert all(f"| {name} |" in table for name in ("head", "ridge", "centroid"))
+    assert all(f"| {name} |" in table for name in ("head", "ridge", "centroid", "top"))
+    cut_cache = repo / "data" / "features" / "efficientnet_lite0-224px-cut-_blocks.12.h5"
+    cut_digest = hashlib.sha256(cut_cache.read_bytes()).hexdigest()
     assert (repo / "evaluation" / "comparison.png").stat().st_size > 0
 
     sh(["git", "add", "-A"], repo, env)
@@ -80,8 +85,19 @@ def test_dvc_repro_then_head_change_reruns_only_head_stages(project):
     assert "Running stage 'train'" in out and "Running stage 'evaluate'" in out
     assert "Running stage 'extract'" not in out and "Running stage 'prepare'" not in out
     assert "Running stage 'train-heads" not in out  # the compared heads are untouched
+    assert "Running stage 'extract-cut'" not in out and "Running stage 'finetune@top'" not in out
     assert lock_entry(repo, "extract") == extract_lock  # DVC's own record of extract is unchanged
     assert hashlib.sha256(features.read_bytes()).hexdigest() == digest
     metrics = json.loads((repo / "evaluation" / "metrics.json").read_text())
     assert metrics["head"] == "ridge"
     assert lock_entry(repo, "train")["params"]["params.yaml"]["head"]["kind"] == "ridge"
+
+    # a fine-tune param re-runs only that head; a new cut only the cut cache (and what is trained on it)
+    out = sh([sys.executable, "-m", "dvc", "exp", "run", "-S", "finetune.top.lr_top=0.001"], repo, env)
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    assert ran == {"finetune@top", "evaluate-finetune@top", "compare"}
+    assert hashlib.sha256(cut_cache.read_bytes()).hexdigest() == cut_digest
+    out = sh([sys.executable, "-m", "dvc", "exp", "run", "-S", "backbone.cut=_blocks.14"], repo, env)
+    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+    assert ran == {"extract-cut", "finetune@top", "evaluate-finetune@top", "compare"}
+    assert "cut cache at the input of _blocks.14: 120 images x 192x7x7 float16 = 0.00 GiB" in out  # said before extracting
