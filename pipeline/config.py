@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ConfigError
-from pipeline.heads import FINETUNE, HEADS
+from pipeline.heads import FINETUNE, HEADS, pooled_heads
 
 
 class _Section(BaseModel):
@@ -71,14 +71,14 @@ class HeadParams(_Section):
     @classmethod
     def _known_kind(cls, kind: str) -> str:
         if kind not in HEADS:
-            raise ValueError(f"{kind!r} is not a known head; valid choices: {sorted(HEADS)}")
+            raise ValueError(f"{kind!r} is not a known head; valid choices: {pooled_heads()}")
         return kind
 
     @model_validator(mode="after")
     def _known_sections(self) -> HeadParams:
         for name in self.model_extra or {}:
-            if name not in HEADS:
-                raise ValueError(f"unknown key head.{name}; valid keys: kind, {', '.join(sorted(HEADS))}")
+            if name not in pooled_heads() and name != self.kind:
+                raise ValueError(f"unknown key head.{name}; valid keys: kind, {', '.join(pooled_heads())}")
         return self
 
     def params_of(self, kind: str | None = None, where: str = "head") -> BaseModel:

@@ -32,6 +32,11 @@ def register(cls: type[Head]) -> type[Head]:
     return cls
 
 
+def pooled_heads() -> list[str]:
+    """The head kinds that fit pooled feature vectors (every kind but finetune), sorted."""
+    return sorted(k for k in HEADS if k != FINETUNE)
+
+
 class HeadParamsBase(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
     normalize: Normalize = "standardize"

@@ -2,7 +2,8 @@
 
 Each takes the validated :class:`~pipeline.config.Params` and explicit paths (the ones dvc.yaml
 lists), so tests call them directly and the CLI is a thin layer over them. The head side
-(train, evaluate) reads only the feature store and never imports the backbone code.
+(train, evaluate) reads only the feature store; it imports the backbone code only for the finetune
+head, which trains the backbone's own layers above the cut.
 """
 
 from __future__ import annotations

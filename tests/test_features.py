@@ -238,14 +238,14 @@ def test_linear_head_streams_a_feature_file_too_large_for_memory(feature_file, s
     splits.save(tmp_path / "splits.json")
     params = parse_params({"backbone": {"name": "resnet18", "weights": None, "input_size": 32},
                            "head": {"kind": "linear", "linear": {"weight_decay": 1.0}}})
-    original, block_sizes = FeatureStore.iter_chunks, []
+    original, block_sizes = FeatureStore.read, []
 
-    def small_blocks(self, split, rows=8192):
-        for X, y in original(self, split, rows=5):
-            block_sizes.append(len(y))
-            yield X, y
+    def read(self, split, start, stop, dtype=np.float32):
+        block_sizes.append(stop - start)
+        return original(self, split, start, stop, dtype)
 
-    monkeypatch.setattr(FeatureStore, "iter_chunks", small_blocks)
+    monkeypatch.setattr(FeatureStore, "block_rows", lambda self, max_bytes=0: 5)
+    monkeypatch.setattr(FeatureStore, "read", read)
     monkeypatch.setattr(stages, "fits_in_memory", lambda nbytes: False)
     stages.train(params, feature_file, tmp_path / "splits.json", tmp_path / "streamed.npz")
     assert "streaming them in blocks" in capsys.readouterr().out

@@ -3,7 +3,7 @@ import pytest
 
 from pipeline.config import parse_params
 from pipeline.errors import ConfigError
-from pipeline.heads import HEADS, load_head
+from pipeline.heads import HEADS, load_head, pooled_heads
 
 
 def blobs(n_per_class=60, dim=16, n_classes=4, seed=0, spread=1.0):
@@ -14,7 +14,7 @@ def blobs(n_per_class=60, dim=16, n_classes=4, seed=0, spread=1.0):
     return X * 5 + 10, y  # offset and scale, so normalisation matters
 
 
-@pytest.mark.parametrize("kind", sorted(HEADS))
+@pytest.mark.parametrize("kind", pooled_heads())  # finetune: tests/test_finetune.py
 def test_each_head_fits_predicts_saves_and_loads(kind, tmp_path):
     X, y = blobs()
     Xt, yt = blobs(seed=0, n_per_class=30)  # same centres, new noise
@@ -63,7 +63,7 @@ def test_ridge_head_is_least_squares_on_one_hot_targets():
 
 def test_heads_are_reproducible_from_the_seed():
     X, y = blobs(spread=3.0)
-    for kind in HEADS:
+    for kind in pooled_heads():
         a = HEADS[kind](seed=3).fit(X, y).decision_function(X)
         b = HEADS[kind](seed=3).fit(X, y).decision_function(X)
         np.testing.assert_array_equal(a, b)
