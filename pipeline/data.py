@@ -420,9 +420,28 @@ def decode_image(raw: object, geometry: ImageGeometry):
         raise raw
     image = raw if isinstance(raw, Image.Image) else Image.open(io.BytesIO(raw))
     image = image.convert("RGB")
-    image = TF.resize(image, geometry.resize_size, interpolation=InterpolationMode(geometry.interpolation))
-    image = TF.center_crop(image, geometry.crop_size)
-    return TF.pil_to_tensor(image)
+    box = crop_box(image.size, geometry.resize_size, geometry.crop_size)
+    if box is None:  # the crop is larger than the resized image: torchvision pads it
+        image = TF.resize(image, geometry.resize_size, interpolation=InterpolationMode(geometry.interpolation))
+        return TF.pil_to_tensor(TF.center_crop(image, geometry.crop_size))
+    # resize straight to the centre crop: the same pixels as resize-then-crop, without computing the
+    # border that the crop throws away (a 256 px resize of a CIFAR image is 31% border at 224 px)
+    resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST}[geometry.interpolation]
+    return TF.pil_to_tensor(image.resize((geometry.crop_size, geometry.crop_size), resample, box=box))
+
+
+def crop_box(size: tuple[int, int], resize: int, crop: int) -> tuple[float, float, float, float] | None:
+    """The region of a (w, h) image that torchvision's ``resize(resize)`` (short side) followed by
+    ``center_crop(crop)`` keeps, in the image's own coordinates; None when the crop needs padding."""
+    w, h = size
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = resize, int(resize * long / short)
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    if crop > new_w or crop > new_h:
+        return None
+    top, left = int(round((new_h - crop) / 2.0)), int(round((new_w - crop) / 2.0))
+    sx, sy = w / new_w, h / new_h
+    return (left * sx, top * sy, (left + crop) * sx, (top + crop) * sy)
 
 
 class BatchStream:
