@@ -217,8 +217,7 @@ class FeatureStore:
         return [s.decode() if isinstance(s, bytes) else s for s in self._group(split)["ids"][:]]
 
     def block_rows(self, max_bytes: int = 256 << 20) -> int:
-        """Rows per block so that a block is at most ``max_bytes`` as float32 (a whole number of
-        HDF5 chunks when possible)."""
+        """Rows per block so that a block is at most ``max_bytes`` as float32."""
         return max(1, max_bytes // (4 * self.spec.feature_dim))
 
     def read(self, split: str, start: int, stop: int, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:

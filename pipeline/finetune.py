@@ -120,7 +120,7 @@ class FinetuneHead(Head):
                                 "seed": spec.split_seed, "cut": spec.cut}}
         device = torch_device()
         n = store.n_rows("train")
-        in_memory = fits_in_memory(n * spec.feature_dim * np.dtype(spec.storage_dtype).itemsize * 4)
+        in_memory = fits_in_memory(n * spec.feature_dim * np.dtype(spec.storage_dtype).itemsize)
         data = store.load("train", dtype=spec.storage_dtype) if in_memory else None
         steps_per_epoch = math.ceil(n / p.batch_size)
         total_steps, warmup_steps = p.epochs * steps_per_epoch, round(p.warmup_epochs * steps_per_epoch)

@@ -208,3 +208,22 @@ def test_null_cut_writes_a_placeholder_and_computes_nothing(run, tmp_path, capsy
     with h5py.File(tmp_path / "none.h5") as h5:
         assert list(h5) == [] and "no cut cache" in h5.attrs["placeholder"]
     assert "cut points of resnet18" in capsys.readouterr().out
+
+
+def test_predict_cli_finds_the_cut_cache_of_a_finetuned_head(run, tmp_path, cifar_folder):
+    """`python -m pipeline predict --head <finetuned head>` uses the cut cache that params.yaml names."""
+    import shutil
+    import subprocess
+    import sys
+
+    import yaml
+
+    out, params = run
+    (tmp_path / "data" / "features").mkdir(parents=True)
+    shutil.copy(out / "cut.h5", tmp_path / params.backbone.cut_file)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params.model_dump()))
+    result = subprocess.run([sys.executable, "-m", "pipeline", "predict", str(cifar_folder / "test" / "cat"), "--json",
+                             "--head", str(out / "top.npz")], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert len(rows) == 4 and all(len(r["top"]) == 3 for r in rows)  # 3 classes: top-5 capped at 3
