@@ -90,3 +90,20 @@ def test_predict_cli_json(trained, cifar_folder):
     rows = json.loads(result.stdout)
     assert [r["path"] for r in rows] == [str(p) for p in image_paths([cifar_folder / "test" / "ship"])]
     assert all({t["class"] for t in r["top"]} <= {"airplane", "cat", "ship"} and len(r["top"]) == 3 for r in rows)
+
+
+def test_train_stage_of_a_scikit_learn_head_imports_neither_torch_nor_torchvision(trained, tmp_path):
+    """Start-up matters for a head swap: the train stage loads only what the head needs."""
+    out, params = trained
+    code = (
+        "import json, sys\n"
+        "from pipeline import stages\n"
+        "from pipeline.config import parse_params\n"
+        f"params = parse_params(json.loads({json.dumps(json.dumps(params.model_dump()))}))\n"
+        f"stages.train(params, {str(out / 'f.h5')!r}, {str(out / 'splits.json')!r}, {str(tmp_path / 'h.npz')!r})\n"
+        "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "h.npz").exists()
