@@ -81,9 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command in ("predict", "export"):
             from pipeline import model
 
-            from pipeline.heads import FINETUNE, load_head
+            from pipeline.heads import FINETUNE, head_header
 
-            cut = load_head(args.head)[0].kind == FINETUNE
+            cut = head_header(args.head)["kind"] == FINETUNE
             features = args.features or (params.backbone.cut_file if cut else params.backbone.features_file)
             trained = model.load_trained(features, args.head)
             if args.command == "export":

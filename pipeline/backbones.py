@@ -78,78 +78,103 @@ class FeatureExtractor(nn.Module):
         The bottom is frozen like this extractor; the top maps the cached activations to the pooled
         features and shares its parameters with this network (copy it before training).
         """
-        bottom, top = split_network(self.net, layer)
-        with torch.no_grad():
-            out = bottom(torch.zeros(1, 3, self.preprocessing.geometry.crop_size, self.preprocessing.geometry.crop_size))
-        shape = tuple(out.shape[1:])
-        if len(shape) != 3:
-            raise BackboneError(f"backbone.cut {layer!r}: its input has shape {shape} per image, not (C, H, W)")
-        bottom = FeatureExtractor(bottom, self.preprocessing, math.prod(shape), self.name, self.weights_id, layer, shape)
-        return bottom, top
+        bottom, top, shape = TracedNetwork(self.net, self._example()).split(layer)
+        return FeatureExtractor(bottom, self.preprocessing, math.prod(shape), self.name, self.weights_id, layer, shape), top
+
+    def cut_points(self) -> list[str]:
+        """The layers this network can be cut at (see :class:`TracedNetwork`)."""
+        return TracedNetwork(self.net, self._example()).cut_points()
+
+    def _example(self) -> torch.Tensor:
+        size = self.preprocessing.geometry.crop_size
+        return torch.zeros(1, 3, size, size, device=self.scale.device)
 
 
-def split_network(net: nn.Module, layer: str) -> tuple[fx.GraphModule, fx.GraphModule]:
-    """Cut ``net``'s traced graph where ``layer`` starts: bottom(x) returns the one activation
-    passed on to ``layer`` and top(activation) returns what ``net`` returns.
+class TracedNetwork:
+    """A network's ``torch.fx`` graph, with each node's output shape, for cutting it in two.
 
-    A valid cut point has exactly one activation crossing it (no skip connection over it): the
-    input of a stage or of a residual block, not of a layer inside a block. The batch size read
-    below the cut (``x.size(0)``) is read again above it from the activation.
+    A valid cut point is a layer (a module called once) whose input is the only activation that
+    crosses it: the input of a stage or of a residual block, not of a layer inside a block (where
+    the skip connection crosses too), with a (C, H, W) activation per image. The graph is traced in
+    eval mode: Python-level ``if self.training`` branches (such as EfficientNet's drop-connect) are
+    not part of it; modules (batch norm, dropout) still follow ``train()`` / ``eval()``.
     """
-    nodes = list(fx.symbolic_trace(net).graph.nodes)
-    starts = _module_starts(nodes)
-    if layer not in starts:
-        raise BackboneError(f"backbone.cut {layer!r} is not a layer of this network; valid cut points: {cut_points(net)}")
-    i = starts[layer]
-    crossing = _crossing(nodes, i)
-    activations = [n for n in crossing if not _is_batch_size(n)]
-    if len(activations) != 1:
-        raise BackboneError(
-            f"backbone.cut {layer!r} is not a cut point: {len(activations)} activations pass it "
-            f"({[n.name for n in activations]}); valid cut points: {cut_points(net)}"
-        )
-    bottom_graph, env = fx.Graph(), {}
-    for node in nodes[:i]:
-        env[node] = bottom_graph.node_copy(node, env.__getitem__)
-    bottom_graph.output(env[activations[0]])
-    top_graph = fx.Graph()
-    env = {activations[0]: top_graph.placeholder("activations")}
-    for node in crossing:
-        if _is_batch_size(node):
-            env[node] = top_graph.call_method("size", (env[activations[0]], 0))
-    position = {node: k for k, node in enumerate(nodes)}
-    for node in nodes[:i]:  # parameters and buffers fetched by name above the cut, used below it
-        if node.op == "get_attr" and any(position[u] >= i for u in node.users):
+
+    def __init__(self, net: nn.Module, example: torch.Tensor):
+        from torch.fx.passes.shape_prop import ShapeProp
+
+        self.net = net
+        traced = fx.symbolic_trace(net)
+        with torch.no_grad():
+            ShapeProp(traced).propagate(example)
+        self.nodes = list(traced.graph.nodes)
+        self.position = {node: k for k, node in enumerate(self.nodes)}
+        self.starts: dict[str, int] = {}
+        """Module name -> index of the first node computed inside it (from the tracer's module stack)."""
+        reused = set()
+        for i, node in enumerate(self.nodes):
+            for path in node.meta.get("nn_module_stack", {}):
+                name, _, call = path.partition("@")
+                reused.update([name] if call else [])
+                self.starts.setdefault(name, i)
+        for name in reused:  # called more than once: no single place to cut
+            del self.starts[name]
+
+    def crossing(self, i: int) -> list[fx.Node]:
+        """Values computed before node ``i`` and used from ``i`` on (parameters fetched by name aside)."""
+        return [n for n in self.nodes[:i] if n.op != "get_attr" and any(self.position[u] >= i for u in n.users)]
+
+    @staticmethod
+    def is_batch_size(node: fx.Node) -> bool:
+        """``x.size(0)`` of the network's input: the same number is read above the cut from the activation."""
+        return (node.op == "call_method" and node.target == "size" and tuple(node.args[1:]) == (0,)
+                and node.args[0].op == "placeholder")
+
+    def _activations(self, i: int) -> list[fx.Node]:
+        return [n for n in self.crossing(i) if not self.is_batch_size(n)]
+
+    def _shape(self, node: fx.Node) -> tuple[int, ...]:
+        meta = node.meta.get("tensor_meta")
+        return tuple(meta.shape[1:]) if hasattr(meta, "shape") else ()
+
+    def cut_points(self, max_depth: int = 2) -> list[str]:
+        """Valid cut points at most ``max_depth`` levels deep, in network order."""
+        return [name for name, i in self.starts.items() if name.count(".") < max_depth and i > 0
+                and len(acts := self._activations(i)) == 1 and len(self._shape(acts[0])) == 3]
+
+    def split(self, layer: str) -> tuple[fx.GraphModule, fx.GraphModule, tuple[int, ...]]:
+        """(bottom, top, activation shape): bottom(x) is the one activation passed on to ``layer``,
+        top(activation) is what the network returns."""
+        if layer not in self.starts:
+            raise BackboneError(f"backbone.cut {layer!r} is not a layer of this network (or one it calls more than "
+                                f"once); valid cut points: {self.cut_points()}")
+        i = self.starts[layer]
+        crossing = self.crossing(i)
+        activations = self._activations(i)
+        if len(activations) != 1:
+            raise BackboneError(
+                f"backbone.cut {layer!r} is not a cut point: {len(activations)} activations pass it "
+                f"({[n.name for n in activations]}); valid cut points: {self.cut_points()}"
+            )
+        shape = self._shape(activations[0])
+        if len(shape) != 3:
+            raise BackboneError(f"backbone.cut {layer!r}: its input has shape {shape} per image, not (C, H, W); "
+                                f"valid cut points: {self.cut_points()}")
+        bottom_graph, env = fx.Graph(), {}
+        for node in self.nodes[:i]:
+            env[node] = bottom_graph.node_copy(node, env.__getitem__)
+        bottom_graph.output(env[activations[0]])
+        top_graph = fx.Graph()
+        env = {activations[0]: top_graph.placeholder("activations")}
+        for node in crossing:
+            if self.is_batch_size(node):
+                env[node] = top_graph.call_method("size", (env[activations[0]], 0))
+        for node in self.nodes[:i]:  # parameters and buffers fetched by name above the cut, used below it
+            if node.op == "get_attr" and any(self.position[u] >= i for u in node.users):
+                env[node] = top_graph.node_copy(node, env.__getitem__)
+        for node in self.nodes[i:]:
             env[node] = top_graph.node_copy(node, env.__getitem__)
-    for node in nodes[i:]:
-        env[node] = top_graph.node_copy(node, env.__getitem__)
-    return fx.GraphModule(net, bottom_graph), fx.GraphModule(net, top_graph)
-
-
-def _module_starts(nodes: list[fx.Node]) -> dict[str, int]:
-    """Module name -> index of the first graph node computed inside it (from the tracer's module stack)."""
-    starts: dict[str, int] = {}
-    for i, node in enumerate(nodes):
-        for path in node.meta.get("nn_module_stack", {}):
-            starts.setdefault(path.split("@")[0], i)
-    return starts
-
-
-def _is_batch_size(node: fx.Node) -> bool:
-    return node.op == "call_method" and node.target == "size" and tuple(node.args[1:]) == (0,)
-
-
-def _crossing(nodes: list[fx.Node], i: int) -> list[fx.Node]:
-    """Values computed before node ``i`` and used from ``i`` on (parameters fetched by name aside)."""
-    position = {node: k for k, node in enumerate(nodes)}
-    return [n for n in nodes[:i] if n.op != "get_attr" and any(position[u] >= i for u in n.users)]
-
-
-def cut_points(net: nn.Module, max_depth: int = 2) -> list[str]:
-    """Layer names (at most ``max_depth`` levels deep) whose input is the only activation passed on."""
-    nodes = list(fx.symbolic_trace(net).graph.nodes)
-    return [name for name, i in _module_starts(nodes).items() if name.count(".") < max_depth and i > 0
-            and sum(not _is_batch_size(n) for n in _crossing(nodes, i)) == 1]
+        return fx.GraphModule(self.net, bottom_graph), fx.GraphModule(self.net, top_graph), shape
 
 
 def strip_classifier(net: nn.Module) -> int:

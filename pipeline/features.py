@@ -171,6 +171,12 @@ class FeatureStore:
             raise FeatureStoreError(f"feature file {self.path} does not exist; run the extract stage first")
         try:
             self._h5 = h5py.File(self.path, "r")
+            version, placeholder = self._h5.attrs.get("format_version"), self._h5.attrs.get("placeholder")
+            if placeholder is not None or (version is not None and version != FORMAT_VERSION):
+                self._h5.close()
+                raise FeatureStoreError(f"feature file {self.path}: {placeholder}" if placeholder is not None else
+                                        f"feature file {self.path} has format version {version}, this version of the "
+                                        f"pipeline reads {FORMAT_VERSION}: run the extract stage again (dvc repro)")
             self.spec = FeatureSpec.from_attrs(self._h5.attrs)
         except (OSError, KeyError, ValueError, TypeError) as err:
             raise FeatureStoreError(
@@ -215,6 +221,11 @@ class FeatureStore:
 
     def ids(self, split: str) -> list[str]:
         return [s.decode() if isinstance(s, bytes) else s for s in self._group(split)["ids"][:]]
+
+    def chunk_rows(self, split: str) -> int:
+        """Rows per HDF5 chunk of the split's features (the unit of reading)."""
+        chunks = self._group(split)["features"].chunks
+        return chunks[0] if chunks else max(1, self.n_rows(split))
 
     def block_rows(self, max_bytes: int = 256 << 20) -> int:
         """Rows per block so that a block is at most ``max_bytes`` as float32."""

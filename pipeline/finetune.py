@@ -6,7 +6,9 @@ above the cut, initialised from the pretrained weights, followed by a new linear
 trains on the cached activations epoch after epoch: AdamW with separate learning rates for the
 pretrained layers and the classifier, linear warm-up then cosine decay, weight decay on weights
 only, label smoothing, random horizontal flips of the cached maps; seeded; on the GPU when there
-is one. Scores average the map and its mirror image (``tta_flip``).
+is one. Scores average the map and its mirror image (``tta_flip``). The top is the traced eval-mode
+graph (see ``TracedNetwork``): its batch norm and dropout layers train, EfficientNet's drop-connect
+(a Python-level branch) is not applied.
 
 Before training, g(activations) equals the frozen network's pooled features: the top is the same
 graph with the same weights (see ``FeatureExtractor.cut_at``).
@@ -21,8 +23,11 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from pydantic import Field
 
-from pipeline.errors import PipelineError
+from pipeline.errors import FeatureStoreError, PipelineError
 from pipeline.heads import FINETUNE, Head, HeadParamsBase, register, torch_device
+
+BUFFER_BYTES = 256 << 20
+"""Training rows gathered and shuffled at a time (in the cache's dtype)."""
 
 if TYPE_CHECKING:
     from torch import nn
@@ -46,8 +51,8 @@ class FinetuneParams(HeadParamsBase):
     schedule: Literal["cosine", "constant"] = "cosine"
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     flip: bool = True
-    """Mirror each training map left-right with probability 1/2 (valid on feature maps: convolutions
-    and pooling commute with the mirror up to the learned kernels)."""
+    """Mirror each training map left-right with probability 1/2: a cheap stand-in for mirroring the
+    image (the map of a mirrored image is close to, not equal to, the mirrored map)."""
     tta_flip: bool = True
     """Scores are the mean of the scores of the map and of its mirror image."""
     batchnorm: Literal["train", "frozen"] = "train"
@@ -55,12 +60,17 @@ class FinetuneParams(HeadParamsBase):
 
 
 def build_top(source: dict, pretrained: bool = True) -> nn.Module:
-    """The backbone above the cut described by ``source`` (backbone, weights, input_size, seed, cut),
+    """The backbone above the cut described by ``source`` (backbone, weights, weights_id, input_size, seed, cut),
     with its pretrained weights (or, ``pretrained=False``, just the architecture, to load a state into)."""
     from pipeline.backbones import load_backbone
 
     weights = source["weights"] if pretrained else None
     backbone = load_backbone(source["backbone"], None if weights == "none" else weights, source["input_size"], seed=source["seed"])
+    if pretrained and backbone.weights_id != source["weights_id"]:
+        raise FeatureStoreError(
+            f"the {source['backbone']} weights loaded now ({backbone.weights_id}) are not those the cut cache was "
+            f"made with ({source['weights_id']}): checkpoint replaced since extraction? re-run extract-cut"
+        )
     _, top = backbone.cut_at(source["cut"])
     return top
 
@@ -115,13 +125,21 @@ class FinetuneHead(Head):
         if not spec.cut:
             raise PipelineError(f"{store.path} holds pooled features; the finetune head needs a cut cache (extract-cut)")
         p = self.params
-        self.n_classes = len(spec.classes)
-        self.info = {"source": {"backbone": spec.backbone, "weights": spec.weights, "input_size": spec.input_size,
-                                "seed": spec.split_seed, "cut": spec.cut}}
-        device = torch_device()
         n = store.n_rows("train")
-        in_memory = fits_in_memory(n * spec.feature_dim * np.dtype(spec.storage_dtype).itemsize)
-        data = store.load("train", dtype=spec.storage_dtype) if in_memory else None
+        if n == 0:
+            raise PipelineError(f"{store.path} has no training images")
+        self.n_classes = len(spec.classes)
+        self.info = {"source": {"backbone": spec.backbone, "weights": spec.weights, "weights_id": spec.weights_id,
+                                "input_size": spec.input_size, "seed": spec.split_seed, "cut": spec.cut}}
+        device = torch_device()
+        row_bytes = spec.feature_dim * np.dtype(spec.storage_dtype).itemsize
+        if fits_in_memory(n * row_bytes):
+            X_all, y_all = store.load("train", dtype=spec.storage_dtype)
+            read = lambda start, stop: (X_all[start:stop], y_all[start:stop])  # noqa: E731
+        else:  # read from the file, a buffer at a time
+            read = lambda start, stop: store.read("train", start, stop, dtype=spec.storage_dtype)  # noqa: E731
+            self.info["streamed"] = True
+        slice_rows, buffer_rows = store.chunk_rows("train"), max(1, BUFFER_BYTES // row_bytes)
         steps_per_epoch = math.ceil(n / p.batch_size)
         total_steps, warmup_steps = p.epochs * steps_per_epoch, round(p.warmup_epochs * steps_per_epoch)
 
@@ -158,7 +176,7 @@ class FinetuneHead(Head):
                             m.eval()
                 start, total_loss = time.perf_counter(), 0.0
                 bar = tqdm(total=n, unit="img", desc=f"finetune epoch {epoch + 1}/{p.epochs}", leave=False)
-                for X, labels in self._batches(store, data, n, generator):
+                for X, labels in self._batches(read, n, slice_rows, buffer_rows, generator):
                     x = torch.as_tensor(X).to(device, non_blocking=True).float()
                     if p.flip:
                         mirror = (torch.rand(len(x), generator=generator) < 0.5).to(device)
@@ -186,33 +204,27 @@ class FinetuneHead(Head):
         seconds = self.info.get("epoch_seconds") or [float("nan")]
         return {"cut": self.info.get("source", {}).get("cut"), "seconds_per_epoch": round(float(np.mean(seconds)), 1)}
 
-    def _batches(self, store: FeatureStore, data, n: int, generator):
-        """Shuffled training batches: a full permutation in memory, else blocks of rows in random
-        order, each block shuffled (contiguous reads from the HDF5 file)."""
+    def _batches(self, read, n: int, slice_rows: int, buffer_rows: int, generator):
+        """Shuffled training batches from ``read(start, stop) -> (X, y)``: slices of ``slice_rows``
+        consecutive rows (whole HDF5 chunks) in random order, gathered ``buffer_rows`` at a time and
+        shuffled within the buffer. Rows of a split are stored class by class, so a buffer mixes many
+        slices; the order depends only on the seed and the file, not on where the rows are read from."""
         import torch
 
         bs = self.params.batch_size
-        if data is not None:
-            order = torch.randperm(n, generator=generator).numpy()
-            X, y = data
-            for s in range(0, n, bs):
-                idx = np.sort(order[s : s + bs])
-                yield X[idx], y[idx]
-            return
-        rows = store.block_rows(max_bytes=256 << 20)
-        carry = None
-        for b in torch.randperm(math.ceil(n / rows), generator=generator).tolist():
-            X, y = store.read("train", b * rows, min(n, (b + 1) * rows), dtype=store.spec.storage_dtype)
-            if carry is not None:
-                X, y = np.concatenate([carry[0], X]), np.concatenate([carry[1], y])
+        slices = torch.randperm(math.ceil(n / slice_rows), generator=generator).tolist()
+        per_buffer = max(1, buffer_rows // slice_rows)
+        carry: list[tuple[np.ndarray, np.ndarray]] = []
+        for first in range(0, len(slices), per_buffer):
+            parts = carry + [read(k * slice_rows, min(n, (k + 1) * slice_rows)) for k in slices[first : first + per_buffer]]
+            X, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
             order = torch.randperm(len(y), generator=generator).numpy()
             full = len(y) - len(y) % bs
-            for s in range(0, full, bs):
-                idx = order[s : s + bs]
-                yield X[idx], y[idx]
-            carry = (X[order[full:]], y[order[full:]]) if full < len(y) else None
-        if carry is not None:
-            yield carry
+            for start in range(0, full, bs):
+                yield X[order[start : start + bs]], y[order[start : start + bs]]
+            carry = [(X[order[full:]], y[order[full:]])] if full < len(y) else []
+        if carry:
+            yield carry[0]
 
     @staticmethod
     def _pooled_dim(top: nn.Module, shape: tuple[int, ...]) -> int:
@@ -241,10 +253,11 @@ class FinetuneHead(Head):
     def decision_function(self, X: np.ndarray) -> np.ndarray:
         import torch
 
-        net = self.module()
+        device = torch_device()
+        net = self.module().to(device)
         with torch.inference_mode():
-            return np.concatenate([net(torch.as_tensor(X[s : s + 256])).numpy() for s in range(0, len(X), 256)]
-                                  or [np.zeros((0, self.n_classes), np.float32)])
+            scores = [net(torch.as_tensor(X[s : s + 256]).to(device)).cpu().numpy() for s in range(0, len(X), 256)]
+        return np.concatenate(scores or [np.zeros((0, self.n_classes), np.float32)])
 
     def _state(self) -> dict[str, np.ndarray]:
         return self.state

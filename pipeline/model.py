@@ -137,7 +137,7 @@ class TransferModel(nn.Module):
     def __init__(self, backbone: FeatureExtractor, head: Head, storage_dtype: str = "float32"):
         super().__init__()
         self.backbone = backbone
-        self.head = head.module() if isinstance(head, FinetuneHead) else HeadModule(head)
+        self.head = head.module().cpu() if isinstance(head, FinetuneHead) else HeadModule(head)
         self.storage_dtype = getattr(torch, storage_dtype)
         self.eval().requires_grad_(False)
 

@@ -36,7 +36,7 @@ def extract(params: Params, splits_path: str | Path, features_path: str | Path, 
     """Run the frozen backbone over every image; with ``cut``, only its part below ``backbone.cut``
     (the cut cache). Under torchrun, each process extracts its own shard and rank 0 writes the file
     (the other ranks return None)."""
-    from pipeline.backbones import cut_points, load_backbone
+    from pipeline.backbones import load_backbone
     from pipeline.data import Splits, open_source
     from pipeline.extract import distributed, extract_features, feature_spec, tune_allocator
 
@@ -51,7 +51,7 @@ def extract(params: Params, splits_path: str | Path, features_path: str | Path, 
         with atomic_path(features_path) as tmp, h5py.File(tmp, "w") as h5:
             h5.attrs["placeholder"] = "backbone.cut is null: no cut cache"
         print(f"backbone.cut is null: no cut cache computed (placeholder {features_path}); "
-              f"cut points of {b.name}: {cut_points(backbone.net)}")
+              f"cut points of {b.name}: {backbone.cut_points()}")
         return None
     if cut:
         backbone, _ = backbone.cut_at(b.cut)

@@ -111,6 +111,15 @@ def test_partial_run_with_other_settings_is_discarded(splits, backbone, tmp_path
         assert not (store.load("train")[0][:8] == 7.0).all()
 
 
+def test_file_of_an_older_format_is_refused_with_what_to_do(feature_file, tmp_path):
+    old = tmp_path / "old.h5"
+    old.write_bytes(feature_file.read_bytes())
+    with h5py.File(old, "r+") as h5:
+        h5.attrs["format_version"] = 1
+    with pytest.raises(FeatureStoreError, match="format version 1, this version of the pipeline reads 2: run the extract"):
+        FeatureStore(old)
+
+
 def test_truncated_file_is_refused(feature_file, tmp_path):
     broken = tmp_path / "broken.h5"
     broken.write_bytes(feature_file.read_bytes()[: feature_file.stat().st_size // 2])

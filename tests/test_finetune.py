@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pipeline import stages
-from pipeline.backbones import cut_points, load_backbone
+from pipeline.backbones import load_backbone
 from pipeline.config import parse_params
 from pipeline.data import decode_image, open_source
 from pipeline.errors import BackboneError, ConfigError, FeatureStoreError, PipelineError
@@ -47,13 +47,19 @@ def run(cifar_folder, tmp_path_factory):
 
 def test_cut_points_and_clear_errors_for_bad_cuts():
     backbone = load_backbone("resnet18", None, 64)
-    points = cut_points(backbone.net)
+    points = backbone.cut_points()
     assert {"layer3", "layer4", "layer4.0", "layer4.1", "avgpool"} <= set(points)
     assert "layer4.0.conv2" not in points  # inside a residual block: the skip connection crosses it
+    assert "fc" not in points  # its input is a vector, not a (C, H, W) map
     with pytest.raises(BackboneError, match=r"'layer4.0.conv2' is not a cut point: 2 activations pass it"):
         backbone.cut_at("layer4.0.conv2")
-    with pytest.raises(BackboneError, match=r"'layer9' is not a layer of this network; valid cut points: \['conv1'"):
+    with pytest.raises(BackboneError, match=r"'layer9' is not a layer of this network .*valid cut points: \['conv1'"):
         backbone.cut_at("layer9")
+    with pytest.raises(BackboneError, match=r"'fc': its input has shape \(512,\) per image, not \(C, H, W\)"):
+        backbone.cut_at("fc")
+    lite = load_backbone("efficientnet_lite0", None, 64)
+    assert "_swish" not in lite.cut_points()  # called twice (stem and head): no single place to cut
+    assert [p for p in lite.cut_points() if p.startswith("_blocks")] == [f"_blocks.{i}" for i in range(16)]
 
 
 @pytest.mark.parametrize("name, cut", [("efficientnet_lite0", "_blocks.12"), ("resnet18", "layer4")])
@@ -71,12 +77,16 @@ def test_top_starts_from_the_pretrained_weights(name, cut, tmp_path):
     backbone = load_backbone(name, weights, 64)
     bottom, _ = backbone.cut_at(cut)
     images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
-    source = {"backbone": name, "weights": weights, "input_size": 64, "seed": 0, "cut": cut}
+    source = {"backbone": name, "weights": weights, "weights_id": backbone.weights_id, "input_size": 64, "seed": 0, "cut": cut}
     top, untrained = build_top(source).eval(), build_top(source, pretrained=False).eval()
     with torch.no_grad():
         frozen, activations = backbone(images), bottom(images)
         torch.testing.assert_close(top(activations).flatten(1), frozen, rtol=1e-4, atol=1e-5)
         assert not torch.allclose(untrained(activations).flatten(1), frozen, atol=1e-2)
+    if name == "resnet18":  # a checkpoint replaced after extraction is refused, not silently trained from
+        torch.save(torchvision.models.resnet18().state_dict(), weights)
+        with pytest.raises(FeatureStoreError, match="not those the cut cache was made with"):
+            build_top(source)
 
 
 def test_cut_cache_layout_and_values(run):
@@ -147,17 +157,22 @@ def test_training_is_reproducible_from_the_seed(run, tmp_path):
     assert not np.allclose(a.state["top.layer4.1.conv2.weight"], pretrained["layer4.1.conv2.weight"].numpy())
 
 
-def test_blocks_read_from_disk_cover_every_row_once(run):
+def test_batches_mix_classes_cover_every_row_once_and_do_not_depend_on_memory(run):
     out, params = run
     head = FinetuneHead(params.head_config("finetune.top").params_of())
     with FeatureStore(out / "cut.h5") as store:
         X, labels = store.load("train", dtype=np.float16)
-        store.block_rows = lambda max_bytes=0: 5  # several blocks, and a remainder carried between them
-        batches = list(head._batches(store, None, len(labels), torch.Generator().manual_seed(0)))
+        from_disk = lambda a, b: store.read("train", a, b, dtype=np.float16)  # noqa: E731
+        from_memory = lambda a, b: (X[a:b], labels[a:b])  # noqa: E731
+        # slices of 3 rows, 12 rows per buffer: several buffers, and a remainder carried between them
+        batches = list(head._batches(from_disk, len(labels), 3, 12, torch.Generator().manual_seed(0)))
+        in_memory = list(head._batches(from_memory, len(labels), 3, 12, torch.Generator().manual_seed(0)))
+    assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(batches, in_memory))
     assert all(len(y) == 8 for _, y in batches[:-1]) and sum(len(y) for _, y in batches) == len(labels)
-    assert sorted(np.concatenate([y for _, y in batches])) == sorted(labels)
     rows = lambda A: sorted(map(bytes, A.reshape(len(A), -1)))  # noqa: E731
     assert rows(np.concatenate([x for x, _ in batches])) == rows(X)
+    assert list(labels) == sorted(labels)  # stored class by class ...
+    assert np.mean([len(set(y)) for _, y in batches[:-1]]) > 1.5  # ... but batches mix them
 
 
 def test_exported_finetuned_model_agrees_with_the_pipeline(run, tmp_path, cifar_folder):
@@ -207,6 +222,8 @@ def test_null_cut_writes_a_placeholder_and_computes_nothing(run, tmp_path, capsy
     assert stages.extract(params, out / "splits.json", tmp_path / "none.h5", progress=False, cut=True) is None
     with h5py.File(tmp_path / "none.h5") as h5:
         assert list(h5) == [] and "no cut cache" in h5.attrs["placeholder"]
+    with pytest.raises(FeatureStoreError, match="none.h5: backbone.cut is null: no cut cache"):
+        FeatureStore(tmp_path / "none.h5")
     assert "cut points of resnet18" in capsys.readouterr().out
 
 
