@@ -43,3 +43,22 @@ def write_image(path: Path, rng: np.random.Generator, size=(20, 16), mode="RGB",
     path.parent.mkdir(parents=True, exist_ok=True)
     shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
     Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode=mode).save(path, format=fmt)
+
+
+def interrupt_after(n_chunks: int, extract, monkeypatch) -> list[tuple[str, int]]:
+    """Call ``extract()``, interrupting it once ``n_chunks`` chunks are committed; return those chunks."""
+    from pipeline.features import PartialFeatures
+
+    original, written = PartialFeatures.write_chunk, []
+
+    def crash(self, split, index, features, valid):
+        if len(written) == n_chunks:
+            raise KeyboardInterrupt("simulated interruption")
+        written.append((split, index))
+        original(self, split, index, features, valid)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(PartialFeatures, "write_chunk", crash)
+        with pytest.raises(KeyboardInterrupt):
+            extract()
+    return written

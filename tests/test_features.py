@@ -7,6 +7,7 @@ from pipeline.data import make_splits, open_source
 from pipeline.errors import FeatureStoreError
 from pipeline.extract import extract_features, feature_spec
 from pipeline.features import FeatureStore, PartialFeatures
+from tests.conftest import interrupt_after
 
 
 @pytest.fixture(scope="module")
@@ -25,20 +26,9 @@ def run(splits, backbone, out, dtype="float32", **kwargs):
                             num_workers=0, progress=False, **kwargs)
 
 
-def interrupt_after(n_chunks, splits, backbone, out, monkeypatch):
+def interrupt_run(n_chunks, splits, backbone, out, monkeypatch):
     """Run an extraction that is interrupted once ``n_chunks`` chunks are committed; return them."""
-    original, written = PartialFeatures.write_chunk, []
-
-    def crash(self, split, index, features, valid):
-        if len(written) == n_chunks:
-            raise KeyboardInterrupt("simulated interruption")
-        written.append((split, index))
-        original(self, split, index, features, valid)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(PartialFeatures, "write_chunk", crash)
-        with pytest.raises(KeyboardInterrupt):
-            run(splits, backbone, out, chunk_rows=8)
+    written = interrupt_after(n_chunks, lambda: run(splits, backbone, out, chunk_rows=8), monkeypatch)
     assert not out.exists()
     return written
 
@@ -91,7 +81,7 @@ def test_float16_storage(splits, backbone, feature_file, tmp_path):
 
 def test_interrupted_extraction_resumes_bit_for_bit(splits, backbone, feature_file, tmp_path, monkeypatch):
     out = tmp_path / "f.h5"
-    written = interrupt_after(2, splits, backbone, out, monkeypatch)
+    written = interrupt_run(2, splits, backbone, out, monkeypatch)
     original, resumed = PartialFeatures.write_chunk, []
     monkeypatch.setattr(PartialFeatures, "write_chunk", lambda self, s, i, f, v: (resumed.append((s, i)), original(self, s, i, f, v)))
     run(splits, backbone, out, chunk_rows=8)
@@ -289,7 +279,7 @@ def test_torchrun_two_processes_give_the_single_process_features(splits, backbon
         "backbone": {"name": "resnet18", "weights": None, "input_size": 32, "batch_size": 4, "chunk_rows": 8},
     }))
     out = tmp_path / "f.h5"
-    assert interrupt_after(1, splits, backbone, out, monkeypatch) == [("train", 0)]
+    assert interrupt_run(1, splits, backbone, out, monkeypatch) == [("train", 0)]
 
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pipeline",

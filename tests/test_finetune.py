@@ -17,6 +17,7 @@ from pipeline.features import FeatureStore, PartialFeatures
 from pipeline.finetune import FinetuneHead, build_top
 from pipeline.heads import load_head
 from pipeline.model import export, load_exported, load_trained, predict
+from tests.conftest import interrupt_after
 
 
 def make_params(cifar_folder, **backbone):
@@ -106,22 +107,12 @@ def test_cut_cache_layout_and_values(run):
 
 def test_interrupted_cut_extraction_resumes_bit_for_bit(run, tmp_path, monkeypatch):
     out, params = run
-    original, written = PartialFeatures.write_chunk, []
-
-    def crash(self, split, index, features, valid):
-        if len(written) == 2:
-            raise KeyboardInterrupt("simulated interruption")
-        written.append((split, index))
-        original(self, split, index, features, valid)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(PartialFeatures, "write_chunk", crash)
-        with pytest.raises(KeyboardInterrupt):
-            stages.extract(params, out / "splits.json", tmp_path / "cut.h5", progress=False, cut=True)
+    extract = lambda: stages.extract(params, out / "splits.json", tmp_path / "cut.h5", progress=False, cut=True)  # noqa: E731
+    written = interrupt_after(2, extract, monkeypatch)
     assert not (tmp_path / "cut.h5").exists() and len(written) == 2
-    resumed = []
+    original, resumed = PartialFeatures.write_chunk, []
     monkeypatch.setattr(PartialFeatures, "write_chunk", lambda self, s, i, f, v: (resumed.append((s, i)), original(self, s, i, f, v)))
-    stages.extract(params, out / "splits.json", tmp_path / "cut.h5", progress=False, cut=True)
+    extract()
     assert resumed and not set(resumed) & set(written)
     with FeatureStore(tmp_path / "cut.h5") as a, FeatureStore(out / "cut.h5") as b:
         for split in ("train", "val", "test"):
