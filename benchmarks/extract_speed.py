@@ -6,7 +6,8 @@
     dtype, memory format and allocator settings as the pipeline);
 (b) the whole extraction (read the archive, decode, resize, normalise, forward, write HDF5) on
     real images of the default dataset, for each number of decoding workers.
-Prints images/s for both and the ratio (b)/(a), (a) being measured before and after each (b).
+(a) and (b) alternate in ``--rounds`` rounds (each (b) on its own share of the images), since this
+machine's speed drifts; prints images/s for both, per round and in total, and the ratio (b)/(a).
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from pipeline.backbones import load_backbone
-from pipeline.data import make_splits, open_source
+from pipeline.data import Split, make_splits, open_source
 from pipeline.extract import default_device, extract_features, feature_spec, tune_allocator
 
 
@@ -44,9 +46,10 @@ def main() -> None:
     parser.add_argument("--weights", default="DEFAULT")
     parser.add_argument("--input-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--images", type=int, default=2000, help="real images in (b), taken from the test split")
+    parser.add_argument("--images", type=int, default=2000, help="real images in (b): the first training images of the archive")
     parser.add_argument("--workers", type=int, nargs="+", default=[0], help="decoding processes (the pipeline uses 0 on the CPU)")
     parser.add_argument("--source", default="data/cifar10-jpeg.tar.gz")
+    parser.add_argument("--rounds", type=int, default=4, help="alternations of (a) and (b)")
     parser.add_argument("--compile", action="store_true", help="also measure with backbone.compile (torch.compile)")
     args = parser.parse_args()
 
@@ -55,27 +58,37 @@ def main() -> None:
     weights = None if args.weights.lower() == "none" else args.weights
     backbone = load_backbone(args.backbone, weights, args.input_size)
     source = open_source(args.source)
-    splits = make_splits(source, 0.0, max(1, args.images // 10), seed=0)
-    splits.splits = {"test": splits.splits["test"]}
-    n = len(splits.splits["test"])
+    # the first training images in archive order: (b) measures the steady state, not the one-off scan of
+    # the archive up to a split's first image (about 1 s for the test split, which comes last)
+    splits = make_splits(source, 0.0, None, seed=0)
+    train = splits.splits["train"]
+    n = min(args.images, len(train))
+    splits.splits = {"test": Split(train.keys[:n], train.labels[:n])}
     spec = feature_spec(splits, backbone, weights, args.input_size, "float32")
     print(f"device {device}, {torch.get_num_threads()} torch threads, backbone {args.backbone} at {args.input_size} px, "
           f"batch {args.batch_size}")
 
-    # (a) is measured before and after each (b) and averaged: this machine's speed drifts over minutes
-    bare = bare_forward(backbone, args.batch_size, max(3, n // args.batch_size), device)
-    print(f"(a) bare forward:           {bare:8.1f} images/s")
+    # This machine's speed drifts over minutes: (a) and (b) alternate in rounds, each (b) on its own
+    # share of the images, and the ratio is taken over the totals (and per round).
+    test = splits.splits["test"]
+    bounds = [round(r * n / args.rounds) for r in range(args.rounds + 1)]
     for workers in args.workers:
-        with tempfile.TemporaryDirectory() as tmp:
-            start = time.perf_counter()
-            extract_features(splits, source, backbone, spec, Path(tmp) / "f.h5", batch_size=args.batch_size,
-                             num_workers=workers, device=device, progress=False)
-            rate = n / (time.perf_counter() - start)
-        after = bare_forward(backbone, args.batch_size, max(3, n // args.batch_size), device)
-        print(f"(b) extract, {workers} worker(s): {rate:8.1f} images/s on {n} real images")
-        print(f"(a) bare forward again:     {after:8.1f} images/s")
-        print(f"(b)/(a) = {rate / ((bare + after) / 2):.2f} (against the mean of the two (a) runs)")
-        bare = after
+        a_time = a_images = b_time = 0.0
+        for r in range(args.rounds):
+            part = Split(test.keys[bounds[r] : bounds[r + 1]], test.labels[bounds[r] : bounds[r + 1]])
+            batches = max(3, len(part) // args.batch_size)
+            bare = bare_forward(backbone, args.batch_size, batches, device)
+            a_time, a_images = a_time + batches * args.batch_size / bare, a_images + batches * args.batch_size
+            with tempfile.TemporaryDirectory() as tmp:
+                start = time.perf_counter()
+                extract_features(replace(splits, splits={"test": part}), source, backbone, spec, Path(tmp) / "f.h5",
+                                 batch_size=args.batch_size, num_workers=workers, device=device, progress=False)
+                elapsed = time.perf_counter() - start
+            b_time += elapsed
+            print(f"round {r + 1}: (a) bare forward {bare:6.1f} images/s, (b) extract, {workers} worker(s) "
+                  f"{len(part) / elapsed:6.1f} images/s on {len(part)} real images: {len(part) / elapsed / bare:.2f}")
+        bare, rate = a_images / a_time, n / b_time
+        print(f"(a) bare forward: {bare:.1f} images/s; (b) extract: {rate:.1f} images/s on {n} images; (b)/(a) = {rate / bare:.2f}")
     if args.compile:
         compiled = torch.compile(backbone)
         start = time.perf_counter()
