@@ -179,19 +179,23 @@ def _check_xy(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return X, y
 
 
-def head_header(path: str | Path) -> dict[str, Any]:
-    """The JSON header of a saved head (kind, params, info, metadata), without its arrays."""
+def _open_head(path: str | Path):
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"head file {path} does not exist; run the train stage first")
-    with np.load(path, allow_pickle=False) as npz:
+    return np.load(path, allow_pickle=False)
+
+
+def head_header(path: str | Path) -> dict[str, Any]:
+    """The JSON header of a saved head (kind, params, info, metadata), without its arrays."""
+    with _open_head(path) as npz:
         return json.loads(str(npz["header"]))
 
 
 def load_head(path: str | Path) -> tuple[Head, dict[str, Any]]:
     """Load a head saved by :meth:`Head.save`; returns the head and the metadata saved with it."""
-    header = head_header(path)
-    with np.load(path, allow_pickle=False) as npz:
+    with _open_head(path) as npz:
+        header = json.loads(str(npz["header"]))
         head_state = {k[5:]: npz[k] for k in npz.files if k.startswith("head.")}
         norm_state = {k[5:]: npz[k] for k in npz.files if k.startswith("norm.")}
     cls = HEADS.get(header["kind"])
