@@ -160,6 +160,17 @@ class PartialFeatures:
 
 
 # -- reading ------------------------------------------------------------------------------
+def fits_in_memory(nbytes: int) -> bool:
+    """Whether features of ``nbytes`` (float32) can be loaded whole: a quarter of the free memory,
+    since fitting holds a normalised copy and the solver's own buffers."""
+    try:  # MemAvailable counts reclaimable page cache, unlike MemFree
+        meminfo = Path("/proc/meminfo").read_text()
+        available = int(meminfo.split("MemAvailable:")[1].split()[0]) * 1024
+    except (OSError, IndexError, ValueError):
+        return True
+    return nbytes < available / 4
+
+
 class FeatureStore:
     """Read access to a feature file, with its spec; use as a context manager."""
 

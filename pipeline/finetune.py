@@ -59,9 +59,10 @@ class FinetuneParams(HeadParamsBase):
     """train: batch norm layers above the cut update their statistics; frozen: keep ImageNet's."""
 
 
-def build_top(source: dict, pretrained: bool = True) -> nn.Module:
+def build_top(source: dict, pretrained: bool = True) -> tuple[nn.Module, int]:
     """The backbone above the cut described by ``source`` (backbone, weights, weights_id, input_size, seed, cut),
-    with its pretrained weights (or, ``pretrained=False``, just the architecture, to load a state into)."""
+    with its pretrained weights (or, ``pretrained=False``, just the architecture, to load a state into),
+    and the width of the pooled features it outputs."""
     from pipeline.backbones import load_backbone
 
     weights = source["weights"] if pretrained else None
@@ -72,7 +73,7 @@ def build_top(source: dict, pretrained: bool = True) -> nn.Module:
             f"made with ({source['weights_id']}): checkpoint replaced since extraction? re-run extract-cut"
         )
     _, top = backbone.cut_at(source["cut"])
-    return top
+    return top, backbone.feature_dim
 
 
 def finetuned_module(top: nn.Module, feature_dim: int, n_classes: int, tta_flip: bool) -> nn.Module:
@@ -119,7 +120,7 @@ class FinetuneHead(Head):
         import torch.nn.functional as F
         from tqdm import tqdm
 
-        from pipeline.stages import fits_in_memory
+        from pipeline.features import fits_in_memory
 
         spec = store.spec
         if not spec.cut:
@@ -153,8 +154,8 @@ class FinetuneHead(Head):
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(self.seed)
             generator = torch.Generator().manual_seed(self.seed)
-            top = build_top(self.info["source"]).requires_grad_(True)
-            net = finetuned_module(top, self._pooled_dim(top, spec.shape), self.n_classes, p.tta_flip)
+            top, feature_dim = build_top(self.info["source"])
+            net = finetuned_module(top.requires_grad_(True), feature_dim, self.n_classes, p.tta_flip)
             torch.nn.init.zeros_(net.classifier.weight)
             torch.nn.init.zeros_(net.classifier.bias)
             net = net.to(device).to(memory_format=torch.channels_last)
@@ -226,16 +227,6 @@ class FinetuneHead(Head):
         if carry:
             yield carry[0]
 
-    @staticmethod
-    def _pooled_dim(top: nn.Module, shape: tuple[int, ...]) -> int:
-        import torch
-
-        with torch.no_grad():
-            was_training = top.training
-            out = top.eval()(torch.zeros(1, *shape))
-            top.train(was_training)
-        return int(out.flatten(1).shape[1])
-
     def module(self) -> nn.Module:
         """The trained top + classifier as one module, activations (B, C, H, W) -> scores, in eval mode."""
         import torch
@@ -243,7 +234,7 @@ class FinetuneHead(Head):
         if self._net is None:
             if not self.state:
                 raise RuntimeError("FinetuneHead is not fitted")
-            top = build_top(self.info["source"], pretrained=False)
+            top, _ = build_top(self.info["source"], pretrained=False)
             shape = self.state["classifier.weight"].shape
             net = finetuned_module(top, shape[1], shape[0], self.params.tta_flip)
             net.load_state_dict({k: torch.as_tensor(v) for k, v in self.state.items()})

@@ -17,6 +17,7 @@ import numpy as np
 
 from pipeline.config import Params
 from pipeline.errors import ConfigError
+from pipeline.features import fits_in_memory
 from pipeline.fileutil import atomic_path, write_json
 
 
@@ -105,17 +106,6 @@ def expected_spec(params: Params, splits_path: str | Path, cut: bool = False) ->
         "cut": (b.cut or "") if cut else "",
         "dataset_fingerprint": json.loads(Path(splits_path).read_text())["fingerprint"],
     }
-
-
-def fits_in_memory(nbytes: int) -> bool:
-    """Whether features of ``nbytes`` (float32) can be loaded whole: a quarter of the free memory,
-    since fitting holds a normalised copy and the solver's own buffers."""
-    try:  # MemAvailable counts reclaimable page cache, unlike MemFree
-        meminfo = Path("/proc/meminfo").read_text()
-        available = int(meminfo.split("MemAvailable:")[1].split()[0]) * 1024
-    except (OSError, IndexError, ValueError):
-        return True
-    return nbytes < available / 4
 
 
 def train(params: Params, features_path: str | Path, splits_path: str | Path, head_path: str | Path,

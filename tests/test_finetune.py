@@ -79,7 +79,9 @@ def test_top_starts_from_the_pretrained_weights(name, cut, tmp_path):
     bottom, _ = backbone.cut_at(cut)
     images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
     source = {"backbone": name, "weights": weights, "weights_id": backbone.weights_id, "input_size": 64, "seed": 0, "cut": cut}
-    top, untrained = build_top(source).eval(), build_top(source, pretrained=False).eval()
+    (top, dim), (untrained, _) = build_top(source), build_top(source, pretrained=False)
+    top.eval(), untrained.eval()
+    assert dim == backbone.feature_dim
     with torch.no_grad():
         frozen, activations = backbone(images), bottom(images)
         torch.testing.assert_close(top(activations).flatten(1), frozen, rtol=1e-4, atol=1e-5)
@@ -144,7 +146,7 @@ def test_training_is_reproducible_from_the_seed(run, tmp_path):
     assert a.state.keys() == b.state.keys()
     assert all(np.array_equal(a.state[k], b.state[k]) for k in a.state)
     # and training moved the weights away from the pretrained ones
-    pretrained = build_top(a.info["source"]).state_dict()
+    pretrained = build_top(a.info["source"])[0].state_dict()
     assert not np.allclose(a.state["top.layer4.1.conv2.weight"], pretrained["layer4.1.conv2.weight"].numpy())
 
 
