@@ -28,6 +28,7 @@ from pipeline.extract import default_device, extract_features, feature_spec, tun
 def bare_forward(backbone, batch_size: int, batches: int, device) -> float:
     size = backbone.preprocessing.geometry.crop_size
     images = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8, device=device)
+    images = images.contiguous(memory_format=torch.channels_last)  # as the pipeline's batches come
     model = backbone.to(device).to(memory_format=torch.channels_last)
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         model(images)  # warm-up

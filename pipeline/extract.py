@@ -83,45 +83,6 @@ def distributed() -> Iterator[tuple[Shard, torch.device]]:
         dist.destroy_process_group()
 
 
-def prefetch(iterable, depth: int = 2):
-    """Iterate ``iterable`` in a background thread, ``depth`` items ahead (exceptions re-raised here).
-
-    Decoding and resizing release the GIL, so with no worker processes the next batch is prepared
-    while the backbone runs on the current one.
-    """
-    import queue
-    import threading
-
-    items: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in iterable:
-                if stop.is_set():
-                    return
-                items.put(item)
-            items.put(done)
-        except BaseException as err:  # handed to the consumer
-            items.put(err)
-
-    thread = threading.Thread(target=produce, daemon=True)
-    thread.start()
-    try:
-        while (item := items.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                items.get_nowait()
-            except queue.Empty:
-                thread.join(0.01)
-
-
 class _TorchBatches(torch.utils.data.IterableDataset):
     def __init__(self, stream: BatchStream):
         self.stream = stream
@@ -215,7 +176,7 @@ def extract_features(
         expected = iter(batches)
         split_start, split_images = time.perf_counter(), 0
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            for b, images, valid in (loader if num_workers else prefetch(loader)):
+            for b, images, valid in loader:
                 if b != next(expected):
                     raise RuntimeError(f"batches out of order in {name}: got {b}")
                 n = len(images)
