@@ -433,7 +433,7 @@ def resize_crop(images: Sequence, geometry: ImageGeometry):
     Bilinear and bicubic run as torch's anti-aliased uint8 resize, which computes PIL's filter (what
     torchvision applies to PIL images): same pixels for CIFAR at the default geometry, within 2
     levels otherwise (tested). Images of one size are resized together, on all the CPU's threads: for
-    CIFAR a batch is one call, 4x faster than PIL image by image. Nearest, and crops that need
+    CIFAR a batch is one call, 4x faster here than PIL image by image. Nearest, and crops that need
     padding, go through torchvision's PIL path.
     """
     import torch

@@ -175,20 +175,18 @@ def test_unreadable_file_is_skipped_when_allowed(cifar_folder, tmp_path):
                                       ImageGeometry(36, 32, "bicubic"), ImageGeometry(20, 24, "bilinear"),
                                       ImageGeometry(256, 224, "nearest")])
 def test_decoding_matches_torchvision_resize_then_center_crop(cifar_folder, tmp_path, geometry):
-    """decode_image resizes straight to the crop; the pixels are torchvision's resize + center_crop."""
+    """decode_image's pixels are torchvision's resize + center_crop on the PIL image."""
     import io
 
-    from PIL import Image
+    from PIL import Image, ImageFilter
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms import functional as TF
 
-    from PIL import ImageFilter
-
     rng = np.random.default_rng(0)
     for name, (w, h) in (("wide.png", (500, 375)), ("tall.png", (375, 500)), ("odd.png", (301, 299))):
-        # photo-like: smooth. (On pixel noise, bicubic overshoot clips differently: up to ~25 levels.)
         noise = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
-        noise.filter(ImageFilter.GaussianBlur(3)).save(tmp_path / name)
+        noise.filter(ImageFilter.GaussianBlur(3)).save(tmp_path / name)  # photo-like: smooth
+        noise.save(tmp_path / f"noise-{name}")  # where the filter's overshoot clips
     files = sorted(cifar_folder.rglob("*.jpg"))[:20] + sorted(tmp_path.glob("*.png"))
     for path in files:
         raw = path.read_bytes()
@@ -200,6 +198,6 @@ def test_decoding_matches_torchvision_resize_then_center_crop(cifar_folder, tmp_
         assert ours.shape == reference.shape == (3, geometry.crop_size, geometry.crop_size)
         difference = (ours.int() - reference.int()).abs().max().item()
         # identical for the default (a CIFAR image up-scaled bicubically to 256, cropped to 224); otherwise
-        # fixed-point rounding of PIL's filter weights moves a few pixels by at most 2 levels of 255
+        # fixed-point rounding of the filter weights moves a few pixels by at most 2 levels of 255
         exact = geometry.interpolation == "nearest" or (geometry.resize_size == 256 and path.suffix == ".jpg")
         assert difference == 0 if exact else difference <= 2, path
