@@ -451,7 +451,8 @@ def resize_crop(images: Sequence, geometry: ImageGeometry):
                 out[i] = _torchvision_resize_crop(images[i], geometry)
             continue
         new_h, new_w, top, left = plan
-        group = torch.stack([images[i] for i in members]).contiguous(memory_format=torch.channels_last)
+        # stacked as (B, H, W, 3), the layout PIL decodes to: a channels-last batch in one copy
+        group = torch.stack([images[i].permute(1, 2, 0) for i in members]).permute(0, 3, 1, 2)
         resized = F.interpolate(group, size=(new_h, new_w), mode=geometry.interpolation, antialias=True, align_corners=False)
         out[members] = resized[:, :, top : top + crop, left : left + crop]
     return out
