@@ -466,7 +466,7 @@ def _resize_plan(h: int, w: int, resize: int, crop: int) -> tuple[int, int, int,
     new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
     if crop > new_w or crop > new_h:
         return None
-    return new_h, new_w, int(round((new_h - crop) / 2.0)), int(round((new_w - crop) / 2.0))
+    return new_h, new_w, round((new_h - crop) / 2.0), round((new_w - crop) / 2.0)
 
 
 def _torchvision_resize_crop(image, geometry: ImageGeometry):
