@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from pipeline.backbones import FeatureExtractor
-from pipeline.data import BatchStream, Source, Splits
+from pipeline.data import BatchStream, Source, Splits, prefetch
 from pipeline.features import FeatureSpec, PartialFeatures
 
 
@@ -177,7 +177,9 @@ def extract_features(
         expected = iter(batches)
         split_start, split_images = time.perf_counter(), 0
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            for b, images, valid in loader:
+            # on the CPU decoding runs between forward passes (the forward pass holds every core); on a GPU
+            # without worker processes a thread decodes the next batch while the device runs this one
+            for b, images, valid in (loader if num_workers or device.type == "cpu" else prefetch(loader)):
                 if b != next(expected):
                     raise RuntimeError(f"batches out of order in {name}: got {b}")
                 n = len(images)
