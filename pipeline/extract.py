@@ -1,7 +1,7 @@
 """Run the frozen backbone f once over every image of every split and cache f(x) to HDF5.
 
 Images are decoded, resized and cropped to uint8 (:class:`pipeline.data.BatchStream`): on the CPU in
-this process between forward passes, on CUDA in DataLoader workers. Normalisation and the forward
+this process between forward passes, on CUDA in DataLoader workers (or a thread, with none). Normalisation and the forward
 pass run on the device (CUDA with bf16 autocast when present, else the CPU), in
 ``torch.inference_mode``, channels-last. Results are committed chunk by chunk (see
 :mod:`pipeline.features`), so an interrupted extraction resumes where it stopped.
