@@ -110,7 +110,8 @@ def expected_spec(params: Params, splits_path: str | Path, cut: bool = False) ->
 
 def train(params: Params, features_path: str | Path, splits_path: str | Path, head_path: str | Path,
           head_key: str = "head") -> dict:
-    """Fit the head configured at ``head_key`` (``head`` or ``heads.<name>``) on the cached features."""
+    """Fit the head configured at ``head_key`` (``head``, ``heads.<name>`` or ``finetune.<name>``, the
+    last on the cut cache) on the cached features."""
     from pipeline.features import FeatureStore
     from pipeline.heads import FINETUNE, HEADS
 
