@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline import stages
+from pipeline.stages import evaluate, extract, prepare, train
 from pipeline.config import load_params
 
 
@@ -39,13 +39,13 @@ def main() -> None:
         fn(*a, **kw)
         seconds[name] = time.perf_counter() - start
 
-    timed("prepare", stages.prepare, params, splits)
-    timed("extract", stages.extract, params, splits, work / "pooled.h5", progress=False)
-    timed("extract-cut", stages.extract, params, splits, work / "cut.h5", progress=False, cut=True)
-    timed("train (head)", stages.train, params, work / "pooled.h5", splits, work / "head.npz")
-    stages.evaluate(work / "pooled.h5", work / "head.npz", work / "eval-head", name="head")
-    trained = stages.train(params, work / "cut.h5", splits, work / "finetune.npz", head_key=f"finetune.{args.config}")
-    stages.evaluate(work / "cut.h5", work / "finetune.npz", work / "eval-finetune", name=args.config)
+    timed("prepare", prepare.run, params, splits)
+    timed("extract", extract.run, params, splits, work / "pooled.h5", progress=False)
+    timed("extract-cut", extract.run, params, splits, work / "cut.h5", progress=False, cut=True)
+    timed("train (head)", train.run, params, work / "pooled.h5", splits, work / "head.npz")
+    evaluate.run(work / "pooled.h5", work / "head.npz", work / "eval-head", name="head")
+    trained = train.run(params, work / "cut.h5", splits, work / "finetune.npz", key=f"finetune.{args.config}")
+    evaluate.run(work / "cut.h5", work / "finetune.npz", work / "eval-finetune", name=args.config)
 
     head = json.loads((work / "eval-head" / "metrics.json").read_text())
     tuned = json.loads((work / "eval-finetune" / "metrics.json").read_text())

@@ -18,31 +18,15 @@ from __future__ import annotations
 import functools
 import importlib
 import math
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import fx, nn
 
-from pipeline.data import ImageGeometry
 from pipeline.errors import BackboneError
 from pipeline.fileutil import sha256_file
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    geometry: ImageGeometry
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    """Pixel statistics on the [0, 1] scale: x_norm = (x / 255 - mean) / std."""
-
-    def describe(self) -> dict:
-        return {**asdict(self.geometry), "mean": list(self.mean), "std": list(self.std)}
-
+from pipeline.preprocessing import ImageGeometry, Preprocessing
 
 class FeatureExtractor(nn.Module):
     """Frozen f: uint8 images (B, 3, H, W) -> features (B, D), normalisation included.
@@ -80,6 +64,19 @@ class FeatureExtractor(nn.Module):
         """
         bottom, top, shape = TracedNetwork(self.net, self._example()).split(layer)
         return FeatureExtractor(bottom, self.preprocessing, math.prod(shape), self.name, self.weights_id, layer, shape), top
+
+    def check_input_size(self) -> None:
+        """One forward pass of a blank image at the configured size: refuse a size the network cannot take
+        (a ViT has a fixed one) before any work is done."""
+        size = self.preprocessing.geometry.crop_size
+        try:
+            with torch.inference_mode():
+                self(torch.zeros(1, 3, size, size, dtype=torch.uint8, device=self.scale.device))
+        except Exception as err:  # the network's own check: an assertion, a shape error, ...
+            native = getattr(self.net, "image_size", None)
+            hint = f"; it takes {native} px only" if isinstance(native, int) else ""
+            raise BackboneError(f"backbone {self.name} does not accept backbone.input_size {size}{hint} "
+                                f"({type(err).__name__}: {err})") from None
 
     def cut_points(self) -> list[str]:
         """The layers this network can be cut at (see :class:`TracedNetwork`)."""
@@ -313,3 +310,36 @@ def load_backbone(name: str, weights: str | None, input_size: int, seed: int = 0
     if weights is None:
         extractor.weights_id = f"random-init(seed={seed})"
     return extractor
+
+
+# -- rebuilding the backbone that made a feature file -------------------------------------------
+def _rebuild(recipe: dict, pretrained: bool) -> FeatureExtractor:
+    """The whole network a feature file records (``FeatureSpec.backbone_recipe()``), checked to be the
+    same: same weights (when ``pretrained``) and same preprocessing."""
+    weights = None if recipe["weights"] == "none" or not pretrained else recipe["weights"]
+    backbone = load_backbone(recipe["backbone"], weights, recipe["input_size"], seed=recipe["init_seed"])
+    if pretrained and backbone.weights_id != recipe["weights_id"]:
+        raise BackboneError(
+            f"the {recipe['backbone']} weights loaded now ({backbone.weights_id}) are not those the features were "
+            f"made with ({recipe['weights_id']}): checkpoint replaced since extraction? re-run the extraction (dvc repro)"
+        )
+    if backbone.preprocessing.to_json() != recipe["preprocessing"]:
+        raise BackboneError(
+            f"the preprocessing of {recipe['backbone']} is now {backbone.preprocessing.to_json()}, the features were "
+            f"made with {recipe['preprocessing']} (package changed since extraction?); re-run the extraction"
+        )
+    return backbone
+
+
+def load_recipe(recipe: dict) -> FeatureExtractor:
+    """The frozen extractor that made a feature file; with a cut, the part below it."""
+    backbone = _rebuild(recipe, pretrained=True)
+    return backbone.cut_at(recipe["cut"])[0] if recipe["cut"] else backbone
+
+
+def top_above_cut(recipe: dict, pretrained: bool = True) -> tuple[nn.Module, int]:
+    """The one piece of the backbone the head side uses: the layers above ``recipe["cut"]``, with their
+    pretrained weights (``pretrained=False``: the architecture only, to load a trained state into), and
+    the width of the pooled features they output."""
+    backbone = _rebuild(recipe, pretrained)
+    return backbone.cut_at(recipe["cut"])[1], backbone.feature_dim

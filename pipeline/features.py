@@ -9,9 +9,10 @@ Layout of a feature file::
     /<split>/skipped    (M,) str, images that could not be read (when skipping is allowed)
     attributes          what made the features (see FeatureSpec), checked before reuse
 
-Extraction writes chunk files into ``.<name>.partial/`` beside the output as it goes (each one
-atomically), so a killed run resumes from the last complete chunk; the HDF5 file is assembled from
-the chunks into a temporary file and renamed into place only when complete.
+Extraction commits its rows in *parts*, files in ``.<name>.partial/`` beside the output, each
+written atomically, so a killed run resumes from the last committed part; the HDF5 file is
+assembled from the parts into a temporary file and renamed into place only when complete. (A
+*chunk* is only ever an HDF5 chunk: the unit in which the file stores and reads rows.)
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import json
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
@@ -28,7 +29,10 @@ from pipeline import __version__
 from pipeline.errors import FeatureStoreError
 from pipeline.fileutil import atomic_path, write_json
 
-FORMAT_VERSION = 2
+if TYPE_CHECKING:
+    from pipeline.config import Params
+
+FORMAT_VERSION = 3
 CHUNK_BYTES = 4 << 20
 """Target size of one HDF5 chunk (rows of features): large reads, small partial reads."""
 
@@ -47,6 +51,8 @@ class FeatureSpec:
     """JSON: resize_size, crop_size, interpolation, mean, std."""
     dataset_fingerprint: str
     split_seed: int
+    init_seed: int
+    """Seed of a randomly initialised backbone (recorded for every backbone; used only by random init)."""
     val_fraction: float
     subset_per_class: int
     """-1 for all images."""
@@ -79,6 +85,18 @@ class FeatureSpec:
         d["feature_shape"] = tuple(json.loads(d["feature_shape"]))
         return cls(**d)
 
+    def identity(self) -> dict:
+        """What a head records about the features it was trained on; checked before the head is used."""
+        return {"backbone": self.backbone, "weights_id": self.weights_id, "preprocessing": self.preprocessing,
+                "dataset_fingerprint": self.dataset_fingerprint, "classes": list(self.classes),
+                "feature_dim": self.feature_dim, "cut": self.cut, "feature_shape": list(self.shape)}
+
+    def backbone_recipe(self) -> dict:
+        """How to rebuild the backbone that made these features (see ``backbones.load_recipe``)."""
+        return {"backbone": self.backbone, "weights": self.weights, "weights_id": self.weights_id,
+                "input_size": self.input_size, "init_seed": self.init_seed, "cut": self.cut,
+                "preprocessing": self.preprocessing}
+
     def differences(self, expected: dict) -> list[str]:
         """Human-readable differences between this spec and ``expected`` (a subset of fields)."""
         mine = asdict(self)
@@ -91,14 +109,15 @@ class FeatureSpec:
 
 # -- writing ------------------------------------------------------------------------------
 class PartialFeatures:
-    """The chunk files of an extraction in progress, keyed by (split, chunk index)."""
+    """The committed parts of an extraction in progress, keyed by (split, part index); part ``i``
+    holds rows ``[i * part_rows, (i + 1) * part_rows)`` of its split."""
 
-    def __init__(self, out_path: str | Path, spec: FeatureSpec, chunk_rows: int, compute: str = "cpu-float32"):
+    def __init__(self, out_path: str | Path, spec: FeatureSpec, part_rows: int, compute: str = "cpu-float32"):
         self.out_path = Path(out_path)
         self.dir = self.out_path.parent / f".{self.out_path.name}.partial"
-        self.chunk_rows = chunk_rows
-        # chunks computed another way (GPU bf16 against CPU float32) are not mixed into one file
-        meta = {"spec": spec.attrs(), "chunk_rows": chunk_rows, "compute": compute}
+        self.part_rows = part_rows
+        # parts computed another way (GPU bf16 against CPU float32) are not mixed into one file
+        meta = {"spec": spec.attrs(), "part_rows": part_rows, "compute": compute}
         meta_path = self.dir / "meta.json"
         if meta_path.exists() and json.loads(meta_path.read_text()) != meta:
             print(f"discarding partial extraction in {self.dir}: it was made with other settings")
@@ -107,36 +126,36 @@ class PartialFeatures:
         if not meta_path.exists():
             write_json(meta_path, meta)
 
-    def _chunk_path(self, split: str, index: int) -> Path:
+    def _part_path(self, split: str, index: int) -> Path:
         return self.dir / f"{split}-{index:06d}.npz"
 
     def done(self, split: str) -> set[int]:
         return {int(p.stem.rsplit("-", 1)[1]) for p in self.dir.glob(f"{split}-*.npz")}
 
-    def write_chunk(self, split: str, index: int, features: np.ndarray, valid: np.ndarray) -> None:
-        with atomic_path(self._chunk_path(split, index)) as tmp, open(tmp, "wb") as f:
+    def write_part(self, split: str, index: int, features: np.ndarray, valid: np.ndarray) -> None:
+        with atomic_path(self._part_path(split, index)) as tmp, open(tmp, "wb") as f:
             np.savez(f, features=features, valid=valid)
 
     def read_valid(self, split: str, index: int) -> np.ndarray:
-        with np.load(self._chunk_path(split, index), allow_pickle=False) as npz:
+        with np.load(self._part_path(split, index), allow_pickle=False) as npz:
             return npz["valid"]
 
-    def read_chunk(self, split: str, index: int) -> tuple[np.ndarray, np.ndarray]:
-        with np.load(self._chunk_path(split, index), allow_pickle=False) as npz:
+    def read_part(self, split: str, index: int) -> tuple[np.ndarray, np.ndarray]:
+        with np.load(self._part_path(split, index), allow_pickle=False) as npz:
             return npz["features"], npz["valid"]
 
     def assemble(self, spec: FeatureSpec, splits: dict[str, tuple[list[str], list[int]]]) -> Path:
-        """Write the final HDF5 file from the chunks (streaming, one chunk in memory at a time)."""
+        """Write the final HDF5 file from the parts (streaming, one part in memory at a time)."""
         import h5py
 
         with atomic_path(self.out_path) as tmp:
             with h5py.File(tmp, "w") as h5:
                 h5.attrs.update(spec.attrs())
                 for split, (keys, labels) in splits.items():
-                    n_chunks = -(-len(keys) // self.chunk_rows)
-                    valid = np.concatenate([self.read_valid(split, i) for i in range(n_chunks)] or [np.zeros(0, bool)])
+                    n_parts = -(-len(keys) // self.part_rows)
+                    valid = np.concatenate([self.read_valid(split, i) for i in range(n_parts)] or [np.zeros(0, bool)])
                     if len(valid) != len(keys):
-                        raise FeatureStoreError(f"{self.dir}: chunks of {split} hold {len(valid)} rows, expected {len(keys)}")
+                        raise FeatureStoreError(f"{self.dir}: parts of {split} hold {len(valid)} rows, expected {len(keys)}")
                     keep = np.flatnonzero(valid)
                     group = h5.create_group(split)
                     rows = max(1, min(len(keep), 1024, CHUNK_BYTES // (spec.feature_dim * np.dtype(spec.storage_dtype).itemsize)))
@@ -145,8 +164,8 @@ class PartialFeatures:
                         chunks=(rows, *spec.shape) if len(keep) else None,
                     )
                     row = 0
-                    for i in range(n_chunks):
-                        feats, ok = self.read_chunk(split, i)
+                    for i in range(n_parts):
+                        feats, ok = self.read_part(split, i)
                         dset[row : row + ok.sum()] = feats[ok]
                         row += int(ok.sum())
                     group.create_dataset("labels", data=np.asarray(labels, np.int64)[keep])
@@ -160,6 +179,27 @@ class PartialFeatures:
 
 
 # -- reading ------------------------------------------------------------------------------
+def expected_spec(params: Params, splits_path: str | Path, input: str = "pooled") -> dict:
+    """The FeatureSpec fields that the current params and prepared splits require of the pooled
+    features (``input="pooled"``) or of the cut cache (``"cut"``)."""
+    b = params.backbone
+    try:
+        fingerprint = json.loads(Path(splits_path).read_text())["fingerprint"]
+    except FileNotFoundError:
+        raise FileNotFoundError(f"splits file {splits_path} does not exist; run the prepare stage first") from None
+    except (ValueError, KeyError) as err:
+        raise FeatureStoreError(f"splits file {splits_path} is damaged ({err}); run the prepare stage again") from None
+    return {
+        "backbone": b.name,
+        "weights": "none" if b.weights is None else b.weights,
+        "input_size": b.input_size,
+        "init_seed": params.seed,
+        "storage_dtype": b.cut_storage_dtype if input == "cut" else b.storage_dtype,
+        "cut": (b.cut or "") if input == "cut" else "",
+        "dataset_fingerprint": fingerprint,
+    }
+
+
 def fits_in_memory(nbytes: int) -> bool:
     """Whether features of ``nbytes`` (float32) can be loaded whole: a quarter of the free memory,
     since fitting holds a normalised copy and the solver's own buffers."""
@@ -210,6 +250,8 @@ class FeatureStore:
 
     def check(self, expected: dict) -> None:
         """Refuse a file whose spec differs from ``expected`` (FeatureSpec field -> value)."""
+        if "cut" in expected:
+            self.require_input("cut" if expected["cut"] else "pooled")
         diffs = self.spec.differences(expected)
         if diffs:
             raise FeatureStoreError(
@@ -255,23 +297,25 @@ class FeatureStore:
             raise FeatureStoreError(f"{self.path}: {split} labels outside 0..{n_classes - 1}")
         return X, y
 
-    def iter_chunks(self, split: str, rows: int | None = None, dtype=np.float32) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def iter_blocks(self, split: str, rows: int | None = None, dtype=np.float32) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield (features, labels) in blocks of ``rows`` (default :meth:`block_rows`), checked as by :meth:`read`."""
         rows = rows or self.block_rows()
         n = self.n_rows(split)
         for start in range(0, n, rows):
             yield self.read(split, start, min(n, start + rows), dtype)
 
-    def identity(self) -> dict:
-        """What a head records about the features it was trained on; checked before the head is used."""
-        s = self.spec
-        return {"backbone": s.backbone, "weights_id": s.weights_id, "preprocessing": s.preprocessing,
-                "dataset_fingerprint": s.dataset_fingerprint, "classes": list(s.classes), "feature_dim": s.feature_dim,
-                "cut": s.cut, "feature_shape": list(s.shape)}
+    def require_input(self, what: str) -> None:
+        """Refuse to train a head that reads ``what`` (``pooled`` or ``cut``) on the other kind of file."""
+        mine = "cut" if self.spec.cut else "pooled"
+        if what != mine:
+            raise FeatureStoreError(
+                f"{self.path} holds {'the cut cache (activations at ' + self.spec.cut + ')' if self.spec.cut else 'pooled features'}; "
+                f"this head trains on {'the cut cache (extract-cut)' if what == 'cut' else 'pooled features (extract)'}"
+            )
 
     def check_head(self, head_metadata: dict, head_path: str | Path) -> None:
         """Refuse a head that was trained on other features than these."""
-        if head_metadata.get("features") != self.identity():
+        if head_metadata.get("features") != self.spec.identity():
             raise FeatureStoreError(
                 f"head {head_path} was trained on other features (backbone, weights, preprocessing or data) "
                 f"than {self.path}; re-run the train stage"
@@ -279,7 +323,7 @@ class FeatureStore:
 
     def load(self, split: str, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
         """The whole split in memory as (features (N, D) or (N, C, H, W), labels int64 (N,))."""
-        chunks = list(self.iter_chunks(split, dtype=dtype))
-        if not chunks:
+        blocks = list(self.iter_blocks(split, dtype=dtype))
+        if not blocks:
             return np.zeros((0, *self.spec.shape), dtype), np.zeros(0, np.int64)
-        return np.concatenate([c[0] for c in chunks]), np.concatenate([c[1] for c in chunks])
+        return np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks])

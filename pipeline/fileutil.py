@@ -30,6 +30,26 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def atomic_files(out_dir: str | Path) -> Iterator[Path]:
+    """Yield a staging folder beside ``out_dir``'s files; when the block succeeds, move every file
+    written there into ``out_dir``: a set of outputs lands whole or not at all (a failure, a full disk,
+    leaves the previous set as it was)."""
+    import shutil
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = out_dir / ".staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        yield staging
+        for f in sorted(staging.iterdir()):
+            os.replace(f, out_dir / f.name)  # a rename in one folder: needs no new space
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")

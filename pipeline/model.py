@@ -1,7 +1,7 @@
 """Using what was trained: f and g together, for prediction on new images and for export.
 
-:func:`load_trained` rebuilds the backbone from the feature file's recorded settings, checks that it
-is the same network (weights identity, preprocessing), and pairs it with a trained head that was fitted
+:func:`load_trained` rebuilds the backbone from the feature file's recorded recipe, checks that it is
+the same network (weights identity, preprocessing), and pairs it with a trained head that was fitted
 on that very feature file. :func:`export` writes f and g as one ``torch.export`` program that maps a
 uint8 image batch, already resized and centre-cropped to the input size, to class scores.
 """
@@ -17,12 +17,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.backbones import FeatureExtractor, load_backbone
-from pipeline.data import decode_image
-from pipeline.errors import FeatureStoreError, PipelineError
+from pipeline.backbones import FeatureExtractor, load_recipe
 from pipeline.features import FeatureStore
-from pipeline.finetune import FinetuneHead
-from pipeline.heads import Head, LinearModelHead, MlpHead, load_head
+from pipeline.fileutil import atomic_path
+from pipeline.heads import Head, load_head
+from pipeline.images import decode_image
 
 EXPORT_META = "transfer_model.json"
 
@@ -48,49 +47,26 @@ def load_trained(features_path: str | Path, head_path: str | Path) -> TrainedMod
     with FeatureStore(features_path) as store:
         store.check_head(meta, head_path)
         spec = store.spec
-    weights = None if spec.weights == "none" else spec.weights
-    backbone = load_backbone(spec.backbone, weights, spec.input_size, seed=spec.split_seed)
-    if spec.cut:  # a fine-tuned head: the frozen part is the backbone below the cut
-        backbone, _ = backbone.cut_at(spec.cut)
-    rebuilt = json.dumps(backbone.preprocessing.describe(), sort_keys=True)
-    if backbone.weights_id != spec.weights_id or rebuilt != spec.preprocessing:
-        raise FeatureStoreError(
-            f"the backbone recorded in {features_path} cannot be rebuilt identically here: weights "
-            f"{spec.weights_id} recorded, {backbone.weights_id} loaded; preprocessing {spec.preprocessing} "
-            f"recorded, {rebuilt} now (checkpoint or package changed since extraction?)"
-        )
-    return TrainedModel(backbone, head, list(spec.classes), spec.storage_dtype)
+    return TrainedModel(load_recipe(spec.backbone_recipe()), head, list(spec.classes), spec.storage_dtype)
 
 
 # -- prediction ---------------------------------------------------------------------------
-def image_paths(paths: list[str | Path]) -> list[Path]:
-    """Files as given; folders searched recursively for images (sorted)."""
-    from PIL import Image
-
-    extensions = {e.lower() for e in Image.registered_extensions()}
-    out = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            out += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in extensions)
-        elif p.is_file():
-            out.append(p)
-        else:
-            raise PipelineError(f"{p} is neither an image file nor a folder")
-    return out
-
-
 def predict(model: TrainedModel, paths: list[Path], top_k: int = 5, batch_size: int = 32) -> Iterator[dict]:
-    """Yield ``{"path", "top": [{"class", "score"}, ...]}`` for each image, scores being probabilities."""
+    """Yield ``{"path", "top": [{"class", "score"}, ...]}`` for each readable image, scores being
+    probabilities, and ``{"path", "error"}`` for each image that cannot be read (the others go on)."""
     geometry = model.backbone.preprocessing.geometry
     k = min(top_k, len(model.classes))
     for start in range(0, len(paths), batch_size):
-        batch = paths[start : start + batch_size]
-        images = []
-        for p in batch:
+        batch, images, failed = [], [], []
+        for p in paths[start : start + batch_size]:
             try:
                 images.append(decode_image(p.read_bytes(), geometry))
-            except Exception as err:
-                raise PipelineError(f"cannot read image {p}: {type(err).__name__}: {err}") from None
+                batch.append(p)
+            except Exception as err:  # PIL raises many types for corrupt data
+                failed.append({"path": str(p), "error": f"cannot read image: {type(err).__name__}: {err}"})
+        yield from failed
+        if not images:
+            continue
         proba = model.predict_proba(torch.stack(images))
         for p, row in zip(batch, proba):
             top = np.argsort(-row)[:k]
@@ -98,46 +74,13 @@ def predict(model: TrainedModel, paths: list[Path], top_k: int = 5, batch_size: 
 
 
 # -- export -------------------------------------------------------------------------------
-class HeadModule(nn.Module):
-    """A fitted head as torch: its feature normalisation, then a linear layer or the MLP."""
-
-    def __init__(self, head: Head):
-        super().__init__()
-        if not isinstance(head, (LinearModelHead, MlpHead)):
-            raise PipelineError(
-                f"head kind {head.kind!r} cannot be exported as a torch module (it is not linear and not the MLP); "
-                "exportable kinds: logistic, linear, ridge, nearest_centroid, mlp, finetune. Use `python -m pipeline predict`"
-            )
-        norm = head.normalizer
-        self.mode = norm.mode
-        dim = head.coef.shape[1] if isinstance(head, LinearModelHead) else head.net_state["0.weight"].shape[1]
-        mean = norm.mean if norm.mode == "standardize" else np.zeros(dim, np.float32)
-        scale = norm.scale if norm.mode == "standardize" else np.ones(dim, np.float32)
-        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
-        self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32))
-        if isinstance(head, LinearModelHead):
-            self.classifier = nn.Linear(dim, head.n_classes)
-            self.classifier.weight.data = torch.as_tensor(head.coef, dtype=torch.float32)
-            self.classifier.bias.data = torch.as_tensor(head.intercept, dtype=torch.float32)
-        else:
-            self.classifier = head._module(dim)
-            self.classifier.load_state_dict({k: torch.as_tensor(v) for k, v in head.net_state.items()})
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        if self.mode == "l2":
-            features = features / features.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        else:
-            features = (features - self.mean) / self.scale
-        return self.classifier(features)
-
-
 class TransferModel(nn.Module):
     """g(f(x)): uint8 images (B, 3, S, S), resized and centre-cropped, -> class scores (logits)."""
 
     def __init__(self, backbone: FeatureExtractor, head: Head, storage_dtype: str = "float32"):
         super().__init__()
         self.backbone = backbone
-        self.head = head.module().cpu() if isinstance(head, FinetuneHead) else HeadModule(head)
+        self.head = head.to_torch().cpu()
         self.storage_dtype = getattr(torch, storage_dtype)
         self.eval().requires_grad_(False)
 
@@ -148,8 +91,6 @@ class TransferModel(nn.Module):
 def export(model: TrainedModel, out_path: str | Path) -> Path:
     """Write f and g as one ``torch.export`` program (dynamic batch size) with its metadata."""
     from torch.export import Dim
-
-    from pipeline.fileutil import atomic_path
 
     module = TransferModel(model.backbone, model.head, model.storage_dtype)
     size = model.backbone.preprocessing.geometry.crop_size

@@ -45,20 +45,20 @@ def write_image(path: Path, rng: np.random.Generator, size=(20, 16), mode="RGB",
     Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode=mode).save(path, format=fmt)
 
 
-def interrupt_after(n_chunks: int, extract, monkeypatch) -> list[tuple[str, int]]:
-    """Call ``extract()``, interrupting it once ``n_chunks`` chunks are committed; return those chunks."""
+def interrupt_after(n_parts: int, extract, monkeypatch) -> list[tuple[str, int]]:
+    """Call ``extract()``, interrupting it once ``n_parts`` parts are committed; return those parts."""
     from pipeline.features import PartialFeatures
 
-    original, written = PartialFeatures.write_chunk, []
+    original, written = PartialFeatures.write_part, []
 
     def crash(self, split, index, features, valid):
-        if len(written) == n_chunks:
+        if len(written) == n_parts:
             raise KeyboardInterrupt("simulated interruption")
         written.append((split, index))
         original(self, split, index, features, valid)
 
     with monkeypatch.context() as patch:
-        patch.setattr(PartialFeatures, "write_chunk", crash)
+        patch.setattr(PartialFeatures, "write_part", crash)
         with pytest.raises(KeyboardInterrupt):
             extract()
     return written

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.data import BatchStream, ImageGeometry, Splits, decode_image, make_splits, open_source
+from pipeline.images import BatchStream, decode_image
+from pipeline.preprocessing import ImageGeometry
+from pipeline.sources import Splits, make_splits, open_source
 from pipeline.errors import BadImageError, DatasetError
 from tests.conftest import CIFAR_ARCHIVE, write_image
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from pipeline.backbones import load_backbone
-from pipeline.data import make_splits, open_source
+from pipeline.sources import make_splits, open_source
 from pipeline.errors import FeatureStoreError
 from pipeline.extract import extract_features, feature_spec
 from pipeline.features import FeatureStore, PartialFeatures
@@ -21,21 +21,21 @@ def splits(cifar_folder):
 
 
 def run(splits, backbone, out, dtype="float32", **kwargs):
-    spec = feature_spec(splits, backbone, None, 32, dtype)
+    spec = feature_spec(splits, backbone, None, dtype, init_seed=0)
     return extract_features(splits, open_source(splits.source), backbone, spec, out, batch_size=4,
                             num_workers=0, progress=False, **kwargs)
 
 
-def interrupt_run(n_chunks, splits, backbone, out, monkeypatch):
-    """Run an extraction that is interrupted once ``n_chunks`` chunks are committed; return them."""
-    written = interrupt_after(n_chunks, lambda: run(splits, backbone, out, chunk_rows=8), monkeypatch)
+def interrupt_run(n_parts, splits, backbone, out, monkeypatch):
+    """Run an extraction that is interrupted once ``n_parts`` parts are committed; return them."""
+    written = interrupt_after(n_parts, lambda: run(splits, backbone, out, commit_rows=8), monkeypatch)
     assert not out.exists()
     return written
 
 
 @pytest.fixture(scope="module")
 def feature_file(splits, backbone, tmp_path_factory):
-    return run(splits, backbone, tmp_path_factory.mktemp("features") / "f.h5", chunk_rows=8)
+    return run(splits, backbone, tmp_path_factory.mktemp("features") / "f.h5", commit_rows=8)
 
 
 def test_layout_and_attributes(feature_file, splits):
@@ -58,7 +58,7 @@ def test_layout_and_attributes(feature_file, splits):
 def test_features_match_the_backbone_run_directly(feature_file, splits, backbone):
     import torch
 
-    from pipeline.data import decode_image
+    from pipeline.images import decode_image
 
     keys = splits.splits["test"].keys[:3]
     images = torch.stack([decode_image(raw, backbone.preprocessing.geometry) for _, raw in open_source(splits.source).stream(keys)])
@@ -82,10 +82,10 @@ def test_float16_storage(splits, backbone, feature_file, tmp_path):
 def test_interrupted_extraction_resumes_bit_for_bit(splits, backbone, feature_file, tmp_path, monkeypatch):
     out = tmp_path / "f.h5"
     written = interrupt_run(2, splits, backbone, out, monkeypatch)
-    original, resumed = PartialFeatures.write_chunk, []
-    monkeypatch.setattr(PartialFeatures, "write_chunk", lambda self, s, i, f, v: (resumed.append((s, i)), original(self, s, i, f, v)))
-    run(splits, backbone, out, chunk_rows=8)
-    assert not set(resumed) & set(written)  # committed chunks were not recomputed
+    original, resumed = PartialFeatures.write_part, []
+    monkeypatch.setattr(PartialFeatures, "write_part", lambda self, s, i, f, v: (resumed.append((s, i)), original(self, s, i, f, v)))
+    run(splits, backbone, out, commit_rows=8)
+    assert not set(resumed) & set(written)  # committed parts were not recomputed
     with FeatureStore(out) as a, FeatureStore(feature_file) as b:
         for split in ("train", "val", "test"):
             assert np.array_equal(a.load(split)[0], b.load(split)[0])
@@ -93,10 +93,10 @@ def test_interrupted_extraction_resumes_bit_for_bit(splits, backbone, feature_fi
 
 def test_partial_run_with_other_settings_is_discarded(splits, backbone, tmp_path):
     out = tmp_path / "f.h5"
-    other = feature_spec(splits, backbone, "other", 32, "float32")
-    partial = PartialFeatures(out, other, chunk_rows=8)
-    partial.write_chunk("train", 0, np.full((8, 512), 7.0, np.float32), np.ones(8, bool))
-    run(splits, backbone, out, chunk_rows=8)
+    other = feature_spec(splits, backbone, "other", "float32", init_seed=0)
+    partial = PartialFeatures(out, other, part_rows=8)
+    partial.write_part("train", 0, np.full((8, 512), 7.0, np.float32), np.ones(8, bool))
+    run(splits, backbone, out, commit_rows=8)
     with FeatureStore(out) as store:
         assert not (store.load("train")[0][:8] == 7.0).all()
 
@@ -106,7 +106,7 @@ def test_file_of_an_older_format_is_refused_with_what_to_do(feature_file, tmp_pa
     old.write_bytes(feature_file.read_bytes())
     with h5py.File(old, "r+") as h5:
         h5.attrs["format_version"] = 1
-    with pytest.raises(FeatureStoreError, match="format version 1, this version of the pipeline reads 2: run the extract"):
+    with pytest.raises(FeatureStoreError, match="format version 1, this version of the pipeline reads 3: run the extract"):
         FeatureStore(old)
 
 
@@ -157,7 +157,7 @@ def test_same_params_same_features_and_metrics(tmp_path):
     """Two independent runs of every stage agree exactly."""
     import json
 
-    from pipeline import stages
+    from pipeline.stages import evaluate, extract, prepare, train
     from pipeline.config import parse_params
     from tests.conftest import CIFAR_ARCHIVE
 
@@ -167,10 +167,10 @@ def test_same_params_same_features_and_metrics(tmp_path):
     })
     outputs = []
     for run_dir in (tmp_path / "a", tmp_path / "b"):
-        stages.prepare(params, run_dir / "splits.json")
-        stages.extract(params, run_dir / "splits.json", run_dir / "f.h5", progress=False)
-        stages.train(params, run_dir / "f.h5", run_dir / "splits.json", run_dir / "head.npz")
-        metrics = stages.evaluate(run_dir / "f.h5", run_dir / "head.npz", run_dir / "eval")
+        prepare.run(params, run_dir / "splits.json")
+        extract.run(params, run_dir / "splits.json", run_dir / "f.h5", progress=False)
+        train.run(params, run_dir / "f.h5", run_dir / "splits.json", run_dir / "head.npz")
+        metrics = evaluate.run(run_dir / "f.h5", run_dir / "head.npz", run_dir / "eval")
         with FeatureStore(run_dir / "f.h5") as store:
             outputs.append(({s: store.load(s)[0] for s in store.splits}, metrics))
         assert (run_dir / "splits.json").read_text() == (tmp_path / "a" / "splits.json").read_text()
@@ -182,7 +182,7 @@ def test_same_params_same_features_and_metrics(tmp_path):
 
 @pytest.mark.slow
 def test_kill_9_mid_extraction_then_resume_bit_for_bit(tmp_path):
-    """A real extraction process is SIGKILLed once some chunks are committed; a rerun resumes."""
+    """A real extraction process is SIGKILLed once some parts are committed; a rerun resumes."""
     import os
     import signal
     import subprocess
@@ -191,17 +191,17 @@ def test_kill_9_mid_extraction_then_resume_bit_for_bit(tmp_path):
 
     import yaml
 
-    from pipeline import stages
+    from pipeline.stages import evaluate, extract, prepare, train
     from pipeline.config import load_params
     from tests.conftest import CIFAR_ARCHIVE
 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({
         "data": {"source": str(CIFAR_ARCHIVE), "subset_per_class": 20},
-        "backbone": {"name": "resnet18", "weights": None, "input_size": 112, "batch_size": 8, "chunk_rows": 16},
+        "backbone": {"name": "resnet18", "weights": None, "input_size": 112, "batch_size": 8, "commit_rows": 16},
     }))
     params = load_params(tmp_path / "params.yaml")
     splits_path, out = tmp_path / "splits.json", tmp_path / "killed" / "f.h5"
-    stages.prepare(params, splits_path)
+    prepare.run(params, splits_path)
     partial = out.parent / ".f.h5.partial"
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline", "--params", str(tmp_path / "params.yaml"), "extract",
@@ -217,10 +217,10 @@ def test_kill_9_mid_extraction_then_resume_bit_for_bit(tmp_path):
     proc.wait()
     assert not out.exists()
     committed = {p.name: p.stat().st_mtime_ns for p in partial.glob("*.npz")}
-    assert 3 <= len(committed) < 25  # 400 images in chunks of 16
+    assert 3 <= len(committed) < 25  # 400 images in parts of 16
 
-    stages.extract(params, splits_path, out, progress=False)  # resumes
-    stages.extract(params, splits_path, tmp_path / "clean" / "f.h5", progress=False)  # uninterrupted
+    extract.run(params, splits_path, out, progress=False)  # resumes
+    extract.run(params, splits_path, tmp_path / "clean" / "f.h5", progress=False)  # uninterrupted
     assert not partial.exists()
     with FeatureStore(out) as resumed, FeatureStore(tmp_path / "clean" / "f.h5") as clean:
         for split in ("train", "val", "test"):
@@ -230,9 +230,10 @@ def test_kill_9_mid_extraction_then_resume_bit_for_bit(tmp_path):
 
 def test_linear_head_streams_a_feature_file_too_large_for_memory(feature_file, splits, tmp_path, monkeypatch, capsys):
     """With the memory budget exceeded, train reads the features in blocks and gets the same head."""
-    from pipeline import stages
     from pipeline.config import parse_params
-    from pipeline.heads import HEADS, load_head
+    from pipeline.heads import head_class, load_head
+    from pipeline.heads import linear
+    from pipeline.stages import train
 
     splits.save(tmp_path / "splits.json")
     params = parse_params({"backbone": {"name": "resnet18", "weights": None, "input_size": 32},
@@ -245,8 +246,8 @@ def test_linear_head_streams_a_feature_file_too_large_for_memory(feature_file, s
 
     monkeypatch.setattr(FeatureStore, "block_rows", lambda self, max_bytes=0: 5)
     monkeypatch.setattr(FeatureStore, "read", read)
-    monkeypatch.setattr(stages, "fits_in_memory", lambda nbytes: False)
-    stages.train(params, feature_file, tmp_path / "splits.json", tmp_path / "streamed.npz")
+    monkeypatch.setattr(linear, "fits_in_memory", lambda nbytes: False)
+    train.run(params, feature_file, tmp_path / "splits.json", tmp_path / "streamed.npz")
     assert "streaming them in blocks" in capsys.readouterr().out
     assert max(block_sizes) == 5  # never more than one block of rows at a time
     streamed, _ = load_head(tmp_path / "streamed.npz")
@@ -255,7 +256,7 @@ def test_linear_head_streams_a_feature_file_too_large_for_memory(feature_file, s
     with FeatureStore(feature_file) as store:
         X, y = store.load("train")
         Xt, _ = store.load("test")
-    in_memory = HEADS["linear"](params.head.params_of()).fit(X, y, n_classes=3)
+    in_memory = head_class("linear")(params.head_config().params).fit(X, y, n_classes=3)
     np.testing.assert_allclose(streamed.decision_function(Xt), in_memory.decision_function(Xt), rtol=1e-3, atol=1e-3)
 
 
@@ -264,7 +265,7 @@ def test_torchrun_two_processes_give_the_single_process_features(splits, backbon
     """2 CPU processes (gloo) each extract a contiguous shard; the combined file equals a 1-process run.
 
     The first launch is preceded by an interrupted single-process run, so the ranks also resume:
-    chunks already committed are not recomputed.
+    parts already committed are not recomputed.
     """
     import subprocess
     import sys
@@ -272,28 +273,29 @@ def test_torchrun_two_processes_give_the_single_process_features(splits, backbon
     import yaml
 
     from pipeline.config import load_params
-    from pipeline.stages import expected_spec
+    from pipeline.features import expected_spec
 
-    splits.save(tmp_path / "splits.json")
+    splits_path = tmp_path / "data" / "prepared" / "splits.json"
+    splits_path.parent.mkdir(parents=True)
+    splits.save(splits_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({
-        "backbone": {"name": "resnet18", "weights": None, "input_size": 32, "batch_size": 4, "chunk_rows": 8},
+        "backbone": {"name": "resnet18", "weights": None, "input_size": 32, "batch_size": 4, "commit_rows": 8},
     }))
-    out = tmp_path / "f.h5"
+    out = tmp_path / "data" / "features" / "pooled.h5"
     assert interrupt_run(1, splits, backbone, out, monkeypatch) == [("train", 0)]
 
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pipeline",
-         "--params", str(tmp_path / "params.yaml"), "extract", "--splits", str(tmp_path / "splits.json"),
-         "--out", str(out), "--no-progress"],
-        capture_output=True, text=True, timeout=600,
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+         "pipeline.stages.extract", "--no-progress"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "by 2 processes" in result.stdout
-    assert "resuming [rank 0/2]: 8 images already extracted" in result.stdout  # train chunk 0 is rank 0's
+    assert "resuming [rank 0/2]: 8 images already extracted" in result.stdout  # train part 0 is rank 0's
     assert "resuming [rank 1/2]" not in result.stdout
-    assert not (out.parent / ".f.h5.partial").exists()
+    assert not (out.parent / ".pooled.h5.partial").exists()
     with FeatureStore(out) as sharded, FeatureStore(feature_file) as single:
-        sharded.check(expected_spec(load_params(tmp_path / "params.yaml"), tmp_path / "splits.json"))
+        sharded.check(expected_spec(load_params(tmp_path / "params.yaml"), splits_path))
         for split in ("train", "val", "test"):
             assert sharded.ids(split) == single.ids(split)
             np.testing.assert_allclose(sharded.load(split)[0], single.load(split)[0], rtol=1e-4, atol=1e-5)
@@ -302,7 +304,7 @@ def test_torchrun_two_processes_give_the_single_process_features(splits, backbon
 @pytest.mark.slow
 def test_compiled_backbone_gives_the_eager_features(splits, backbone, feature_file, tmp_path):
     """backbone.compile: one compiled shape (the short last batch is padded), same features to rounding."""
-    out = run(splits, backbone, tmp_path / "compiled.h5", chunk_rows=8, compile=True)
+    out = run(splits, backbone, tmp_path / "compiled.h5", commit_rows=8, compile=True)
     with FeatureStore(out) as compiled, FeatureStore(feature_file) as eager:
         for split in ("train", "val", "test"):
             assert compiled.ids(split) == eager.ids(split)

@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import stages
-from pipeline.backbones import load_backbone
+from pipeline.stages import evaluate, extract, prepare, train
+from pipeline.backbones import load_backbone, top_above_cut
 from pipeline.config import parse_params
-from pipeline.data import decode_image, open_source
+from pipeline.images import decode_image
+from pipeline.sources import open_source
 from pipeline.errors import BackboneError, ConfigError, FeatureStoreError, PipelineError
 from pipeline.features import FeatureStore, PartialFeatures
-from pipeline.finetune import FinetuneHead, build_top
+from pipeline.heads.finetune import FinetuneHead
 from pipeline.heads import load_head
 from pipeline.model import export, load_exported, load_trained, predict
 from tests.conftest import interrupt_after
@@ -23,7 +24,7 @@ from tests.conftest import interrupt_after
 def make_params(cifar_folder, **backbone):
     return parse_params({
         "data": {"source": str(cifar_folder), "val_fraction": 0.25},
-        "backbone": {"name": "resnet18", "weights": None, "input_size": 64, "batch_size": 4, "chunk_rows": 8,
+        "backbone": {"name": "resnet18", "weights": None, "input_size": 64, "batch_size": 4, "commit_rows": 8,
                      "cut": "layer4", **backbone},
         "finetune": {"top": {"epochs": 2, "batch_size": 8, "warmup_epochs": 0.5}},
     })
@@ -39,10 +40,10 @@ def run(cifar_folder, tmp_path_factory):
     """A small real run: ResNet-18 (random init, 64 px) cut at layer4, fine-tuned for 2 epochs."""
     out = tmp_path_factory.mktemp("finetune")
     params = make_params(cifar_folder)
-    stages.prepare(params, out / "splits.json")
-    stages.extract(params, out / "splits.json", out / "cut.h5", progress=False, cut=True)
-    stages.train(params, out / "cut.h5", out / "splits.json", out / "top.npz", head_key="finetune.top")
-    stages.evaluate(out / "cut.h5", out / "top.npz", out / "eval", name="top")
+    prepare.run(params, out / "splits.json")
+    extract.run(params, out / "splits.json", out / "cut.h5", progress=False, cut=True)
+    train.run(params, out / "cut.h5", out / "splits.json", out / "top.npz", key="finetune.top")
+    evaluate.run(out / "cut.h5", out / "top.npz", out / "eval", name="top")
     return out, params
 
 
@@ -78,8 +79,9 @@ def test_top_starts_from_the_pretrained_weights(name, cut, tmp_path):
     backbone = load_backbone(name, weights, 64)
     bottom, _ = backbone.cut_at(cut)
     images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
-    source = {"backbone": name, "weights": weights, "weights_id": backbone.weights_id, "input_size": 64, "seed": 0, "cut": cut}
-    (top, dim), (untrained, _) = build_top(source), build_top(source, pretrained=False)
+    recipe = {"backbone": name, "weights": weights, "weights_id": backbone.weights_id, "input_size": 64, "init_seed": 0,
+              "cut": cut, "preprocessing": backbone.preprocessing.to_json()}
+    (top, dim), (untrained, _) = top_above_cut(recipe), top_above_cut(recipe, pretrained=False)
     top.eval(), untrained.eval()
     assert dim == backbone.feature_dim
     with torch.no_grad():
@@ -88,8 +90,8 @@ def test_top_starts_from_the_pretrained_weights(name, cut, tmp_path):
         assert not torch.allclose(untrained(activations).flatten(1), frozen, atol=1e-2)
     if name == "resnet18":  # a checkpoint replaced after extraction is refused, not silently trained from
         torch.save(torchvision.models.resnet18().state_dict(), weights)
-        with pytest.raises(FeatureStoreError, match="not those the cut cache was made with"):
-            build_top(source)
+        with pytest.raises(BackboneError, match="not those the features were made with"):
+            top_above_cut(recipe)
 
 
 def test_cut_cache_layout_and_values(run):
@@ -109,12 +111,12 @@ def test_cut_cache_layout_and_values(run):
 
 def test_interrupted_cut_extraction_resumes_bit_for_bit(run, tmp_path, monkeypatch):
     out, params = run
-    extract = lambda: stages.extract(params, out / "splits.json", tmp_path / "cut.h5", progress=False, cut=True)  # noqa: E731
-    written = interrupt_after(2, extract, monkeypatch)
+    run_extract = lambda: extract.run(params, out / "splits.json", tmp_path / "cut.h5", progress=False, cut=True)  # noqa: E731
+    written = interrupt_after(2, run_extract, monkeypatch)
     assert not (tmp_path / "cut.h5").exists() and len(written) == 2
-    original, resumed = PartialFeatures.write_chunk, []
-    monkeypatch.setattr(PartialFeatures, "write_chunk", lambda self, s, i, f, v: (resumed.append((s, i)), original(self, s, i, f, v)))
-    extract()
+    original, resumed = PartialFeatures.write_part, []
+    monkeypatch.setattr(PartialFeatures, "write_part", lambda self, s, i, f, v: (resumed.append((s, i)), original(self, s, i, f, v)))
+    run_extract()
     assert resumed and not set(resumed) & set(written)
     with FeatureStore(tmp_path / "cut.h5") as a, FeatureStore(out / "cut.h5") as b:
         for split in ("train", "val", "test"):
@@ -125,7 +127,7 @@ def test_cut_cache_above_the_size_limit_is_refused_before_any_work(run, tmp_path
     out, _ = run
     params = make_params(json.loads((out / "splits.json").read_text())["source"], cut_max_gib=1e-4)
     with pytest.raises(ConfigError, match=r"0.0 GiB, above backbone.cut_max_gib = 0.0001"):
-        stages.extract(params, out / "splits.json", tmp_path / "cut.h5", progress=False, cut=True)
+        extract.run(params, out / "splits.json", tmp_path / "cut.h5", progress=False, cut=True)
     assert "36 images x 256x4x4 float16" in capsys.readouterr().out
     assert list(tmp_path.iterdir()) == []
 
@@ -141,18 +143,18 @@ def test_finetuned_head_is_evaluated_like_the_others(run):
 
 def test_training_is_reproducible_from_the_seed(run, tmp_path):
     out, params = run
-    stages.train(params, out / "cut.h5", out / "splits.json", tmp_path / "again.npz", head_key="finetune.top")
+    train.run(params, out / "cut.h5", out / "splits.json", tmp_path / "again.npz", key="finetune.top")
     a, b = load_head(out / "top.npz")[0], load_head(tmp_path / "again.npz")[0]
     assert a.state.keys() == b.state.keys()
     assert all(np.array_equal(a.state[k], b.state[k]) for k in a.state)
     # and training moved the weights away from the pretrained ones
-    pretrained = build_top(a.info["source"])[0].state_dict()
+    pretrained = top_above_cut(a.info["backbone"])[0].state_dict()
     assert not np.allclose(a.state["top.layer4.1.conv2.weight"], pretrained["layer4.1.conv2.weight"].numpy())
 
 
 def test_batches_mix_classes_cover_every_row_once_and_do_not_depend_on_memory(run):
     out, params = run
-    head = FinetuneHead(params.head_config("finetune.top").params_of())
+    head = FinetuneHead(params.head_config("finetune.top").params)
     with FeatureStore(out / "cut.h5") as store:
         X, labels = store.load("train", dtype=np.float16)
         from_disk = lambda a, b: store.read("train", a, b, dtype=np.float16)  # noqa: E731
@@ -190,9 +192,9 @@ def test_stale_or_wrong_feature_files_are_refused(run, tmp_path):
     out, params = run
     other = make_params(json.loads((out / "splits.json").read_text())["source"], cut="layer4.1")
     with pytest.raises(FeatureStoreError, match="cut: the file has 'layer4', the current settings want 'layer4.1'"):
-        stages.train(other, out / "cut.h5", out / "splits.json", tmp_path / "x.npz", head_key="finetune.top")
+        train.run(other, out / "cut.h5", out / "splits.json", tmp_path / "x.npz", key="finetune.top")
     pooled = tmp_path / "pooled.h5"
-    stages.extract(params, out / "splits.json", pooled, progress=False)
+    extract.run(params, out / "splits.json", pooled, progress=False)
     with FeatureStore(pooled) as store, pytest.raises(PipelineError, match="holds pooled features"):
         FinetuneHead().fit_store(store)
 
@@ -212,7 +214,7 @@ def test_null_cut_writes_a_placeholder_and_computes_nothing(run, tmp_path, capsy
     out, _ = run
     params = parse_params({"data": {"source": json.loads((out / "splits.json").read_text())["source"]},
                            "backbone": {"name": "resnet18", "weights": None, "input_size": 64}})
-    assert stages.extract(params, out / "splits.json", tmp_path / "none.h5", progress=False, cut=True) is None
+    assert extract.run(params, out / "splits.json", tmp_path / "none.h5", progress=False, cut=True) is None
     with h5py.File(tmp_path / "none.h5") as h5:
         assert list(h5) == [] and "no cut cache" in h5.attrs["placeholder"]
     with pytest.raises(FeatureStoreError, match="none.h5: backbone.cut is null: no cut cache"):
@@ -221,7 +223,7 @@ def test_null_cut_writes_a_placeholder_and_computes_nothing(run, tmp_path, capsy
 
 
 def test_predict_cli_finds_the_cut_cache_of_a_finetuned_head(run, tmp_path, cifar_folder):
-    """`python -m pipeline predict --head <finetuned head>` uses the cut cache that params.yaml names."""
+    """`python -m pipeline predict --head <finetuned head>` uses the cut cache (data/features/cut.h5)."""
     import shutil
     import subprocess
     import sys
@@ -230,7 +232,7 @@ def test_predict_cli_finds_the_cut_cache_of_a_finetuned_head(run, tmp_path, cifa
 
     out, params = run
     (tmp_path / "data" / "features").mkdir(parents=True)
-    shutil.copy(out / "cut.h5", tmp_path / params.backbone.cut_file)
+    shutil.copy(out / "cut.h5", tmp_path / "data" / "features" / "cut.h5")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params.model_dump()))
     result = subprocess.run([sys.executable, "-m", "pipeline", "predict", str(cifar_folder / "test" / "cat"), "--json",
                              "--head", str(out / "top.npz")], capture_output=True, text=True, cwd=tmp_path)

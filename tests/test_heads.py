@@ -1,9 +1,19 @@
+"""The heads: one conformance suite over every registered kind, then what is particular to each."""
+
 import numpy as np
 import pytest
 
-from pipeline.config import parse_params
-from pipeline.errors import ConfigError
-from pipeline.heads import HEADS, load_head, pooled_heads
+from pipeline.config import (HEAD_PARAMS, KnnParams, LinearParams, LogisticParams, RidgeParams, parse_params,
+                             read_yaml)
+from pipeline.errors import ConfigError, FeatureStoreError, PipelineError
+from pipeline.features import FeatureStore
+from pipeline.heads import head_class, load_head
+from pipeline.stages import evaluate, extract, prepare, train
+from tests.conftest import ROOT
+
+QUICK = {  # the kinds that train for epochs, kept short here
+    "mlp": {"epochs": 3, "hidden": 32},
+}
 
 
 def blobs(n_per_class=60, dim=16, n_classes=4, seed=0, spread=1.0):
@@ -14,26 +24,114 @@ def blobs(n_per_class=60, dim=16, n_classes=4, seed=0, spread=1.0):
     return X * 5 + 10, y  # offset and scale, so normalisation matters
 
 
-@pytest.mark.parametrize("kind", pooled_heads())  # finetune: tests/test_finetune.py
-def test_each_head_fits_predicts_saves_and_loads(kind, tmp_path):
-    X, y = blobs()
-    Xt, yt = blobs(seed=0, n_per_class=30)  # same centres, new noise
-    head = HEADS[kind](seed=0).fit(X, y)
-    assert (head.predict(Xt) == yt).mean() > 0.9
-    proba = head.predict_proba(Xt)
+# -- conformance: every registered kind, trained by the train stage on real cached features ---------
+@pytest.fixture(scope="module")
+def caches(cifar_folder, tmp_path_factory):
+    """Real pooled features and a real cut cache (ResNet-18, random init, 64 px) of 3 CIFAR classes, and a
+    second pooled file made with another seed (other features of the same images)."""
+    out = tmp_path_factory.mktemp("caches")
+    raw = {
+        "data": {"source": str(cifar_folder), "val_fraction": 0.25},
+        "backbone": {"name": "resnet18", "weights": None, "input_size": 64, "batch_size": 8, "cut": "layer4"},
+        "heads": {kind: {"kind": kind, kind: QUICK.get(kind, {})} for kind in HEAD_PARAMS if kind != "finetune"},
+        "finetune": {"top": {"epochs": 1, "batch_size": 8}},
+    }
+    params = parse_params(raw)
+    prepare.run(params, out / "splits.json")
+    extract.run(params, out / "splits.json", out / "pooled.h5", progress=False)
+    extract.run(params, out / "splits.json", out / "cut.h5", progress=False, cut=True)
+    other = parse_params({**raw, "seed": 1})
+    prepare.run(other, out / "other-splits.json")
+    extract.run(other, out / "other-splits.json", out / "other.h5", progress=False)
+    return out, params
+
+
+def config_key(kind: str) -> str:
+    return "finetune.top" if kind == "finetune" else f"heads.{kind}"
+
+
+@pytest.fixture(scope="module", params=sorted(HEAD_PARAMS))
+def trained(request, caches):
+    kind = request.param
+    out, params = caches
+    features = out / ("cut.h5" if kind == "finetune" else "pooled.h5")
+    train.run(params, features, out / "splits.json", out / f"{kind}.npz", key=config_key(kind))
+    return kind, out / f"{kind}.npz", features, params
+
+
+def test_head_scores_have_the_shape_and_meaning_of_scores(trained):
+    kind, head_path, features, _ = trained
+    head, meta = load_head(head_path)
+    assert head.kind == kind and meta["n_train"] == 18  # 3 classes x 6 training images
+    with FeatureStore(features) as store:
+        X, y = store.load("test")
+    scores = head.decision_function(X)
+    assert scores.shape == (len(y), 3) and scores.dtype in (np.float32, np.float64) and np.isfinite(scores).all()
+    proba = head.predict_proba(X)
     np.testing.assert_allclose(proba.sum(axis=1), 1, rtol=1e-5)
-    head.save(tmp_path / "head.npz", metadata={"note": "x"})
-    loaded, meta = load_head(tmp_path / "head.npz")
-    assert meta == {"note": "x"} and loaded.kind == kind and loaded.params == head.params
-    np.testing.assert_array_equal(loaded.decision_function(Xt), head.decision_function(Xt))
+    assert (proba >= 0).all()
+    np.testing.assert_array_equal(head.predict(X), scores.argmax(axis=1))
 
 
+def test_saved_and_loaded_head_gives_identical_scores(trained, tmp_path):
+    kind, head_path, features, _ = trained
+    head, meta = load_head(head_path)
+    head.save(tmp_path / "again.npz", metadata=meta)
+    again, meta_again = load_head(tmp_path / "again.npz")
+    assert meta_again == meta and again.info == head.info and again.params == head.params
+    with FeatureStore(features) as store:
+        X, _ = store.load("test")
+    np.testing.assert_array_equal(again.decision_function(X), head.decision_function(X))
+
+
+def test_export_gives_the_head_scores_or_a_clear_refusal(trained):
+    import torch
+
+    kind, head_path, features, _ = trained
+    head, _ = load_head(head_path)
+    with FeatureStore(features) as store:
+        X, _ = store.load("test")
+    if kind == "knn":
+        with pytest.raises(PipelineError, match="knn head cannot be exported.*predict"):
+            head.to_torch()
+        return
+    module = head.to_torch()
+    with torch.inference_mode():
+        exported = module(torch.as_tensor(X)).numpy()
+    np.testing.assert_allclose(exported, head.decision_function(X), atol=1e-4, rtol=1e-4)
+
+
+def test_a_head_refuses_features_from_another_file(trained, caches, tmp_path):
+    kind, head_path, _, _ = trained
+    out, _ = caches
+    other = out / ("other.h5" if kind != "finetune" else "pooled.h5")
+    with pytest.raises(FeatureStoreError, match="trained on other features"):
+        evaluate.run(other, head_path, tmp_path / "eval")
+
+
+def test_training_is_reproducible_from_the_seed(trained, tmp_path):
+    kind, head_path, features, params = trained
+    train.run(params, features, features.parent / "splits.json", tmp_path / "again.npz", key=config_key(kind))
+    first, _ = load_head(head_path)
+    again, _ = load_head(tmp_path / "again.npz")
+    with FeatureStore(features) as store:
+        X, _ = store.load("test")
+    np.testing.assert_array_equal(again.decision_function(X), first.decision_function(X))
+
+
+def test_a_pooled_head_refuses_the_cut_cache(caches, tmp_path):
+    out, params = caches
+    with pytest.raises(FeatureStoreError, match="holds the cut cache.*trains on pooled features"):
+        train.run(params, out / "cut.h5", out / "splits.json", tmp_path / "x.npz", key="heads.ridge")
+
+
+# -- what each kind computes --------------------------------------------------------------------
 def test_logistic_head_is_scikit_learn_logistic_regression():
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
     X, y = blobs(spread=3.0)
-    head = HEADS["logistic"](HEADS["logistic"].Params(C=0.1)).fit(X, y)
+    head = head_class("logistic")(LogisticParams(C=0.1, tol=1e-4)).fit(X, y)
     scaler = StandardScaler().fit(X)
     reference = LogisticRegression(C=0.1, max_iter=1000).fit(scaler.transform(X), y)
     np.testing.assert_allclose(head.predict_proba(X), reference.predict_proba(scaler.transform(X)), atol=1e-4)
@@ -46,7 +144,7 @@ def test_linear_head_minimises_the_same_objective_as_logistic_regression():
 
     X, y = blobs(spread=3.0)
     wd = 1e-2
-    head = HEADS["linear"](HEADS["linear"].Params(weight_decay=wd, max_iter=500)).fit(X, y)
+    head = head_class("linear")(LinearParams(weight_decay=wd, max_iter=500)).fit(X, y)
     Xs = StandardScaler().fit_transform(X)
     reference = LogisticRegression(C=1 / (len(y) * wd), max_iter=5000, tol=1e-10).fit(Xs, y)
     np.testing.assert_allclose(head.predict_proba(X), reference.predict_proba(Xs), atol=2e-3)
@@ -56,30 +154,35 @@ def test_ridge_head_is_least_squares_on_one_hot_targets():
     from sklearn.linear_model import Ridge
 
     X, y = blobs(spread=3.0)
-    head = HEADS["ridge"](HEADS["ridge"].Params(alpha=5.0, normalize="none")).fit(X, y)
+    head = head_class("ridge")(RidgeParams(alpha=5.0, normalize="none")).fit(X, y)
     reference = Ridge(alpha=5.0).fit(X.astype(np.float64), np.eye(4)[y])
     np.testing.assert_allclose(head.decision_function(X), reference.predict(X), atol=1e-3)
 
 
-def test_heads_are_reproducible_from_the_seed():
+def test_the_seed_changes_what_a_stochastic_head_learns():
     X, y = blobs(spread=3.0)
-    for kind in pooled_heads():
-        a = HEADS[kind](seed=3).fit(X, y).decision_function(X)
-        b = HEADS[kind](seed=3).fit(X, y).decision_function(X)
-        np.testing.assert_array_equal(a, b)
+    params = head_class("mlp").Params(epochs=2, hidden=16)
+    a = head_class("mlp")(params, seed=3).fit(X, y).decision_function(X)
+    b = head_class("mlp")(params, seed=4).fit(X, y).decision_function(X)
+    assert not np.array_equal(a, b)
 
 
 @pytest.mark.parametrize(
     "raw, message",
     [
         ({"head": {"kind": "svm"}}, r"head.kind: 'svm' is not a known head; valid choices: \['knn', 'linear', 'logistic', 'mlp', 'nearest_centroid', 'ridge'\]"),
+        ({"head": {"kind": "finetune"}}, r"head.kind: 'finetune' trains on the cut cache.*configure it under finetune:"),
         ({"head": {"logistic": {"C": -1.0}}}, r"head.logistic.C: Input should be greater than 0 \(got -1.0\)"),
         ({"head": {"logistic": {"C": "big"}}}, r"head.logistic.C: Input should be a valid number"),
         ({"head": {"ridge": {"alpah": 1.0}}}, r"head.ridge.alpah: Extra inputs are not permitted"),
         ({"head": {"linear": {"normalize": "zscore"}}}, r"head.linear.normalize: Input should be 'none', 'standardize' or 'l2'"),
+        ({"heads": {"a": {"kind": "knn", "knn": {"k": 0}}}}, r"heads.a.knn.k: Input should be greater than 0"),
+        ({"finetune": {"top": {"epochs": 0}}, "backbone": {"cut": "layer4"}}, r"finetune.top.epochs: Input should be greater than 0"),
         ({"backbone": {"input_size": "224"}}, r"backbone.input_size: Input should be a valid integer"),
         ({"backbone": {"storage_dtype": "int8"}}, r"backbone.storage_dtype: Input should be 'float32' or 'float16'"),
         ({"data": {"val_fraction": 1.5}}, r"data.val_fraction: Input should be less than 1"),
+        ({"seed": -1}, r"seed: Input should be greater than or equal to 0 \(got -1\)"),
+        ({"seed": 2**64}, r"seed: Input should be less than 4294967296"),
         ({"dataa": {}}, r"dataa: Extra inputs are not permitted"),
     ],
 )
@@ -88,13 +191,18 @@ def test_bad_params_name_the_key_and_the_valid_values(raw, message):
         parse_params(raw)
 
 
-def test_shipped_params_are_valid():
-    from pipeline.config import load_params
-    from tests.conftest import ROOT
-
-    params = load_params(ROOT / "params.yaml")
-    assert params.backbone.name == "efficientnet_lite0"
-    assert params.head.params_of().model_dump()["normalize"] == "standardize"
+def test_params_yaml_shows_each_head_kind_with_its_defaults():
+    """The defaults live in pipeline/config.py; params.yaml may show them, and must show the same values."""
+    raw = read_yaml(ROOT / "params.yaml")
+    sections = {**raw["head"], **{f"finetune:{name}": section for name, section in raw["finetune"].items()}}
+    for name, shown in sections.items():
+        if name == "kind":
+            continue
+        kind = "finetune" if name.startswith("finetune:") else name
+        defaults = HEAD_PARAMS[kind]().model_dump()
+        differing = {k: (v, defaults.get(k)) for k, v in shown.items() if defaults.get(k) != v}
+        assert not differing, f"params.yaml {name}: shown value != default in pipeline/config.py: {differing}"
+    assert set(raw["head"]) - {"kind"} == {k for k, p in HEAD_PARAMS.items() if p.input == "pooled"}
 
 
 def correlated(n_per_class, sample_seed, dim=30, n_classes=3, separation=0.5):
@@ -115,8 +223,8 @@ def test_sweep_chooses_the_brute_force_best_penalty_then_refits_on_train_and_val
 
     X, y = correlated(30, sample_seed=1)
     Xv, yv = correlated(200, sample_seed=2)
-    params = HEADS["logistic"].Params(select="sweep", grid={"low": 1e-4, "high": 10.0, "num": 6}, sweep_max_iter=500)
-    head = HEADS["logistic"](params).fit(X, y, validation=(Xv, yv))
+    params = LogisticParams(select="sweep", grid={"low": 1e-4, "high": 10.0, "num": 6}, sweep_max_iter=500, tol=1e-4)
+    head = head_class("logistic")(params).fit(X, y, validation=(Xv, yv))
 
     grid = np.logspace(-4, 1, 6)
     scaler = StandardScaler().fit(X)
@@ -142,17 +250,20 @@ def test_sweep_chooses_the_brute_force_best_penalty_then_refits_on_train_and_val
 def test_linear_sweep_records_the_choice():
     X, y = blobs(n_per_class=25, dim=40, spread=6.0, seed=1)
     Xv, yv = blobs(n_per_class=50, dim=40, spread=6.0, seed=1)
-    params = HEADS["linear"].Params(select="sweep", grid={"low": 1e-3, "high": 1.0, "num": 4})
-    head = HEADS["linear"](params).fit(X, y, validation=(Xv, yv))
+    params = LinearParams(select="sweep", grid={"low": 1e-3, "high": 1.0, "num": 4})
+    head = head_class("linear")(params).fit(X, y, validation=(Xv, yv))
     assert head.info["chosen_l2"] in head.info["sweep"]["l2"]
-    assert head.info["weight_decay"] == head.info["chosen_l2"]
+    assert head.info["chosen_val_top1"] == max(head.info["sweep"]["val_top1"])
+    # the final head is a fixed-penalty fit at the chosen value on train + val
+    fixed = head_class("linear")(LinearParams(weight_decay=head.info["chosen_l2"])).fit(np.concatenate([X, Xv]), np.concatenate([y, yv]))
+    np.testing.assert_allclose(head.decision_function(Xv), fixed.decision_function(Xv), atol=1e-4)
     with pytest.raises(ValueError, match="needs a validation split"):
-        HEADS["linear"](params).fit(X, y)
+        head_class("linear")(params).fit(X, y)
 
 
 def test_knn_probabilities_stay_finite_on_unnormalised_features():
     X, y = blobs()
-    head = HEADS["knn"](HEADS["knn"].Params(normalize="standardize")).fit(X, y)
+    head = head_class("knn")(KnnParams(normalize="standardize")).fit(X, y)
     proba = head.predict_proba(X)
     assert np.isfinite(proba).all() and (head.predict(X) == y).mean() > 0.9
 
@@ -161,10 +272,10 @@ def test_two_class_sweep_refits_scikit_learn_at_the_matching_penalty():
     """For two classes scikit-learn fits one vector w; the softmax penalty l2 matches C = 2 / (l2 N)."""
     X, y = correlated(40, sample_seed=1, n_classes=2)
     Xv, yv = correlated(100, sample_seed=2, n_classes=2)
-    params = HEADS["logistic"].Params(select="sweep", grid={"low": 1e-3, "high": 1.0, "num": 4})
-    head = HEADS["logistic"](params).fit(X, y, validation=(Xv, yv))
+    params = LogisticParams(select="sweep", grid={"low": 1e-3, "high": 1.0, "num": 4}, tol=1e-4)
+    head = head_class("logistic")(params).fit(X, y, validation=(Xv, yv))
     assert head.info["C"] == pytest.approx(2 / (head.info["chosen_l2"] * (len(y) + len(yv))))
-    linear = HEADS["linear"](HEADS["linear"].Params(weight_decay=head.info["chosen_l2"], max_iter=1000))
+    linear = head_class("linear")(LinearParams(weight_decay=head.info["chosen_l2"], max_iter=1000))
     linear.fit(np.concatenate([X, Xv]), np.concatenate([y, yv]))
     np.testing.assert_allclose(head.predict_proba(Xv), linear.predict_proba(Xv), atol=2e-3)
 
@@ -174,4 +285,4 @@ def test_yaml_exponent_floats_are_numbers(tmp_path):
 
     (tmp_path / "params.yaml").write_text("head:\n  logistic: {C: 1e-3}\n  ridge: {alpha: 2E+1}\n")
     params = load_params(tmp_path / "params.yaml")
-    assert params.head.params_of("logistic").C == 0.001 and params.head.params_of("ridge").alpha == 20.0
+    assert params.head.params_of("logistic", "head").C == 0.001 and params.head.params_of("ridge", "head").alpha == 20.0

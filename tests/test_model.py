@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import stages
+from pipeline.stages import evaluate, extract, prepare, train
 from pipeline.config import parse_params
 from pipeline.errors import FeatureStoreError, PipelineError
 from pipeline.features import FeatureStore
-from pipeline.model import export, image_paths, load_exported, load_trained, predict
+from pipeline.images import image_paths
+from pipeline.model import export, load_exported, load_trained, predict
 
 
 @pytest.fixture(scope="module")
@@ -25,12 +26,12 @@ def trained(cifar_folder, tmp_path_factory):
         "backbone": {"name": "resnet18", "weights": None, "input_size": 64, "batch_size": 8},
         "heads": {"mlp": {"kind": "mlp", "mlp": {"epochs": 3, "hidden": 32}}, "knn": {"kind": "knn"}},
     })
-    stages.prepare(params, out / "splits.json")
-    stages.extract(params, out / "splits.json", out / "f.h5", progress=False)
-    stages.train(params, out / "f.h5", out / "splits.json", out / "logistic.npz")
-    stages.evaluate(out / "f.h5", out / "logistic.npz", out / "eval")
+    prepare.run(params, out / "splits.json")
+    extract.run(params, out / "splits.json", out / "f.h5", progress=False)
+    train.run(params, out / "f.h5", out / "splits.json", out / "logistic.npz")
+    evaluate.run(out / "f.h5", out / "logistic.npz", out / "eval")
     for name in ("mlp", "knn"):
-        stages.train(params, out / "f.h5", out / "splits.json", out / f"{name}.npz", head_key=f"heads.{name}")
+        train.run(params, out / "f.h5", out / "splits.json", out / f"{name}.npz", key=f"heads.{name}")
     return out, params
 
 
@@ -53,7 +54,8 @@ def test_exported_module_gives_the_pipeline_scores(trained, tmp_path, head_file)
     path = export(model, tmp_path / "model.pt2")
     module, meta = load_exported(path)
     assert meta["classes"] == ["airplane", "cat", "ship"] and meta["preprocessing"]["crop_size"] == 64
-    from pipeline.data import decode_image, open_source
+    from pipeline.images import decode_image
+    from pipeline.sources import open_source
 
     with FeatureStore(out / "f.h5") as store:
         keys, (features, _) = store.ids("test"), store.load("test")
@@ -68,14 +70,14 @@ def test_exported_module_gives_the_pipeline_scores(trained, tmp_path, head_file)
 
 def test_knn_head_is_refused_for_export_with_the_exportable_kinds(trained, tmp_path):
     out, _ = trained
-    with pytest.raises(PipelineError, match="'knn' cannot be exported.*exportable kinds: logistic, linear"):
+    with pytest.raises(PipelineError, match="knn head cannot be exported.*predict.*export a linear, ridge"):
         export(load_trained(out / "f.h5", out / "knn.npz"), tmp_path / "m.pt2")
 
 
 def test_head_trained_on_other_features_is_refused(trained, cifar_folder, tmp_path):
     out, params = trained
     other = params.model_copy(update={"backbone": params.backbone.model_copy(update={"input_size": 32})})
-    stages.extract(other, out / "splits.json", tmp_path / "other.h5", progress=False)
+    extract.run(other, out / "splits.json", tmp_path / "other.h5", progress=False)
     with pytest.raises(FeatureStoreError, match="trained on other features"):
         load_trained(tmp_path / "other.h5", out / "logistic.npz")
 
@@ -92,18 +94,25 @@ def test_predict_cli_json(trained, cifar_folder):
     assert all({t["class"] for t in r["top"]} <= {"airplane", "cat", "ship"} and len(r["top"]) == 3 for r in rows)
 
 
-def test_train_stage_of_a_scikit_learn_head_imports_neither_torch_nor_torchvision(trained, tmp_path):
-    """Start-up matters for a head swap: the train stage loads only what the head needs."""
+def test_head_side_never_imports_the_backbone_or_the_images(trained, tmp_path):
+    """The f/g rule: train and evaluate of a pooled head see only the feature store. They import neither
+    the backbone nor the image modules nor torchvision; a scikit-learn head not even torch. (PIL is
+    loaded by matplotlib for the plots, so it is no sign here.)"""
     out, params = trained
     code = (
         "import json, sys\n"
-        "from pipeline import stages\n"
+        "from pipeline.stages import evaluate, train\n"
         "from pipeline.config import parse_params\n"
         f"params = parse_params(json.loads({json.dumps(json.dumps(params.model_dump()))}))\n"
-        f"stages.train(params, {str(out / 'f.h5')!r}, {str(out / 'splits.json')!r}, {str(tmp_path / 'h.npz')!r})\n"
-        "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))\n"
+        f"train.run(params, {str(out / 'f.h5')!r}, {str(out / 'splits.json')!r}, {str(tmp_path / 'h.npz')!r})\n"
+        f"evaluate.run({str(out / 'f.h5')!r}, {str(tmp_path / 'h.npz')!r}, {str(tmp_path / 'eval')!r})\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'PIL', 'pipeline'))))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip().splitlines()[-1] == "[]"
-    assert (tmp_path / "h.npz").exists()
+    imported = set(json.loads(result.stdout.strip().splitlines()[-1]))
+    assert (tmp_path / "eval" / "metrics.json").exists()
+    assert "pipeline.heads.linear" in imported and "pipeline.features" in imported  # it did run the head
+    for forbidden in ("pipeline.backbones", "pipeline.images", "pipeline.sources", "pipeline.extract",
+                      "pipeline.preprocessing", "torchvision", "torch"):
+        assert forbidden not in imported, f"the head side imported {forbidden}"

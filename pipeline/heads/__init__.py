@@ -1,0 +1,49 @@
+"""The head g: classifiers trained on what the frozen backbone cached, never on images.
+
+One interface (:class:`~pipeline.heads.base.Head`): ``fit_store(store)`` trains from the feature
+store, ``decision_function`` scores features, ``save`` / :func:`load_head` persist, ``to_torch``
+exports. The registry is :data:`pipeline.config.HEAD_PARAMS` (kind -> params -> implementation);
+a head module is imported only when a head of its kind is built, so a scikit-learn head starts
+without loading torch, and no pooled head loads the backbone code.
+
+Modules: ``base`` (interface, normalisation, file format), ``linear`` (logistic, linear, ridge,
+nearest_centroid), ``knn``, ``mlp``, ``finetune`` (the backbone's top layers on the cut cache).
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import HEAD_PARAMS, HeadConfig
+from pipeline.errors import PipelineError
+from pipeline.heads.base import Head, read_saved, softmax
+
+__all__ = ["Head", "head_class", "build_head", "load_head", "head_header", "softmax"]
+
+
+def head_class(kind: str) -> type[Head]:
+    """The class implementing head ``kind`` (imported on first use)."""
+    if kind not in HEAD_PARAMS:
+        raise PipelineError(f"unknown head kind {kind!r}; valid choices: {sorted(HEAD_PARAMS)}")
+    module, _, name = HEAD_PARAMS[kind].implementation.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def build_head(config: HeadConfig, seed: int) -> Head:
+    """An unfitted head of a resolved configuration."""
+    return head_class(config.kind)(config.params, seed=seed)
+
+
+def head_header(path: str | Path) -> dict[str, Any]:
+    """The JSON header of a saved head (kind, params, info, metadata), without its arrays."""
+    return read_saved(path, arrays=False)[0]
+
+
+def load_head(path: str | Path) -> tuple[Head, dict[str, Any]]:
+    """Load a head saved by :meth:`Head.save`; returns the head and the metadata saved with it."""
+    header, arrays = read_saved(path)
+    if header.get("kind") not in HEAD_PARAMS:
+        raise PipelineError(f"{path}: unknown head kind {header.get('kind')!r}; valid choices: {sorted(HEAD_PARAMS)}")
+    return head_class(header["kind"]).from_saved(header, arrays), header["metadata"]

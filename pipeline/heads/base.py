@@ -1,0 +1,264 @@
+"""The head interface, feature normalisation and the saved-head format.
+
+Every head is trained by :meth:`Head.fit_store` (from the feature store, the only thing the head side
+reads), scores features with :meth:`Head.decision_function`, is saved by :meth:`Head.save` and
+exported by :meth:`Head.to_torch`. Pooled heads (:class:`PooledHead`) also take features in memory
+with :meth:`PooledHead.fit`, scikit-learn style.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from pipeline.config import HeadParamsBase, Normalize, PooledHeadParams
+from pipeline.errors import ConfigError, PipelineError
+from pipeline.fileutil import atomic_path
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from pipeline.features import FeatureStore
+
+
+def softmax(scores: np.ndarray) -> np.ndarray:
+    z = scores - scores.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class Head:
+    """Base class of every head: what the stages, predict and export call."""
+
+    kind: ClassVar[str]
+    Params: ClassVar[type[HeadParamsBase]]
+
+    def __init__(self, params: HeadParamsBase | None = None, seed: int = 0):
+        self.params = params if params is not None else self.Params()
+        self.seed = seed
+        self.n_classes: int | None = None
+        self.info: dict[str, Any] = {}
+        """What fitting chose or measured (chosen penalty, sweep curve, epoch times); saved with the head."""
+
+    @property
+    def input(self) -> str:
+        """What the head reads: ``pooled`` features or the ``cut`` cache."""
+        return self.Params.input
+
+    @property
+    def chosen(self) -> dict[str, Any]:
+        """What fitting chose (penalty, held-out score at the choice), without curves."""
+        return {k: v for k, v in self.info.items() if k != "sweep"}
+
+    def fit_store(self, store: FeatureStore) -> Head:
+        """Fit on the training split of a feature store (the train stage's one call)."""
+        raise NotImplementedError
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        """Class scores (N, n_classes): higher means more likely (logits where the head has them)."""
+        raise NotImplementedError
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        return softmax(self.decision_function(X))
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.decision_function(X).argmax(axis=1)
+
+    def to_torch(self) -> nn.Module:
+        """The fitted head as a torch module, features -> the same scores as :meth:`decision_function`."""
+        raise PipelineError(
+            f"a {self.kind} head cannot be exported as a torch module: it scores by looking up the training "
+            "features. Use `python -m pipeline predict`, or export a linear, ridge, nearest_centroid, mlp or "
+            "finetune head"
+        )
+
+    # -- persistence ---------------------------------------------------------------------------
+    def _arrays(self) -> dict[str, np.ndarray]:
+        """Every fitted array, by name (saved in the head file)."""
+        raise NotImplementedError
+
+    def _load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        raise NotImplementedError
+
+    def save(self, path: str | Path, metadata: dict[str, Any] | None = None) -> None:
+        """Write the fitted head as a pickle-free ``.npz`` (arrays plus a JSON header)."""
+        if self.n_classes is None:
+            raise PipelineError(f"{type(self).__name__} is not fitted")
+        header = {"kind": self.kind, "params": self.params.model_dump(), "seed": self.seed,
+                  "n_classes": self.n_classes, "info": self.info, "metadata": metadata or {}}
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, header=np.array(json.dumps(header)), **self._arrays())
+
+    @classmethod
+    def from_saved(cls, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> Head:
+        head = cls(cls.Params.model_validate(header["params"]), seed=header["seed"])
+        head.n_classes, head.info = header["n_classes"], header.get("info", {})
+        head._load_arrays(arrays)
+        return head
+
+
+def read_saved(path: str | Path, arrays: bool = True) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The JSON header of a saved head and (``arrays``) its arrays."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"head file {path} does not exist; run the train stage first")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            header = json.loads(str(npz["header"]))
+            return header, ({k: npz[k] for k in npz.files if k != "header"} if arrays else {})
+    except (OSError, ValueError, KeyError, EOFError) as err:
+        raise PipelineError(f"head file {path} is truncated or not a saved head ({err}); run the train stage again") from None
+
+
+# -- pooled heads -------------------------------------------------------------------------------
+class FeatureNormalizer:
+    """Per-dimension standardisation or per-row L2 scaling, fitted on training features."""
+
+    BLOCK_ROWS = 4096
+    """Rows converted to float64 at a time while accumulating moments (a few MB, not the whole split)."""
+
+    def __init__(self, mode: Normalize):
+        self.mode = mode
+        self.mean: np.ndarray | None = None
+        self.scale: np.ndarray | None = None
+
+    def fit(self, X: np.ndarray) -> FeatureNormalizer:
+        return self.fit_blocks(lambda: [(X, None)])
+
+    def fit_blocks(self, blocks) -> FeatureNormalizer:
+        """Fit from a re-iterable of (features, labels) blocks; moments accumulate in float64."""
+        if self.mode == "standardize":
+            n, total, squares = 0, 0.0, 0.0
+            for X, _ in blocks():
+                for start in range(0, len(X), self.BLOCK_ROWS):
+                    X64 = X[start : start + self.BLOCK_ROWS].astype(np.float64)
+                    n, total, squares = n + len(X64), total + X64.sum(axis=0), squares + np.square(X64).sum(axis=0)
+            mean = total / n
+            std = np.sqrt(np.maximum(squares / n - mean**2, 0.0))
+            self.mean = mean.astype(np.float32)
+            self.scale = np.where(std > 1e-12, std, 1.0).astype(np.float32)
+        return self
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float32)
+        if self.mode == "standardize":
+            return (X - self.mean) / self.scale
+        if self.mode == "l2":
+            return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+        return X
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"mean": self.mean, "scale": self.scale} if self.mode == "standardize" else {}
+
+    def load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        if self.mode == "standardize":
+            self.mean, self.scale = arrays["mean"], arrays["scale"]
+
+    def to_torch(self) -> nn.Module:
+        import torch
+
+        mode, mean, scale = self.mode, self.mean, self.scale
+
+        class Normalize(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                if mode == "standardize":
+                    self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+                    self.register_buffer("scale", torch.as_tensor(scale, dtype=torch.float32))
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                if mode == "standardize":
+                    return (x - self.mean) / self.scale
+                if mode == "l2":
+                    return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+                return x
+
+        return Normalize()
+
+
+class PooledHead(Head):
+    """A head on pooled feature vectors (N, D): normalisation fitted on the training features, then
+    the head's own model. Subclasses implement ``_fit``, ``_scores``, ``_model_arrays`` /
+    ``_load_model_arrays`` and, when exportable, ``_scores_module``."""
+
+    params: PooledHeadParams
+
+    def __init__(self, params: PooledHeadParams | None = None, seed: int = 0):
+        super().__init__(params, seed)
+        self.normalizer = FeatureNormalizer(self.params.normalize)
+
+    @property
+    def needs_validation(self) -> bool:
+        """True when fitting selects a hyper-parameter on the validation split."""
+        return False
+
+    def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _select(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.ndarray) -> None:
+        """Choose hyper-parameters on (normalised) validation features."""
+
+    def _scores(self, X: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _scores_module(self) -> nn.Module:
+        """The model as torch, normalised features -> scores (not defined: the head is not exportable)."""
+        return Head.to_torch(self)
+
+    def _model_arrays(self) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def _load_model_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        raise NotImplementedError
+
+    def fit(self, X: np.ndarray, y: np.ndarray, n_classes: int | None = None,
+            validation: tuple[np.ndarray, np.ndarray] | None = None) -> PooledHead:
+        """Fit on (X, y). A head that selects a hyper-parameter does so on ``validation``, then
+        refits on train + validation (the linear-probe protocol)."""
+        X, y = _check_xy(X, y)
+        self.n_classes = int(n_classes if n_classes is not None else y.max() + 1)
+        self.info = {}
+        if self.needs_validation:
+            if validation is None or len(validation[1]) == 0:
+                raise ConfigError(f"head {self.kind} with select: sweep needs a validation split: set data.val_fraction > 0")
+            X_val, y_val = _check_xy(*validation)
+            self.normalizer.fit(X)
+            self._select(self.normalizer.transform(X), y, self.normalizer.transform(X_val), y_val)
+            X, y = np.concatenate([X, X_val]), np.concatenate([y, y_val])
+        self._fit(self.normalizer.fit(X).transform(X), y)
+        return self
+
+    def fit_store(self, store: FeatureStore) -> PooledHead:
+        store.require_input(self.input)
+        X, y = store.load("train")
+        validation = store.load("val") if self.needs_validation else None
+        return self.fit(X, y, n_classes=len(store.spec.classes), validation=validation)
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        if self.n_classes is None:
+            raise PipelineError(f"{type(self).__name__} is not fitted")
+        return self._scores(self.normalizer.transform(X))
+
+    def to_torch(self) -> nn.Module:
+        import torch
+
+        return torch.nn.Sequential(self.normalizer.to_torch(), self._scores_module()).eval().requires_grad_(False)
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        return {**{f"head.{k}": v for k, v in self._model_arrays().items()},
+                **{f"norm.{k}": v for k, v in self.normalizer.arrays().items()}}
+
+    def _load_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        self.normalizer.load_arrays({k[5:]: v for k, v in arrays.items() if k.startswith("norm.")})
+        self._load_model_arrays({k[5:]: v for k, v in arrays.items() if k.startswith("head.")})
+
+
+def _check_xy(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    X = np.asarray(X, dtype=np.float32)
+    y = np.asarray(y, dtype=np.int64)
+    if X.ndim != 2 or len(X) != len(y):
+        raise ValueError(f"expected features (N, D) and labels (N,), got {X.shape} and {y.shape}")
+    return X, y

@@ -1,0 +1,69 @@
+"""A one-hidden-layer perceptron on the features, trained for epochs with AdamW."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.config import MlpParams
+from pipeline.device import torch_device
+from pipeline.heads.base import PooledHead
+
+
+class MlpHead(PooledHead):
+    """One hidden layer (ReLU, dropout), AdamW with a cosine schedule, seeded shuffling and init."""
+
+    kind = "mlp"
+    Params = MlpParams
+
+    def _module(self, dim: int):
+        import torch
+
+        p = self.params
+        return torch.nn.Sequential(
+            torch.nn.Linear(dim, p.hidden), torch.nn.ReLU(), torch.nn.Dropout(p.dropout), torch.nn.Linear(p.hidden, self.n_classes)
+        )
+
+    def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
+        import torch
+        import torch.nn.functional as F
+
+        p = self.params
+        device = torch_device()
+        features, labels = torch.as_tensor(X), torch.as_tensor(y)
+        # init, shuffling and dropout are seeded; the caller's RNG state is left as it was
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(self.seed)
+            net = self._module(X.shape[1]).to(device)
+            opt = torch.optim.AdamW(net.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+            steps = p.epochs * -(-len(y) // p.batch_size)
+            schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+            net.train()
+            for _ in range(p.epochs):
+                order = torch.randperm(len(y))
+                for start in range(0, len(y), p.batch_size):
+                    idx = order[start : start + p.batch_size]
+                    loss = F.cross_entropy(net(features[idx].to(device)), labels[idx].to(device))
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    schedule.step()
+        self.net_state = {k: v.detach().cpu().numpy() for k, v in net.state_dict().items()}
+
+    def _scores_module(self):
+        import torch
+
+        net = self._module(self.net_state["0.weight"].shape[1])
+        net.load_state_dict({k: torch.as_tensor(v) for k, v in self.net_state.items()})
+        return net.eval()
+
+    def _scores(self, X: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return self._scores_module()(torch.as_tensor(X)).numpy()
+
+    def _model_arrays(self) -> dict[str, np.ndarray]:
+        return self.net_state
+
+    def _load_model_arrays(self, state: dict[str, np.ndarray]) -> None:
+        self.net_state = dict(state)

@@ -1,0 +1,85 @@
+"""Stage evaluate (head side): metrics and plots of one trained head on the val and test splits.
+
+Writes, as one set (all of them or none): metrics.json, confusion.json, test_predictions.csv (the
+DVC confusion plot), confusion.png, reliability.png, and sweep.json for a swept head.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import layout
+from pipeline.config import Params
+from pipeline.errors import FeatureStoreError
+from pipeline.features import FeatureStore
+from pipeline.fileutil import atomic_files, write_json
+from pipeline.heads import load_head, softmax
+from pipeline.metrics import calibration, classification_metrics, plot_confusion, plot_reliability
+
+
+def scores_by_split(head, store: FeatureStore) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(scores, labels) of every evaluated split (val when it has images, test) of a feature file."""
+    out = {}
+    for split in ("val", "test"):
+        blocks = [(head.decision_function(X), y) for X, y in store.iter_blocks(split)]
+        if blocks:
+            out[split] = (np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks]))
+    if "test" not in out:
+        raise FeatureStoreError(f"{store.path} has no test images to evaluate on")
+    return out
+
+
+def run(features_path: str | Path, head_path: str | Path, out_dir: str | Path, name: str = "head") -> dict:
+    head, meta = load_head(head_path)
+    with FeatureStore(features_path) as store:
+        store.check_head(meta, head_path)
+        classes = list(store.spec.classes)
+        scores = scores_by_split(head, store)
+    results: dict = {"name": name, "head": head.kind}
+    confusion, reliability = {}, {}
+    for split, (split_scores, y) in scores.items():
+        results[split] = classification_metrics(split_scores, y, classes)
+        confusion[split] = np.array(results[split].pop("confusion_matrix"))
+        reliability[split] = calibration(softmax(split_scores), y)
+        results[split]["ece"] = reliability[split]["ece"]
+    results["fit_seconds"] = round(meta.get("fit_seconds", float("nan")), 3)
+    results["chosen"] = head.chosen
+    title = f"{name} ({head.kind}), test top-1 {results['test']['top1']:.3f}"
+    with atomic_files(out_dir) as staging:
+        write_json(staging / layout.METRICS, results)
+        write_json(staging / "confusion.json", {"classes": classes, "matrix": confusion["test"].tolist()})
+        if "sweep" in head.info:
+            sweep = head.info["sweep"]
+            write_json(staging / "sweep.json", [{"l2": l2, "val_top1": acc} for l2, acc in zip(sweep["l2"], sweep["val_top1"])])
+        test_scores, test_labels = scores["test"]
+        with open(staging / "test_predictions.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["actual", "predicted"])
+            writer.writerows((classes[a], classes[p]) for a, p in zip(test_labels, test_scores.argmax(axis=1)))
+        plot_confusion(confusion["test"], classes, staging / "confusion.png", title)
+        plot_reliability(reliability["test"], staging / "reliability.png", title)
+    summary = ", ".join(f"{s} top-1 {results[s]['top1']:.4f}" for s in scores)
+    print(f"evaluated {name} ({head.kind}): {summary}, test ECE {results['test']['ece']:.4f} -> {out_dir}")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.stages._cli import parser, run_stage
+
+    p = parser(__doc__)
+    p.add_argument("--config", default="head", help="head (default), heads.<name> or finetune.<name>")
+    args = p.parse_args(argv)
+
+    def stage(params: Params, a) -> dict:
+        features = layout.FEATURES[params.head_config(a.config).params.input]
+        return run(features, layout.head_file(a.config), layout.evaluation_dir(a.config), layout.head_name(a.config))
+
+    return run_stage(args, stage)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

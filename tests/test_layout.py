@@ -1,0 +1,85 @@
+"""dvc.yaml and the code state the same things: the paths of pipeline/layout.py, and for each stage the
+code it runs (every pipeline module its entry point imports, read from the source) as its deps."""
+
+import pytest
+import yaml
+
+from pipeline import layout
+from tests.conftest import ROOT
+from tests.imports import closure, cycles, files
+
+POOLED_HEADS = ["pipeline.heads.linear", "pipeline.heads.knn", "pipeline.heads.mlp"]
+"""Every pooled head kind's implementation: a train or evaluate stage may build any of them."""
+CODE = {  # stage -> the modules it runs: its entry point, and the head implementations it can load
+    "prepare": ["pipeline.stages.prepare"],
+    "weights": ["pipeline.stages.weights"],
+    "extract": ["pipeline.stages.extract"],
+    "extract-cut": ["pipeline.stages.extract"],
+    "train": ["pipeline.stages.train", *POOLED_HEADS],
+    "train-heads": ["pipeline.stages.train", *POOLED_HEADS],
+    "evaluate": ["pipeline.stages.evaluate", *POOLED_HEADS],
+    "evaluate-heads": ["pipeline.stages.evaluate", *POOLED_HEADS],
+    "finetune": ["pipeline.stages.train", "pipeline.heads.finetune"],
+    "evaluate-finetune": ["pipeline.stages.evaluate", "pipeline.heads.finetune"],
+    "compare": ["pipeline.stages.compare"],
+}
+KEY = "${key}"
+
+
+@pytest.fixture(scope="module")
+def stages() -> dict:
+    raw = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    return {name: stage.get("do", stage) for name, stage in raw.items()}
+
+
+def paths(entries: list) -> list[str]:
+    return [next(iter(e)) if isinstance(e, dict) else e for e in entries or []]
+
+
+def test_every_stage_lists_exactly_the_code_it_runs(stages):
+    assert set(stages) == set(CODE)
+    for name, modules in CODE.items():
+        listed = {d for d in paths(stages[name]["deps"]) if d.startswith("pipeline/")}
+        runs = files(closure(*modules))
+        assert listed == runs, f"{name}: deps not run {sorted(listed - runs)}, run but not in deps {sorted(runs - listed)}"
+
+
+def test_the_head_side_does_not_run_the_backbone_or_the_image_code():
+    """The f/g rule on the import graph: the pooled heads' stages never reach the frozen backbone, the
+    images or the sources; a fine-tuned head reaches the backbone module, for its top only."""
+    data_side = {"pipeline.backbones", "pipeline.images", "pipeline.sources", "pipeline.extract", "pipeline.preprocessing"}
+    for stage in ("train", "evaluate"):
+        assert not closure(*CODE[stage]) & data_side, stage
+    assert closure("pipeline.heads.finetune") & data_side == {"pipeline.backbones", "pipeline.preprocessing"}
+
+
+def test_no_import_cycle_in_the_package():
+    assert cycles() == []
+
+
+def test_dvc_yaml_uses_the_paths_of_the_layout(stages):
+    def outs(stage):
+        return paths(stages[stage].get("outs")) + paths(stages[stage].get("metrics"))
+
+    assert outs("prepare") == [layout.SPLITS.as_posix()]
+    assert outs("weights") == [layout.WEIGHTS.as_posix()]
+    assert outs("extract") == [layout.FEATURES["pooled"].as_posix()]
+    assert outs("extract-cut") == [layout.FEATURES["cut"].as_posix()]
+    for stage, key in [("train", "head"), ("train-heads", f"heads.{KEY}"), ("finetune", f"finetune.{KEY}")]:
+        assert outs(stage) == [layout.head_file(key).as_posix()], stage
+        assert stages[stage]["cmd"].endswith(f"--config {key}"), stage
+        features = layout.FEATURES["cut" if stage == "finetune" else "pooled"].as_posix()
+        assert {features, layout.SPLITS.as_posix()} <= set(paths(stages[stage]["deps"])), stage
+    for stage, key in [("evaluate", "head"), ("evaluate-heads", f"heads.{KEY}"), ("evaluate-finetune", f"finetune.{KEY}")]:
+        folder = layout.evaluation_dir(key).as_posix()
+        assert paths(stages[stage]["metrics"]) == [f"{folder}/{layout.METRICS}"], stage
+        assert paths(stages[stage]["outs"]) == [f"{folder}/confusion.png", f"{folder}/reliability.png"], stage
+        assert paths(stages[stage]["plots"]) == [f"{folder}/test_predictions.csv"], stage
+        assert layout.head_file(key).as_posix() in paths(stages[stage]["deps"]), stage
+        assert stages[stage]["cmd"].endswith(f"--config {key}"), stage
+    assert outs("compare") == [f"{layout.COMPARISON}.md", f"{layout.COMPARISON}.png"]
+    evaluated = {(layout.evaluation_dir("head") / layout.METRICS).as_posix(), layout.evaluation_dir("heads.x").parent.as_posix(),
+                 layout.evaluation_dir("finetune.x").parent.as_posix()}
+    assert evaluated <= set(paths(stages["compare"]["deps"]))
+    for folder in ("heads", "finetune"):  # compare's folder deps exist with no compared head at all
+        assert (ROOT / layout.EVALUATION / folder / ".gitkeep").exists()
