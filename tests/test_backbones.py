@@ -63,8 +63,11 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path):
 
 
 def test_missing_weights_name_or_file_lists_valid_choices():
-    with pytest.raises(BackboneError, match=r"IMAGENET1K_V1.*IMAGENET1K_V2.*DEFAULT|checkpoint file"):
+    with pytest.raises(BackboneError) as err:
         load_backbone("resnet50", "IMAGENET_V9", 224)
+    message = str(err.value)
+    assert "'IMAGENET_V9'" in message and "['IMAGENET1K_V1', 'IMAGENET1K_V2', 'DEFAULT']" in message
+    assert "checkpoint file" in message and "null (random init)" in message
 
 
 def test_offline_named_weights_say_where_to_put_the_file(monkeypatch, tmp_path):
@@ -107,3 +110,11 @@ def test_efficientnet_lite0_real_weights_offline():
         features = backbone(_images(2, 224))
     assert features.shape == (2, 1280) and torch.isfinite(features).all()
     assert (features >= 0).all() and (features <= 6).all()  # pooled ReLU6 activations
+
+
+def test_a_network_with_a_fixed_input_size_is_refused_before_any_work():
+    """vit_b_16 takes 224 px only: the size is refused with the network's own reason, not an assertion later."""
+    backbone = load_backbone("vit_b_16", None, 64)
+    with pytest.raises(BackboneError, match="vit_b_16 does not accept backbone.input_size 64; it takes 224 px only"):
+        backbone.check_input_size()
+    load_backbone("resnet18", None, 64).check_input_size()  # a convolutional network takes any size

@@ -16,7 +16,7 @@ import yaml
 from tests.conftest import ROOT
 
 PROJECT_FILES = ["dvc.yaml", "params.yaml", "pyproject.toml", "pipeline", "data/cifar10-jpeg.tar.gz", ".dvc/config",
-                 ".dvc/.gitignore", ".gitignore"]
+                 ".dvcignore", ".gitignore", "evaluation/heads/.gitkeep", "evaluation/finetune/.gitkeep"]
 
 
 def sh(cmd: list[str], cwd: Path, env: dict) -> str:
@@ -25,8 +25,20 @@ def sh(cmd: list[str], cwd: Path, env: dict) -> str:
     return result.stdout + result.stderr
 
 
-@pytest.fixture
-def project(tmp_path) -> tuple[Path, dict]:
+def dvc(repo: Path, env: dict, *args: str) -> str:
+    return sh([sys.executable, "-m", "dvc", *args], repo, env)
+
+
+def ran(output: str) -> set[str]:
+    """The stages a dvc repro / exp run ran (the weights stage always runs: it hashes the checkpoint)."""
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")} - {"weights"}
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def make_project(tmp_path: Path, edit) -> tuple[Path, dict]:
     repo = tmp_path / "project"
     repo.mkdir()
     for name in PROJECT_FILES:
@@ -39,8 +51,7 @@ def project(tmp_path) -> tuple[Path, dict]:
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["data"]["subset_per_class"] = 6
     params["backbone"]["batch_size"] = 32
-    params["heads"] = {"ridge": {"kind": "ridge"}, "centroid": {"kind": "nearest_centroid"}}
-    params["finetune"]["top"]["epochs"] = 1
+    edit(params)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
@@ -51,53 +62,101 @@ def project(tmp_path) -> tuple[Path, dict]:
     return repo, env
 
 
+def commit(repo: Path, env: dict, message: str) -> None:
+    sh(["git", "add", "-A"], repo, env)
+    sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message], repo, env)
+
+
 def lock_entry(repo: Path, stage: str) -> dict:
     return yaml.safe_load((repo / "dvc.lock").read_text())["stages"][stage]
 
 
-def test_dvc_repro_then_head_change_reruns_only_head_stages(project):
-    repo, env = project
-    out = sh([sys.executable, "-m", "dvc", "repro"], repo, env)
-    for stage in ("prepare", "extract", "train", "evaluate", "train-heads@ridge", "evaluate-heads@centroid",
-                  "extract-cut", "finetune@top", "evaluate-finetune@top", "compare"):
-        assert f"Running stage '{stage}'" in out
-    features = repo / "data" / "features" / "efficientnet_lite0-224px.h5"
-    digest = hashlib.sha256(features.read_bytes()).hexdigest()
+def test_dvc_repro_then_each_change_reruns_only_what_it_touches(tmp_path):
+    def edit(params):
+        params["heads"] = {"ridge": {"kind": "ridge"}, "knn": {"kind": "knn"}}
+        params["finetune"]["top"]["epochs"] = 1
+
+    repo, env = make_project(tmp_path, edit)
+    out = dvc(repo, env, "repro")
+    assert ran(out) == {"prepare", "extract", "train", "evaluate", "train-heads@ridge", "train-heads@knn",
+                        "evaluate-heads@ridge", "evaluate-heads@knn", "extract-cut", "finetune@top",
+                        "evaluate-finetune@top", "compare"}
+    features, cut_cache = repo / "data" / "features" / "pooled.h5", repo / "data" / "features" / "cut.h5"
+    digests = {features: sha256(features), cut_cache: sha256(cut_cache)}
     extract_lock = lock_entry(repo, "extract")
     metrics = json.loads((repo / "evaluation" / "metrics.json").read_text())
     assert metrics["head"] == "logistic"
     assert metrics["test"]["n"] == 60 and metrics["val"]["n"] == 10
     assert metrics["test"]["top1"] > 0.4  # real ImageNet features on 10 classes (chance: 0.1)
     assert (repo / "evaluation" / "confusion.png").stat().st_size > 0
-    shown = json.loads(sh([sys.executable, "-m", "dvc", "metrics", "show", "--json"], repo, env))
+    shown = json.loads(dvc(repo, env, "metrics", "show", "--json"))
     files = next(iter(shown.values()))["data"]  # keyed by revision ("" for the workspace)
-    assert {"evaluation/metrics.json", "evaluation/heads/ridge/metrics.json", "evaluation/heads/centroid/metrics.json",
+    assert {"evaluation/metrics.json", "evaluation/heads/ridge/metrics.json", "evaluation/heads/knn/metrics.json",
             "evaluation/finetune/top/metrics.json"} <= set(files)
     table = (repo / "evaluation" / "comparison.md").read_text()
-    assert all(f"| {name} |" in table for name in ("head", "ridge", "centroid", "top"))
-    cut_cache = repo / "data" / "features" / "efficientnet_lite0-224px-cut-_blocks.12.h5"
-    cut_digest = hashlib.sha256(cut_cache.read_bytes()).hexdigest()
+    assert all(f"| {name} |" in table for name in ("head", "ridge", "knn", "top"))
     assert (repo / "evaluation" / "comparison.png").stat().st_size > 0
+    commit(repo, env, "first run")
 
-    sh(["git", "add", "-A"], repo, env)
-    sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first run"], repo, env)
-    out = sh([sys.executable, "-m", "dvc", "exp", "run", "-S", "head.kind=ridge"], repo, env)  # as in the README
-    assert "Running stage 'train'" in out and "Running stage 'evaluate'" in out
-    assert "Running stage 'extract'" not in out and "Running stage 'prepare'" not in out
-    assert "Running stage 'train-heads" not in out  # the compared heads are untouched
-    assert "Running stage 'extract-cut'" not in out and "Running stage 'finetune@top'" not in out
+    def after(*settings: str) -> set[str]:
+        return ran(dvc(repo, env, "exp", "run", *(a for s in settings for a in ("-S", s))))
+
+    # another main head: only its train and evaluate, and compare
+    assert after("head.kind=ridge") == {"train", "evaluate", "compare"}
+    assert json.loads((repo / "evaluation" / "metrics.json").read_text())["head"] == "ridge"
+    assert lock_entry(repo, "train")["params"]["params.yaml"]["head.kind"] == "ridge"
+    # a setting of a kind the main head does not use: nothing of the main head
+    assert after("head.knn.k=5") == set()
+    # a compared head's setting: only that head's stages and compare
+    assert after("+heads.knn.knn.k=5") == {"train-heads@knn", "evaluate-heads@knn", "compare"}  # + adds a key
+    # a fine-tune setting: only that head; a new cut: only the cut cache and what is trained on it
+    assert after("finetune.top.lr_top=0.001") == {"finetune@top", "evaluate-finetune@top", "compare"}
     assert lock_entry(repo, "extract") == extract_lock  # DVC's own record of extract is unchanged
-    assert hashlib.sha256(features.read_bytes()).hexdigest() == digest
-    metrics = json.loads((repo / "evaluation" / "metrics.json").read_text())
-    assert metrics["head"] == "ridge"
-    assert lock_entry(repo, "train")["params"]["params.yaml"]["head"]["kind"] == "ridge"
-
-    # a fine-tune param re-runs only that head; a new cut only the cut cache (and what is trained on it)
-    out = sh([sys.executable, "-m", "dvc", "exp", "run", "-S", "finetune.top.lr_top=0.001"], repo, env)
-    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    assert ran == {"finetune@top", "evaluate-finetune@top", "compare"}
-    assert hashlib.sha256(cut_cache.read_bytes()).hexdigest() == cut_digest
-    out = sh([sys.executable, "-m", "dvc", "exp", "run", "-S", "backbone.cut=_blocks.14"], repo, env)
-    ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-    assert ran == {"extract-cut", "finetune@top", "evaluate-finetune@top", "compare"}
+    assert all(sha256(path) == digest for path, digest in digests.items())
+    out = dvc(repo, env, "exp", "run", "-S", "backbone.cut=_blocks.14")
+    assert ran(out) == {"extract-cut", "finetune@top", "evaluate-finetune@top", "compare"}
     assert "cut cache at the input of _blocks.14: 120 images x 192x7x7 float16 = 0.00 GiB" in out  # said before extracting
+    assert sha256(features) == digests[features]
+
+
+@pytest.mark.parametrize("switch", ["no fine-tuning", "no compared heads"])
+def test_documented_ways_to_turn_parts_off_run(tmp_path, switch):
+    """README / docs: `backbone.cut: null` with `finetune: {}` computes no cut cache; `heads: {}` compares
+    the main head alone. Both run to the end."""
+    def edit(params):
+        params["heads"] = {"ridge": {"kind": "ridge"}}
+        params["finetune"]["top"]["epochs"] = 1
+        if switch == "no fine-tuning":
+            params["backbone"]["cut"], params["finetune"] = None, {}
+        else:
+            params["heads"] = {}
+            params["backbone"]["cut"], params["finetune"] = None, {}
+
+    repo, env = make_project(tmp_path, edit)
+    out = dvc(repo, env, "repro")
+    assert "compare" in ran(out) and "extract-cut" in ran(out)  # the cut stage writes a placeholder only
+    assert not any(s.startswith("finetune@") for s in ran(out))
+    table = (repo / "evaluation" / "comparison.md").read_text()
+    assert "| head |" in table and ("| ridge |" in table) == (switch == "no fine-tuning")
+
+
+def test_a_checkpoint_changed_in_place_reruns_the_extraction(tmp_path):
+    """backbone.weights pointing at a file: overwriting the file makes the features stale, and DVC sees it."""
+    import torch
+    from efficientnet_lite_pytorch import EfficientNet
+
+    checkpoint = tmp_path / "lite0.pth"
+    torch.manual_seed(0)
+    torch.save(EfficientNet.from_name("efficientnet-lite0").state_dict(), checkpoint)
+
+    def edit(params):
+        params["backbone"].update(weights=str(checkpoint), cut=None)
+        params["heads"], params["finetune"] = {}, {}
+
+    repo, env = make_project(tmp_path, edit)
+    dvc(repo, env, "repro")
+    commit(repo, env, "first run")
+    assert ran(dvc(repo, env, "repro")) == set()  # up to date
+    torch.manual_seed(1)
+    torch.save(EfficientNet.from_name("efficientnet-lite0").state_dict(), checkpoint)
+    assert {"extract", "train", "evaluate", "compare"} <= ran(dvc(repo, env, "repro"))
