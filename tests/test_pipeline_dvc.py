@@ -119,6 +119,7 @@ def test_dvc_repro_then_each_change_reruns_only_what_it_touches(tmp_path):
     assert sha256(features) == digests[features]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("switch", ["no fine-tuning", "no compared heads"])
 def test_documented_ways_to_turn_parts_off_run(tmp_path, switch):
     """README / docs: `backbone.cut: null` with `finetune: {}` computes no cut cache; `heads: {}` compares
@@ -140,6 +141,7 @@ def test_documented_ways_to_turn_parts_off_run(tmp_path, switch):
     assert "| head |" in table and ("| ridge |" in table) == (switch == "no fine-tuning")
 
 
+@pytest.mark.slow
 def test_a_checkpoint_changed_in_place_reruns_the_extraction(tmp_path):
     """backbone.weights pointing at a file: overwriting the file makes the features stale, and DVC sees it."""
     import torch
