@@ -33,13 +33,13 @@ def main() -> None:
             params["data"]["source"] = str(ROOT / params["data"]["source"])
             params["data"]["subset_per_class"] = per_class or None
             (Path(tmp) / "params.yaml").write_text(yaml.safe_dump(params))
-            base = [sys.executable, "-m", "pipeline", "--params", str(Path(tmp) / "params.yaml")]
             env = dict(os.environ, PYTHONPATH=str(ROOT))
-            subprocess.run(base + ["prepare", "--out", f"{tmp}/splits.json"], check=True, env=env, capture_output=True)
+            # the stages read params.yaml and write the paths of pipeline/layout.py, under the working folder
+            subprocess.run([sys.executable, "-m", "pipeline.stages.prepare"], check=True, env=env, capture_output=True, cwd=tmp)
             before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
             start = time.perf_counter()
-            done = subprocess.run(base + ["extract", "--splits", f"{tmp}/splits.json", "--out", f"{tmp}/f.h5", "--no-progress"],
-                                  check=True, env=env, capture_output=True, text=True)
+            done = subprocess.run([sys.executable, "-m", "pipeline.stages.extract", "--no-progress"],
+                                  check=True, env=env, capture_output=True, text=True, cwd=tmp)
             seconds = time.perf_counter() - start
             peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
             n = int(done.stdout.split("extracted ")[1].split()[0])

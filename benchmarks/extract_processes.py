@@ -33,14 +33,15 @@ def main() -> None:
         params["data"]["subset_per_class"] = args.per_class
         (Path(tmp) / "params.yaml").write_text(yaml.safe_dump(params))
         env = dict(os.environ, PYTHONPATH=str(ROOT))
-        base = ["-m", "pipeline", "--params", f"{tmp}/params.yaml"]
-        subprocess.run([sys.executable, *base, "prepare", "--out", f"{tmp}/splits.json"], check=True, env=env, capture_output=True)
+        # the stages read params.yaml and write the paths of pipeline/layout.py, under the working folder
+        subprocess.run([sys.executable, "-m", "pipeline.stages.prepare"], check=True, env=env, capture_output=True, cwd=tmp)
         for n in args.nproc:
             threads = max(1, (os.cpu_count() or 1) // n)
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", *base,
-                   "extract", "--splits", f"{tmp}/splits.json", "--out", f"{tmp}/f{n}.h5", "--no-progress"]
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+                   "-m", "pipeline.stages.extract", "--no-progress"]
             start = time.perf_counter()
-            done = subprocess.run(cmd, check=True, env=dict(env, OMP_NUM_THREADS=str(threads)), capture_output=True, text=True)
+            done = subprocess.run(cmd, check=True, env=dict(env, OMP_NUM_THREADS=str(threads)), capture_output=True, text=True,
+                                  cwd=tmp)
             seconds = time.perf_counter() - start
             images = int(done.stdout.split("extracted ")[1].split()[0])
             print(f"{n} process(es) x {threads} thread(s): {images} images in {seconds:.1f} s = {images / seconds:.1f} "

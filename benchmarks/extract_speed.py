@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 
 from pipeline.backbones import load_backbone
-from pipeline.data import Split, make_splits, open_source
-from pipeline.extract import default_device, extract_features, feature_spec, tune_allocator
+from pipeline.device import torch_device
+from pipeline.extract import extract_features, feature_spec, tune_allocator
+from pipeline.sources import Split, make_splits, open_source
 
 
 def bare_forward(backbone, batch_size: int, batches: int, device) -> float:
@@ -57,7 +58,7 @@ def main() -> None:
     args = parser.parse_args()
 
     tune_allocator()
-    device = default_device()
+    device = torch_device()
     weights = None if args.weights.lower() == "none" else args.weights
     backbone = load_backbone(args.backbone, weights, args.input_size)
     source = open_source(args.source)
@@ -67,7 +68,7 @@ def main() -> None:
     train = splits.splits["train"]
     n = min(args.images, len(train))
     splits.splits = {"test": Split(train.keys[:n], train.labels[:n])}
-    spec = feature_spec(splits, backbone, weights, args.input_size, "float32")
+    spec = feature_spec(splits, backbone, weights, "float32", init_seed=0)
     print(f"device {device}, {torch.get_num_threads()} torch threads, backbone {args.backbone} at {args.input_size} px, "
           f"batch {args.batch_size}")
 

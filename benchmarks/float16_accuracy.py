@@ -1,6 +1,6 @@
 """float16 against float32 feature storage: disk size and head accuracy, in one run.
 
-    python benchmarks/float16_accuracy.py [--features data/features/efficientnet_lite0-224px.h5]
+    python benchmarks/float16_accuracy.py [--features data/features/pooled.h5]
 
 Writes a float16 copy of a float32 feature file exactly as extraction with
 ``backbone.storage_dtype: float16`` stores it (features computed in float32, then cast), and trains
@@ -18,12 +18,12 @@ import numpy as np
 
 from pipeline.config import load_params
 from pipeline.features import FeatureStore
-from pipeline.heads import HEADS
+from pipeline.heads import head_class
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--features", default="data/features/efficientnet_lite0-224px.h5")
+    parser.add_argument("--features", default="data/features/pooled.h5")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
     params = load_params(args.params)
@@ -44,7 +44,7 @@ def main() -> None:
             with FeatureStore(path) as store:
                 (X, y), (Xt, yt) = store.load("train"), store.load("test")
             for kind in ("logistic", "linear", "ridge"):
-                head = HEADS[kind](params.head.params_of(kind), seed=params.seed).fit(X, y, n_classes=int(y.max()) + 1)
+                head = head_class(kind)(params.head.params_of(kind, "head"), seed=params.seed).fit(X, y, n_classes=int(y.max()) + 1)
                 results[(kind, label)] = float((head.predict(Xt) == yt).mean())
         for kind in ("logistic", "linear", "ridge"):
             a, b = results[(kind, "float32")], results[(kind, "float16")]

@@ -23,7 +23,8 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-FILES = ["dvc.yaml", "params.yaml", "pyproject.toml", "pipeline", "data/cifar10-jpeg.tar.gz", ".dvc/config", ".dvc/.gitignore", ".gitignore"]
+FILES = ["dvc.yaml", "params.yaml", "pyproject.toml", "pipeline", "data/cifar10-jpeg.tar.gz", ".dvc/config", ".dvcignore",
+         ".gitignore", "evaluation/heads/.gitkeep", "evaluation/finetune/.gitkeep"]
 
 
 def run(cmd: list[str], cwd: Path) -> tuple[float, str]:

@@ -1,6 +1,6 @@
 """The linear-probe protocol's L2 sweep: speed, and accuracy against scikit-learn, in one run.
 
-    python benchmarks/sweep_speed.py [--features data/features/efficientnet_lite0-224px.h5]
+    python benchmarks/sweep_speed.py [--features data/features/pooled.h5]
 
 For the logistic and linear heads with ``select: sweep`` (45 penalties from 1e-6 to 1e5, chosen by
 validation top-1, refit on train + val), prints the wall time of sweep + refit and the test top-1;
@@ -16,12 +16,13 @@ import time
 import numpy as np
 
 from pipeline.features import FeatureStore
-from pipeline.heads import HEADS, FeatureNormalizer
+from pipeline.heads import head_class
+from pipeline.heads.base import FeatureNormalizer
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--features", default="data/features/efficientnet_lite0-224px.h5")
+    parser.add_argument("--features", default="data/features/pooled.h5")
     args = parser.parse_args()
     with FeatureStore(args.features) as store:
         (X, y), (Xv, yv), (Xt, yt) = (store.load(s) for s in ("train", "val", "test"))
@@ -33,7 +34,7 @@ def main() -> None:
     X_all, y_all = np.concatenate([X, Xv]), np.concatenate([y, yv])
     scaled = FeatureNormalizer("standardize").fit(X_all)
     for kind in ("logistic", "linear"):
-        head = HEADS[kind](HEADS[kind].Params(select="sweep"))
+        head = head_class(kind)(head_class(kind).Params(select="sweep"))
         start = time.perf_counter()
         head.fit(X, y, validation=(Xv, yv))
         seconds = time.perf_counter() - start
