@@ -19,21 +19,65 @@ def top_k_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
     return float((top == labels[:, None]).any(axis=1).mean())
 
 
-def classification_metrics(scores: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict:
-    """top-1, top-5 (when there are more than 5 classes), mean per-class and per-class accuracy."""
+Z95 = 1.959963984540054
+"""The 97.5% quantile of the standard normal: 95% two-sided intervals."""
+
+
+def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a proportion correct / n (95% by default): well-behaved near 0 and 1,
+    unlike the normal approximation."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = correct / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+
+
+def mean_of_proportions_interval(correct: np.ndarray, n: np.ndarray, z: float = Z95) -> tuple[float, float]:
+    """95% interval of the mean of per-class proportions correct_c / n_c (the classes present): normal
+    approximation with the binomial variance of each class, var = sum_c p_c (1 - p_c) / n_c / C^2."""
+    present = n > 0
+    p = correct[present] / n[present]
+    mean = p.mean()
+    half = z * np.sqrt((p * (1 - p) / n[present]).sum()) / present.sum()
+    return float(max(0.0, mean - half)), float(min(1.0, mean + half))
+
+
+def mcnemar_exact(a_correct: np.ndarray, b_correct: np.ndarray) -> dict:
+    """Exact McNemar test of two classifiers on the same images: only the discordant pairs count (b: A right
+    and B wrong, c: the reverse); under the null both are equally likely, p = P(Binomial(b + c, 1/2) as
+    extreme as observed), two-sided."""
+    from scipy.stats import binomtest
+
+    b = int((a_correct & ~b_correct).sum())
+    c = int((~a_correct & b_correct).sum())
+    p = 1.0 if b + c == 0 else float(binomtest(min(b, c), b + c, 0.5).pvalue)
+    return {"only_first_right": b, "only_second_right": c, "p_value": p}
+
+
+def classification_metrics(scores: np.ndarray, labels: np.ndarray, classes: list[str]) -> tuple[dict, dict]:
+    """(the figures a user compares, the details). Figures: n, top-1 with its 95% Wilson interval, top-5
+    (more than 5 classes), mean per-class accuracy with its 95% interval. Details: per-class accuracy
+    and the confusion matrix."""
     n_classes = len(classes)
     predicted = scores.argmax(axis=1)
     cm = confusion_matrix(labels, predicted, n_classes)
-    support = cm.sum(axis=1)
-    per_class = np.divide(np.diag(cm), support, out=np.full(n_classes, np.nan), where=support > 0)
-    out = {"n": int(len(labels)), "top1": float((predicted == labels).mean())}
+    support, right = cm.sum(axis=1), np.diag(cm)
+    per_class = np.divide(right, support, out=np.full(n_classes, np.nan), where=support > 0)
+    correct = int(right.sum())
+    low, high = wilson_interval(correct, len(labels))
+    out = {"n": int(len(labels)), "top1": correct / max(len(labels), 1), "top1_low": low, "top1_high": high}
     if n_classes > 5:
         out["top5"] = top_k_accuracy(scores, labels, 5)
     out["mean_class_accuracy"] = float(np.nanmean(per_class))
-    # a class absent from the split has no accuracy: null in JSON
-    out["per_class_accuracy"] = {c: None if np.isnan(a) else round(float(a), 6) for c, a in zip(classes, per_class)}
-    out["confusion_matrix"] = cm.tolist()
-    return out
+    out["mean_class_low"], out["mean_class_high"] = mean_of_proportions_interval(right, support)
+    details = {
+        # a class absent from the split has no accuracy: null in JSON
+        "per_class_accuracy": {c: None if np.isnan(a) else round(float(a), 6) for c, a in zip(classes, per_class)},
+        "confusion_matrix": cm.tolist(),
+    }
+    return out, details
 
 
 def plot_confusion(cm: np.ndarray, classes: list[str], path: str | Path, title: str) -> None:
@@ -109,22 +153,31 @@ def plot_reliability(stats: dict, path: str | Path, title: str) -> None:
 
 
 def comparison_table(rows: list[dict]) -> str:
-    """Markdown table of heads: name, kind, test top-1 / top-5 / mean per-class, ECE, fit time, choice."""
+    """Markdown table of heads, best first: test top-1 with its interval and the paired test against the
+    best head, top-5, mean per-class, the held-out val figure, ECE, fit time, what fitting chose."""
     lines = [
-        "| head | kind | test top-1 | test top-5 | mean per-class | val top-1 | ECE | fit s | chosen |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| head | kind | test top-1 (95% CI) | vs best: p (McNemar) | test top-5 | mean per-class | val top-1 | ECE | fit s | chosen |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in rows:
-        test, chosen = r["test"], dict(r.get("chosen", {}))
-        # a swept head is refit on train + val: its held-out val figure is the one from the sweep
-        val_top1 = chosen.pop("chosen_val_top1", r.get("val", {}).get("top1", float("nan")))
-        chosen = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in chosen.items())
-        cells = [r["name"], r["head"], f"{test['top1']:.4f}", f"{test.get('top5', float('nan')):.4f}",
-                 f"{test['mean_class_accuracy']:.4f}", f"{val_top1:.4f}",
+        test, val = r["test"], r.get("val", {})
+        chosen = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.get("chosen", {}).items()
+                           if k != "chosen_val_top1")
+        versus = r.get("versus_best")
+        if versus is None:
+            paired = "best"
+        else:
+            paired = f"{versus['p_value']:.2g}" + (" (differs)" if versus["p_value"] < 0.05 else "")
+        held_out = f"{val['top1']:.4f}" + ("*" if val.get("on", "").startswith("sweep") else "") if "top1" in val else ""
+        cells = [r["name"], r["head"], f"{test['top1']:.4f} ({test['top1_low']:.4f}-{test['top1_high']:.4f})", paired,
+                 f"{test.get('top5', float('nan')):.4f}", f"{test['mean_class_accuracy']:.4f}", held_out,
                  f"{test.get('ece', float('nan')):.4f}", f"{r.get('fit_seconds', float('nan')):.1f}", chosen]
         lines.append("| " + " | ".join(cells) + " |")
-    note = ("\nval top-1 of a swept head is its held-out accuracy at the chosen penalty (the head is then refit on "
-            "train + val). ECE: expected calibration error of the softmax of the head's scores (15 bins).\n")
+    note = ("\n95% CI: Wilson score interval over the test images. vs best: exact McNemar test of the head against the "
+            "best one on the same test images (two-sided p; \"differs\" when p < 0.05). val top-1 marked * is the "
+            "held-out accuracy of a swept head at the chosen penalty, measured before it was refit on train + val; "
+            "no figure is ever measured on images a head was fitted on. ECE: expected calibration error of the "
+            "softmax of the head's scores (15 bins).\n")
     return "\n".join(lines) + "\n" + note
 
 
@@ -135,7 +188,8 @@ def plot_comparison(rows: list[dict], path: str | Path) -> None:
     per_class = [r["test"]["mean_class_accuracy"] for r in rows]
     y = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(7, 1.0 + 0.5 * len(rows)))
-    ax.barh(y - 0.2, top1, height=0.4, label="test top-1")
+    top1_err = [[r["test"]["top1"] - r["test"]["top1_low"] for r in rows], [r["test"]["top1_high"] - r["test"]["top1"] for r in rows]]
+    ax.barh(y - 0.2, top1, height=0.4, xerr=top1_err, capsize=2, label="test top-1 (95% CI)")
     ax.barh(y + 0.2, per_class, height=0.4, label="test mean per-class")
     for yi, v in zip(y, top1):
         ax.text(v + 0.005, yi - 0.2, f"{v:.3f}", va="center", fontsize=8)

@@ -62,3 +62,35 @@ def interrupt_after(n_parts: int, extract, monkeypatch) -> list[tuple[str, int]]
         with pytest.raises(KeyboardInterrupt):
             extract()
     return written
+
+
+QUICK = {  # the kinds that train for epochs, kept short in tests
+    "mlp": {"epochs": 3, "hidden": 32},
+}
+
+
+@pytest.fixture(scope="session")
+def caches(cifar_folder, tmp_path_factory):
+    """Real pooled features and a real cut cache (ResNet-18, random init, 64 px) of 3 CIFAR classes, with
+    every head kind configured (``heads.<kind>``, ``finetune.top``), and a second pooled file made with
+    another seed (other features of the same images)."""
+    from pipeline.config import HEAD_PARAMS, parse_params
+    from pipeline.stages import extract, prepare
+
+    out = tmp_path_factory.mktemp("caches")
+    raw = {
+        "data": {"source": str(cifar_folder), "val_fraction": 0.25},
+        "backbone": {"name": "resnet18", "weights": None, "input_size": 64, "batch_size": 8, "cut": "layer4"},
+        "heads": {kind: {"kind": kind, kind: QUICK.get(kind, {})} for kind in HEAD_PARAMS if kind != "finetune"},
+        "finetune": {"top": {"epochs": 1, "batch_size": 8}},
+    }
+    params = parse_params(raw)
+    prepare.run(params, out / "splits.json")
+    extract.run(params, out / "splits.json", out / "pooled.h5", progress=False)
+    extract.run(params, out / "splits.json", out / "cut.h5", progress=False, cut=True)
+    other = parse_params({**raw, "seed": 1})
+    prepare.run(other, out / "other-splits.json")
+    extract.run(other, out / "other-splits.json", out / "other.h5", progress=False)
+    return out, params
+
+

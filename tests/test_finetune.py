@@ -136,7 +136,9 @@ def test_finetuned_head_is_evaluated_like_the_others(run):
     out, _ = run
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     assert metrics["head"] == "finetune" and metrics["test"]["n"] == 12
-    assert set(metrics["test"]) == {"n", "top1", "mean_class_accuracy", "per_class_accuracy", "ece"}
+    assert set(metrics["test"]) == {"n", "top1", "top1_low", "top1_high", "mean_class_accuracy", "mean_class_low",
+                                    "mean_class_high", "ece", "on"}
+    assert metrics["val"]["on"] == "val"  # the fine-tuned top trains on train only
     head, meta = load_head(out / "top.npz")
     assert len(head.info["epoch_seconds"]) == 2 and meta["features"]["cut"] == "layer4"
 

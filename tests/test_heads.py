@@ -8,13 +8,8 @@ from pipeline.config import (HEAD_PARAMS, KnnParams, LinearParams, LogisticParam
 from pipeline.errors import ConfigError, FeatureStoreError, PipelineError
 from pipeline.features import FeatureStore
 from pipeline.heads import head_class, load_head
-from pipeline.stages import evaluate, extract, prepare, train
+from pipeline.stages import evaluate, train
 from tests.conftest import ROOT
-
-QUICK = {  # the kinds that train for epochs, kept short here
-    "mlp": {"epochs": 3, "hidden": 32},
-}
-
 
 def blobs(n_per_class=60, dim=16, n_classes=4, seed=0, spread=1.0):
     rng = np.random.default_rng(seed)
@@ -25,27 +20,6 @@ def blobs(n_per_class=60, dim=16, n_classes=4, seed=0, spread=1.0):
 
 
 # -- conformance: every registered kind, trained by the train stage on real cached features ---------
-@pytest.fixture(scope="module")
-def caches(cifar_folder, tmp_path_factory):
-    """Real pooled features and a real cut cache (ResNet-18, random init, 64 px) of 3 CIFAR classes, and a
-    second pooled file made with another seed (other features of the same images)."""
-    out = tmp_path_factory.mktemp("caches")
-    raw = {
-        "data": {"source": str(cifar_folder), "val_fraction": 0.25},
-        "backbone": {"name": "resnet18", "weights": None, "input_size": 64, "batch_size": 8, "cut": "layer4"},
-        "heads": {kind: {"kind": kind, kind: QUICK.get(kind, {})} for kind in HEAD_PARAMS if kind != "finetune"},
-        "finetune": {"top": {"epochs": 1, "batch_size": 8}},
-    }
-    params = parse_params(raw)
-    prepare.run(params, out / "splits.json")
-    extract.run(params, out / "splits.json", out / "pooled.h5", progress=False)
-    extract.run(params, out / "splits.json", out / "cut.h5", progress=False, cut=True)
-    other = parse_params({**raw, "seed": 1})
-    prepare.run(other, out / "other-splits.json")
-    extract.run(other, out / "other-splits.json", out / "other.h5", progress=False)
-    return out, params
-
-
 def config_key(kind: str) -> str:
     return "finetune.top" if kind == "finetune" else f"heads.{kind}"
 

@@ -74,7 +74,7 @@ def test_dvc_yaml_uses_the_paths_of_the_layout(stages):
         folder = layout.evaluation_dir(key).as_posix()
         assert paths(stages[stage]["metrics"]) == [f"{folder}/{layout.METRICS}"], stage
         assert paths(stages[stage]["outs"]) == [f"{folder}/confusion.png", f"{folder}/reliability.png"], stage
-        assert paths(stages[stage]["plots"]) == [f"{folder}/test_predictions.csv"], stage
+        assert paths(stages[stage]["plots"]) == [f"{folder}/test_predictions.csv", f"{folder}/per_class.csv"], stage
         assert layout.head_file(key).as_posix() in paths(stages[stage]["deps"]), stage
         assert stages[stage]["cmd"].endswith(f"--config {key}"), stage
     assert outs("compare") == [f"{layout.COMPARISON}.md", f"{layout.COMPARISON}.png"]

@@ -49,6 +49,11 @@ class Head:
         return self.Params.input
 
     @property
+    def fitted_on(self) -> tuple[str, ...]:
+        """The splits whose images fitting used: no figure is measured on them."""
+        return ("train",)
+
+    @property
     def chosen(self) -> dict[str, Any]:
         """What fitting chose (penalty, held-out score at the choice), without curves."""
         return {k: v for k, v in self.info.items() if k != "sweep"}
@@ -192,8 +197,12 @@ class PooledHead(Head):
 
     @property
     def needs_validation(self) -> bool:
-        """True when fitting selects a hyper-parameter on the validation split."""
+        """True when fitting selects a hyper-parameter on the validation split (and then refits on train + val)."""
         return False
+
+    @property
+    def fitted_on(self) -> tuple[str, ...]:
+        return ("train", "val") if self.needs_validation else ("train",)
 
     def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
         raise NotImplementedError
