@@ -41,7 +41,7 @@ def image_extensions() -> frozenset[str]:
     return frozenset(ext.lower() for ext in Image.registered_extensions())
 
 
-def _ignored(name: str) -> bool:
+def is_ignored(name: str) -> bool:
     """A file or folder name that is no part of a dataset: dot-files, dot-folders, ``__MACOSX``."""
     return name.startswith(".") or name == "__MACOSX"
 
@@ -50,7 +50,7 @@ def _parse_member(name: str, extensions: frozenset[str]) -> tuple[str, str] | No
     """``train/cat/1.jpg`` or ``train/cat/more/1.jpg`` -> (``train``, ``cat``); None for what is not
     an image in a class folder."""
     parts = PurePosixPath(name).parts
-    if len(parts) < 3 or any(_ignored(p) for p in parts):
+    if len(parts) < 3 or any(is_ignored(p) for p in parts):
         return None
     if PurePosixPath(name).suffix.lower() not in extensions:
         return None
@@ -64,7 +64,7 @@ def _two_levels(paths: Iterable[str]) -> list[str]:
     for path in paths:
         parts = PurePosixPath(path).parts
         for depth in range(1, min(len(parts), 2) + 1):
-            if _ignored(parts[depth - 1]):
+            if is_ignored(parts[depth - 1]):
                 break
             out.add("/".join(parts[:depth]) + "/" * (depth < len(parts) or path.endswith("/")))
     return sorted(out)
@@ -110,7 +110,7 @@ class FolderSource(Source):
         extensions = image_extensions()
         out = []
         for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames[:] = sorted(d for d in dirnames if not _ignored(d))
+            dirnames[:] = sorted(d for d in dirnames if not is_ignored(d))
             rel = Path(dirpath).relative_to(self.root)
             for name in sorted(filenames):
                 key = (rel / name).as_posix()
@@ -125,7 +125,7 @@ class FolderSource(Source):
             for split in SOURCE_SPLITS
             if (self.root / split).is_dir()
             for d in (self.root / split).iterdir()
-            if d.is_dir() and not _ignored(d.name)
+            if d.is_dir() and not is_ignored(d.name)
         ]
 
     def top_levels(self) -> list[str]:
@@ -176,7 +176,7 @@ class TarSource(Source):
         names = [(name, m.isfile()) for _, m, name in self._members() if PurePosixPath(name).parts]
         tops = {
             parts[0] for n, is_file in names
-            if (len(parts := PurePosixPath(n).parts) > 1 or not is_file) and not _ignored(parts[0])
+            if (len(parts := PurePosixPath(n).parts) > 1 or not is_file) and not is_ignored(parts[0])
         }
         prefix = ""
         if len(tops) == 1 and not tops & set(SOURCE_SPLITS):
@@ -202,7 +202,7 @@ class TarSource(Source):
         dirs = set()
         for key, is_file in self._keys():
             parts = PurePosixPath(key).parts
-            if len(parts) > 1 + is_file and parts[0] in SOURCE_SPLITS and not _ignored(parts[1]):
+            if len(parts) > 1 + is_file and parts[0] in SOURCE_SPLITS and not is_ignored(parts[1]):
                 dirs.add(f"{parts[0]}/{parts[1]}")
         return sorted(dirs)
 
@@ -221,7 +221,7 @@ class TarSource(Source):
                 return
             if prefix is None:
                 head = name[: len(name) - len(expected)]
-                if not name.endswith(expected) or (head and not head.endswith("/")) or _ignored(head.split("/")[0]):
+                if not name.endswith(expected) or (head and not head.endswith("/")) or is_ignored(head.split("/")[0]):
                     continue
                 prefix = head
             key = name.removeprefix(prefix)
