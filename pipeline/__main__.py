@@ -15,10 +15,9 @@ STAGES = ("prepare", "extract", "train", "evaluate", "compare")
 
 
 def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
+    if not text.isdecimal() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return int(text)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,36 +67,54 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _commands(args: argparse.Namespace) -> int:
-    from pipeline import layout
-
     if args.command == "download-cifar10":
         from pipeline.sources import download_cifar10
 
         print(f"CIFAR-10 is in {download_cifar10(args.root)}; set data.source to that directory")
         return 0
-    from pipeline import model
-    from pipeline.errors import PipelineError
+    if args.command == "export":
+        from pipeline import model
+
+        trained = _load_trained(args)
+        print(f"exported {trained.backbone.name} + {trained.head.kind} head -> {model.export(trained, args.out)}")
+        return 0
+    return _predict(args)
+
+
+def _load_trained(args: argparse.Namespace):
+    """The trained head that --config or --head names, with the backbone of its feature file."""
+    from pipeline import layout, model
     from pipeline.heads import head_class, head_header
-    from pipeline.images import image_paths
 
     head_path = args.head or layout.head_file(args.config)
     features = args.features or layout.FEATURES[head_class(head_header(head_path)["kind"]).Params.input]
-    trained = model.load_trained(features, head_path)
-    if args.command == "export":
-        print(f"exported {trained.backbone.name} + {trained.head.kind} head -> {model.export(trained, args.out)}")
-        return 0
+    return model.load_trained(features, head_path)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    """Print each image's top classes as they come (or one JSON document); 1 when some could not be read."""
+    from pipeline.errors import PipelineError
+    from pipeline.images import image_paths
+    from pipeline.model import predict
+
     paths = image_paths(args.paths)
     if not paths:
-        raise PipelineError(f"no image found in {' '.join(args.paths)}")
-    results = list(model.predict(trained, paths, args.top_k, args.batch_size))
-    failed = [r for r in results if "error" in r]
-    if args.json:
-        print(json.dumps(results, indent=1))
-    for r in [] if args.json else results:
+        raise PipelineError(
+            f"no image found in {' '.join(args.paths)}; give image files, or folders holding them (any format "
+            "PIL reads: .jpg, .png, ...)"
+        )
+    results = []
+    for r in predict(_load_trained(args), paths, args.top_k, args.batch_size):
+        results.append(r)
+        if args.json:
+            continue
         if "error" in r:
             print(f"{r['path']}: error: {r['error']}", file=sys.stderr)
         else:
-            print(f"{r['path']}: " + ", ".join(f"{t['class']} {t['score']:.3f}" for t in r["top"]))
+            print(f"{r['path']}: " + ", ".join(f"{t['class']} {t['score']:.3f}" for t in r["top"]), flush=True)
+    if args.json:
+        print(json.dumps(results, indent=1))
+    failed = [r for r in results if "error" in r]
     if failed:
         print(f"error: {len(failed)} of {len(results)} images could not be read", file=sys.stderr)
         return 1

@@ -15,16 +15,20 @@ import numpy as np
 
 from pipeline.errors import BadImageError, PipelineError
 from pipeline.preprocessing import ImageGeometry
-from pipeline.sources import Source, image_extensions
+from pipeline.sources import Source, image_extensions, is_ignored
 
 
 def image_paths(paths: list[str | Path]) -> list[Path]:
-    """Files as given; folders searched recursively for images (sorted)."""
+    """Files as given; folders searched recursively for images (sorted), dot-files, dot-folders and
+    ``__MACOSX`` left out."""
     extensions = image_extensions()
     out = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in extensions)
+            out += sorted(
+                f for f in p.rglob("*")
+                if f.is_file() and f.suffix.lower() in extensions and not any(map(is_ignored, f.relative_to(p).parts))
+            )
         elif p.is_file():
             out.append(p)
         else:
@@ -38,14 +42,29 @@ def decode_image(raw: object, geometry: ImageGeometry):
 
 
 def read_rgb(raw: object):
-    """Bytes (any format PIL reads) or a PIL image -> uint8 tensor (3, H, W), RGB, stored (H, W, 3)."""
+    """Bytes (any format PIL reads) or a PIL image -> uint8 tensor (3, H, W), RGB, stored (H, W, 3);
+    turned upright by its EXIF orientation, 16-bit values scaled to 8 bits."""
     import torch
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     if isinstance(raw, Exception):  # the source could not read the file
         raise raw
     image = raw if isinstance(raw, Image.Image) else Image.open(io.BytesIO(raw))
+    image = _to_8_bits(ImageOps.exif_transpose(image))
     return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
+
+
+def _to_8_bits(image):
+    """16-bit grayscale (mode ``I;16*``, or ``I`` with values above 255) -> mode ``L``, 0..65535 mapped
+    to 0..255; other images as they are (PIL's own conversion would clip at 255)."""
+    from PIL import Image
+
+    if not image.mode.startswith("I"):
+        return image
+    values = np.asarray(image).astype(np.int64)
+    if image.mode != "I" or values.max(initial=0) > 255:
+        values = np.round(values / 257)
+    return Image.fromarray(np.clip(values, 0, 255).astype(np.uint8))
 
 
 def resize_crop(images: Sequence, geometry: ImageGeometry):

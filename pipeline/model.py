@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from pipeline.backbones import FeatureExtractor, load_recipe
+from pipeline.errors import PipelineError
 from pipeline.features import FeatureStore
 from pipeline.fileutil import atomic_path
 from pipeline.heads import Head, load_head
@@ -52,25 +53,28 @@ def load_trained(features_path: str | Path, head_path: str | Path) -> TrainedMod
 
 # -- prediction ---------------------------------------------------------------------------
 def predict(model: TrainedModel, paths: list[Path], top_k: int = 5, batch_size: int = 32) -> Iterator[dict]:
-    """Yield ``{"path", "top": [{"class", "score"}, ...]}`` for each readable image, scores being
-    probabilities, and ``{"path", "error"}`` for each image that cannot be read (the others go on)."""
+    """Yield, in the order of ``paths``, ``{"path", "top": [{"class", "score"}, ...]}`` for each readable
+    image, scores being probabilities, and ``{"path", "error"}`` for each image that cannot be read (the
+    others go on)."""
+    if top_k < 1 or batch_size < 1:
+        raise PipelineError(f"top_k and batch_size must be positive integers, got {top_k} and {batch_size}")
     geometry = model.backbone.preprocessing.geometry
     k = min(top_k, len(model.classes))
     for start in range(0, len(paths), batch_size):
-        batch, images, failed = [], [], []
-        for p in paths[start : start + batch_size]:
+        chunk = paths[start : start + batch_size]
+        results: list[dict] = []
+        images: dict[int, torch.Tensor] = {}
+        for i, p in enumerate(chunk):
             try:
-                images.append(decode_image(p.read_bytes(), geometry))
-                batch.append(p)
+                images[i] = decode_image(p.read_bytes(), geometry)
+                results.append({"path": str(p)})
             except Exception as err:  # PIL raises many types for corrupt data
-                failed.append({"path": str(p), "error": f"cannot read image: {type(err).__name__}: {err}"})
-        yield from failed
-        if not images:
-            continue
-        proba = model.predict_proba(torch.stack(images))
-        for p, row in zip(batch, proba):
-            top = np.argsort(-row)[:k]
-            yield {"path": str(p), "top": [{"class": model.classes[i], "score": float(row[i])} for i in top]}
+                results.append({"path": str(p), "error": f"cannot read image: {type(err).__name__}: {err}"})
+        if images:
+            proba = model.predict_proba(torch.stack(list(images.values())))
+            for i, row in zip(images, proba):
+                results[i]["top"] = [{"class": model.classes[c], "score": float(row[c])} for c in np.argsort(-row)[:k]]
+        yield from results
 
 
 # -- export -------------------------------------------------------------------------------

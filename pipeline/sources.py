@@ -3,7 +3,8 @@
 A *source* lists the images of a dataset as ``(key, split, class)`` and streams their raw
 contents in its natural order. Three kinds:
 
-- an image-folder directory ``<root>/<split>/<class>/<image>``;
+- an image-folder directory ``<root>/<split>/<class>/<image>``, images at any depth below the class
+  folder (as torchvision's ``ImageFolder``); dot-files, dot-folders and ``__MACOSX`` are ignored;
 - the same tree inside a ``.tar`` / ``.tar.gz`` / ``.tgz`` archive, streamed without unpacking;
 - the official CIFAR-10 python batches (``cifar-10-batches-py``, as torchvision downloads it).
 
@@ -21,7 +22,7 @@ import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -40,14 +41,33 @@ def image_extensions() -> frozenset[str]:
     return frozenset(ext.lower() for ext in Image.registered_extensions())
 
 
+def is_ignored(name: str) -> bool:
+    """A file or folder name that is no part of a dataset: dot-files, dot-folders, ``__MACOSX``."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
 def _parse_member(name: str, extensions: frozenset[str]) -> tuple[str, str] | None:
-    """``train/cat/1.jpg`` -> (``train``, ``cat``); None for what is not an image of a split."""
+    """``train/cat/1.jpg`` or ``train/cat/more/1.jpg`` -> (``train``, ``cat``); None for what is not
+    an image in a class folder."""
     parts = PurePosixPath(name).parts
-    if len(parts) != 3 or any(p.startswith(".") for p in parts):
+    if len(parts) < 3 or any(is_ignored(p) for p in parts):
         return None
     if PurePosixPath(name).suffix.lower() not in extensions:
         return None
     return parts[0], parts[1]
+
+
+def _two_levels(paths: Iterable[str]) -> list[str]:
+    """The files and folders of the first two levels of relative ``paths``, sorted, ignored names left
+    out; folders end with ``/``, in ``paths`` and in the result."""
+    out = set()
+    for path in paths:
+        parts = PurePosixPath(path).parts
+        for depth in range(1, min(len(parts), 2) + 1):
+            if is_ignored(parts[depth - 1]):
+                break
+            out.add("/".join(parts[:depth]) + "/" * (depth < len(parts) or path.endswith("/")))
+    return sorted(out)
 
 
 # -- sources ---------------------------------------------------------------------------------
@@ -68,6 +88,16 @@ class Source:
         raise NotImplementedError
 
     def empty_class_dirs(self) -> list[str]:
+        """Class folders (``train/cat``) with no image at any depth below them."""
+        used = {f"{split}/{cls}" for _, split, cls in self.entries()}
+        return sorted(set(self._class_dirs()) - used)
+
+    def _class_dirs(self) -> list[str]:
+        """Every ``<split>/<class>`` folder of the source splits, images in it or not."""
+        return []
+
+    def top_levels(self) -> list[str]:
+        """The files and folders (ending with ``/``) of the first two levels, for messages."""
         return []
 
 
@@ -80,7 +110,7 @@ class FolderSource(Source):
         extensions = image_extensions()
         out = []
         for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames.sort()
+            dirnames[:] = sorted(d for d in dirnames if not is_ignored(d))
             rel = Path(dirpath).relative_to(self.root)
             for name in sorted(filenames):
                 key = (rel / name).as_posix()
@@ -89,14 +119,22 @@ class FolderSource(Source):
                     out.append((key, *parsed))
         return out
 
-    def empty_class_dirs(self) -> list[str]:
+    def _class_dirs(self) -> list[str]:
         return [
             f"{split}/{d.name}"
             for split in SOURCE_SPLITS
             if (self.root / split).is_dir()
-            for d in sorted((self.root / split).iterdir())
-            if d.is_dir() and not d.name.startswith(".") and not any(d.iterdir())
+            for d in (self.root / split).iterdir()
+            if d.is_dir() and not is_ignored(d.name)
         ]
+
+    def top_levels(self) -> list[str]:
+        paths = []
+        for top in self.root.iterdir():
+            paths.append(top.name + "/" * top.is_dir())
+            if top.is_dir():
+                paths += [f"{top.name}/{p.name}" + "/" * p.is_dir() for p in top.iterdir()]
+        return _two_levels(paths)
 
     def stream(self, keys: Sequence[str]) -> Iterator[tuple[str, object]]:
         for key in keys:
@@ -133,31 +171,44 @@ class TarSource(Source):
 
     @functools.cached_property
     def _listing(self) -> tuple[list[tuple[str, bool]], str]:
-        """(member name, is a file) for every member, and the top-level prefix; one pass, kept."""
+        """(member name, is a file) for every member, and the top-level prefix: the one folder at the
+        top, if it is not a split (files beside it, dot-files and ``__MACOSX`` do not count); one pass, kept."""
         names = [(name, m.isfile()) for _, m, name in self._members() if PurePosixPath(name).parts]
-        tops = {PurePosixPath(n).parts[0] for n, _ in names}
+        tops = {
+            parts[0] for n, is_file in names
+            if (len(parts := PurePosixPath(n).parts) > 1 or not is_file) and not is_ignored(parts[0])
+        }
         prefix = ""
         if len(tops) == 1 and not tops & set(SOURCE_SPLITS):
             prefix = tops.pop() + "/"
         return names, prefix
 
+    def _keys(self) -> Iterator[tuple[str, bool]]:
+        """(name below the top-level prefix, is a file) for every member under it."""
+        names, prefix = self._listing
+        return ((n.removeprefix(prefix), is_file) for n, is_file in names if n.startswith(prefix))
+
     def entries(self) -> list[tuple[str, str, str]]:
         extensions = image_extensions()
-        names, self._prefix = self._listing
+        self._prefix = self._listing[1]
         out = []
-        for name, is_file in names:
-            key = name.removeprefix(self._prefix)
+        for key, is_file in self._keys():
             parsed = _parse_member(key, extensions) if is_file else None
             if parsed:
                 out.append((key, *parsed))
         return out
 
-    def empty_class_dirs(self) -> list[str]:
-        names, prefix = self._listing
-        dirs = {n.removeprefix(prefix).rstrip("/") for n, is_file in names if not is_file}
-        class_dirs = {d for d in dirs if len(PurePosixPath(d).parts) == 2 and d.split("/")[0] in SOURCE_SPLITS}
-        used = {"/".join(PurePosixPath(n.removeprefix(prefix)).parts[:2]) for n, f in names if f}
-        return sorted(class_dirs - used)
+    def _class_dirs(self) -> list[str]:
+        dirs = set()
+        for key, is_file in self._keys():
+            parts = PurePosixPath(key).parts
+            if len(parts) > 1 + is_file and parts[0] in SOURCE_SPLITS and not is_ignored(parts[1]):
+                dirs.add(f"{parts[0]}/{parts[1]}")
+        return sorted(dirs)
+
+    def top_levels(self) -> list[str]:
+        prefix = self._listing[1]
+        return [prefix + p for p in _two_levels(key + "/" * (not is_file) for key, is_file in self._keys())]
 
     def stream(self, keys: Sequence[str]) -> Iterator[tuple[str, object]]:
         """One pass over the archive; the top-level prefix is learnt from the first match."""
@@ -170,7 +221,7 @@ class TarSource(Source):
                 return
             if prefix is None:
                 head = name[: len(name) - len(expected)]
-                if not name.endswith(expected) or (head and not head.endswith("/")):
+                if not name.endswith(expected) or (head and not head.endswith("/")) or is_ignored(head.split("/")[0]):
                     continue
                 prefix = head
             key = name.removeprefix(prefix)
@@ -291,6 +342,9 @@ class Splits:
     classes: list[str]
     splits: dict[str, Split]
     settings: dict = field(default_factory=dict)
+    found: dict = field(default_factory=dict)
+    """Images the source holds per source split: ``{"train": {"images": n, "in_sub_folders": m}, ...}``,
+    ``m`` of them below a sub-folder of their class folder."""
 
     @property
     def fingerprint(self) -> str:
@@ -313,6 +367,7 @@ class Splits:
                 "classes": self.classes,
                 "settings": self.settings,
                 "counts": {n: len(s) for n, s in self.splits.items()},
+                "found": self.found,
                 "splits": {n: {"keys": s.keys, "labels": s.labels} for n, s in self.splits.items()},
             },
         )
@@ -332,10 +387,20 @@ class Splits:
             classes=raw["classes"],
             splits={n: Split(s["keys"], s["labels"]) for n, s in raw["splits"].items()},
             settings=raw.get("settings", {}),
+            found=raw.get("found", {}),
         )
         if splits.fingerprint != raw["fingerprint"]:
             raise DatasetError(f"splits file {path} does not match its recorded fingerprint (edited by hand?)")
         return splits
+
+
+def _holding(source: Source, limit: int = 20) -> str:
+    """``; its top levels hold: a/, a/b.jpg, ...`` for a layout message ("" when there is nothing to say)."""
+    names = source.top_levels()
+    if not names:
+        return ""
+    more = f", ... ({len(names)} in all)" if len(names) > limit else ""
+    return f"; its top levels hold: {', '.join(names[:limit])}{more}"
 
 
 def _stratified_take(labels: np.ndarray, per_class: int, rng: np.random.Generator) -> np.ndarray:
@@ -355,7 +420,7 @@ def make_splits(source: Source, val_fraction: float, subset_per_class: int | Non
         if not items:
             raise DatasetError(
                 f"{source.location}: split {split!r} has no images; expected <root>/{split}/<class>/<image> "
-                f"for each of {list(SOURCE_SPLITS)}"
+                f"for each of {list(SOURCE_SPLITS)}{_holding(source)}"
             )
     empty = source.empty_class_dirs()
     if empty:
@@ -397,4 +462,8 @@ def make_splits(source: Source, val_fraction: float, subset_per_class: int | Non
         classes=classes,
         splits={s: Split(k.tolist(), lab.tolist()) for s, (k, lab) in parts.items()},
         settings={"val_fraction": val_fraction, "subset_per_class": subset_per_class, "seed": seed},
+        found={
+            s: {"images": len(items), "in_sub_folders": sum(k.count("/") > 2 for k, _ in items)}
+            for s, items in by_split.items()
+        },
     )

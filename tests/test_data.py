@@ -203,3 +203,221 @@ def test_decoding_matches_torchvision_resize_then_center_crop(cifar_folder, tmp_
         # fixed-point rounding of the filter weights moves a few pixels by at most 2 levels of 255
         exact = geometry.interpolation == "nearest" or (geometry.resize_size == 256 and path.suffix == ".jpg")
         assert difference == 0 if exact else difference <= 2, path
+
+
+# -- images below class folders, dot entries, what prepare reports ---------------------------------
+NESTED = {  # class b has images only in sub-folders; dot-files and dot-folders are not images of a class
+    "train/a/0.png", "train/a/1.png", "train/a/more/2.png", "train/a/.hidden/3.png", "train/a/.x.png",
+    "train/b/deep/er/0.png", "train/b/deep/er/1.png", "train/b/deep/1.png",
+    "test/a/0.png", "test/b/x/0.png", ".thumbs/train/c/0.png",
+}
+NESTED_KEYS = sorted(k for k in NESTED if not any(p.startswith(".") for p in k.split("/")))
+
+
+def _nested_folder(root):
+    rng = np.random.default_rng(0)
+    for key in sorted(NESTED):
+        write_image(root / key, rng)
+    return root
+
+
+@pytest.mark.parametrize("kind", ["folder", "tar"])
+def test_images_in_sub_folders_of_class_folders_are_taken(tmp_path, kind):
+    root = _nested_folder(tmp_path / "images")
+    location = root
+    if kind == "tar":
+        location = tmp_path / "images.tar.gz"
+        with tarfile.open(location, "w:gz") as tar:
+            tar.add(root, arcname="top")
+    source = open_source(location)
+    assert sorted(k for k, _, _ in source.entries()) == NESTED_KEYS
+    assert {k: (s, c) for k, s, c in source.entries()}["train/b/deep/er/0.png"] == ("train", "b")
+    assert source.empty_class_dirs() == []
+    splits = make_splits(source, 0.0, None, seed=0)
+    assert splits.classes == ["a", "b"]
+    assert sorted(splits.splits["train"].keys + splits.splits["test"].keys) == NESTED_KEYS
+    streamed = dict(open_source(location).stream(splits.splits["train"].keys))
+    assert streamed["train/b/deep/er/1.png"] == (root / "train/b/deep/er/1.png").read_bytes()
+
+
+@pytest.mark.parametrize("kind", ["folder", "tar"])
+def test_class_folder_with_images_only_in_a_dot_folder_is_empty(tmp_path, kind):
+    root = _nested_folder(tmp_path / "images")
+    write_image(root / "train/c/.thumbs/0.png", np.random.default_rng(0))
+    (root / "train/c/notes.txt").write_text("not an image")
+    location = root
+    if kind == "tar":
+        location = tmp_path / "images.tar"
+        with tarfile.open(location, "w") as tar:
+            tar.add(root, arcname="top")
+    with pytest.raises(DatasetError, match="class folders with no images: \\['train/c'\\]"):
+        make_splits(open_source(location), 0.0, None, seed=0)
+
+
+def test_prepare_says_how_many_images_were_found_where(tmp_path, capsys):
+    from pipeline.config import parse_params
+    from pipeline.stages import prepare
+
+    root = _nested_folder(tmp_path / "images")
+    prepare.run(parse_params({"data": {"source": str(root), "val_fraction": 0.0}}), tmp_path / "splits.json")
+    out = capsys.readouterr().out
+    assert "train: 6 images (4 in sub-folders of class folders)" in out, out
+    assert "test: 2 images (1 in sub-folders of class folders)" in out, out
+
+
+# -- 16-bit images and EXIF orientation ---------------------------------------------------------
+def test_16_bit_grayscale_png_is_scaled_to_8_bits(tmp_path):
+    from PIL import Image
+
+    from pipeline.images import read_rgb
+
+    gradient = np.tile(np.linspace(0, 65535, 64).round().astype(np.uint16), (8, 1))  # (8, 64), dark to white
+    Image.fromarray(gradient).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode in ("I;16", "I")
+    rgb = read_rgb((tmp_path / "deep.png").read_bytes())
+    expected = np.round(gradient / 257).astype(np.uint8)
+    assert rgb.shape == (3, 8, 64) and rgb.dtype == torch.uint8
+    for channel in rgb.numpy():
+        np.testing.assert_array_equal(channel, expected)
+    assert (rgb == 255).float().mean() < 0.05
+
+
+def test_32_bit_integer_image_is_scaled_only_above_255():
+    from PIL import Image
+
+    from pipeline.images import read_rgb
+
+    wide = np.tile(np.linspace(0, 65535, 32).round().astype(np.int32), (4, 1))
+    assert Image.fromarray(wide).mode == "I"
+    np.testing.assert_array_equal(read_rgb(Image.fromarray(wide)).numpy()[0], np.round(wide / 257))
+    narrow = np.tile(np.arange(0, 256, 8, dtype=np.int32), (4, 1))  # 8-bit values kept as they are
+    np.testing.assert_array_equal(read_rgb(Image.fromarray(narrow)).numpy()[1], narrow)
+
+
+@pytest.mark.parametrize("orientation, turns", [(6, -1), (8, 1), (3, 2)])
+def test_exif_orientation_is_applied(tmp_path, orientation, turns):
+    """A photo stored sideways with an EXIF orientation tag is decoded the way it is displayed."""
+    from PIL import Image
+
+    from pipeline.images import read_rgb
+
+    stored = np.zeros((20, 40, 3), np.uint8)  # 40 wide, 20 high, four distinct quadrants
+    stored[:10, :20] = (255, 0, 0)
+    stored[:10, 20:] = (0, 255, 0)
+    stored[10:, :20] = (0, 0, 255)
+    stored[10:, 20:] = (255, 255, 255)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(stored).save(tmp_path / "photo.jpg", quality=95, exif=exif)
+    shown = np.rot90(stored, turns)  # np.rot90 turns counter-clockwise; orientation 6 is shown turned clockwise
+    rgb = read_rgb((tmp_path / "photo.jpg").read_bytes()).permute(1, 2, 0).numpy()
+    assert rgb.shape == shown.shape
+    assert np.abs(rgb.astype(int) - shown).mean() < 8
+    decoded = decode_image((tmp_path / "photo.jpg").read_bytes(), ImageGeometry(resize_size=20, crop_size=20))
+    centre = shown[10:30] if shown.shape[0] == 40 else shown[:, 10:30]  # no resizing: the short side is 20
+    assert np.abs(decoded.permute(1, 2, 0).numpy().astype(int) - centre).mean() < 8
+
+
+# -- archives as people make them ---------------------------------------------------------------
+def _add_bytes(tar, name, data=b"junk"):
+    import io
+
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.parametrize("extras", [
+    ["__MACOSX/top/train/cat/._0000.jpg", "__MACOSX/top/._train"],  # zipped on a Mac, then re-packed
+    ["README.md", "LICENSE"],                                          # files beside the top folder
+    [".DS_Store", "top/.DS_Store", "top/train/.DS_Store"],
+])
+def test_archive_top_folder_is_found_beside_common_extras(cifar_folder, tmp_path, extras):
+    archive = tmp_path / "images.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name in extras[:1]:
+            _add_bytes(tar, name)
+        tar.add(cifar_folder, arcname="top")
+        for name in extras[1:]:
+            _add_bytes(tar, name)
+    from_tar = make_splits(open_source(archive), 0.25, None, seed=0)
+    from_dir = make_splits(open_source(cifar_folder), 0.25, None, seed=0)
+    assert from_tar.classes == ["airplane", "cat", "ship"]
+    assert {n: s.keys for n, s in from_tar.splits.items()} == {n: s.keys for n, s in from_dir.splits.items()}
+    keys = from_tar.splits["test"].keys
+    assert dict(open_source(archive).stream(keys)) == dict(open_source(cifar_folder).stream(keys))
+
+
+@pytest.mark.parametrize("kind", ["folder", "tar"])
+def test_layout_not_found_lists_what_the_top_levels_hold(cifar_folder, tmp_path, kind):
+    import shutil
+
+    root = tmp_path / "images"
+    shutil.copytree(cifar_folder, root / "data" / "cifar")  # two folders above train/ and test/
+    (root / "README.md").write_text("my images")
+    location = root
+    if kind == "tar":
+        location = tmp_path / "images.tar"
+        with tarfile.open(location, "w") as tar:
+            tar.add(root, arcname="top")
+    with pytest.raises(DatasetError) as err:
+        make_splits(open_source(location), 0.0, None, seed=0)
+    message = str(err.value)
+    assert "split 'train' has no images" in message
+    holds = "top/data/cifar/" if kind == "tar" else "data/cifar/"
+    assert holds in message and "README.md" in message, message
+
+
+# -- the official CIFAR-10 python batches --------------------------------------------------------
+def _write_cifar_batches(root, per_batch=3):
+    """A tiny cifar-10-batches-py: 5 train batches and a test batch, pickled as the official files."""
+    import pickle
+
+    rng = np.random.default_rng(0)
+    root.mkdir()
+    names = ["plane", "car", "bird"]
+    with open(root / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": names, "num_vis": 3072}, f, protocol=2)
+    written = {}
+    for split, files in (("train", [f"data_batch_{i}" for i in range(1, 6)]), ("test", ["test_batch"])):
+        data = rng.integers(0, 256, (len(files) * per_batch, 3072), dtype=np.uint8)
+        labels = [i % len(names) for i in range(len(data))]
+        for j, name in enumerate(files):
+            rows = slice(j * per_batch, (j + 1) * per_batch)
+            batch = {b"batch_label": name.encode(), "data": data[rows], "labels": labels[rows],
+                     "filenames": [f"{name}_{i}.png".encode() for i in range(per_batch)]}
+            with open(root / name, "wb") as f:
+                pickle.dump(batch, f, protocol=2)
+        written[split] = (data, [names[label] for label in labels])
+    return written
+
+
+def test_cifar10_python_batches_source(tmp_path):
+    from PIL import Image
+
+    from pipeline.sources import Cifar10BatchesSource
+
+    root = tmp_path / "cifar-10-batches-py"
+    written = _write_cifar_batches(root)
+    source = open_source(root)
+    assert isinstance(source, Cifar10BatchesSource)
+    entries = source.entries()
+    train_data, train_classes = written["train"]
+    test_data, test_classes = written["test"]
+    assert entries == [(f"train/{i:05d}", "train", c) for i, c in enumerate(train_classes)] + [
+        (f"test/{i:05d}", "test", c) for i, c in enumerate(test_classes)]
+    keys = ["train/00000", "train/00004", "train/00014", "test/00001"]
+    streamed = list(source.stream(keys))
+    assert [k for k, _ in streamed] == keys
+    rows = [train_data[0], train_data[4], train_data[14], test_data[1]]
+    for (_, image), row in zip(streamed, rows):
+        assert isinstance(image, Image.Image) and image.size == (32, 32) and image.mode == "RGB"
+        # CIFAR rows are 1024 red, then 1024 green, then 1024 blue values, row-major
+        np.testing.assert_array_equal(np.asarray(image), row.reshape(3, 32, 32).transpose(1, 2, 0))
+    splits = make_splits(source, 0.2, None, seed=0)
+    assert splits.classes == ["bird", "car", "plane"]
+    assert {n: len(s) for n, s in splits.splits.items()} == {"train": 12, "val": 3, "test": 3}
+    for key, label in zip(splits.splits["val"].keys, splits.splits["val"].labels):
+        assert splits.classes[label] == train_classes[int(key.split("/")[1])]
+    decoded = next(iter(BatchStream(source, keys, 4, [0], GEOMETRY)))[1]
+    assert decoded.shape == (4, 3, 32, 32)

@@ -116,3 +116,72 @@ def test_head_side_never_imports_the_backbone_or_the_images(trained, tmp_path):
     for forbidden in ("pipeline.backbones", "pipeline.images", "pipeline.sources", "pipeline.extract",
                       "pipeline.preprocessing", "torchvision", "torch"):
         assert forbidden not in imported, f"the head side imported {forbidden}"
+
+
+def run_predict(trained, *args):
+    out, _ = trained
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", "predict", *args, "--features", str(out / "f.h5"),
+         "--head", str(out / "logistic.npz")],
+        capture_output=True, text=True,
+    )
+
+
+def test_predict_cli_reports_unreadable_images_and_predicts_the_others(trained, cifar_folder, tmp_path):
+    import shutil
+
+    out, _ = trained
+    folder = tmp_path / "photos"
+    shutil.copytree(cifar_folder / "test" / "ship", folder / "ships")
+    shutil.copytree(cifar_folder / "test" / "cat", folder / "cats" / "more")
+    (folder / "ships" / "0001-broken.jpg").write_bytes(b"not a jpeg at all")
+    (folder / "ships" / "._0000.jpg").write_bytes(b"\x00\x05\x16\x07 resource fork")  # macOS AppleDouble
+    (folder / "notes.txt").write_text("not an image")
+    good = [p for p in image_paths([folder]) if "broken" not in p.name]
+    assert len(good) == 8 and not any(p.name.startswith(".") for p in good)
+    expected = {r["path"]: r["top"] for r in predict(load_trained(out / "f.h5", out / "logistic.npz"), good, 3)}
+
+    result = run_predict(trained, str(folder), "--json", "--top-k", "3", "--batch-size", "2")
+    assert result.returncode == 1, result.stderr
+    rows = json.loads(result.stdout)
+    assert [r["path"] for r in rows] == [str(p) for p in image_paths([folder])]  # in the order given
+    got = {r["path"]: r["top"] for r in rows if "top" in r}
+    assert got.keys() == expected.keys()
+    for path, top in got.items():  # the same as predicted without the bad image, in other batches
+        assert [t["class"] for t in top] == [t["class"] for t in expected[path]]
+        assert [t["score"] for t in top] == pytest.approx([t["score"] for t in expected[path]], abs=1e-5)
+    [bad] = [r for r in rows if "error" in r]
+    assert bad["path"].endswith("0001-broken.jpg") and bad["error"].startswith("cannot read image")
+    assert "error: 1 of 9 images could not be read" in result.stderr
+
+    result = run_predict(trained, str(folder))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert len(result.stdout.splitlines()) == 8
+    assert f"{folder / 'ships' / '0001-broken.jpg'}: error: cannot read image" in result.stderr
+
+
+def test_predict_cli_on_a_folder_without_images(trained, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "a.txt").write_text("no image here")
+    for folder in ("empty", "texts"):
+        result = run_predict(trained, str(tmp_path / folder))
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert result.stderr.startswith(f"error: no image found in {tmp_path / folder}"), result.stderr
+        assert result.stdout == ""
+
+
+@pytest.mark.parametrize("option, value", [("--top-k", "-1"), ("--top-k", "0"), ("--batch-size", "0"),
+                                           ("--batch-size", "two")])
+def test_predict_cli_refuses_bad_numbers(trained, cifar_folder, option, value):
+    result = run_predict(trained, str(cifar_folder / "test" / "ship"), option, value)
+    assert result.returncode == 2 and "Traceback" not in result.stderr and result.stdout == ""
+    assert f"argument {option}: must be a positive integer, got {value}" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("top_k, batch_size", [(0, 4), (-1, 4), (2, 0)])
+def test_predict_refuses_non_positive_numbers(trained, cifar_folder, top_k, batch_size):
+    out, _ = trained
+    model = load_trained(out / "f.h5", out / "logistic.npz")
+    with pytest.raises(PipelineError, match=f"must be positive integers, got {top_k} and {batch_size}"):
+        list(predict(model, image_paths([cifar_folder / "test" / "cat"]), top_k, batch_size))

@@ -15,8 +15,17 @@ def run(params: Params, splits_path: str | Path) -> dict[str, int]:
     splits = make_splits(open_source(d.source), d.val_fraction, d.subset_per_class, params.seed)
     splits.save(splits_path)
     counts = {n: len(s) for n, s in splits.splits.items()}
-    print(f"prepared {d.source}: {len(splits.classes)} classes, {counts}")
+    print(f"prepared {d.source}: {_found(splits.found)}; {len(splits.classes)} classes, {counts}")
     return counts
+
+
+def _found(found: dict[str, dict[str, int]]) -> str:
+    """``found train: 120 images (20 in sub-folders of class folders), test: 40 images``."""
+    parts = []
+    for split, n in found.items():
+        deeper = f" ({n['in_sub_folders']} in sub-folders of class folders)" if n["in_sub_folders"] else ""
+        parts.append(f"{split}: {n['images']} images{deeper}")
+    return "found " + ", ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
