@@ -326,6 +326,17 @@ def _reads(method):
     return checked
 
 
+def _chunks_in_file(dset, file_size: int) -> bool:
+    """Whether every chunk of ``dset`` is stored, inside the file: a damaged chunk index reads as fill values."""
+    if not dset.chunks or not dset.size:
+        return True
+    n_chunks = int(np.prod([-(-n // c) for n, c in zip(dset.shape, dset.chunks)]))
+    if dset.id.get_num_chunks() != n_chunks:
+        return False
+    return all(info.byte_offset + info.size <= file_size
+               for info in map(dset.id.get_chunk_info, range(n_chunks)))
+
+
 class FeatureStore:
     """Read access to a feature file, with its spec, checked on opening: format version, the checksum of
     the attributes, the shapes of every split. Use as a context manager."""
@@ -375,6 +386,12 @@ class FeatureStore:
                     f"{n_labels} labels and {n_ids} ids, where the attributes say rows of {self.spec.shape} "
                     f"{self.spec.storage_dtype}: the file is damaged or was edited; delete it and run the extract stage again"
                 )
+            for name in ("features", "labels"):
+                if not _chunks_in_file(group[name], self.path.stat().st_size):
+                    raise FeatureStoreError(
+                        f"feature file {self.path}: the index of {split}/{name} points outside the file (HDF5 would read "
+                        "zeros there): the file is damaged; delete it and run the extract stage again"
+                    )
 
     def __enter__(self) -> FeatureStore:
         return self

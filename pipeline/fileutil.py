@@ -52,6 +52,10 @@ def atomic_files(out_dir: str | Path) -> Iterator[Path]:
         yield staging
         for f in sorted(staging.iterdir()):
             os.replace(f, out_dir / f.name)  # a rename in one folder: needs no new space
+    except OSError as err:
+        if err.errno is not None and isinstance(err.filename, str) and Path(err.filename).parent == staging:
+            raise OSError(err.errno, err.strerror, str(out_dir / Path(err.filename).name)) from err  # the output's name
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -438,6 +438,22 @@ def test_bytes_changed_inside_the_data_fail_their_checksum(dataset, feature_file
             store.load("train")
 
 
+def test_damaged_chunk_index_is_refused_not_read_as_zeros(feature_file, tmp_path):
+    """Garbage over where the file records a chunk's address: HDF5 itself would read zeros there."""
+    import struct
+
+    raw = bytearray(feature_file.read_bytes())
+    with h5py.File(feature_file) as h5:
+        address = struct.pack("<Q", h5["val"]["features"].id.get_chunk_info(0).byte_offset)
+    at = raw.index(address)
+    raw[at : at + 8] = b"\x08\x91\x7f\x1c\x00\x35\x1a\x43"
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(FeatureStoreError, match=rf"feature file {bad}: the index of val/features points outside the "
+                                                "file .* delete it and run the extract stage again"):
+        FeatureStore(bad)
+
+
 @pytest.mark.parametrize("name, value", [
     ("classes", '["cat", "airplane", "ship"]'),  # reordered: every label would be renamed
     ("feature_dim", 256),
