@@ -163,13 +163,14 @@ class PartialFeatures:
             with np.load(path, allow_pickle=False) as npz:
                 valid = npz["valid"]
                 with npz.zip.open("features.npy") as f:
-                    major, _ = np.lib.format.read_magic(f)
-                    read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-                    shape, _, dtype = read_header(f)
+                    fmt = np.lib.format
+                    major, _ = fmt.read_magic(f)
+                    shape, _, dtype = (fmt.read_array_header_1_0 if major == 1 else fmt.read_array_header_2_0)(f)
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
             raise FeatureStoreError(f"part {path} cannot be read ({type(err).__name__}: {err})") from None
         expected = (rows, *self.spec.shape)
-        if valid.shape != (rows,) or valid.dtype != bool or shape != expected or dtype != np.dtype(self.spec.storage_dtype):
+        if (valid.shape != (rows,) or valid.dtype != bool or shape != expected
+                or dtype != np.dtype(self.spec.storage_dtype)):
             raise FeatureStoreError(f"part {path} holds {len(valid)} rows of {shape[1:]} {dtype}, "
                                     f"expected {rows} rows of {self.spec.shape} {self.spec.storage_dtype}")
         return valid
@@ -263,7 +264,8 @@ class PartialFeatures:
         """Refuse to start assembling the file on a disk without room for it (HDF5 may crash when the
         disk fills up under it): the parts stay, and a re-run once there is room assembles them."""
         row_bytes = spec.feature_dim * np.dtype(spec.storage_dtype).itemsize + 8  # features and label
-        needed = sum(int(valid[split].sum()) * row_bytes + sum(len(k) + 32 for k in keys) for split, (keys, _) in splits.items())
+        needed = sum(int(valid[split].sum()) * row_bytes + sum(len(k) + 32 for k in keys)  # ids, as stored
+                     for split, (keys, _) in splits.items())
         needed += needed // 20 + (16 << 20)  # HDF5's own structures, and a margin
         free = shutil.disk_usage(self.out_path.parent).free
         if needed > free:
@@ -327,14 +329,14 @@ def _reads(method):
 
 
 def _chunks_in_file(dset, file_size: int) -> bool:
-    """Whether every chunk of ``dset`` is stored, inside the file: a damaged chunk index reads as fill values."""
-    if not dset.chunks or not dset.size:
+    """Whether every chunk of ``dset`` is stored, inside the file: a damaged chunk index reads as fill values.
+    One pass over the index (``chunk_iter``, HDF5 >= 1.12.3; without it, not checked)."""
+    if not dset.chunks or not dset.size or not hasattr(dset.id, "chunk_iter"):
         return True
+    chunks = []
+    dset.id.chunk_iter(chunks.append)
     n_chunks = int(np.prod([-(-n // c) for n, c in zip(dset.shape, dset.chunks)]))
-    if dset.id.get_num_chunks() != n_chunks:
-        return False
-    return all(info.byte_offset + info.size <= file_size
-               for info in map(dset.id.get_chunk_info, range(n_chunks)))
+    return len(chunks) == n_chunks and all(c.byte_offset + c.size <= file_size for c in chunks)
 
 
 class FeatureStore:
@@ -384,7 +386,8 @@ class FeatureStore:
                 raise FeatureStoreError(
                     f"feature file {self.path}: {split} holds features of shape {features.shape} {features.dtype}, "
                     f"{n_labels} labels and {n_ids} ids, where the attributes say rows of {self.spec.shape} "
-                    f"{self.spec.storage_dtype}: the file is damaged or was edited; delete it and run the extract stage again"
+                    f"{self.spec.storage_dtype}: the file is damaged or was edited; delete it and run the extract "
+                    "stage again"
                 )
             for name in ("features", "labels"):
                 if not _chunks_in_file(group[name], self.path.stat().st_size):

@@ -11,10 +11,13 @@ import numpy as np
 import pytest
 import yaml
 
+from tests.conftest import subprocess_env
+
 
 def run_cli(tmp_path, params, *args):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, cwd=tmp_path)
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, cwd=tmp_path,
+                          env=subprocess_env())
 
 
 def test_bad_params_value(tmp_path):
