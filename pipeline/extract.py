@@ -114,13 +114,13 @@ def feature_spec(splits: Splits, backbone: FeatureExtractor, weights: str | None
 
 def _plan(splits: Splits, partial: PartialFeatures, shard: Shard, batch_size: int, part_batches: int
           ) -> tuple[dict[str, list[int]], int, int]:
-    """The batches of each split this process still has to compute (its shard, less the committed
+    """The batches of each split this process still has to compute (its shard, less the intact committed
     parts), the number of images in them, and the number already committed."""
     plan, total, resumed = {}, 0, 0
     for name, split in splits.splits.items():
         n_batches = math.ceil(len(split) / batch_size)
         mine = shard.parts(math.ceil(n_batches / part_batches))
-        done = partial.done(name)
+        done = partial.done(name, len(split))
         my_batches = [b for b in range(n_batches) if b // part_batches in mine]
         plan[name] = [b for b in my_batches if b // part_batches not in done]
         rows = lambda batches: sum(min(batch_size, len(split) - b * batch_size) for b in batches)  # noqa: E731
@@ -169,21 +169,30 @@ def extract_features(
     who = f" [rank {shard.rank}/{shard.world_size}]" if shard.world_size > 1 else ""
     if resumed:
         print(f"resuming{who}: {resumed} images already extracted in {partial.dir}", flush=True)
-    bar = tqdm(total=total, unit="img", desc=f"extract {backbone.name}{who}", disable=not progress or shard.rank != 0,
-               smoothing=0.1)
-    for name, batches in plan.items():
-        if batches:
-            stream = BatchStream(source, splits.splits[name].keys, batch_size, batches, backbone.preprocessing.geometry,
-                                 skip_bad)
-            images, seconds = _extract_split(name, stream, model, partial, device, num_workers, part_batches,
-                                             len(splits.splits[name]), spec.storage_dtype, compile, bar)
-            if shard.rank == 0:
-                bar.write(f"{name}: {images} images at {images / seconds:.1f} images/s"
-                          + (" (rank 0)" if shard.world_size > 1 else ""))
-    bar.close()
+
+    def compute(plan: dict[str, list[int]], total: int) -> None:
+        bar = tqdm(total=total, unit="img", desc=f"extract {backbone.name}{who}",
+                   disable=not progress or shard.rank != 0, smoothing=0.1)
+        for name, batches in plan.items():
+            if batches:
+                stream = BatchStream(source, splits.splits[name].keys, batch_size, batches,
+                                     backbone.preprocessing.geometry, skip_bad)
+                images, seconds = _extract_split(name, stream, model, partial, device, num_workers, part_batches,
+                                                 len(splits.splits[name]), spec.storage_dtype, compile, bar)
+                if shard.rank == 0:
+                    bar.write(f"{name}: {images} images at {images / seconds:.1f} images/s"
+                              + (" (rank 0)" if shard.world_size > 1 else ""))
+        bar.close()
+
+    compute(plan, total)
     shard.barrier()  # every rank's parts are committed
     if shard.rank != 0:
         return None
+    # parts lost since the plan (deleted, damaged) are computed again here rather than failing the assembly
+    plan, total, _ = _plan(splits, partial, Shard(), batch_size, part_batches)
+    if total:
+        print(f"computing again {total} images whose parts went missing from {partial.dir}", flush=True)
+        compute(plan, total)
     return partial.assemble(spec, {n: (s.keys, s.labels) for n, s in splits.splits.items()})
 
 

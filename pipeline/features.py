@@ -7,7 +7,10 @@ Layout of a feature file::
     /<split>/labels     (N,) int64
     /<split>/ids        (N,) str, the image keys
     /<split>/skipped    (M,) str, images that could not be read (when skipping is allowed)
-    attributes          what made the features (see FeatureSpec), checked before reuse
+    attributes          what made the features (see FeatureSpec), with their checksum, checked before reuse
+
+The features and labels are stored with HDF5's fletcher32 filter: the library checks every chunk's
+checksum when it reads it, so bytes changed on disk are an error, never features.
 
 Extraction commits its rows in *parts*, files in ``.<name>.partial/`` beside the output, each
 written atomically, so a killed run resumes from the last committed part; the HDF5 file is
@@ -17,8 +20,10 @@ assembled from the parts into a temporary file and renamed into place only when 
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
@@ -26,13 +31,13 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 
 from pipeline import __version__
-from pipeline.errors import FeatureStoreError
-from pipeline.fileutil import atomic_path, write_json
+from pipeline.errors import DatasetError, FeatureStoreError
+from pipeline.fileutil import atomic_path, sha256_json, write_json
 
 if TYPE_CHECKING:
     from pipeline.config import Params
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 CHUNK_BYTES = 4 << 20
 """Target size of one HDF5 chunk (rows of features): large reads, small partial reads."""
 
@@ -68,10 +73,12 @@ class FeatureSpec:
     package_version: str = __version__
 
     def attrs(self) -> dict:
+        """The file's attributes: the fields, and ``spec_sha256``, their checksum, which makes an edit of
+        any of them (classes reordered, another feature_dim or weights_id) detectable."""
         d = asdict(self)
         d["classes"] = json.dumps(list(self.classes))
         d["feature_shape"] = json.dumps(list(self.shape))
-        return d
+        return d | {"spec_sha256": sha256_json(d)}
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -115,6 +122,7 @@ class PartialFeatures:
     def __init__(self, out_path: str | Path, spec: FeatureSpec, part_rows: int, compute: str = "cpu-float32"):
         self.out_path = Path(out_path)
         self.dir = self.out_path.parent / f".{self.out_path.name}.partial"
+        self.spec = spec
         self.part_rows = part_rows
         # parts computed another way (GPU bf16 against CPU float32) are not mixed into one file
         meta = {"spec": spec.attrs(), "part_rows": part_rows, "compute": compute}
@@ -129,53 +137,143 @@ class PartialFeatures:
     def _part_path(self, split: str, index: int) -> Path:
         return self.dir / f"{split}-{index:06d}.npz"
 
-    def done(self, split: str) -> set[int]:
-        return {int(p.stem.rsplit("-", 1)[1]) for p in self.dir.glob(f"{split}-*.npz")}
+    def done(self, split: str, n_rows: int) -> set[int]:
+        """The parts of ``split`` (of ``n_rows`` rows) that are committed and intact. A part that does not
+        load or holds other rows than its own (truncated by a crash, corrupt) is discarded, to be computed again."""
+        done = set()
+        for path in sorted(self.dir.glob(f"{split}-*.npz")):
+            index = int(path.stem.rsplit("-", 1)[1])
+            try:
+                self.read_valid(split, index, n_rows)
+                done.add(index)
+            except FeatureStoreError as err:
+                print(f"{err}: discarding it, it is computed again")
+                path.unlink(missing_ok=True)
+        return done
 
     def write_part(self, split: str, index: int, features: np.ndarray, valid: np.ndarray) -> None:
         with atomic_path(self._part_path(split, index)) as tmp, open(tmp, "wb") as f:
             np.savez(f, features=features, valid=valid)
 
-    def read_valid(self, split: str, index: int) -> np.ndarray:
-        with np.load(self._part_path(split, index), allow_pickle=False) as npz:
-            return npz["valid"]
+    def read_valid(self, split: str, index: int, n_rows: int) -> np.ndarray:
+        """The part's ``valid`` flags, once they and its features' header (read without the data) are
+        those of its rows of a split of ``n_rows`` rows; FeatureStoreError naming the part if not."""
+        path, rows = self._part_path(split, index), min(self.part_rows, n_rows - index * self.part_rows)
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                valid = npz["valid"]
+                with npz.zip.open("features.npy") as f:
+                    fmt = np.lib.format
+                    major, _ = fmt.read_magic(f)
+                    shape, _, dtype = (fmt.read_array_header_1_0 if major == 1 else fmt.read_array_header_2_0)(f)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+            raise FeatureStoreError(f"part {path} cannot be read ({type(err).__name__}: {err})") from None
+        expected = (rows, *self.spec.shape)
+        if (valid.shape != (rows,) or valid.dtype != bool or shape != expected
+                or dtype != np.dtype(self.spec.storage_dtype)):
+            raise FeatureStoreError(f"part {path} holds {len(valid)} rows of {shape[1:]} {dtype}, "
+                                    f"expected {rows} rows of {self.spec.shape} {self.spec.storage_dtype}")
+        return valid
 
     def read_part(self, split: str, index: int) -> tuple[np.ndarray, np.ndarray]:
-        with np.load(self._part_path(split, index), allow_pickle=False) as npz:
-            return npz["features"], npz["valid"]
+        path = self._part_path(split, index)
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                return npz["features"], npz["valid"]
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:  # its CRC-32 checked on reading
+            raise FeatureStoreError(f"part {path} cannot be read ({type(err).__name__}: {err})") from None
+
+    def _discard(self, split: str, index: int, err: FeatureStoreError) -> FeatureStoreError:
+        """Remove a part found damaged while assembling; the error says to run again, which computes it again."""
+        self._part_path(split, index).unlink(missing_ok=True)
+        return FeatureStoreError(f"{err}; it was discarded: run the extract stage again, it computes that part "
+                                 f"again and keeps the other parts in {self.dir}")
 
     def assemble(self, spec: FeatureSpec, splits: dict[str, tuple[list[str], list[int]]]) -> Path:
-        """Write the final HDF5 file from the parts (streaming, one part in memory at a time)."""
+        """Write the final HDF5 file from the parts (streaming, one part in memory at a time). First checks
+        what can be checked without writing: every part, the images left after skipping, the free disk."""
         import h5py
 
+        n_parts = {split: -(-len(keys) // self.part_rows) for split, (keys, _) in splits.items()}
+        valid = {}
+        for split, (keys, _) in splits.items():
+            flags = []
+            for i in range(n_parts[split]):
+                try:
+                    flags.append(self.read_valid(split, i, len(keys)))
+                except FeatureStoreError as err:
+                    raise self._discard(split, i, err) from None
+            valid[split] = np.concatenate(flags or [np.zeros(0, bool)])
+        self._check_skipped(spec, splits, valid)
+        self._check_space(spec, splits, valid)
         with atomic_path(self.out_path) as tmp:
             with h5py.File(tmp, "w") as h5:
                 h5.attrs.update(spec.attrs())
                 for split, (keys, labels) in splits.items():
-                    n_parts = -(-len(keys) // self.part_rows)
-                    valid = np.concatenate([self.read_valid(split, i) for i in range(n_parts)] or [np.zeros(0, bool)])
-                    if len(valid) != len(keys):
-                        raise FeatureStoreError(f"{self.dir}: parts of {split} hold {len(valid)} rows, expected {len(keys)}")
-                    keep = np.flatnonzero(valid)
+                    keep = np.flatnonzero(valid[split])
                     group = h5.create_group(split)
                     rows = max(1, min(len(keep), 1024, CHUNK_BYTES // (spec.feature_dim * np.dtype(spec.storage_dtype).itemsize)))
+                    # fletcher32: a checksum per chunk, checked by HDF5 on every read (needs chunks, so not when empty)
                     dset = group.create_dataset(
                         "features", shape=(len(keep), *spec.shape), dtype=spec.storage_dtype,
-                        chunks=(rows, *spec.shape) if len(keep) else None,
+                        chunks=(rows, *spec.shape) if len(keep) else None, fletcher32=len(keep) > 0,
                     )
                     row = 0
-                    for i in range(n_parts):
-                        feats, ok = self.read_part(split, i)
+                    for i in range(n_parts[split]):
+                        try:
+                            feats, ok = self.read_part(split, i)
+                        except FeatureStoreError as err:
+                            raise self._discard(split, i, err) from None
                         dset[row : row + ok.sum()] = feats[ok]
                         row += int(ok.sum())
-                    group.create_dataset("labels", data=np.asarray(labels, np.int64)[keep])
+                    group.create_dataset("labels", data=np.asarray(labels, np.int64)[keep], fletcher32=len(keep) > 0)
                     group.create_dataset("ids", data=np.asarray(keys, dtype=object)[keep], dtype=h5py.string_dtype())
-                    skipped = [keys[i] for i in np.flatnonzero(~valid)]
+                    skipped = [keys[i] for i in np.flatnonzero(~valid[split])]
                     group.create_dataset("skipped", data=np.asarray(skipped, dtype=object), dtype=h5py.string_dtype())
                     if skipped:
                         print(f"{split}: skipped {len(skipped)} unreadable images: {skipped[:10]}{' ...' if len(skipped) > 10 else ''}")
         shutil.rmtree(self.dir)
         return self.out_path
+
+    def _check_skipped(self, spec: FeatureSpec, splits: dict[str, tuple[list[str], list[int]]],
+                       valid: dict[str, np.ndarray]) -> None:
+        """Refuse a file that skipping unreadable images leaves without a split's images or without the
+        training images of a class. The parts holding the skipped images are discarded, the others kept:
+        a re-run once the images are fixed reads only those again."""
+        empty = []
+        for split, (keys, labels) in splits.items():
+            if len(keys) and not valid[split].any():
+                empty.append(f"no {split} image")
+            elif split == "train" and not valid[split].all():
+                kept = set(np.asarray(labels)[valid[split]].tolist())
+                empty += [f"no training image of class {c!r}" for i, c in enumerate(spec.classes) if i not in kept]
+        if not empty:
+            return
+        skipped = [k for split, (keys, _) in splits.items() for k, ok in zip(keys, valid[split]) if not ok]
+        for split in splits:
+            for i in set((np.flatnonzero(~valid[split]) // self.part_rows).tolist()):
+                self._part_path(split, i).unlink(missing_ok=True)
+        raise DatasetError(
+            f"skipping unreadable images (backbone.on_bad_image: skip) leaves {', '.join(empty)}; the {len(skipped)} "
+            f"unreadable images: {skipped[:10]}{' ...' if len(skipped) > 10 else ''}: replace them with readable images "
+            f"and run the extract stage again (it reads only those again), or remove them and run prepare"
+        )
+
+    def _check_space(self, spec: FeatureSpec, splits: dict[str, tuple[list[str], list[int]]],
+                     valid: dict[str, np.ndarray]) -> None:
+        """Refuse to start assembling the file on a disk without room for it (HDF5 may crash when the
+        disk fills up under it): the parts stay, and a re-run once there is room assembles them."""
+        row_bytes = spec.feature_dim * np.dtype(spec.storage_dtype).itemsize + 8  # features and label
+        needed = sum(int(valid[split].sum()) * row_bytes + sum(len(k) + 32 for k in keys)  # ids, as stored
+                     for split, (keys, _) in splits.items())
+        needed += needed // 20 + (16 << 20)  # HDF5's own structures, and a margin
+        free = shutil.disk_usage(self.out_path.parent).free
+        if needed > free:
+            raise FeatureStoreError(
+                f"assembling {self.out_path} needs about {needed / 2**20:,.1f} MiB of disk, {self.out_path.parent} has "
+                f"{free / 2**20:,.1f} MiB free: free some space and run the extract stage again (the features "
+                f"extracted so far stay in {self.dir} and are not computed again)"
+            )
 
 
 # -- reading ------------------------------------------------------------------------------
@@ -211,8 +309,39 @@ def fits_in_memory(nbytes: int) -> bool:
     return nbytes < available / 4
 
 
+_DAMAGE = (OSError, RuntimeError, KeyError, ValueError, TypeError)
+"""What h5py raises on a damaged file: a chunk failing its checksum, metadata that does not parse."""
+
+
+def _reads(method):
+    """A FeatureStore method that reads the file: damage found on the way is a FeatureStoreError."""
+
+    @functools.wraps(method)
+    def checked(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except FeatureStoreError:
+            raise
+        except _DAMAGE as err:
+            raise self._damaged(err) from None
+
+    return checked
+
+
+def _chunks_in_file(dset, file_size: int) -> bool:
+    """Whether every chunk of ``dset`` is stored, inside the file: a damaged chunk index reads as fill values.
+    One pass over the index (``chunk_iter``, HDF5 >= 1.12.3; without it, not checked)."""
+    if not dset.chunks or not dset.size or not hasattr(dset.id, "chunk_iter"):
+        return True
+    chunks = []
+    dset.id.chunk_iter(chunks.append)
+    n_chunks = int(np.prod([-(-n // c) for n, c in zip(dset.shape, dset.chunks)]))
+    return len(chunks) == n_chunks and all(c.byte_offset + c.size <= file_size for c in chunks)
+
+
 class FeatureStore:
-    """Read access to a feature file, with its spec; use as a context manager."""
+    """Read access to a feature file, with its spec, checked on opening: format version, the checksum of
+    the attributes, the shapes of every split. Use as a context manager."""
 
     def __init__(self, path: str | Path):
         import h5py
@@ -222,18 +351,50 @@ class FeatureStore:
             raise FeatureStoreError(f"feature file {self.path} does not exist; run the extract stage first")
         try:
             self._h5 = h5py.File(self.path, "r")
-            version, placeholder = self._h5.attrs.get("format_version"), self._h5.attrs.get("placeholder")
-            if placeholder is not None or (version is not None and version != FORMAT_VERSION):
-                self._h5.close()
-                raise FeatureStoreError(f"feature file {self.path}: {placeholder}" if placeholder is not None else
-                                        f"feature file {self.path} has format version {version}, this version of the "
-                                        f"pipeline reads {FORMAT_VERSION}: run the extract stage again (dvc repro)")
-            self.spec = FeatureSpec.from_attrs(self._h5.attrs)
-        except (OSError, KeyError, ValueError, TypeError) as err:
+        except _DAMAGE as err:
+            raise self._damaged(err) from None
+        try:
+            self._check()
+        except BaseException:
+            self._h5.close()
+            raise
+
+    def _damaged(self, err: BaseException) -> FeatureStoreError:
+        return FeatureStoreError(f"feature file {self.path} is truncated, corrupt or of another format "
+                                 f"({type(err).__name__}: {err}); delete it and run the extract stage again")
+
+    @_reads
+    def _check(self) -> None:
+        attrs = self._h5.attrs
+        version, placeholder = attrs.get("format_version"), attrs.get("placeholder")
+        if placeholder is not None:
+            raise FeatureStoreError(f"feature file {self.path}: {placeholder}")
+        if version is not None and version != FORMAT_VERSION:
+            raise FeatureStoreError(f"feature file {self.path} has format version {version}, this version of the "
+                                    f"pipeline reads {FORMAT_VERSION}: run the extract stage again (dvc repro)")
+        self.spec = FeatureSpec.from_attrs(attrs)
+        if attrs.get("spec_sha256") != self.spec.attrs()["spec_sha256"]:
             raise FeatureStoreError(
-                f"feature file {self.path} is truncated, corrupt or of another format ({err}); "
-                "delete it and run the extract stage again"
-            ) from None
+                f"feature file {self.path}: its attributes (classes, shapes, weights, ...) do not match the checksum "
+                "written with them: the file was edited or is damaged; delete it and run the extract stage again"
+            )
+        for split in self.splits:
+            group = self._h5[split]
+            features, n_labels, n_ids = group["features"], len(group["labels"]), len(group["ids"])
+            if (features.shape[1:] != self.spec.shape or features.dtype != np.dtype(self.spec.storage_dtype)
+                    or not features.shape[0] == n_labels == n_ids):
+                raise FeatureStoreError(
+                    f"feature file {self.path}: {split} holds features of shape {features.shape} {features.dtype}, "
+                    f"{n_labels} labels and {n_ids} ids, where the attributes say rows of {self.spec.shape} "
+                    f"{self.spec.storage_dtype}: the file is damaged or was edited; delete it and run the extract "
+                    "stage again"
+                )
+            for name in ("features", "labels"):
+                if not _chunks_in_file(group[name], self.path.stat().st_size):
+                    raise FeatureStoreError(
+                        f"feature file {self.path}: the index of {split}/{name} points outside the file (HDF5 would read "
+                        "zeros there): the file is damaged; delete it and run the extract stage again"
+                    )
 
     def __enter__(self) -> FeatureStore:
         return self
@@ -245,6 +406,7 @@ class FeatureStore:
         self._h5.close()
 
     @property
+    @_reads
     def splits(self) -> list[str]:
         return list(self._h5.keys())
 
@@ -265,6 +427,7 @@ class FeatureStore:
             raise FeatureStoreError(f"feature file {self.path} has no split {split!r}; it has {self.splits}")
         return self._h5[split]
 
+    @_reads
     def n_rows(self, split: str) -> int:
         return len(self._group(split)["labels"])
 
@@ -272,9 +435,11 @@ class FeatureStore:
         """Size of the split's features as float32 in memory."""
         return self.n_rows(split) * self.spec.feature_dim * 4
 
+    @_reads
     def ids(self, split: str) -> list[str]:
         return [s.decode() if isinstance(s, bytes) else s for s in self._group(split)["ids"][:]]
 
+    @_reads
     def chunk_rows(self, split: str) -> int:
         """Rows per HDF5 chunk of the split's features (the unit of reading)."""
         chunks = self._group(split)["features"].chunks
@@ -284,11 +449,17 @@ class FeatureStore:
         """Rows per block so that a block is at most ``max_bytes`` as float32."""
         return max(1, max_bytes // (4 * self.spec.feature_dim))
 
+    @_reads
     def read(self, split: str, start: int, stop: int, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
-        """Rows [start, stop) as (features, labels), checked for NaN/inf and the label range."""
+        """Rows [start, stop) as (features, labels), checked for NaN/inf and the label range (and, by
+        HDF5, against the checksums of their chunks)."""
         group = self._group(split)
-        X = np.asarray(group["features"][start:stop], dtype=dtype)
-        y = group["labels"][start:stop].astype(np.int64)
+        try:
+            X = np.asarray(group["features"][start:stop], dtype=dtype)
+            y = group["labels"][start:stop].astype(np.int64)
+        except OSError as err:
+            raise FeatureStoreError(f"feature file {self.path} is damaged: {split} rows {start}..{stop} do not match their "
+                                    f"checksums or cannot be read ({err}); delete it and run the extract stage again") from None
         finite = np.isfinite(X.reshape(len(X), -1)).all(axis=1)
         if not finite.all():
             raise FeatureStoreError(f"{self.path}: {split} features hold NaN or inf (first at row {start + int(np.flatnonzero(~finite)[0])})")

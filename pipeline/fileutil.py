@@ -22,12 +22,18 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     # A fixed name: a run killed with SIGKILL leaves at most one stale temporary, which the next
     # run overwrites.
     tmp_path = path.parent / f".{path.stem}.tmp{path.suffix}"  # the suffix kept: some writers check it
-    tmp_path.unlink(missing_ok=True)
     try:
+        tmp_path.unlink(missing_ok=True)
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as err:
+        if err.errno is not None and err.filename in (None, tmp_path, str(tmp_path)):
+            # a failed write() names no file, a failed open() the temporary: name the file being written
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
     finally:
-        tmp_path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only folder: the error above says so
+            tmp_path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -46,6 +52,10 @@ def atomic_files(out_dir: str | Path) -> Iterator[Path]:
         yield staging
         for f in sorted(staging.iterdir()):
             os.replace(f, out_dir / f.name)  # a rename in one folder: needs no new space
+    except OSError as err:
+        if err.errno is not None and isinstance(err.filename, str) and Path(err.filename).parent == staging:
+            raise OSError(err.errno, err.strerror, str(out_dir / Path(err.filename).name)) from err  # the output's name
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tarfile
 from pathlib import Path
 
@@ -11,6 +12,12 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR_ARCHIVE = ROOT / "data" / "cifar10-jpeg.tar.gz"
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment for a test's subprocess: it imports this checkout's ``pipeline``, whatever its
+    working directory (an editable install may point to another checkout)."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
 
 def write_cifar_folder(dest: Path, classes: list[str], per_class: dict[str, int]) -> Path:

@@ -1,15 +1,23 @@
 """The command line reports user errors as one clear line and exit status 2, with no traceback."""
 
+import errno
+import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
+import pytest
 import yaml
+
+from tests.conftest import subprocess_env
 
 
 def run_cli(tmp_path, params, *args):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, cwd=tmp_path)
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, cwd=tmp_path,
+                          env=subprocess_env())
 
 
 def test_bad_params_value(tmp_path):
@@ -47,3 +55,107 @@ def test_bad_image_found_by_a_decoding_worker_is_one_clear_line(tmp_path, cifar_
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: cannot read image 'test/cat/0001.jpg'"), result.stderr
     assert not (tmp_path / "data" / "features" / "pooled.h5").exists()
+
+
+# -- disk faults: one line that names the file and says what to do, outputs left whole --------
+@pytest.fixture(scope="module")
+def project(cifar_folder, tmp_path_factory):
+    """A project whose stages have all run once: splits, features, head, evaluation."""
+    from pipeline.stages import evaluate, extract, prepare, train
+
+    root = tmp_path_factory.mktemp("project")
+    (root / "params.yaml").write_text(yaml.safe_dump({
+        "data": {"source": str(cifar_folder)},
+        "backbone": {"name": "resnet18", "weights": None, "input_size": 32, "batch_size": 8, "commit_rows": 8},
+    }))
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        for stage in (prepare, extract, train, evaluate):
+            assert stage.main(["--params", "params.yaml"] + (["--no-progress"] if stage is extract else [])) == 0
+    finally:
+        os.chdir(cwd)
+    return root
+
+
+@pytest.fixture
+def in_project(project, tmp_path, monkeypatch):
+    shutil.copytree(project, tmp_path / "p")
+    monkeypatch.chdir(tmp_path / "p")
+    return tmp_path / "p"
+
+
+def disk_full_savez(file, *args, **kwargs):
+    """np.savez on a full disk: part of the file is written, then write() fails (naming no file)."""
+    file.write(b"PK\x03\x04 partial")
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err.strip()
+
+
+def test_disk_full_while_writing_parts_is_one_line(in_project, monkeypatch, capsys):
+    from pipeline.stages import extract
+
+    shutil.rmtree("data/features")
+    monkeypatch.setattr(np, "savez", disk_full_savez)
+    assert extract.main(["--params", "params.yaml", "--no-progress"]) == 2
+    assert one_line_error(capsys) == ("error: No space left on device (data/features/.pooled.h5.partial/train-000000.npz): "
+                                      "free some disk space and run the stage again")
+    assert not list(Path("data/features/.pooled.h5.partial").glob("*npz"))  # no half-written part left
+
+
+@pytest.mark.parametrize("fault, expected", [
+    ("disk full", "No space left on device (models/head.npz): free some disk space and run the stage again"),
+    # a read-only folder (chmod 0o555 does not stop root, who runs the tests here: the kernel's answer is simulated)
+    ("read-only", "Read-only file system (models/head.npz): the file system is mounted read-only: make it writable "
+                  "and run the stage again"),
+])
+def test_disk_fault_while_saving_the_head_is_one_line(fault, expected, in_project, monkeypatch, capsys):
+    import builtins
+
+    from pipeline.heads import base
+    from pipeline.stages import train
+
+    before = Path("models/head.npz").read_bytes()
+    if fault == "disk full":
+        monkeypatch.setattr(np, "savez", disk_full_savez)
+    else:
+        def read_only_open(path, mode="r", *args, **kwargs):
+            if "w" in mode:
+                raise OSError(errno.EROFS, "Read-only file system", str(path))
+            return builtins.open(path, mode, *args, **kwargs)
+
+        monkeypatch.setattr(base, "open", read_only_open, raising=False)
+    assert train.main(["--params", "params.yaml"]) == 2
+    assert one_line_error(capsys) == f"error: {expected}"
+    assert Path("models/head.npz").read_bytes() == before
+    assert sorted(p.name for p in Path("models").iterdir()) == ["head.npz"]
+
+
+def test_failure_while_writing_the_plots_leaves_the_previous_evaluation_untouched(in_project, monkeypatch, capsys):
+    import matplotlib.figure
+
+    from pipeline.stages import evaluate
+
+    def outputs() -> dict:
+        return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in Path("evaluation").iterdir()}
+
+    before = outputs()
+    assert {"metrics.json", "confusion.png", "reliability.png", "test_predictions.csv"} <= set(before)
+    original = matplotlib.figure.Figure.savefig
+
+    def savefig(self, fname, *args, **kwargs):
+        if "reliability" not in str(fname):
+            return original(self, fname, *args, **kwargs)
+        Path(fname).write_bytes(b"\x89PNG half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    assert evaluate.main(["--params", "params.yaml"]) == 2
+    assert one_line_error(capsys) == ("error: No space left on device (evaluation/reliability.png): "
+                                      "free some disk space and run the stage again")
+    assert outputs() == before  # metrics.json and the plots as they were, nothing half-written beside them

@@ -6,8 +6,8 @@ from pipeline.backbones import load_backbone
 from pipeline.sources import make_splits, open_source
 from pipeline.errors import FeatureStoreError
 from pipeline.extract import extract_features, feature_spec
-from pipeline.features import FeatureStore, PartialFeatures
-from tests.conftest import interrupt_after
+from pipeline.features import FORMAT_VERSION, FeatureStore, PartialFeatures
+from tests.conftest import interrupt_after, subprocess_env
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,7 @@ def test_file_of_an_older_format_is_refused_with_what_to_do(feature_file, tmp_pa
     old.write_bytes(feature_file.read_bytes())
     with h5py.File(old, "r+") as h5:
         h5.attrs["format_version"] = 1
-    with pytest.raises(FeatureStoreError, match="format version 1, this version of the pipeline reads 3: run the extract"):
+    with pytest.raises(FeatureStoreError, match=f"format version 1, this version of the pipeline reads {FORMAT_VERSION}: run the extract"):
         FeatureStore(old)
 
 
@@ -200,13 +200,13 @@ def test_kill_9_mid_extraction_then_resume_bit_for_bit(tmp_path):
         "backbone": {"name": "resnet18", "weights": None, "input_size": 112, "batch_size": 8, "commit_rows": 16},
     }))
     params = load_params(tmp_path / "params.yaml")
-    splits_path, out = tmp_path / "splits.json", tmp_path / "killed" / "f.h5"
+    splits_path, out = tmp_path / "data" / "prepared" / "splits.json", tmp_path / "data" / "features" / "pooled.h5"
     prepare.run(params, splits_path)
-    partial = out.parent / ".f.h5.partial"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline", "--params", str(tmp_path / "params.yaml"), "extract",
-         "--splits", str(splits_path), "--out", str(out), "--no-progress"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    partial = out.parent / ".pooled.h5.partial"
+    proc = subprocess.Popen(  # the extract stage, writing its fixed paths under tmp_path
+        [sys.executable, "-m", "pipeline", "extract", "--no-progress"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path,
+        env=subprocess_env(),
     )
     deadline = time.monotonic() + 120
     while len(list(partial.glob("*.npz"))) < 3:
@@ -216,8 +216,10 @@ def test_kill_9_mid_extraction_then_resume_bit_for_bit(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not out.exists()
-    committed = {p.name: p.stat().st_mtime_ns for p in partial.glob("*.npz")}
+    committed = sorted(partial.glob("*.npz"))
     assert 3 <= len(committed) < 25  # 400 images in parts of 16
+    # a crash of the machine can leave the last part committed but truncated: it is computed again
+    committed[-1].write_bytes(committed[-1].read_bytes()[:1000])
 
     extract.run(params, splits_path, out, progress=False)  # resumes
     extract.run(params, splits_path, tmp_path / "clean" / "f.h5", progress=False)  # uninterrupted
@@ -287,7 +289,7 @@ def test_torchrun_two_processes_give_the_single_process_features(splits, backbon
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
          "pipeline.stages.extract", "--no-progress"],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        capture_output=True, text=True, timeout=600, cwd=tmp_path, env=subprocess_env(),
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "by 2 processes" in result.stdout
@@ -309,3 +311,233 @@ def test_compiled_backbone_gives_the_eager_features(splits, backbone, feature_fi
         for split in ("train", "val", "test"):
             assert compiled.ids(split) == eager.ids(split)
             np.testing.assert_allclose(compiled.load(split)[0], eager.load(split)[0], rtol=1e-3, atol=1e-4)
+
+
+# -- damaged parts: discarded and computed again, never a stuck extraction ------------------
+def equals_feature_file(out, feature_file):
+    with FeatureStore(out) as a, FeatureStore(feature_file) as b:
+        return all(np.array_equal(a.load(s)[0], b.load(s)[0]) and a.ids(s) == b.ids(s) for s in ("train", "val", "test"))
+
+
+def record_writes(monkeypatch) -> list[tuple[str, int]]:
+    original, written = PartialFeatures.write_part, []
+    monkeypatch.setattr(PartialFeatures, "write_part",
+                        lambda self, s, i, f, v: (written.append((s, i)), original(self, s, i, f, v)))
+    return written
+
+
+DAMAGE = {
+    "truncated": lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),  # as a kill -9 mid-write might
+    "empty": lambda p: p.write_bytes(b""),
+    "not an npz": lambda p: p.write_bytes(b"garbage written over the part"),
+    "other rows": lambda p: np.savez(p, features=np.ones((5, 512), np.float32), valid=np.ones(5, bool)),
+    "other shape": lambda p: np.savez(p, features=np.ones((8, 256), np.float32), valid=np.ones(8, bool)),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGE)
+def test_damaged_part_is_discarded_and_computed_again_on_resume(damage, splits, backbone, feature_file, tmp_path,
+                                                                 monkeypatch, capsys):
+    out = tmp_path / "f.h5"
+    assert interrupt_run(3, splits, backbone, out, monkeypatch) == [("train", 0), ("train", 1), ("train", 2)]
+    part = out.parent / ".f.h5.partial" / "train-000001.npz"
+    DAMAGE[damage](part)
+    capsys.readouterr()
+    written = record_writes(monkeypatch)
+    run(splits, backbone, out, commit_rows=8)
+    assert f"part {part}" in capsys.readouterr().out  # named, with why, as it is discarded
+    assert ("train", 1) in written and ("train", 0) not in written and ("train", 2) not in written
+    assert equals_feature_file(out, feature_file)
+
+
+def test_part_lost_after_the_plan_is_computed_again_before_assembly(splits, backbone, feature_file, tmp_path,
+                                                                    monkeypatch, capsys):
+    out = tmp_path / "f.h5"
+    original, written = PartialFeatures.write_part, []
+
+    def write_part(self, split, index, features, valid):
+        original(self, split, index, features, valid)
+        written.append((split, index))
+        if (split, index) == ("test", 0):  # train is done: one of its parts disappears
+            (self.dir / "train-000001.npz").unlink()
+
+    monkeypatch.setattr(PartialFeatures, "write_part", write_part)
+    run(splits, backbone, out, commit_rows=8)
+    assert "computing again 8 images whose parts went missing" in capsys.readouterr().out
+    assert written.count(("train", 1)) == 2
+    assert equals_feature_file(out, feature_file)
+
+
+def flip_features_bytes(part):
+    """Change bytes inside the features array of a part: its zip entry no longer matches its CRC-32."""
+    raw = bytearray(part.read_bytes())
+    at = raw.index(b"\x93NUMPY") + 1000  # past the array's header, inside its data
+    raw[at : at + 16] = bytes(16)
+    part.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("damage", ["deleted", "bytes changed"])
+def test_part_damaged_during_assembly_is_named_and_a_rerun_computes_it_again(damage, splits, backbone, feature_file,
+                                                                              tmp_path, monkeypatch):
+    out = tmp_path / "f.h5"
+    original = PartialFeatures.assemble
+
+    def assemble(self, spec, split_rows):
+        part = self.dir / "train-000001.npz"
+        part.unlink() if damage == "deleted" else flip_features_bytes(part)
+        return original(self, spec, split_rows)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(PartialFeatures, "assemble", assemble)
+        with pytest.raises(FeatureStoreError, match=r"part \S+/train-000001.npz .*run the extract stage again, it "
+                                                    r"computes that part again"):
+            run(splits, backbone, out, commit_rows=8)
+    assert not out.exists()
+    written = record_writes(monkeypatch)
+    run(splits, backbone, out, commit_rows=8)
+    assert written == [("train", 1)]  # the others were kept
+    assert equals_feature_file(out, feature_file)
+
+
+# -- disk space -----------------------------------------------------------------------------
+def test_assembly_without_disk_space_stops_before_writing_and_keeps_the_parts(splits, backbone, feature_file, tmp_path,
+                                                                             monkeypatch):
+    import collections
+    import shutil
+
+    out = tmp_path / "f.h5"
+    real = shutil.disk_usage
+    usage = collections.namedtuple("usage", "total used free")
+    with monkeypatch.context() as patch:
+        patch.setattr(shutil, "disk_usage", lambda path: usage(2**30, 2**30 - 2**20, 2**20))
+        with pytest.raises(FeatureStoreError, match=rf"assembling {out} needs about 16\.\d MiB of disk, {tmp_path} has "
+                                                    r"1\.0 MiB free: free some space and run the extract stage again"):
+            run(splits, backbone, out, commit_rows=8)
+    assert not out.exists() and shutil.disk_usage is real
+    assert len(list((tmp_path / ".f.h5.partial").glob("*.npz"))) == 6  # 3 train, 1 val, 2 test parts
+    written = record_writes(monkeypatch)
+    run(splits, backbone, out, commit_rows=8)
+    assert written == []  # nothing computed again
+    assert equals_feature_file(out, feature_file)
+
+
+# -- integrity of the file ------------------------------------------------------------------
+@pytest.mark.parametrize("dataset", ["features", "labels"])
+def test_bytes_changed_inside_the_data_fail_their_checksum(dataset, feature_file, tmp_path):
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(feature_file.read_bytes())
+    with h5py.File(bad) as h5:
+        dset = h5["train"][dataset]
+        offset = dset.id.get_chunk_info(0).byte_offset if dset.chunks else dset.id.get_offset()
+        garbage = np.full(4, 2, dset.dtype).tobytes()  # plausible values: finite features, a valid label
+    with open(bad, "r+b") as f:
+        f.seek(offset + 8)
+        f.write(garbage)
+    with FeatureStore(bad) as store:
+        store.load("test")  # other chunks read fine
+        with pytest.raises(FeatureStoreError, match=rf"feature file {bad} is damaged: train rows 0\.\.18 do not match "
+                                                    "their checksums.*delete it and run the extract stage again"):
+            store.load("train")
+
+
+def test_damaged_chunk_index_is_refused_not_read_as_zeros(feature_file, tmp_path):
+    """Garbage over where the file records a chunk's address: HDF5 itself would read zeros there."""
+    import struct
+
+    raw = bytearray(feature_file.read_bytes())
+    with h5py.File(feature_file) as h5:
+        address = struct.pack("<Q", h5["val"]["features"].id.get_chunk_info(0).byte_offset)
+    at = raw.index(address)
+    raw[at : at + 8] = b"\x08\x91\x7f\x1c\x00\x35\x1a\x43"
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(FeatureStoreError, match=rf"feature file {bad}: the index of val/features points outside the "
+                                                "file .* delete it and run the extract stage again"):
+        FeatureStore(bad)
+
+
+@pytest.mark.parametrize("name, value", [
+    ("classes", '["cat", "airplane", "ship"]'),  # reordered: every label would be renamed
+    ("feature_dim", 256),
+    ("weights_id", "ResNet18_Weights.IMAGENET1K_V1"),
+])
+def test_edited_attribute_is_refused_on_opening(name, value, feature_file, splits, tmp_path):
+    from pipeline.config import parse_params
+    from pipeline.stages import train
+
+    edited = tmp_path / "edited.h5"
+    edited.write_bytes(feature_file.read_bytes())
+    with h5py.File(edited, "r+") as h5:
+        h5.attrs[name] = value
+    with pytest.raises(FeatureStoreError, match=rf"feature file {edited}: its attributes .* do not match the checksum "
+                                                "written with them.*run the extract stage again"):
+        FeatureStore(edited)
+    splits.save(tmp_path / "splits.json")
+    params = parse_params({"backbone": {"name": "resnet18", "weights": None, "input_size": 32}})
+    with pytest.raises(FeatureStoreError, match="do not match the checksum"):
+        train.run(params, edited, tmp_path / "splits.json", tmp_path / "head.npz")
+    assert not (tmp_path / "head.npz").exists()
+
+
+@pytest.mark.parametrize("dataset, data", [
+    ("features", np.ones((18, 256), np.float32)),  # rows of another shape than feature_shape
+    ("labels", np.zeros(17, np.int64)),  # fewer labels than rows
+])
+def test_datasets_that_disagree_with_the_attributes_are_refused_on_opening(dataset, data, feature_file, tmp_path):
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(feature_file.read_bytes())
+    with h5py.File(bad, "r+") as h5:
+        del h5["train"][dataset]
+        h5["train"].create_dataset(dataset, data=data)
+    with pytest.raises(FeatureStoreError, match=rf"feature file {bad}: train holds features of shape .*, where the attributes "
+                                                r"say rows of \(512,\) float32.*run the extract stage again"):
+        FeatureStore(bad)
+
+
+@pytest.mark.parametrize("signature", [b"TREE", b"SNOD", b"HEAP"])
+def test_damaged_metadata_is_a_clear_error(signature, feature_file, tmp_path):
+    """Garbage over the file's own structures (B-tree, symbol table, heap of the group names)."""
+    raw = bytearray(feature_file.read_bytes())
+    at = raw.index(signature)
+    raw[at : at + 32] = np.random.default_rng(0).integers(0, 256, 32, dtype=np.uint8).tobytes()
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(FeatureStoreError, match=rf"feature file {bad} is truncated, corrupt or of another format "
+                                                r"\(.*\); delete it and run the extract stage again"):
+        with FeatureStore(bad) as store:
+            for split in store.splits:
+                store.load(split), store.ids(split)
+
+
+# -- skipping unreadable images has a floor -------------------------------------------------
+@pytest.mark.parametrize("unreadable, left", [
+    ("train/cat/", "no training image of class 'cat'"),
+    ("test/", "no test image"),
+])
+def test_skipping_that_leaves_a_class_or_split_without_images_stops(unreadable, left, cifar_folder, backbone,
+                                                                     tmp_path, monkeypatch):
+    import shutil
+
+    from pipeline.errors import DatasetError
+
+    root = tmp_path / "images"
+    shutil.copytree(cifar_folder, root)
+    bad = sorted(p for p in root.rglob("*.jpg") if p.relative_to(root).as_posix().startswith(unreadable))
+    for p in bad:
+        p.write_bytes(b"not a jpeg")
+    splits = make_splits(open_source(root), 0.25, None, seed=0)
+    out = tmp_path / "f.h5"
+    with pytest.raises(DatasetError, match=rf"leaves {left}; the {len(bad)} unreadable images: \['{unreadable}"):
+        run(splits, backbone, out, commit_rows=8, skip_bad=True)
+    assert not out.exists()
+    # the parts holding the unreadable images are discarded, the others kept
+    holding = {(name, i // 8) for name, s in splits.splits.items() for i, k in enumerate(s.keys) if k.startswith(unreadable)}
+    kept = {(p.stem.rsplit("-", 1)[0], int(p.stem.rsplit("-", 1)[1])) for p in (tmp_path / ".f.h5.partial").glob("*.npz")}
+    assert kept and not kept & holding
+    for p in bad:  # the images are fixed: a re-run reads only them again
+        p.write_bytes((cifar_folder / p.relative_to(root)).read_bytes())
+    written = record_writes(monkeypatch)
+    out = run(splits, backbone, out, commit_rows=8, skip_bad=True)
+    assert set(written) == holding
+    with FeatureStore(out) as store:
+        assert all(len(store._h5[s]["skipped"]) == 0 for s in store.splits)

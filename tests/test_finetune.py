@@ -232,12 +232,15 @@ def test_predict_cli_finds_the_cut_cache_of_a_finetuned_head(run, tmp_path, cifa
 
     import yaml
 
+    from tests.conftest import subprocess_env
+
     out, params = run
     (tmp_path / "data" / "features").mkdir(parents=True)
     shutil.copy(out / "cut.h5", tmp_path / "data" / "features" / "cut.h5")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params.model_dump()))
     result = subprocess.run([sys.executable, "-m", "pipeline", "predict", str(cifar_folder / "test" / "cat"), "--json",
-                             "--head", str(out / "top.npz")], capture_output=True, text=True, cwd=tmp_path)
+                             "--head", str(out / "top.npz")], capture_output=True, text=True, cwd=tmp_path,
+                            env=subprocess_env())
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
     assert len(rows) == 4 and all(len(r["top"]) == 3 for r in rows)  # 3 classes: top-5 capped at 3

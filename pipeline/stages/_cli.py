@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from typing import Callable
 
@@ -16,10 +17,21 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+WHAT_TO_DO = {
+    errno.ENOSPC: "free some disk space and run the stage again",
+    errno.EDQUOT: "free some disk space (your quota is used up) and run the stage again",
+    errno.EROFS: "the file system is mounted read-only: make it writable and run the stage again",
+    errno.EACCES: "check that you may write (or read) there and run the stage again",
+    errno.EPERM: "check that you may write (or read) there and run the stage again",
+}
+
+
 def message(err: BaseException) -> str:
     """The one line a user sees for an error: its message, also when raised in a DataLoader worker."""
     if isinstance(err, OSError) and not isinstance(err, FileNotFoundError) and err.strerror:
-        return f"{err.strerror} ({err.filename or 'writing the outputs'})"  # disk full, read-only folder, ...
+        # disk full, read-only folder, ...
+        text = f"{err.strerror} ({err.filename or 'writing the outputs'})"
+        return f"{text}: {WHAT_TO_DO[err.errno]}" if err.errno in WHAT_TO_DO else text
     text = str(err).strip()
     if "Original Traceback" in text:  # re-raised from a worker process: keep the original message
         text = text.splitlines()[-1].split(": ", 1)[-1]
