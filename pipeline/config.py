@@ -251,8 +251,9 @@ class CurvesParams(_Section):
     """Below this many images per class the penalty is ``fixed_l2`` (no cross-validation)."""
     grid: Grid = Grid(low=1e-3, high=1e2, num=6)
     """The L2 penalties l2 (mean cross-entropy + l2 / 2 ||W||^2) the cross-validation chooses from."""
-    cv_max_iter: int = Field(30, gt=0)
-    """L-BFGS iterations per grid value in the cross-validation (warm-started along the grid)."""
+    cv_max_iter: int = Field(15, gt=0)
+    """L-BFGS iterations per grid value in the cross-validation (warm-started along the grid); 30 made the
+    same choices on a full-size cache in 1.8 times the time."""
     fixed_l2: float = Field(1.0, gt=0)
     """The L2 penalty below ``min_shots_for_cv`` images per class."""
     targets: list[float] = [0.9, 0.95]
