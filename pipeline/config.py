@@ -267,7 +267,8 @@ class CurvesParams(_Section):
             raise ValueError("give at least one k")
         if any(k <= 0 for k in numbers):
             raise ValueError(f"every k must be a positive number of images per class or 'all', got {shots}")
-        if numbers != sorted(set(numbers)) or shots.count(ALL_SHOTS) > 1 or (ALL_SHOTS in shots and shots[-1] != ALL_SHOTS):
+        all_last = ALL_SHOTS not in shots or (shots.count(ALL_SHOTS) == 1 and shots[-1] == ALL_SHOTS)
+        if numbers != sorted(set(numbers)) or not all_last:
             raise ValueError(f"k must increase, each once, with 'all' (if given) last; got {shots}")
         return shots
 
@@ -295,9 +296,9 @@ class CurvesParams(_Section):
                 section.params_of(kind, key)
             params = section.params_of(section.kind, key)
             if getattr(params, "select", "fixed") != "fixed":
-                raise ConfigError(f"params: {key}.{section.kind}.select: must be 'fixed' in a learning curve: the curve "
-                                  "chooses the penalty by cross-validation inside the k-shot set, never on the "
-                                  "validation split")
+                raise ConfigError(f"params: {key}.{section.kind}.select: must be 'fixed' in a learning curve: "
+                                  "the curve chooses the penalty by cross-validation inside the k-shot set, never "
+                                  "on the validation split")
             configs.append(HeadConfig(key, section.kind, params))
         return configs
 

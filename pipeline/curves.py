@@ -320,7 +320,8 @@ def _ridge_curve(data: Curve, config: HeadConfig, name: str) -> list[Fit]:
     numeric = sorted({d.shots for d in data.plan if d.shots != ALL_SHOTS})
     result: dict[tuple, float] = {}
     for d, order in enumerate(data.orders):
-        G, s, R, counts, taken = np.zeros((source.shape[1],) * 2), np.zeros(source.shape[1]), np.zeros((source.shape[1], C)), np.zeros(C), 0
+        dim = source.shape[1]
+        G, s, R, counts, taken = np.zeros((dim, dim)), np.zeros(dim), np.zeros((dim, C)), np.zeros(C), 0
         for k in numeric:
             new = np.concatenate([o[taken:k] for o in order])
             taken = k
@@ -478,7 +479,8 @@ def describe(fits: list[Fit], confidence: float) -> Iterable[str]:
     """One printed line per k of one head: mean, spread, and the penalty chosen and how."""
     for p in summarise(fits, 1, confidence):
         spread = f" +- {p.std:.4f} [{p.low:.4f}, {p.high:.4f}]" if p.std is not None else ""
-        yield f"{p.head:>16} k={str(p.shots):>5}: test top-1 {p.mean:.4f}{spread} ({p.n_draws} draws) {p.penalty}".rstrip()
+        line = f"{p.head:>16} k={str(p.shots):>5}: test top-1 {p.mean:.4f}{spread} ({p.n_draws} draws) {p.penalty}"
+        yield line.rstrip()
 
 
 def labels_needed(points: list[Point], head: str, target: float) -> tuple[int | str | None, float | None]:
@@ -606,7 +608,8 @@ def plot(points: list[Point], path: str | Path, title: str) -> None:
                             color=line.get_color(), alpha=0.2, linewidth=0)
     ticks = list(dict.fromkeys((p.k, p.shots) for p in points))
     ax.set_xscale("log", base=2)
-    ax.set_xticks([k for k, _ in ticks], [f"all\n({k:.0f})" if s == ALL_SHOTS else str(s) for k, s in ticks], fontsize=8)
+    labels = [f"all\n({k:.0f})" if s == ALL_SHOTS else str(s) for k, s in ticks]
+    ax.set_xticks([k for k, _ in ticks], labels, fontsize=8)
     ax.minorticks_off()
     ax.set_xlabel("labelled training images per class (k)")
     ax.set_ylabel("test top-1")

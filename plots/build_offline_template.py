@@ -72,11 +72,13 @@ def main() -> None:
         versions, scripts = [], []
         for name in PACKAGES:
             version, script, licence = read_package(packs, name)
-            if "</script" in script.lower() or any(f"{{{p}}}" in script for p in ("plot_divs", "scripts", "refresh_tag")):
+            placeholders = ("{plot_divs}", "{scripts}", "{refresh_tag}")
+            if "</script" in script.lower() or any(p in script for p in placeholders):
                 raise SystemExit(f"{name}.min.js holds text that would break the page")
             digest = hashlib.sha256(script.encode()).hexdigest()
             versions.append(f"  {name} {version}: build/{name}.min.js, sha256 {digest}")
-            scripts.append(f"    <script>/* {name} {version}, BSD-3-Clause, plots/LICENSES/{name}.txt */\n{script}\n    </script>")
+            banner = f"/* {name} {version}, BSD-3-Clause, plots/LICENSES/{name}.txt */"
+            scripts.append(f"    <script>{banner}\n{script}\n    </script>")
             if licence is not None:
                 (HERE / "LICENSES" / f"{name}.txt").write_bytes(licence)
         page = PAGE.format(versions="\n".join(versions), scripts="\n".join(scripts))

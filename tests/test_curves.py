@@ -129,7 +129,8 @@ def test_no_fit_reads_a_training_row_outside_its_k_shot_set(cache):
     """Training rows outside every k-shot set replaced by NaN: every point of every head is unchanged."""
     out, params = cache
     (X, y), test, _ = load(out)
-    params = with_curves(params, shots=[2, 5], heads={n: {"kind": n} for n in ("logistic", "linear", "ridge", "knn", "nearest_centroid")})
+    kinds = ("logistic", "linear", "ridge", "knn", "nearest_centroid")
+    params = with_curves(params, shots=[2, 5], heads={n: {"kind": n} for n in kinds})
     plan, _ = C.plan_draws(y, 4, params.curves, seed=0, log=quiet)
     used = np.unique(np.concatenate([d.rows for d in plan]))
     poisoned = np.full_like(X, np.nan)
@@ -137,14 +138,21 @@ def test_no_fit_reads_a_training_row_outside_its_k_shot_set(cache):
     assert len(used) < len(y)
     clean = C.learning_curve((X, y), test, 4, params.curves, seed=0, log=quiet)
     dirty = C.learning_curve((poisoned, y), test, 4, params.curves, seed=0, log=quiet)
-    assert [(f.head, f.shots, f.draw, f.top1, f.l2) for f in clean] == [(f.head, f.shots, f.draw, f.top1, f.l2) for f in dirty]
+    def points(fits):
+        return [(f.head, f.shots, f.draw, f.top1, f.l2) for f in fits]
+
+    assert points(clean) == points(dirty)
 
 
 def test_the_stage_reads_the_train_and_test_splits_only(cache, monkeypatch, tmp_path):
     out, params = cache
     read = []
     original = FeatureStore.load
-    monkeypatch.setattr(FeatureStore, "load", lambda self, split, *a, **k: read.append(split) or original(self, split, *a, **k))
+    def spy(self, split, *args, **kwargs):
+        read.append(split)
+        return original(self, split, *args, **kwargs)
+
+    monkeypatch.setattr(FeatureStore, "load", spy)
     curves_stage.run(with_curves(params, shots=[1, ALL_SHOTS]), out / "pooled.h5", out / "splits.json",
                      tmp_path / "curves", tmp_path / "draws.csv")
     assert sorted(read) == ["test", "train"]  # never the validation split
@@ -328,8 +336,9 @@ def plots_project(cache, tmp_path: Path) -> tuple[Path, dict]:
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if (ROOT / name).is_dir() else shutil.copy2)(ROOT / name, repo / name)
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    raw.update(data={**raw["data"], "source": str(out / "images"), "val_fraction": 0.25}, backbone={**raw["backbone"], **RAW["backbone"]},
-               heads={"mlp": {"kind": "mlp", "mlp": {"epochs": 3, "hidden": 16}}}, finetune={})
+    raw.update(data={**raw["data"], "source": str(out / "images"), "val_fraction": 0.25},
+               backbone={**raw["backbone"], **RAW["backbone"]}, finetune={},
+               heads={"mlp": {"kind": "mlp", "mlp": {"epochs": 3, "hidden": 16}}})
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     params = parse_params(raw)
     features, splits = out / "pooled.h5", out / "splits.json"

@@ -88,7 +88,8 @@ def test_dvc_yaml_uses_the_paths_of_the_layout(stages):
     for folder in ("heads", "finetune"):  # compare's folder deps exist with no compared head at all
         assert (ROOT / layout.EVALUATION / folder / ".gitkeep").exists()
     curves = layout.CURVES.as_posix()
-    assert paths(stages["curves"]["outs"]) == [f"{curves}.md", f"{curves}.png", f"{curves}.csv", layout.CURVE_DRAWS.as_posix()]
+    assert paths(stages["curves"]["outs"]) == [f"{curves}.md", f"{curves}.png", f"{curves}.csv",
+                                               layout.CURVE_DRAWS.as_posix()]
     assert paths(stages["curves"]["metrics"]) == [f"{curves}.json"]
     assert {layout.FEATURES["pooled"].as_posix(), layout.SPLITS.as_posix()} <= set(paths(stages["curves"]["deps"]))
     assert not {p for p in paths(stages["curves"]["deps"]) if p.startswith(("data/", "models/"))} - {

@@ -45,7 +45,8 @@ class Head:
         self.info: dict[str, Any] = {}
         """What fitting chose or measured (chosen penalty, sweep curve, epoch times); saved with the head."""
         self.training_log: Any = None
-        """A :class:`pipeline.heads.live.TrainingLog`, set by the train stage: where a head that trains for epochs logs its training curves (DVCLive).
+        """A :class:`pipeline.heads.live.TrainingLog`, set by the train stage: where a head that trains for
+        epochs logs its training curves (DVCLive).
         Logging reads the validation split from the store and never changes what is learned."""
 
     @property
@@ -251,7 +252,8 @@ class PooledHead(Head):
         store.require_input(self.input)
         X, y = store.load("train")
         validation = store.load("val") if self.needs_validation else None
-        monitor = store.load("val") if self.logs_epochs and self.training_log is not None and "val" in store.splits else None
+        logging = self.logs_epochs and self.training_log is not None and "val" in store.splits
+        monitor = store.load("val") if logging else None
         return self.fit(X, y, n_classes=len(store.spec.classes), validation=validation, monitor=monitor)
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:

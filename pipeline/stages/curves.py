@@ -32,12 +32,14 @@ def run(params: Params, features_path: str | Path, splits_path: str | Path, stem
           f"k in {curves.shots}, {curves.draws} draws, heads {list(curves.heads)}")
     fits = learning_curve(train, test, n_classes, curves, params.seed, block_rows=block_rows)
     points = summarise(fits, n_classes, curves.confidence)
-    title = f"learning curve: {backbone} features, {curves.draws} draws per k, {round(100 * curves.confidence)}% t-interval"
+    title = (f"learning curve: {backbone} features, {curves.draws} draws per k, "
+             f"{round(100 * curves.confidence)}% t-interval")
     summary = write_outputs(fits, points, curves, params.seed, stem, draws_path, title)
     for target, needed in summary["labels_per_class_for"].items():
         print(f"labels per class to reach {target} of the k = all top-1: {needed}")
     print(f"best head per k: {summary['best_head']}")
-    print(f"learning curve: {len(fits)} fits in {time.perf_counter() - start:.1f} s -> {Path(stem)}.md, .png, .json, .csv")
+    print(f"learning curve: {len(fits)} fits in {time.perf_counter() - start:.1f} s "
+          f"-> {Path(stem)}.md, .png, .json, .csv")
     return summary
 
 
