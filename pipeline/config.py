@@ -219,6 +219,90 @@ class BackboneParams(_Section):
     """extract-cut refuses to start when the cut cache would be larger than this."""
 
 
+# -- learning curves ----------------------------------------------------------------------------
+ALL_SHOTS = "all"
+"""The k of ``curves.shots`` that stands for every training image (one draw: the whole train split)."""
+
+
+class CurveHeadSection(HeadSection):
+    """A head of the learning curve: ``kind`` (required) and ``<kind>:`` settings, as ``heads.<name>``."""
+
+    kind: str
+
+
+def _default_curve_heads() -> dict[str, CurveHeadSection]:
+    return {kind: CurveHeadSection(kind=kind) for kind in ("logistic", "ridge", "nearest_centroid", "knn")}
+
+
+class CurvesParams(_Section):
+    """The learning-curve stage: test top-1 against labelled training images per class (see
+    docs/learning-curves.md)."""
+
+    shots: list[int | Literal["all"]] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, ALL_SHOTS]
+    """Labelled training images per class, increasing; ``all``: the whole train split (one draw)."""
+    draws: int = Field(5, ge=1)
+    """Random k-shot sets per k (stratified, nested, seeded from ``seed``)."""
+    confidence: float = Field(0.95, gt=0, lt=1)
+    """Level of the t-interval over the draws."""
+    heads: dict[str, CurveHeadSection] = Field(default_factory=_default_curve_heads)
+    cv_folds: int = Field(5, ge=2)
+    """Stratified folds of the cross-validation that chooses the L2 penalty inside the k-shot set."""
+    min_shots_for_cv: int = Field(5, ge=2)
+    """Below this many images per class the penalty is ``fixed_l2`` (no cross-validation)."""
+    grid: Grid = Grid(low=1e-3, high=1e2, num=6)
+    """The L2 penalties l2 (mean cross-entropy + l2 / 2 ||W||^2) the cross-validation chooses from."""
+    cv_max_iter: int = Field(15, gt=0)
+    """L-BFGS iterations per grid value in the cross-validation (warm-started along the grid); 30 made the
+    same choices on a full-size cache in 1.8 times the time."""
+    fixed_l2: float = Field(1.0, gt=0)
+    """The L2 penalty below ``min_shots_for_cv`` images per class."""
+    targets: list[float] = [0.9, 0.95]
+    """Fractions of a head's k = all top-1: the labels per class needed to reach each are reported."""
+
+    @field_validator("shots")
+    @classmethod
+    def _increasing(cls, shots: list) -> list:
+        numbers = [k for k in shots if k != ALL_SHOTS]
+        if not shots:
+            raise ValueError("give at least one k")
+        if any(k <= 0 for k in numbers):
+            raise ValueError(f"every k must be a positive number of images per class or 'all', got {shots}")
+        all_last = ALL_SHOTS not in shots or (shots.count(ALL_SHOTS) == 1 and shots[-1] == ALL_SHOTS)
+        if numbers != sorted(set(numbers)) or not all_last:
+            raise ValueError(f"k must increase, each once, with 'all' (if given) last; got {shots}")
+        return shots
+
+    @field_validator("targets")
+    @classmethod
+    def _fractions(cls, targets: list[float]) -> list[float]:
+        if any(not 0 < t <= 1 for t in targets):
+            raise ValueError(f"fractions must lie in (0, 1], got {targets}")
+        return targets
+
+    @model_validator(mode="after")
+    def _folds_fit(self) -> CurvesParams:
+        if self.min_shots_for_cv < self.cv_folds:
+            raise ValueError(f"min_shots_for_cv ({self.min_shots_for_cv}) must be at least cv_folds ({self.cv_folds}): "
+                             "stratified folds need one image of each class per fold")
+        return self
+
+    def head_configs(self) -> list[HeadConfig]:
+        """The curve's heads, validated; a head that would choose its penalty on the validation split
+        (``select: sweep``) is refused: the curve chooses it inside the k-shot set."""
+        configs = []
+        for name, section in self.heads.items():
+            key = f"curves.heads.{name}"
+            for kind in {section.kind, *(section.model_extra or {})}:
+                section.params_of(kind, key)
+            params = section.params_of(section.kind, key)
+            if getattr(params, "select", "fixed") != "fixed":
+                raise ConfigError(f"params: {key}.{section.kind}.select: must be 'fixed' in a learning curve: "
+                                  "the curve chooses the penalty by cross-validation inside the k-shot set, never "
+                                  "on the validation split")
+            configs.append(HeadConfig(key, section.kind, params))
+        return configs
+
+
 class Params(_Section):
     seed: int = Field(0, ge=0, lt=SEED_LIMIT)
     data: DataParams = DataParams()
@@ -228,6 +312,8 @@ class Params(_Section):
     """Named head configurations compared on the same features (one DVC stage each)."""
     finetune: dict[str, dict | None] = {}
     """Named fine-tune configurations (params of the ``finetune`` head), trained on the cut cache."""
+    curves: CurvesParams = CurvesParams()
+    """The learning curve (stage curves): head side, from the pooled feature file."""
 
     @model_validator(mode="after")
     def _finetune_needs_a_cut(self) -> Params:
@@ -277,6 +363,7 @@ def parse_params(raw: dict[str, Any] | None) -> Params:
             section.params_of(kind, key)
     for key in params.head_keys():
         params.head_config(key)
+    params.curves.head_configs()
     return params
 
 

@@ -17,6 +17,13 @@ FEATURES = {"pooled": Path("data/features/pooled.h5"), "cut": Path("data/feature
 EVALUATION = Path("evaluation")
 COMPARISON = EVALUATION / "comparison"
 """Stem of the comparison table (.md) and chart (.png)."""
+CURVES = EVALUATION / "curves"
+"""Stem of the learning curve: table (.md), chart (.png), headline numbers (.json, a DVC metric) and the
+mean top-1 per k and head (.csv, the DVC plot)."""
+CURVE_DRAWS = EVALUATION / "curve_draws.csv"
+"""Every fit of the learning curve: one row per head, k and draw, with the penalty chosen and how."""
+LIVE = EVALUATION / "live"
+"""Training curves written by DVCLive, one folder per head configuration (see :func:`live_dir`)."""
 
 
 def head_file(key: str) -> Path:
@@ -33,6 +40,17 @@ def evaluation_dir(key: str) -> Path:
         return EVALUATION
     section, _, name = key.partition(".")
     return EVALUATION / section / name
+
+
+def live_dir(key: str) -> Path:
+    """The DVCLive folder of configuration ``key``: evaluation/live/head, evaluation/live/heads/<name>,
+    evaluation/live/finetune/<name>; it holds metrics.json and plots/metrics/<metric>.tsv."""
+    return LIVE / "head" if key == "head" else LIVE / Path(*key.split(".", 1))
+
+
+LIVE_METRICS = "metrics.json"
+LIVE_PLOTS = Path("plots/metrics")
+"""Inside a DVCLive folder: the summary (last step) and the per-step plot files."""
 
 
 def head_name(key: str) -> str:

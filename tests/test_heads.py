@@ -1,5 +1,7 @@
 """The heads: one conformance suite over every registered kind, then what is particular to each."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -260,3 +262,38 @@ def test_yaml_exponent_floats_are_numbers(tmp_path):
     (tmp_path / "params.yaml").write_text("head:\n  logistic: {C: 1e-3}\n  ridge: {alpha: 2E+1}\n")
     params = load_params(tmp_path / "params.yaml")
     assert params.head.params_of("logistic", "head").C == 0.001 and params.head.params_of("ridge", "head").alpha == 20.0
+
+
+# -- training curves (DVCLive) -------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["mlp", "finetune"])
+def test_training_curves_are_logged_without_changing_what_is_learned(caches, kind, tmp_path):
+    """A head that trains for epochs logs train loss and validation top-1 per epoch with DVCLive; the
+    seeded head is bit-identical with and without the log, and the last logged validation top-1 is the
+    saved head's."""
+    out, params = caches
+    features, key = out / ("cut.h5" if kind == "finetune" else "pooled.h5"), config_key(kind)
+    train.run(params, features, out / "splits.json", tmp_path / "plain.npz", key=key)
+    train.run(params, features, out / "splits.json", tmp_path / "logged.npz", key=key, live_dir=tmp_path / "live")
+    plain, _ = load_head(tmp_path / "plain.npz")
+    logged, _ = load_head(tmp_path / "logged.npz")
+    with FeatureStore(features) as store:
+        X, _ = store.load("test")
+        X_val, y_val = store.load("val", dtype=store.spec.storage_dtype)
+    np.testing.assert_array_equal(logged.decision_function(X), plain.decision_function(X))
+    epochs = logged.params.epochs
+    summary = json.loads((tmp_path / "live" / "metrics.json").read_text())
+    assert summary["step"] == epochs - 1 and set(summary) == {"train", "val", "step"}
+    assert summary["val"]["top1"] == float((logged.predict(X_val) == y_val).mean())
+    for name in ("train/loss", "val/top1", "train/seconds"):
+        lines = (tmp_path / "live" / "plots" / "metrics" / f"{name}.tsv").read_text().splitlines()
+        assert lines[0] == f"step\t{name.split('/')[1]}" and len(lines) == 1 + epochs, name
+    assert not (tmp_path / "live" / "dvc.yaml").exists() and not (ROOT / "dvclive").exists()
+
+
+def test_a_head_fitted_in_one_go_logs_one_step(caches, tmp_path):
+    out, params = caches
+    train.run(params, out / "pooled.h5", out / "splits.json", tmp_path / "ridge.npz", key="heads.ridge",
+              live_dir=tmp_path / "live")
+    summary = json.loads((tmp_path / "live" / "metrics.json").read_text())
+    assert summary["step"] == 0 and set(summary["train"]) == {"seconds"}
+    assert [p.name for p in (tmp_path / "live" / "plots" / "metrics" / "train").iterdir()] == ["seconds.tsv"]

@@ -22,6 +22,7 @@ CODE = {  # stage -> the modules it runs: its entry point, and the head implemen
     "finetune": ["pipeline.stages.train", "pipeline.heads.finetune"],
     "evaluate-finetune": ["pipeline.stages.evaluate", "pipeline.heads.finetune"],
     "compare": ["pipeline.stages.compare"],
+    "curves": ["pipeline.stages.curves", *POOLED_HEADS],
 }
 KEY = "${key}"
 
@@ -48,7 +49,7 @@ def test_the_head_side_does_not_run_the_backbone_or_the_image_code():
     """The f/g rule on the import graph: the pooled heads' stages never reach the frozen backbone, the
     images or the sources; a fine-tuned head reaches the backbone module, for its top only."""
     data_side = {"pipeline.backbones", "pipeline.images", "pipeline.sources", "pipeline.extract", "pipeline.preprocessing"}
-    for stage in ("train", "evaluate"):
+    for stage in ("train", "evaluate", "curves"):
         assert not closure(*CODE[stage]) & data_side, stage
     assert closure("pipeline.heads.finetune") & data_side == {"pipeline.backbones", "pipeline.preprocessing"}
 
@@ -66,7 +67,10 @@ def test_dvc_yaml_uses_the_paths_of_the_layout(stages):
     assert outs("extract") == [layout.FEATURES["pooled"].as_posix()]
     assert outs("extract-cut") == [layout.FEATURES["cut"].as_posix()]
     for stage, key in [("train", "head"), ("train-heads", f"heads.{KEY}"), ("finetune", f"finetune.{KEY}")]:
-        assert outs(stage) == [layout.head_file(key).as_posix()], stage
+        live = layout.live_dir(key)
+        assert paths(stages[stage]["outs"]) == [layout.head_file(key).as_posix()], stage
+        assert paths(stages[stage]["metrics"]) == [(live / layout.LIVE_METRICS).as_posix()], stage
+        assert paths(stages[stage]["plots"]) == [(live / layout.LIVE_PLOTS).as_posix()], stage
         assert stages[stage]["cmd"].endswith(f"--config {key}"), stage
         features = layout.FEATURES["cut" if stage == "finetune" else "pooled"].as_posix()
         assert {features, layout.SPLITS.as_posix()} <= set(paths(stages[stage]["deps"])), stage
@@ -83,3 +87,25 @@ def test_dvc_yaml_uses_the_paths_of_the_layout(stages):
     assert evaluated <= set(paths(stages["compare"]["deps"]))
     for folder in ("heads", "finetune"):  # compare's folder deps exist with no compared head at all
         assert (ROOT / layout.EVALUATION / folder / ".gitkeep").exists()
+    curves = layout.CURVES.as_posix()
+    assert paths(stages["curves"]["outs"]) == [f"{curves}.md", f"{curves}.png", f"{curves}.csv",
+                                               layout.CURVE_DRAWS.as_posix()]
+    assert paths(stages["curves"]["metrics"]) == [f"{curves}.json"]
+    assert {layout.FEATURES["pooled"].as_posix(), layout.SPLITS.as_posix()} <= set(paths(stages["curves"]["deps"]))
+    assert not {p for p in paths(stages["curves"]["deps"]) if p.startswith(("data/", "models/"))} - {
+        layout.FEATURES["pooled"].as_posix(), layout.SPLITS.as_posix()}  # the cache only: no images, no cut cache
+
+
+def test_curve_stage_params_and_plot_follow_the_curve_config():
+    """Changing curves.* re-runs only the curve stage (no other stage lists it), the curve stage lists no
+    head's params, and the DVC plot of the curve draws one line per head of curves.heads."""
+    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    for name, stage in dvc["stages"].items():
+        listed = [p for p in (stage.get("do", stage).get("params") or []) if isinstance(p, str)]
+        assert ("curves" in listed) == (name == "curves"), name
+    assert dvc["stages"]["curves"]["params"] == ["seed", "curves", "backbone.name", "backbone.weights",
+                                                 "backbone.input_size", "backbone.storage_dtype"]
+    (plot,) = [p["learning-curve"] for p in dvc["plots"] if "learning-curve" in p]
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert plot["template"] == "linear" and plot["x"] == "k"
+    assert plot["y"] == {f"{layout.CURVES.as_posix()}.csv": list(params["curves"]["heads"])}

@@ -16,7 +16,7 @@ import yaml
 from tests.conftest import ROOT
 
 PROJECT_FILES = ["dvc.yaml", "params.yaml", "pyproject.toml", "pipeline", "data/cifar10-jpeg.tar.gz", ".dvc/config",
-                 ".dvcignore", ".gitignore", "evaluation/heads/.gitkeep", "evaluation/finetune/.gitkeep"]
+                 ".dvcignore", ".gitignore", "evaluation/heads/.gitkeep", "evaluation/finetune/.gitkeep", "plots"]
 
 
 def sh(cmd: list[str], cwd: Path, env: dict) -> str:
@@ -80,7 +80,7 @@ def test_dvc_repro_then_each_change_reruns_only_what_it_touches(tmp_path):
     out = dvc(repo, env, "repro")
     assert ran(out) == {"prepare", "extract", "train", "evaluate", "train-heads@ridge", "train-heads@knn",
                         "evaluate-heads@ridge", "evaluate-heads@knn", "extract-cut", "finetune@top",
-                        "evaluate-finetune@top", "compare"}
+                        "evaluate-finetune@top", "compare", "curves"}
     features, cut_cache = repo / "data" / "features" / "pooled.h5", repo / "data" / "features" / "cut.h5"
     digests = {features: sha256(features), cut_cache: sha256(cut_cache)}
     extract_lock = lock_entry(repo, "extract")
@@ -92,7 +92,12 @@ def test_dvc_repro_then_each_change_reruns_only_what_it_touches(tmp_path):
     shown = json.loads(dvc(repo, env, "metrics", "show", "--json"))
     files = next(iter(shown.values()))["data"]  # keyed by revision ("" for the workspace)
     assert {"evaluation/metrics.json", "evaluation/heads/ridge/metrics.json", "evaluation/heads/knn/metrics.json",
-            "evaluation/finetune/top/metrics.json"} <= set(files)
+            "evaluation/finetune/top/metrics.json", "evaluation/curves.json", "evaluation/live/head/metrics.json",
+            "evaluation/live/finetune/top/metrics.json"} <= set(files)
+    curve = json.loads((repo / "evaluation" / "curves.json").read_text())
+    assert set(curve["best_head"]) == {"1", "2", "4", "all"}  # 5 training images per class: k = 8 ... 1024 left out
+    assert curve["full_top1"]["logistic"] == round(metrics["test"]["top1"], 4)  # the main head's own metric
+    assert json.loads((repo / "evaluation" / "live" / "finetune" / "top" / "metrics.json").read_text())["step"] == 0
     table = (repo / "evaluation" / "comparison.md").read_text()
     assert all(f"| {name} |" in table for name in ("head", "ridge", "knn", "top"))
     assert (repo / "evaluation" / "comparison.png").stat().st_size > 0
@@ -107,6 +112,9 @@ def test_dvc_repro_then_each_change_reruns_only_what_it_touches(tmp_path):
     assert lock_entry(repo, "train")["params"]["params.yaml"]["head.kind"] == "ridge"
     # a setting of a kind the main head does not use: nothing of the main head
     assert after("head.knn.k=5") == set()
+    # a setting of the learning curve: the curve only
+    assert after("curves.draws=2") == {"curves"}
+    assert after("+curves.heads.knn.knn.k=3") == {"curves"}  # + adds a key
     # a compared head's setting: only that head's stages and compare
     assert after("+heads.knn.knn.k=5") == {"train-heads@knn", "evaluate-heads@knn", "compare"}  # + adds a key
     # a fine-tune setting: only that head; a new cut: only the cut cache and what is trained on it

@@ -7,7 +7,8 @@ a head module is imported only when a head of its kind is built, so a scikit-lea
 without loading torch, and no pooled head loads the backbone code.
 
 Modules: ``base`` (interface, normalisation, file format), ``linear`` (logistic, linear, ridge,
-nearest_centroid), ``knn``, ``mlp``, ``finetune`` (the backbone's top layers on the cut cache).
+nearest_centroid), ``knn``, ``mlp``, ``finetune`` (the backbone's top layers on the cut cache),
+``live`` (training curves written with DVCLive by the train stage).
 """
 
 from __future__ import annotations

@@ -35,6 +35,8 @@ class Head:
 
     kind: ClassVar[str]
     Params: ClassVar[type[HeadParamsBase]]
+    logs_epochs: ClassVar[bool] = False
+    """True for heads that train for epochs: they log each epoch to :attr:`training_log` when it is set."""
 
     def __init__(self, params: HeadParamsBase | None = None, seed: int = 0):
         self.params = params if params is not None else self.Params()
@@ -42,6 +44,10 @@ class Head:
         self.n_classes: int | None = None
         self.info: dict[str, Any] = {}
         """What fitting chose or measured (chosen penalty, sweep curve, epoch times); saved with the head."""
+        self.training_log: Any = None
+        """A :class:`pipeline.heads.live.TrainingLog`, set by the train stage: where a head that trains for
+        epochs logs its training curves (DVCLive).
+        Logging reads the validation split from the store and never changes what is learned."""
 
     @property
     def input(self) -> str:
@@ -224,9 +230,12 @@ class PooledHead(Head):
         raise NotImplementedError
 
     def fit(self, X: np.ndarray, y: np.ndarray, n_classes: int | None = None,
-            validation: tuple[np.ndarray, np.ndarray] | None = None) -> PooledHead:
+            validation: tuple[np.ndarray, np.ndarray] | None = None,
+            monitor: tuple[np.ndarray, np.ndarray] | None = None) -> PooledHead:
         """Fit on (X, y). A head that selects a hyper-parameter does so on ``validation``, then
-        refits on train + validation (the linear-probe protocol)."""
+        refits on train + validation (the linear-probe protocol). ``monitor``: features and labels
+        that a head training for epochs scores after each epoch for its :attr:`training_log`; never
+        used for fitting."""
         X, y = _check_xy(X, y)
         self.n_classes = int(n_classes if n_classes is not None else y.max() + 1)
         self.info = {}
@@ -237,14 +246,24 @@ class PooledHead(Head):
             self.normalizer.fit(X)
             self._select(self.normalizer.transform(X), y, self.normalizer.transform(X_val), y_val)
             X, y = np.concatenate([X, X_val]), np.concatenate([y, y_val])
-        self._fit(self.normalizer.fit(X).transform(X), y)
+        X = self.normalizer.fit(X).transform(X)
+        self._monitor = None
+        if monitor is not None and len(monitor[1]):
+            X_mon, y_mon = _check_xy(*monitor)
+            self._monitor = (self.normalizer.transform(X_mon), y_mon)
+        try:
+            self._fit(X, y)
+        finally:
+            self._monitor = None
         return self
 
     def fit_store(self, store: FeatureStore) -> PooledHead:
         store.require_input(self.input)
         X, y = store.load("train")
         validation = store.load("val") if self.needs_validation else None
-        return self.fit(X, y, n_classes=len(store.spec.classes), validation=validation)
+        logging = self.logs_epochs and self.training_log is not None and "val" in store.splits
+        monitor = store.load("val") if logging else None
+        return self.fit(X, y, n_classes=len(store.spec.classes), validation=validation, monitor=monitor)
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
         if self.n_classes is None:

@@ -64,6 +64,7 @@ class FinetuneHead(Head):
     kind = "finetune"
     Params = FinetuneParams
     params: FinetuneParams
+    logs_epochs = True
 
     def __init__(self, params: FinetuneParams | None = None, seed: int = 0):
         super().__init__(params, seed)
@@ -99,10 +100,29 @@ class FinetuneHead(Head):
                 seconds.append(time.perf_counter() - start)
                 print(f"finetune epoch {epoch + 1}/{self.params.epochs}: train loss {losses[-1]:.4f}, "
                       f"{seconds[-1]:.1f} s ({n / seconds[-1]:.0f} images/s)", flush=True)
+                if self.training_log is not None:
+                    self.training_log.step({"train/loss": losses[-1], **self._val_top1(net, store, device)})
         self.info |= {"train_loss": losses, "epoch_seconds": seconds}
         self._net = net.cpu().eval()
         self.state = {k: v.detach().numpy() for k, v in self._net.state_dict().items()}
         return self
+
+    def _val_top1(self, net, store: FeatureStore, device) -> dict[str, float]:
+        """Top-1 on the validation split of the cut cache, scored as at prediction (eval mode, with the
+        flip average): no random numbers drawn, no batch-norm statistics updated."""
+        import torch
+
+        if "val" not in store.splits or store.n_rows("val") == 0:
+            return {}
+        net.eval()
+        correct, total = 0, 0
+        with torch.inference_mode():
+            for X, y in store.iter_blocks("val", dtype=store.spec.storage_dtype):
+                for s in range(0, len(y), 256):
+                    scores = net(torch.as_tensor(X[s : s + 256]).to(device))
+                    correct += int((scores.argmax(dim=1).cpu().numpy() == y[s : s + 256]).sum())
+                total += len(y)
+        return {"val/top1": correct / total}
 
     @staticmethod
     def _reader(store: FeatureStore) -> tuple[Callable[[int, int], tuple[np.ndarray, np.ndarray]], bool]:

@@ -91,6 +91,15 @@ def softmax_regression(data: tuple[np.ndarray, np.ndarray] | Blocks, n_classes: 
     return layer.weight.detach().cpu().numpy(), layer.bias.detach().cpu().numpy()
 
 
+def c_from_l2(l2: float, n_rows: int, n_classes: int) -> float:
+    """scikit-learn's C for the penalty l2 of mean cross-entropy + l2 / 2 ||W||^2 on ``n_rows`` rows.
+
+    C = 1 / (l2 N); for two classes scikit-learn fits one weight vector w, the softmax weights are
+    (-w/2, w/2), whose penalty l2/2 ||W||^2 = l2/4 ||w||^2 matches C = 2 / (l2 N).
+    """
+    return (2.0 if n_classes == 2 else 1.0) / (l2 * n_rows)
+
+
 class SweptLinearHead(LinearModelHead):
     """Logistic-loss linear heads whose L2 penalty can be chosen on a validation split.
 
@@ -126,9 +135,7 @@ class LogisticHead(SweptLinearHead):
         from sklearn.linear_model import LogisticRegression
 
         chosen = self.info.get("chosen_l2")
-        # scikit-learn fits one weight vector w for two classes; the softmax weights are (-w/2, w/2), whose
-        # penalty l2/2 ||W||^2 = l2/4 ||w||^2 matches C = 2 / (l2 N); for more classes C = 1 / (l2 N)
-        C = self.params.C if chosen is None else (2.0 if self.n_classes == 2 else 1.0) / (chosen * len(y))
+        C = self.params.C if chosen is None else c_from_l2(chosen, len(y), self.n_classes)
         self.info["C"] = C
         model = LogisticRegression(C=C, max_iter=self.params.max_iter, tol=self.params.tol, random_state=self.seed)
         model.fit(X, y)

@@ -14,6 +14,7 @@ class MlpHead(PooledHead):
 
     kind = "mlp"
     Params = MlpParams
+    logs_epochs = True
 
     def _module(self, dim: int):
         import torch
@@ -37,9 +38,10 @@ class MlpHead(PooledHead):
             opt = torch.optim.AdamW(net.parameters(), lr=p.lr, weight_decay=p.weight_decay)
             steps = p.epochs * -(-len(y) // p.batch_size)
             schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-            net.train()
             for _ in range(p.epochs):
+                net.train()
                 order = torch.randperm(len(y))
+                total = torch.zeros((), device=device)
                 for start in range(0, len(y), p.batch_size):
                     idx = order[start : start + p.batch_size]
                     loss = F.cross_entropy(net(features[idx].to(device)), labels[idx].to(device))
@@ -47,7 +49,23 @@ class MlpHead(PooledHead):
                     loss.backward()
                     opt.step()
                     schedule.step()
+                    total += loss.detach() * len(idx)
+                if self.training_log is not None:
+                    self.training_log.step({"train/loss": float(total) / len(y), **self._monitor_top1(net, device)})
         self.net_state = {k: v.detach().cpu().numpy() for k, v in net.state_dict().items()}
+
+    def _monitor_top1(self, net, device) -> dict[str, float]:
+        """Top-1 on the monitored (validation) features, in eval mode: no dropout, no random numbers."""
+        import torch
+
+        if getattr(self, "_monitor", None) is None:
+            return {}
+        X, y = self._monitor
+        net.eval()
+        with torch.inference_mode():
+            predicted = torch.cat([net(torch.as_tensor(X[s : s + 4096]).to(device)).argmax(dim=1).cpu()
+                                   for s in range(0, len(y), 4096)])
+        return {"val/top1": float((predicted.numpy() == y).mean())}
 
     def _scores_module(self):
         import torch

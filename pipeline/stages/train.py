@@ -1,37 +1,60 @@
 """Stage train (head side): fit one head configuration on the cached features.
 
 ``--config`` names it: ``head`` (the main head), ``heads.<name>`` or ``finetune.<name>``. Every kind is
-trained by the same call, ``head.fit_store(store)``; the head reads only the feature store.
+trained by the same call, ``head.fit_store(store)``; the head reads only the feature store. Its training
+curves go to its DVCLive folder, evaluation/live/<configuration>/ (see :mod:`pipeline.heads.live`):
+one step per epoch for the heads that train for epochs, one step for the others.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
 
 from pipeline import layout
 from pipeline.config import Params
 from pipeline.features import FeatureStore, expected_spec
 from pipeline.heads import build_head
 
+if TYPE_CHECKING:
+    from pipeline.heads.live import TrainingLog
+
 
 def run(params: Params, features_path: str | Path, splits_path: str | Path, head_path: str | Path,
-        key: str = "head") -> dict:
-    """Fit the head configured at ``key`` on the feature file; save it with what it was trained on."""
+        key: str = "head", live_dir: str | Path | None = None) -> dict:
+    """Fit the head configured at ``key`` on the feature file; save it with what it was trained on.
+    ``live_dir``: where to write the training curves with DVCLive (none when None)."""
     config = params.head_config(key)
     head = build_head(config, seed=params.seed)
-    with FeatureStore(features_path) as store:
+    with FeatureStore(features_path) as store, _training_log(live_dir) as log:
         store.check(expected_spec(params, splits_path, head.input))
         identity, n_train = store.spec.identity(), store.n_rows("train")
+        head.training_log = log
         start = time.perf_counter()
         head.fit_store(store)
         fit_seconds = time.perf_counter() - start
+        head.training_log = None
+        if log is not None and log.steps == 0:  # fitted in one go: one step
+            log.step({})
     head.save(head_path, metadata={"features": identity, "fit_seconds": fit_seconds, "n_train": n_train})
     shape = "x".join(map(str, identity["feature_shape"]))
     print(f"trained head {config.kind} ({key}) on {n_train} x {shape} features in "
           f"{fit_seconds:.1f} s {head.chosen or ''} -> {head_path}")
     return {"fit_seconds": fit_seconds, **head.chosen}
+
+
+@contextlib.contextmanager
+def _training_log(live_dir: str | Path | None) -> Iterator[TrainingLog | None]:
+    if live_dir is None:
+        yield None
+        return
+    from pipeline.heads.live import TrainingLog
+
+    with TrainingLog(live_dir) as log:
+        yield log
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def stage(params: Params, a) -> dict:
         features = layout.FEATURES[params.head_config(a.config).params.input]
-        return run(params, features, layout.SPLITS, layout.head_file(a.config), a.config)
+        return run(params, features, layout.SPLITS, layout.head_file(a.config), a.config, layout.live_dir(a.config))
 
     return run_stage(args, stage)
 

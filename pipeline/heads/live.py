@@ -1,0 +1,48 @@
+"""Training curves of a head, written with DVCLive into one folder per head configuration.
+
+The train stage opens a :class:`TrainingLog` in ``evaluation/live/<configuration>/`` and hands it to the
+head (``head.training_log``) before the one call ``head.fit_store(store)``. Heads that train for
+epochs (mlp, finetune) log one step per epoch: ``train/loss`` (mean training loss of the epoch),
+``val/top1`` (top-1 on the validation split, read from the store by the head itself, scored in eval mode
+without touching any random generator, so seeded results are identical with and without the log) and
+``train/seconds`` (since the start of training). A head fitted in one go gets one step, written by the
+stage: ``train/seconds``. DVCLive writes ``metrics.json`` (the last step) and
+``plots/metrics/<name>.tsv``; dvc.yaml declares them as metrics and plots of the train stages, and
+DVCLive's own edits of dvc.yaml and its experiment saving are turned off (DVC runs the stage).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+
+class TrainingLog:
+    """Per-step metrics of one training run, written with DVCLive (``Live(dir, save_dvc_exp=False,
+    dvcyaml=False)``). Use as a context manager."""
+
+    def __init__(self, folder: str | Path):
+        from dvclive import Live
+
+        self.folder = Path(folder)
+        self.steps = 0
+        self.start = time.perf_counter()
+        self._live = Live(dir=str(self.folder), save_dvc_exp=False, dvcyaml=False, report=None, monitor_system=False)
+
+    def step(self, metrics: dict[str, float]) -> None:
+        """Log one step (an epoch): each ``name`` (e.g. ``train/loss``) with its value, and
+        ``train/seconds`` since the log was opened."""
+        for name, value in metrics.items():
+            self._live.log_metric(name, float(value))
+        self._live.log_metric("train/seconds", round(time.perf_counter() - self.start, 3))
+        self._live.next_step()
+        self.steps += 1
+
+    def close(self) -> None:
+        self._live.end()
+
+    def __enter__(self) -> TrainingLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
