@@ -26,6 +26,13 @@ WHAT_TO_DO = {
 }
 
 
+def head_parser(description: str) -> argparse.ArgumentParser:
+    """The parser of a stage that works on one head configuration (train, evaluate)."""
+    p = parser(description)
+    p.add_argument("--config", default="head", help="head (default), heads.<name> or finetune.<name>")
+    return p
+
+
 def message(err: BaseException) -> str:
     """The one line a user sees for an error: its message, also when raised in a DataLoader worker."""
     if isinstance(err, OSError) and not isinstance(err, FileNotFoundError) and err.strerror:

@@ -58,11 +58,9 @@ def _training_log(live_dir: str | Path | None) -> Iterator[TrainingLog | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.stages._cli import parser, run_stage
+    from pipeline.stages._cli import head_parser, run_stage
 
-    p = parser(__doc__)
-    p.add_argument("--config", default="head", help="head (default), heads.<name> or finetune.<name>")
-    args = p.parse_args(argv)
+    args = head_parser(__doc__).parse_args(argv)
 
     def stage(params: Params, a) -> dict:
         features = layout.FEATURES[params.head_config(a.config).params.input]
