@@ -165,7 +165,8 @@ def plot_worst(mistakes: HeadMistakes, images: dict[str, np.ndarray], columns: i
     n = len(mistakes.worst)
     cols = max(1, min(columns, n))
     rows = max(1, math.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols + 0.4, 1.9 * rows + 0.7), squeeze=False)
+    width = max(6.0, 1.6 * cols + 0.4)
+    fig, axes = plt.subplots(rows, cols, figsize=(width, (width / cols + 0.5) * rows + 0.9), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, p in zip(axes.flat, mistakes.worst):
@@ -173,8 +174,8 @@ def plot_worst(mistakes: HeadMistakes, images: dict[str, np.ndarray], columns: i
         ax.set_title(f"{p.actual}\n→ {p.predicted} {p.confidence:.2f}", fontsize=8, color="tab:red")
     if n == 0:
         axes[0, 0].text(0.5, 0.5, "no mistakes", ha="center", va="center", transform=axes[0, 0].transAxes)
-    fig.suptitle(f"{_who(mistakes)}: the {n} most confident of {mistakes.n_wrong} mistakes on {mistakes.n_test} "
-                 "test images\n(true class, → predicted class and its probability)", fontsize=9)
+    _title(fig, f"{_who(mistakes)}: the {n} most confident of {mistakes.n_wrong} mistakes on {mistakes.n_test} test "
+                "images (true class, → predicted class and its probability)", width)
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -186,7 +187,8 @@ def plot_confusions(mistakes: HeadMistakes, images: dict[str, np.ndarray], examp
 
     plt = pyplot()
     rows = len(mistakes.confusions)
-    fig, axes = plt.subplots(rows, examples + 1, figsize=(1.5 * examples + 2.2, 1.55 * rows + 0.6), squeeze=False,
+    width = max(6.0, 1.5 * examples + 2.2)
+    fig, axes = plt.subplots(rows, examples + 1, figsize=(width, 1.55 * rows + 0.8), squeeze=False,
                              gridspec_kw={"width_ratios": [1.6] + [1] * examples})
     for ax in axes.flat:
         ax.axis("off")
@@ -199,10 +201,16 @@ def plot_confusions(mistakes: HeadMistakes, images: dict[str, np.ndarray], examp
         for ax, p in zip(row[1:], c.examples):
             ax.imshow(images[p.id])
             ax.set_title(f"{p.confidence:.2f}", fontsize=8)
-    fig.suptitle(f"{_who(mistakes)}: each class's most confused class, with its most confident examples",
-                 fontsize=9)
+    _title(fig, f"{_who(mistakes)}: each class's most confused class (the class its test images are most often "
+                "taken for), with the most confident of those images", width)
     fig.tight_layout()
     save_figure(fig, path)
+
+
+def _title(fig, text: str, width_inches: float) -> None:
+    import textwrap
+
+    fig.suptitle(textwrap.fill(text, width=int(width_inches * 13)), fontsize=9)
 
 
 def _who(m: HeadMistakes) -> str:
