@@ -64,15 +64,16 @@ def fit_temperature(scores: np.ndarray, labels: np.ndarray, bounds: tuple[float,
     beta = float(np.clip(1.0, low, high))
     for _ in range(max_steps):
         slope, curvature = _slope_and_curvature(scores, label_scores, beta)
+        if slope == 0:
+            break
         if slope > 0:
             high = beta
         else:
             low = beta
         step = beta - slope / curvature if curvature > 0 else np.nan
-        inside = low < step < high
-        following = step if inside else float(np.sqrt(low * high))
-        if abs(following - beta) <= 1e-12 * beta or slope == 0:
-            beta = following
-            break
+        following = step if low < step < high else float(np.sqrt(low * high))
+        converged = abs(following - beta) <= 1e-12 * beta
         beta = following
+        if converged:
+            break
     return 1.0 / beta
