@@ -38,6 +38,10 @@ class HeadParamsBase(_Section):
     """``module:Class`` of the head, imported only when a head of this kind is built."""
     input: ClassVar[Literal["pooled", "cut"]] = "pooled"
     """What the head trains on: pooled features f(x), or the activations at backbone.cut."""
+    calibrate: bool = False
+    """Temperature scaling: after fitting, the train stage fits one temperature T on the validation split
+    (minimising the negative log-likelihood of softmax(scores / T)); probabilities, predict and export use
+    it. The predicted classes do not change."""
 
 
 class PooledHeadParams(HeadParamsBase):
@@ -62,6 +66,14 @@ class SweepParams(PooledHeadParams):
     grid: Grid = Grid()
     sweep_max_iter: int = Field(30, gt=0)
     """L-BFGS iterations per grid value; each value starts from the previous one's solution."""
+
+    @model_validator(mode="after")
+    def _calibrated_on_held_out_images(self) -> SweepParams:
+        if self.calibrate and self.select == "sweep":
+            raise ValueError("calibrate: true cannot be combined with select: sweep: a swept head is refit on train "
+                             "+ val, so no held-out split is left to fit the temperature on; use select: fixed "
+                             "(with the penalty the sweep chose) or calibrate: false")
+        return self
 
 
 class LogisticParams(SweepParams):
@@ -299,8 +311,25 @@ class CurvesParams(_Section):
                 raise ConfigError(f"params: {key}.{section.kind}.select: must be 'fixed' in a learning curve: "
                                   "the curve chooses the penalty by cross-validation inside the k-shot set, never "
                                   "on the validation split")
+            if params.calibrate:
+                raise ConfigError(f"params: {key}.{section.kind}.calibrate: must be false in a learning curve: it "
+                                  "measures top-1, which a temperature does not change, and fits on no validation "
+                                  "split")
             configs.append(HeadConfig(key, section.kind, params))
         return configs
+
+
+# -- the mistakes report ------------------------------------------------------------------------
+class MistakesParams(_Section):
+    """The mistakes stage: pictures of the test images the main head and the best head get wrong (see
+    docs/evaluation.md)."""
+
+    grid_size: int = Field(24, gt=0)
+    """The most confident wrong test predictions shown per head (fewer when there are fewer mistakes)."""
+    columns: int = Field(8, gt=0)
+    """Images per row of that grid."""
+    examples_per_class: int = Field(4, gt=0)
+    """For each class, the test images of it taken for its most confused other class, most confident first."""
 
 
 class Params(_Section):
@@ -314,6 +343,8 @@ class Params(_Section):
     """Named fine-tune configurations (params of the ``finetune`` head), trained on the cut cache."""
     curves: CurvesParams = CurvesParams()
     """The learning curve (stage curves): head side, from the pooled feature file."""
+    mistakes: MistakesParams = MistakesParams()
+    """The mistakes stage (data side): it reads the test images."""
 
     @model_validator(mode="after")
     def _finetune_needs_a_cut(self) -> Params:

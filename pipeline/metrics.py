@@ -81,7 +81,7 @@ def classification_metrics(scores: np.ndarray, labels: np.ndarray, classes: list
 
 
 def plot_confusion(cm: np.ndarray, classes: list[str], path: str | Path, title: str) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     n = len(classes)
     size = max(5.0, 0.5 * n + 2)
     fig, ax = plt.subplots(figsize=(size, size * 0.9))
@@ -99,7 +99,7 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: str | Path, title: 
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the true class")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def calibration(proba: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> dict:
@@ -118,7 +118,7 @@ def calibration(proba: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> dict
     return {"ece": ece, "edges": edges.tolist(), "count": count.tolist(), "accuracy": acc.tolist(), "confidence": conf.tolist()}
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -127,20 +127,26 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: str | Path) -> None:
+def save_figure(fig, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
-    _pyplot().close(fig)
+    pyplot().close(fig)
 
 
-def plot_reliability(stats: dict, path: str | Path, title: str) -> None:
-    plt = _pyplot()
+def plot_reliability(stats: dict, path: str | Path, title: str, before: dict | None = None) -> None:
+    """Accuracy against confidence per bin (bars) with the ECE; ``before``: the statistics of the
+    uncalibrated probabilities of a calibrated head, drawn as points (mean confidence, accuracy) per bin."""
+    plt = pyplot()
     edges = np.array(stats["edges"])
     centres, width = (edges[:-1] + edges[1:]) / 2, edges[1] - edges[0]
     count = np.array(stats["count"])
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.bar(centres[count > 0], np.array(stats["accuracy"])[count > 0], width=width * 0.95, color="tab:blue",
-           edgecolor="black", label="accuracy")
+           edgecolor="black", label="accuracy" if before is None else "accuracy, calibrated")
+    if before is not None:
+        used = np.array(before["count"]) > 0
+        ax.plot(np.array(before["confidence"])[used], np.array(before["accuracy"])[used], "o-", color="tab:orange",
+                label=f"uncalibrated (ECE {before['ece']:.4f})")
     ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
     ax.set_xlabel("confidence (top-1 probability)")
     ax.set_ylabel("accuracy")
@@ -149,7 +155,7 @@ def plot_reliability(stats: dict, path: str | Path, title: str) -> None:
     ax.set_title(f"{title}\nECE {stats['ece']:.4f}")
     ax.legend(loc="upper left")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def comparison_table(rows: list[dict]) -> str:
@@ -177,12 +183,13 @@ def comparison_table(rows: list[dict]) -> str:
             "best one on the same test images (two-sided p; \"differs\" when p < 0.05). val top-1 marked * is the "
             "held-out accuracy of a swept head at the chosen penalty, measured before it was refit on train + val; "
             "no figure is ever measured on images a head was fitted on. ECE: expected calibration error of the "
-            "softmax of the head's scores (15 bins).\n")
+            "head's probabilities (15 bins): the softmax of its scores, divided by the temperature for a head with "
+            "calibrate: true (chosen: temperature=T).\n")
     return "\n".join(lines) + "\n" + note
 
 
 def plot_comparison(rows: list[dict], path: str | Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     names = [r["name"] for r in rows]
     top1 = [r["test"]["top1"] for r in rows]
     per_class = [r["test"]["mean_class_accuracy"] for r in rows]
@@ -199,4 +206,4 @@ def plot_comparison(rows: list[dict], path: str | Path) -> None:
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title("heads on the same cached features")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)

@@ -22,6 +22,7 @@ CODE = {  # stage -> the modules it runs: its entry point, and the head implemen
     "finetune": ["pipeline.stages.train", "pipeline.heads.finetune"],
     "evaluate-finetune": ["pipeline.stages.evaluate", "pipeline.heads.finetune"],
     "compare": ["pipeline.stages.compare"],
+    "mistakes": ["pipeline.stages.mistakes"],
     "curves": ["pipeline.stages.curves", *POOLED_HEADS],
 }
 KEY = "${key}"
@@ -87,6 +88,12 @@ def test_dvc_yaml_uses_the_paths_of_the_layout(stages):
     assert evaluated <= set(paths(stages["compare"]["deps"]))
     for folder in ("heads", "finetune"):  # compare's folder deps exist with no compared head at all
         assert (ROOT / layout.EVALUATION / folder / ".gitkeep").exists()
+    assert outs("mistakes") == [p.as_posix() for p in layout.mistakes_files().values()]
+    mistakes_deps = set(paths(stages["mistakes"]["deps"]))
+    assert evaluated | {(layout.evaluation_dir("head") / layout.TEST_PREDICTIONS).as_posix(), layout.SPLITS.as_posix(),
+                        "${data.source}"} <= mistakes_deps
+    assert not {p for p in mistakes_deps if p.startswith(("data/", "models/"))} - {layout.SPLITS.as_posix()}  # no cache
+    assert stages["mistakes"]["params"] == ["mistakes", "heads", "finetune"]
     curves = layout.CURVES.as_posix()
     assert paths(stages["curves"]["outs"]) == [f"{curves}.md", f"{curves}.png", f"{curves}.csv",
                                                layout.CURVE_DRAWS.as_posix()]

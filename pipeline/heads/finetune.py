@@ -81,7 +81,7 @@ class FinetuneHead(Head):
         if n == 0:
             raise PipelineError(f"{store.path} has no training images")
         self.n_classes = len(store.spec.classes)
-        self.info = {"backbone": store.spec.backbone_recipe()}
+        self.info, self.temperature = {"backbone": store.spec.backbone_recipe()}, None
         read, streamed = self._reader(store)
         if streamed:
             self.info["streamed"] = True
@@ -249,7 +249,7 @@ class FinetuneHead(Head):
             scores = [net(torch.as_tensor(X[s : s + 256]).to(device)).cpu().numpy() for s in range(0, len(X), 256)]
         return np.concatenate(scores or [np.zeros((0, self.n_classes), np.float32)])
 
-    def to_torch(self) -> nn.Module:
+    def _torch_module(self) -> nn.Module:
         return self.module()
 
     def _arrays(self) -> dict[str, np.ndarray]:

@@ -30,7 +30,7 @@ def run(metrics_paths: list[str | Path], out_stem: str | Path) -> list[dict]:
     """Rows of the given metrics.json files, best test top-1 first, each with its paired test against the
     best; writes ``<out_stem>.md`` and ``.png``."""
     paths = [Path(p) for p in metrics_paths]
-    rows = [json.loads(p.read_text()) | {"_predictions": p.parent / "test_predictions.csv"} for p in paths]
+    rows = [json.loads(p.read_text()) | {"_predictions": p.parent / layout.TEST_PREDICTIONS} for p in paths]
     rows.sort(key=lambda r: -r["test"]["top1"])
     best = correct_by_id(rows[0].pop("_predictions"))
     for row in rows[1:]:
