@@ -5,7 +5,7 @@ import pytest
 from pipeline.backbones import load_backbone
 from pipeline.sources import make_splits, open_source
 from pipeline.errors import FeatureStoreError
-from pipeline.extract import extract_features, feature_spec
+from pipeline.extract import OnePass, extract_features, feature_spec
 from pipeline.features import FORMAT_VERSION, FeatureStore, PartialFeatures
 from tests.conftest import interrupt_after, subprocess_env
 
@@ -22,8 +22,9 @@ def splits(cifar_folder):
 
 def run(splits, backbone, out, dtype="float32", **kwargs):
     spec = feature_spec(splits, backbone, None, dtype, init_seed=0)
-    return extract_features(splits, open_source(splits.source), backbone, spec, out, batch_size=4,
-                            num_workers=0, progress=False, **kwargs)
+    files = extract_features(splits, open_source(splits.source), OnePass(backbone), {"pooled": (spec, out)},
+                             batch_size=4, num_workers=0, progress=False, **kwargs)
+    return files["pooled"]
 
 
 def interrupt_run(n_parts, splits, backbone, out, monkeypatch):
