@@ -212,11 +212,12 @@ class BackboneParams(_Section):
     launcher: str = "python"
     """How dvc.yaml starts extract: ``python``, or ``torchrun --nproc_per_node=N`` (data-parallel)."""
     cut: str | None = None
-    """A layer of the backbone: its input activations are cached by extract-cut and the layers from
-    it up are fine-tuned by the ``finetune:`` configurations. None: no cut cache."""
+    """A layer of the backbone: its input activations are cached by extract (the cut cache, in the same
+    pass as the pooled features) and the layers from it up are fine-tuned by the ``finetune:``
+    configurations. None: no cut cache."""
     cut_storage_dtype: Literal["float32", "float16"] = "float16"
     cut_max_gib: float = Field(20.0, gt=0)
-    """extract-cut refuses to start when the cut cache would be larger than this."""
+    """extract refuses to start when the cut cache would be larger than this."""
 
 
 # -- learning curves ----------------------------------------------------------------------------

@@ -481,7 +481,7 @@ class FeatureStore:
         if what != mine:
             raise FeatureStoreError(
                 f"{self.path} holds {'the cut cache (activations at ' + self.spec.cut + ')' if self.spec.cut else 'pooled features'}; "
-                f"this head trains on {'the cut cache (extract-cut)' if what == 'cut' else 'pooled features (extract)'}"
+                f"this head trains on {'the cut cache (cut.h5)' if what == 'cut' else 'pooled features (pooled.h5)'}"
             )
 
     def check_head(self, head_metadata: dict, head_path: str | Path) -> None:

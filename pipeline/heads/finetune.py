@@ -1,7 +1,7 @@
 """The fine-tuned head: the backbone's layers above a cut, plus a new classifier, trained on the cut cache.
 
 The classic "retrain the last layers" with the f/g split moved down: f is the backbone below the
-cut (frozen, run once by extract-cut, its activations cached as (N, C, H, W)); g is the backbone
+cut (frozen, run once by extract, its activations cached as (N, C, H, W)); g is the backbone
 above the cut, initialised from the pretrained weights, followed by a new linear classifier. g
 trains on the cached activations epoch after epoch: AdamW with separate learning rates for the
 pretrained layers and the classifier, linear warm-up then cosine decay, weight decay on weights
