@@ -82,6 +82,9 @@ def test_dvc_repro_then_each_change_reruns_only_what_it_touches(tmp_path):
     assert ran(out) == {"prepare", "extract", "train", "evaluate", "train-heads@ridge", "train-heads@knn",
                         "evaluate-heads@ridge", "evaluate-heads@knn", "finetune@top",
                         "evaluate-finetune@top", "compare", "curves"}
+    order = [line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")]
+    # results early: the main head's metrics come right after the one extraction pass, before the other heads
+    assert order[order.index("extract") + 1 : order.index("extract") + 3] == ["train", "evaluate"]
     features, cut_cache = repo / "data" / "features" / "pooled.h5", repo / "data" / "features" / "cut.h5"
     digests = {features: sha256(features), cut_cache: sha256(cut_cache)}
     extract_lock = lock_entry(repo, "extract")
