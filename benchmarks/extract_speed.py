@@ -68,7 +68,7 @@ def main() -> None:
     train = splits.splits["train"]
     n = min(args.images, len(train))
     splits.splits = {"test": Split(train.keys[:n], train.labels[:n])}
-    spec = feature_spec(splits, backbone, weights, "float32", init_seed=0)
+    spec = feature_spec(splits, backbone, weights, "float32", init_seed=0, precision="float32")
     print(f"device {device}, {torch.get_num_threads()} torch threads, backbone {args.backbone} at {args.input_size} px, "
           f"batch {args.batch_size}")
 

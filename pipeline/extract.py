@@ -2,8 +2,9 @@
 
 Images are decoded, resized and cropped to uint8 (:class:`pipeline.images.BatchStream`): on the CPU in
 this process between forward passes, on CUDA in DataLoader workers (or a thread, with none). Normalisation and the forward
-pass run on the device (CUDA with bf16 autocast when present, else the CPU), in
-``torch.inference_mode``, channels-last. Results are committed part by part (see
+pass run on the device (CUDA when present, else the CPU), in ``torch.inference_mode``, channels-last,
+in float32 or with bfloat16 autocast (``backbone.precision``; ``auto``: bfloat16 where the device computes
+it natively). Results are committed part by part (see
 :mod:`pipeline.features`), so an interrupted extraction resumes where it stopped.
 
 With a cut, one pass gives both caches: each image goes through the frozen bottom once, its activations at
@@ -116,7 +117,7 @@ class OnePass(torch.nn.Module):
 
 
 def feature_spec(splits: Splits, backbone: FeatureExtractor, weights: str | None, storage_dtype: str,
-                 init_seed: int) -> FeatureSpec:
+                 init_seed: int, precision: str) -> FeatureSpec:
     """What made the features: the one place a :class:`FeatureSpec` is assembled."""
     settings = splits.settings
     return FeatureSpec(
@@ -131,6 +132,7 @@ def feature_spec(splits: Splits, backbone: FeatureExtractor, weights: str | None
         val_fraction=float(settings.get("val_fraction", 0.0)),
         subset_per_class=int(settings.get("subset_per_class") or -1),
         storage_dtype=storage_dtype,
+        precision=precision,
         classes=tuple(splits.classes),
         feature_dim=backbone.feature_dim,
         cut=backbone.cut,
@@ -182,7 +184,8 @@ def extract_features(
     if num_workers is None:
         num_workers = min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
     part_batches = max(1, commit_rows // batch_size)
-    compute = ("cuda-bfloat16" if device.type == "cuda" else f"{device.type}-float32") + ("-compiled" if compile else "")
+    precision = next(iter(outputs.values()))[0].precision
+    compute = f"{device.type}-{precision}" + ("-compiled" if compile else "")
     open_partials = lambda: {name: PartialFeatures(path, spec, part_batches * batch_size, compute)  # noqa: E731
                              for name, (spec, path) in outputs.items()}
     if shard.rank == 0:  # rank 0 alone decides whether an earlier partial run can be resumed
@@ -208,7 +211,7 @@ def extract_features(
             if batches:
                 stream = BatchStream(source, splits.splits[split].keys, batch_size, batches, geometry, skip_bad)
                 images, seconds = _extract_split(split, stream, model, partials, device, num_workers, part_batches,
-                                                 len(splits.splits[split]), compile, bar)
+                                                 len(splits.splits[split]), compile, precision, bar)
                 if shard.rank == 0:
                     bar.write(f"{split}: {images} images at {images / seconds:.1f} images/s"
                               + (" (rank 0)" if shard.world_size > 1 else ""))
@@ -228,7 +231,8 @@ def extract_features(
 
 
 def _extract_split(name: str, stream: BatchStream, model, partials: dict[str, PartialFeatures], device: torch.device,
-                   num_workers: int, part_batches: int, n_images: int, compile: bool, bar) -> tuple[int, float]:
+                   num_workers: int, part_batches: int, n_images: int, compile: bool, precision: str, bar
+                   ) -> tuple[int, float]:
     """Run the model over the planned batches of one split, committing each part (of every cache) once
     all its batches are done. Returns the images computed and the seconds taken."""
     batch_size = stream.batch_size
@@ -240,7 +244,7 @@ def _extract_split(name: str, stream: BatchStream, model, partials: dict[str, Pa
     n_batches = math.ceil(n_images / batch_size)
     expected = iter(stream.batches)
     start, done = time.perf_counter(), 0
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
         # on the CPU decoding runs between forward passes (the forward pass holds every core); on a GPU
         # without worker processes a thread decodes the next batch while the device runs this one
         for b, images, valid in (loader if num_workers or device.type == "cpu" else prefetch(loader)):

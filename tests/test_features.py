@@ -21,7 +21,7 @@ def splits(cifar_folder):
 
 
 def run(splits, backbone, out, dtype="float32", **kwargs):
-    spec = feature_spec(splits, backbone, None, dtype, init_seed=0)
+    spec = feature_spec(splits, backbone, None, dtype, init_seed=0, precision="float32")
     files = extract_features(splits, open_source(splits.source), OnePass(backbone), {"pooled": (spec, out)},
                              batch_size=4, num_workers=0, progress=False, **kwargs)
     return files["pooled"]
@@ -94,7 +94,7 @@ def test_interrupted_extraction_resumes_bit_for_bit(splits, backbone, feature_fi
 
 def test_partial_run_with_other_settings_is_discarded(splits, backbone, tmp_path):
     out = tmp_path / "f.h5"
-    other = feature_spec(splits, backbone, "other", "float32", init_seed=0)
+    other = feature_spec(splits, backbone, "other", "float32", init_seed=0, precision="float32")
     partial = PartialFeatures(out, other, part_rows=8)
     partial.write_part("train", 0, np.full((8, 512), 7.0, np.float32), np.ones(8, bool))
     run(splits, backbone, out, commit_rows=8)

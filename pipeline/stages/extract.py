@@ -27,6 +27,7 @@ def run(params: Params, splits_path: str | Path, pooled_path: str | Path, cut_pa
     pass, the cut cache into ``cut_path`` (a placeholder when ``backbone.cut`` is null; None: pooled features
     only). Returns the feature files written by name (None on ranks other than 0)."""
     from pipeline.backbones import load_backbone
+    from pipeline.device import resolve_precision
     from pipeline.extract import OnePass, distributed, extract_features, feature_spec, tune_allocator
     from pipeline.sources import Splits, open_source
 
@@ -41,10 +42,11 @@ def run(params: Params, splits_path: str | Path, pooled_path: str | Path, cut_pa
     if model.bottom is not None:
         check_cut_size(model.bottom, n, b.cut_storage_dtype, b.cut_max_gib, features["cut"])
     dtypes = {"pooled": b.storage_dtype, "cut": b.cut_storage_dtype}
-    outputs = {name: (feature_spec(splits, extractor, b.weights, dtypes[name], init_seed=params.seed), features[name])
-               for name, extractor in model.extractors.items()}
     start = time.perf_counter()
     with distributed() as (shard, device):
+        precision = resolve_precision(b.precision, device)
+        outputs = {name: (feature_spec(splits, extractor, b.weights, dtypes[name], params.seed, precision), features[name])
+                   for name, extractor in model.extractors.items()}
         out = extract_features(
             splits, open_source(splits.source), model, outputs,
             batch_size=b.batch_size, num_workers=b.num_workers, skip_bad=b.on_bad_image == "skip",
@@ -53,7 +55,7 @@ def run(params: Params, splits_path: str | Path, pooled_path: str | Path, cut_pa
     if out is None:
         return None
     procs = f" by {shard.world_size} processes" if shard.world_size > 1 else ""
-    print(f"extracted {n} images with {b.name}{procs} in {time.perf_counter() - start:.1f} s -> "
+    print(f"extracted {n} images with {b.name} ({precision}){procs} in {time.perf_counter() - start:.1f} s -> "
           + ", ".join(map(str, out.values())))
     if "cut" not in out and "cut" in features:
         _placeholder(features["cut"], f"backbone.cut is null: no cut cache (cut points of {b.name}: "
