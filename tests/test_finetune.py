@@ -160,6 +160,20 @@ def test_finetuned_head_is_evaluated_like_the_others(run):
     assert metrics["val"]["on"] == "val"  # the fine-tuned top trains on train only
     head, meta = load_head(out / "top.npz")
     assert len(head.info["epoch_seconds"]) == 2 and meta["features"]["cut"] == "layer4"
+    from pipeline.device import resolve_precision
+
+    assert metrics["chosen"]["precision"] == head.info["precision"] == resolve_precision("auto", torch.device("cpu"))
+
+
+def test_bfloat16_training_is_recorded_and_learns(run, tmp_path):
+    out, params = run
+    bf16 = params.model_copy(update={"finetune": {"top": {**params.finetune["top"], "precision": "bfloat16"}}})
+    train.run(bf16, out / "cut.h5", out / "splits.json", tmp_path / "bf16.npz", key="finetune.top")
+    head, _ = load_head(tmp_path / "bf16.npz")
+    fp32, _ = load_head(out / "top.npz")
+    assert head.info["precision"] == "bfloat16"
+    assert head.info["train_loss"][-1] < head.info["train_loss"][0]
+    assert not np.array_equal(head.state["classifier.weight"], fp32.state["classifier.weight"])
 
 
 def test_training_is_reproducible_from_the_seed(run, tmp_path):
