@@ -145,6 +145,9 @@ class FinetuneParams(HeadParamsBase):
     """Scores are the mean of the scores of the map and of its mirror image."""
     batchnorm: Literal["train", "frozen"] = "train"
     """train: batch norm layers above the cut update their statistics; frozen: keep ImageNet's."""
+    precision: Precision = "auto"
+    """Of the training passes (autocast; scores are computed in float32, as predict and export compute
+    them); the one used is recorded in the head's info."""
 
 
 FINETUNE = "finetune"
@@ -208,6 +211,11 @@ class DataParams(_Section):
     subset_per_class: int | None = Field(None, gt=0)
 
 
+Precision = Literal["auto", "float32", "bfloat16"]
+"""float32, bfloat16 (autocast: matrix products and convolutions in bfloat16), or auto: bfloat16 where
+the device computes it natively (a CPU with AVX-512 BF16 or AMX, a GPU with bf16), float32 elsewhere."""
+
+
 class BackboneParams(_Section):
     name: str = "efficientnet_lite0"
     weights: str | None = "DEFAULT"
@@ -221,14 +229,17 @@ class BackboneParams(_Section):
     """Rows committed to disk at a time; an interrupted extraction resumes from the last commit."""
     compile: bool = False
     """torch.compile the backbone: faster extraction after a one-time compilation."""
+    precision: Precision = "auto"
+    """Of the extraction's forward pass; the one used is recorded in the feature files."""
     launcher: str = "python"
     """How dvc.yaml starts extract: ``python``, or ``torchrun --nproc_per_node=N`` (data-parallel)."""
     cut: str | None = None
-    """A layer of the backbone: its input activations are cached by extract-cut and the layers from
-    it up are fine-tuned by the ``finetune:`` configurations. None: no cut cache."""
+    """A layer of the backbone: its input activations are cached by extract (the cut cache, in the same
+    pass as the pooled features) and the layers from it up are fine-tuned by the ``finetune:``
+    configurations. None: no cut cache."""
     cut_storage_dtype: Literal["float32", "float16"] = "float16"
     cut_max_gib: float = Field(20.0, gt=0)
-    """extract-cut refuses to start when the cut cache would be larger than this."""
+    """extract refuses to start when the cut cache would be larger than this."""
 
 
 # -- learning curves ----------------------------------------------------------------------------

@@ -14,7 +14,6 @@ CODE = {  # stage -> the modules it runs: its entry point, and the head implemen
     "prepare": ["pipeline.stages.prepare"],
     "weights": ["pipeline.stages.weights"],
     "extract": ["pipeline.stages.extract"],
-    "extract-cut": ["pipeline.stages.extract"],
     "train": ["pipeline.stages.train", *POOLED_HEADS],
     "train-heads": ["pipeline.stages.train", *POOLED_HEADS],
     "evaluate": ["pipeline.stages.evaluate", *POOLED_HEADS],
@@ -65,8 +64,7 @@ def test_dvc_yaml_uses_the_paths_of_the_layout(stages):
 
     assert outs("prepare") == [layout.SPLITS.as_posix()]
     assert outs("weights") == [layout.WEIGHTS.as_posix()]
-    assert outs("extract") == [layout.FEATURES["pooled"].as_posix()]
-    assert outs("extract-cut") == [layout.FEATURES["cut"].as_posix()]
+    assert outs("extract") == [layout.FEATURES["pooled"].as_posix(), layout.FEATURES["cut"].as_posix()]
     for stage, key in [("train", "head"), ("train-heads", f"heads.{KEY}"), ("finetune", f"finetune.{KEY}")]:
         live = layout.live_dir(key)
         assert paths(stages[stage]["outs"]) == [layout.head_file(key).as_posix()], stage
