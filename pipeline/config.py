@@ -303,6 +303,24 @@ class CurvesParams(_Section):
         return configs
 
 
+# -- leakage between splits ------------------------------------------------------------------------
+class LeakageParams(_Section):
+    """The leakage stage: near-copies between splits, found on the pooled features and confirmed on the
+    pixels (see docs/leakage.md)."""
+
+    threshold: float = Field(0.95, gt=0, le=1)
+    """Cosine similarity of the pooled features at or above which an image and its nearest neighbour in
+    another split (or the same) are a candidate near-copy."""
+    pixel_size: int = Field(16, ge=2, le=256)
+    """Both images of a candidate are reduced to pixel_size x pixel_size grey pixels for the pixel check."""
+    pixel_tolerance: float = Field(12.0, ge=0, le=255)
+    """A candidate is confirmed when the mean absolute difference of its reduced images is at most this
+    many grey levels (0-255)."""
+    block_rows: int = Field(4096, gt=0)
+    """Rows of the query and base blocks of the similarity search: memory is about
+    4 * block_rows * (2 * D + block_rows) bytes whatever the dataset size. Does not change the results."""
+
+
 class Params(_Section):
     seed: int = Field(0, ge=0, lt=SEED_LIMIT)
     data: DataParams = DataParams()
@@ -314,6 +332,8 @@ class Params(_Section):
     """Named fine-tune configurations (params of the ``finetune`` head), trained on the cut cache."""
     curves: CurvesParams = CurvesParams()
     """The learning curve (stage curves): head side, from the pooled feature file."""
+    leakage: LeakageParams = LeakageParams()
+    """Near-copies between splits (stage leakage): data side, from the pooled features and the images."""
 
     @model_validator(mode="after")
     def _finetune_needs_a_cut(self) -> Params:
