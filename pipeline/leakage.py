@@ -122,6 +122,19 @@ def nearest_neighbours(queries: Blocks, base: Blocks, *, exclude_self: bool = Fa
     return Nearest(np.concatenate(indices), np.concatenate(similarities))
 
 
+def search(store, block_rows: int, device=None) -> dict[tuple[str, str], Nearest]:
+    """The nearest neighbours of every split pair of :data:`SPLIT_PAIRS` that a
+    :class:`~pipeline.features.FeatureStore` has images for, its features read in blocks of ``block_rows``."""
+    sizes = {s: store.n_rows(s) for s in store.splits}
+    found = {}
+    for query, base in SPLIT_PAIRS:
+        if sizes.get(query, 0) and sizes.get(base, 0) > (query == base):
+            found[query, base] = nearest_neighbours(store_blocks(store, query, block_rows),
+                                                    store_blocks(store, base, block_rows),
+                                                    exclude_self=query == base, device=device)
+    return found
+
+
 # -- pairs -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Pair:
@@ -290,7 +303,7 @@ def plot_pairs(groups: Sequence[tuple[str, Sequence[Pair]]], images: dict[str, n
                     spine.set_edgecolor(colour)
                     spine.set_linewidth(2.5)
             axes[2 * g, c].set_title(f"cos {p.cosine:.3f}\npx {p.pixel_distance:.1f}", fontsize=7, color=colour)
-        axes[2 * g, 0].set_ylabel(query, fontsize=8)
+        axes[2 * g, 0].set_ylabel(f"{label}\n{query}", fontsize=8)
         axes[2 * g + 1, 0].set_ylabel(base, fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()

@@ -24,25 +24,13 @@ from pipeline.config import Params
 from pipeline.errors import BadImageError, DatasetError
 from pipeline.features import FeatureStore, expected_spec
 from pipeline.fileutil import atomic_files, write_json
-from pipeline.leakage import (SPLIT_PAIRS, Nearest, candidates, check_pixels, nearest_neighbours, pairs_of,
-                              plot_pairs, small_grey, split_pair_name, store_blocks, summarise, write_pairs)
+from pipeline.leakage import (candidates, check_pixels, pairs_of, plot_pairs, search, small_grey, split_pair_name,
+                              summarise, write_pairs)
 
 SHOWN = 8
 """Closest pairs of each split pair in the picture, above the threshold or not."""
 THUMBNAIL = 96
 """Largest side of an image in the picture, in pixels."""
-
-
-def search(store: FeatureStore, block_rows: int, device=None) -> dict[tuple[str, str], Nearest]:
-    """The nearest neighbours of every split pair of :data:`SPLIT_PAIRS` the file has images for."""
-    sizes = {s: store.n_rows(s) for s in store.splits}
-    found = {}
-    for query, base in SPLIT_PAIRS:
-        if sizes.get(query, 0) and sizes.get(base, 0) > (query == base):
-            found[query, base] = nearest_neighbours(store_blocks(store, query, block_rows),
-                                                    store_blocks(store, base, block_rows),
-                                                    exclude_self=query == base, device=device)
-    return found
 
 
 def read_images(source_location: str, keys: Iterable[str], size: int,
