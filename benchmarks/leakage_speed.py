@@ -74,8 +74,8 @@ def main() -> None:
             if not (sizes.get(query) and sizes.get(base, 0) > (query == base)):
                 continue
             t = time.perf_counter()
-            found = nearest_neighbours(store_blocks(store, query, args.block_rows), store_blocks(store, base, args.block_rows),
-                                       exclude_self=query == base)
+            found = nearest_neighbours(store_blocks(store, query, args.block_rows),
+                                       store_blocks(store, base, args.block_rows), exclude_self=query == base)
             print(f"  {split_pair_name(query, base):10s} {sizes[query]:>6,} x {sizes[base]:>6,}: "
                   f"{time.perf_counter() - t:6.1f} s, mean nearest cosine {found.similarity.mean():.4f}")
         total = time.perf_counter() - start

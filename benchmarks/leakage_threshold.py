@@ -58,7 +58,8 @@ def main() -> None:
     source = args.source or Splits.load(args.splits).source
     start = time.perf_counter()
     small, thumbs = read_images(source, keys, args.pixel_size, keys)
-    print(f"read {len(keys)} images of {len(pairs)} pairs at cosine >= {args.floor}: {time.perf_counter() - start:.1f} s")
+    print(f"read {len(keys)} images of {len(pairs)} pairs at cosine >= {args.floor}: "
+          f"{time.perf_counter() - start:.1f} s")
     pairs = check_pixels(pairs, small, args.tolerance, threshold=-1.0)  # confirmed: the pixels alone
     names = [split_pair_name(q, b) for q, b in found]
     print(f"\npairs per cosine band: all / within {args.tolerance:g} grey levels at {args.pixel_size} px "

@@ -161,7 +161,8 @@ def comparison_table(rows: list[dict]) -> str:
     header = ["head", "kind", "test top-1 (95% CI)", "vs best: p (McNemar)"]
     header += [f"test top-1 without near-copies ({clean[0]['removed']} removed)"] if with_clean else []
     header += ["test top-5", "mean per-class", "val top-1", "ECE", "fit s", "chosen"]
-    lines = ["| " + " | ".join(header) + " |", "| --- | --- | --- | --- |" + " --- |" * with_clean + " ---: | ---: | ---: | ---: | ---: | --- |"]
+    align = ["---"] * (4 + with_clean) + ["---:"] * 5 + ["---"]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
     for r, c in zip(rows, clean):
         test, val = r["test"], r.get("val", {})
         chosen = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.get("chosen", {}).items()

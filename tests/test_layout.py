@@ -50,8 +50,8 @@ def test_the_head_side_does_not_run_the_backbone_or_the_image_code():
     """The f/g rule on the import graph: the pooled heads' stages and compare never reach the frozen backbone,
     the images, the sources or the leakage stage (compare reads only ids from its pairs.csv); a fine-tuned
     head reaches the backbone module, for its top only."""
-    data_side = {"pipeline.backbones", "pipeline.images", "pipeline.sources", "pipeline.extract", "pipeline.preprocessing",
-                 "pipeline.stages.leakage"}
+    data_side = {"pipeline.backbones", "pipeline.images", "pipeline.sources", "pipeline.extract",
+                 "pipeline.preprocessing", "pipeline.stages.leakage"}
     for stage in ("train", "evaluate", "curves", "compare"):
         assert not closure(*CODE[stage]) & data_side, stage
     assert closure("pipeline.heads.finetune") & data_side == {"pipeline.backbones", "pipeline.preprocessing"}
@@ -93,7 +93,8 @@ def test_dvc_yaml_uses_the_paths_of_the_layout(stages):
     leakage = [layout.LEAKAGE_PAIRS.as_posix(), layout.LEAKAGE_PICTURE.as_posix()]
     assert paths(stages["leakage"]["outs"]) == leakage
     assert paths(stages["leakage"]["metrics"]) == [layout.LEAKAGE_SUMMARY.as_posix()]
-    assert {layout.FEATURES["pooled"].as_posix(), layout.SPLITS.as_posix(), "${data.source}"} <= set(paths(stages["leakage"]["deps"]))
+    assert {layout.FEATURES["pooled"].as_posix(), layout.SPLITS.as_posix(), "${data.source}"} <= set(
+        paths(stages["leakage"]["deps"]))
     assert layout.LEAKAGE_PAIRS.as_posix() in paths(stages["compare"]["deps"])
     curves = layout.CURVES.as_posix()
     assert paths(stages["curves"]["outs"]) == [f"{curves}.md", f"{curves}.png", f"{curves}.csv",

@@ -34,8 +34,8 @@ def without(correct: dict[str, bool], removed: set[str]) -> dict:
     ``removed``, and how many were removed."""
     kept = [ok for i, ok in correct.items() if i not in removed]
     low, high = wilson_interval(sum(kept), len(kept))
-    return {"n": len(kept), "removed": len(correct) - len(kept), "top1": sum(kept) / len(kept) if kept else float("nan"),
-            "top1_low": low, "top1_high": high}
+    top1 = sum(kept) / len(kept) if kept else float("nan")
+    return {"n": len(kept), "removed": len(correct) - len(kept), "top1": top1, "top1_low": low, "top1_high": high}
 
 
 def run(metrics_paths: list[str | Path], out_stem: str | Path, pairs_path: str | Path | None = None) -> list[dict]:
