@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--features", type=Path, default=Path("data/features/pooled.h5"))
     parser.add_argument("--splits", type=Path, default=Path("data/prepared/splits.json"))
     parser.add_argument("--source", default=None)
-    parser.add_argument("--threshold", type=float, default=0.95)
+    parser.add_argument("--threshold", type=float, default=0.88)
     parser.add_argument("--tolerance", type=float, default=12.0)
     parser.add_argument("--pixel-size", type=int, default=16)
     parser.add_argument("--floor", type=float, default=BANDS[0])

@@ -308,7 +308,7 @@ class LeakageParams(_Section):
     """The leakage stage: near-copies between splits, found on the pooled features and confirmed on the
     pixels (see docs/leakage.md)."""
 
-    threshold: float = Field(0.95, gt=0, le=1)
+    threshold: float = Field(0.88, gt=0, le=1)
     """Cosine similarity of the pooled features at or above which an image and its nearest neighbour in
     another split (or the same) are a candidate near-copy."""
     pixel_size: int = Field(16, ge=2, le=256)
