@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--features", type=Path, default=Path("data/features/pooled.h5"))
     parser.add_argument("--splits", type=Path, default=Path("data/prepared/splits.json"))
     parser.add_argument("--source", default=None)
-    parser.add_argument("--threshold", type=float, default=0.88)
+    parser.add_argument("--threshold", type=float, default=0.85)
     parser.add_argument("--tolerance", type=float, default=12.0)
     parser.add_argument("--pixel-size", type=int, default=16)
     parser.add_argument("--floor", type=float, default=BANDS[0])
@@ -72,7 +72,7 @@ def main() -> None:
             med = f"({np.median([p.pixel_distance for p in band]):.1f})" if band else ""
             cells.append(f"{len(band):>6} / {sum(p.confirmed for p in band):<6} {med:>8s}")
         print(f"[{low:.2f}, {min(high, 1):.2f}{')' if high < 1 else ']'}  " + "".join(f"{c:>24s}" for c in cells))
-    for t in (0.90, 0.92, 0.94, 0.95, 0.96, 0.97):
+    for t in (0.80, 0.82, 0.85, 0.88, 0.90, 0.92, 0.95):
         test_train = [p for p in pairs if p.split_pair == "test-train" and p.cosine >= t]
         print(f"threshold {t:.2f}: test-train candidates {len(test_train)}, confirmed "
               f"{sum(p.confirmed for p in test_train)}")
