@@ -177,6 +177,13 @@ def test_leakage_params_are_validated(bad, message):
     assert message in str(err.value)
 
 
+def test_params_yaml_shows_the_leakage_defaults():
+    from pipeline.config import LeakageParams, load_params
+    from tests.conftest import ROOT
+
+    assert load_params(ROOT / "params.yaml").leakage == LeakageParams()
+
+
 # -- the stage on real images and features -----------------------------------------------------------
 PLANTED = {  # test image -> what it is a copy of
     "test/cat/planted-copy.jpg": "a training cat, byte for byte",
