@@ -343,6 +343,25 @@ class MistakesParams(_Section):
     """For each class, the test images of it taken for its most confused other class, most confident first."""
 
 
+# -- leakage between splits ------------------------------------------------------------------------
+class LeakageParams(_Section):
+    """The leakage stage: near-copies between splits, found on the pooled features and confirmed on the
+    pixels (see docs/leakage.md)."""
+
+    threshold: float = Field(0.85, gt=0, le=1)
+    """Cosine similarity of the pooled features at or above which an image and its nearest neighbour in
+    another split (or the same) are a candidate near-copy (chosen on CIFAR-10, EfficientNet-Lite0 features)."""
+    pixel_size: int = Field(16, ge=2, le=256)
+    """Both images of a candidate are reduced to pixel_size x pixel_size grey pixels for the pixel check."""
+    pixel_tolerance: float = Field(12.0, ge=0, le=255)
+    """A candidate is confirmed when the mean absolute difference of its reduced images is at most this
+    many grey levels (0-255)."""
+    block_rows: int = Field(4096, gt=0)
+    """Rows of the query and base blocks of the similarity search: its memory grows with block_rows, not with the
+    number of images (blocks and their product: 4 * block_rows * (2 * D + block_rows) bytes, plus copies made
+    while reading). Does not change the results."""
+
+
 class Params(_Section):
     seed: int = Field(0, ge=0, lt=SEED_LIMIT)
     data: DataParams = DataParams()
@@ -356,6 +375,8 @@ class Params(_Section):
     """The learning curve (stage curves): head side, from the pooled feature file."""
     mistakes: MistakesParams = MistakesParams()
     """The mistakes stage (data side): it reads the test images."""
+    leakage: LeakageParams = LeakageParams()
+    """Near-copies between splits (stage leakage): data side, from the pooled features and the images."""
 
     @model_validator(mode="after")
     def _finetune_needs_a_cut(self) -> Params:

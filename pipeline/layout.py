@@ -22,6 +22,12 @@ CURVES = EVALUATION / "curves"
 mean top-1 per k and head (.csv, the DVC plot)."""
 CURVE_DRAWS = EVALUATION / "curve_draws.csv"
 """Every fit of the learning curve: one row per head, k and draw, with the penalty chosen and how."""
+LEAKAGE = EVALUATION / "leakage"
+"""Near-copies between splits: pairs.csv (every candidate pair), summary.json (counts, a DVC metric) and
+pairs.png (the closest pairs side by side)."""
+LEAKAGE_PAIRS = LEAKAGE / "pairs.csv"
+LEAKAGE_SUMMARY = LEAKAGE / "summary.json"
+LEAKAGE_PICTURE = LEAKAGE / "pairs.png"
 LIVE = EVALUATION / "live"
 """Training curves written by DVCLive, one folder per head configuration (see :func:`live_dir`)."""
 

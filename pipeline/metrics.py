@@ -160,12 +160,16 @@ def plot_reliability(stats: dict, path: str | Path, title: str, before: dict | N
 
 def comparison_table(rows: list[dict]) -> str:
     """Markdown table of heads, best first: test top-1 with its interval and the paired test against the
-    best head, top-5, mean per-class, the held-out val figure, ECE, fit time, what fitting chose."""
-    lines = [
-        "| head | kind | test top-1 (95% CI) | vs best: p (McNemar) | test top-5 | mean per-class | val top-1 | ECE | fit s | chosen |",
-        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
-    ]
-    for r in rows:
+    best head, the test top-1 without near-copies (when the rows have it), top-5, mean per-class, the
+    held-out val figure, ECE, fit time, what fitting chose."""
+    clean = [r.get("test_without_near_copies") for r in rows]
+    with_clean = all(c is not None for c in clean) and bool(rows)
+    header = ["head", "kind", "test top-1 (95% CI)", "vs best: p (McNemar)"]
+    header += [f"test top-1 without near-copies ({clean[0]['removed']} removed)"] if with_clean else []
+    header += ["test top-5", "mean per-class", "val top-1", "ECE", "fit s", "chosen"]
+    align = ["---"] * (4 + with_clean) + ["---:"] * 5 + ["---"]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+    for r, c in zip(rows, clean):
         test, val = r["test"], r.get("val", {})
         chosen = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.get("chosen", {}).items()
                            if k != "chosen_val_top1")
@@ -175,16 +179,20 @@ def comparison_table(rows: list[dict]) -> str:
         else:
             paired = f"{versus['p_value']:.2g}" + (" (differs)" if versus["p_value"] < 0.05 else "")
         held_out = f"{val['top1']:.4f}" + ("*" if val.get("on", "").startswith("sweep") else "") if "top1" in val else ""
-        cells = [r["name"], r["head"], f"{test['top1']:.4f} ({test['top1_low']:.4f}-{test['top1_high']:.4f})", paired,
-                 f"{test.get('top5', float('nan')):.4f}", f"{test['mean_class_accuracy']:.4f}", held_out,
-                 f"{test.get('ece', float('nan')):.4f}", f"{r.get('fit_seconds', float('nan')):.1f}", chosen]
+        cells = [r["name"], r["head"], f"{test['top1']:.4f} ({test['top1_low']:.4f}-{test['top1_high']:.4f})", paired]
+        cells += [f"{c['top1']:.4f} ({c['top1_low']:.4f}-{c['top1_high']:.4f})"] if with_clean else []
+        cells += [f"{test.get('top5', float('nan')):.4f}", f"{test['mean_class_accuracy']:.4f}", held_out,
+                  f"{test.get('ece', float('nan')):.4f}", f"{r.get('fit_seconds', float('nan')):.1f}", chosen]
         lines.append("| " + " | ".join(cells) + " |")
     note = ("\n95% CI: Wilson score interval over the test images. vs best: exact McNemar test of the head against the "
-            "best one on the same test images (two-sided p; \"differs\" when p < 0.05). val top-1 marked * is the "
-            "held-out accuracy of a swept head at the chosen penalty, measured before it was refit on train + val; "
-            "no figure is ever measured on images a head was fitted on. ECE: expected calibration error of the "
-            "head's probabilities (15 bins): the softmax of its scores, divided by the temperature for a head with "
-            "calibrate: true (chosen: temperature=T).\n")
+            "best one on the same test images (two-sided p; \"differs\" when p < 0.05). ")
+    if with_clean:
+        note += (f"Without near-copies: the top-1 on the {clean[0]['n']} test images that have no confirmed near-copy "
+                 "in train or val (evaluation/leakage/pairs.csv, docs/leakage.md). ")
+    note += ("val top-1 marked * is the held-out accuracy of a swept head at the chosen penalty, measured before it "
+             "was refit on train + val; no figure is ever measured on images a head was fitted on. ECE: expected "
+             "calibration error of the head's probabilities (15 bins): the softmax of its scores, divided by the "
+             "temperature for a head with calibrate: true (chosen: temperature=T).\n")
     return "\n".join(lines) + "\n" + note
 
 
@@ -200,6 +208,10 @@ def plot_comparison(rows: list[dict], path: str | Path) -> None:
     ax.barh(y + 0.2, per_class, height=0.4, label="test mean per-class")
     for yi, v in zip(y, top1):
         ax.text(v + 0.005, yi - 0.2, f"{v:.3f}", va="center", fontsize=8)
+    if rows and all("test_without_near_copies" in r for r in rows):
+        clean = [r["test_without_near_copies"] for r in rows]
+        ax.plot([c["top1"] for c in clean], y - 0.2, "k|", markersize=14, markeredgewidth=2,
+                label=f"test top-1 without near-copies ({clean[0]['removed']} removed)")
     ax.set_yticks(y, names)
     ax.set_xlim(0, 1.08)
     ax.set_xlabel("accuracy")

@@ -81,7 +81,7 @@ def test_dvc_repro_then_each_change_reruns_only_what_it_touches(tmp_path):
     out = dvc(repo, env, "repro")
     assert ran(out) == {"prepare", "extract", "train", "evaluate", "train-heads@ridge", "train-heads@knn",
                         "evaluate-heads@ridge", "evaluate-heads@knn", "finetune@top",
-                        "evaluate-finetune@top", "compare", "mistakes", "curves"}
+                        "evaluate-finetune@top", "leakage", "compare", "mistakes", "curves"}
     order = [line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")]
     # results early: the main head's metrics come right after the one extraction pass, before the other heads
     assert order[order.index("extract") + 1 : order.index("extract") + 3] == ["train", "evaluate"]
@@ -97,13 +97,17 @@ def test_dvc_repro_then_each_change_reruns_only_what_it_touches(tmp_path):
     files = next(iter(shown.values()))["data"]  # keyed by revision ("" for the workspace)
     assert {"evaluation/metrics.json", "evaluation/heads/ridge/metrics.json", "evaluation/heads/knn/metrics.json",
             "evaluation/finetune/top/metrics.json", "evaluation/curves.json", "evaluation/live/head/metrics.json",
-            "evaluation/live/finetune/top/metrics.json"} <= set(files)
+            "evaluation/live/finetune/top/metrics.json", "evaluation/leakage/summary.json"} <= set(files)
+    leakage = json.loads((repo / "evaluation" / "leakage" / "summary.json").read_text())
+    assert leakage["pairs"]["test-train"]["searched"] == 60 and leakage["pairs"]["val-train"]["searched"] == 10
+    assert (repo / "evaluation" / "leakage" / "pairs.png").stat().st_size > 0
     curve = json.loads((repo / "evaluation" / "curves.json").read_text())
     assert set(curve["best_head"]) == {"1", "2", "4", "all"}  # 5 training images per class: k = 8 ... 1024 left out
     assert curve["full_top1"]["logistic"] == round(metrics["test"]["top1"], 4)  # the main head's own metric
     assert json.loads((repo / "evaluation" / "live" / "finetune" / "top" / "metrics.json").read_text())["step"] == 0
     table = (repo / "evaluation" / "comparison.md").read_text()
     assert all(f"| {name} |" in table for name in ("head", "ridge", "knn", "top"))
+    assert f"test top-1 without near-copies ({leakage['test_removed']} removed)" in table
     assert (repo / "evaluation" / "comparison.png").stat().st_size > 0
     report = json.loads((repo / "evaluation" / "mistakes" / "mistakes.json").read_text())
     assert report["main"]["config"] == "head" and report["main"]["worst"]  # test images of the archive, drawn
@@ -128,6 +132,11 @@ def test_dvc_repro_then_each_change_reruns_only_what_it_touches(tmp_path):
     calibrated = json.loads((repo / "evaluation" / "metrics.json").read_text())
     assert calibrated["chosen"]["temperature"] > 0 and "ece_uncalibrated" in calibrated["test"]
     assert after("+curves.heads.knn.knn.k=3") == {"curves"}  # + adds a key
+    # a setting of the leakage search: that stage (and compare and mistakes, when the pairs it finds change);
+    # its block size: nothing
+    rerun = after("leakage.pixel_size=8")
+    assert "leakage" in rerun and rerun <= {"leakage", "compare", "mistakes"}
+    assert after("leakage.block_rows=7") == set()
     # a compared head's setting: only that head's stages, compare and mistakes
     assert after("+heads.knn.knn.k=5") == {"train-heads@knn", "evaluate-heads@knn", "compare", "mistakes"}  # + adds a key
     # a fine-tune setting: only that head; a new cut: the one extraction pass again (writing pooled.h5
