@@ -22,6 +22,9 @@ CURVES = EVALUATION / "curves"
 mean top-1 per k and head (.csv, the DVC plot)."""
 CURVE_DRAWS = EVALUATION / "curve_draws.csv"
 """Every fit of the learning curve: one row per head, k and draw, with the penalty chosen and how."""
+SEEDS = EVALUATION / "seeds"
+"""Stem of the spread over seeds: per configuration, test top-1 per seed, mean and sd (.json, a DVC metric,
+read by compare) and the table (.md)."""
 LIVE = EVALUATION / "live"
 """Training curves written by DVCLive, one folder per head configuration (see :func:`live_dir`)."""
 

@@ -153,11 +153,14 @@ def plot_reliability(stats: dict, path: str | Path, title: str) -> None:
 
 
 def comparison_table(rows: list[dict]) -> str:
-    """Markdown table of heads, best first: test top-1 with its interval and the paired test against the
-    best head, top-5, mean per-class, the held-out val figure, ECE, fit time, what fitting chose."""
+    """Markdown table of heads, best first: test top-1 with its interval (and, for heads refit with several
+    seeds, their mean ± sd beside it) and the paired test against the best head, top-5, mean per-class, the
+    held-out val figure, ECE, fit time, what fitting chose."""
+    seeded = any("seeds" in r for r in rows)
     lines = [
-        "| head | kind | test top-1 (95% CI) | vs best: p (McNemar) | test top-5 | mean per-class | val top-1 | ECE | fit s | chosen |",
-        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| head | kind | test top-1 (95% CI) |" + (" over seeds: mean ± sd |" if seeded else "")
+        + " vs best: p (McNemar) | test top-5 | mean per-class | val top-1 | ECE | fit s | chosen |",
+        "| --- | --- | --- |" + (" --- |" if seeded else "") + " --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in rows:
         test, val = r["test"], r.get("val", {})
@@ -172,12 +175,18 @@ def comparison_table(rows: list[dict]) -> str:
         cells = [r["name"], r["head"], f"{test['top1']:.4f} ({test['top1_low']:.4f}-{test['top1_high']:.4f})", paired,
                  f"{test.get('top5', float('nan')):.4f}", f"{test['mean_class_accuracy']:.4f}", held_out,
                  f"{test.get('ece', float('nan')):.4f}", f"{r.get('fit_seconds', float('nan')):.1f}", chosen]
+        if seeded:
+            s = r.get("seeds")
+            cells.insert(3, "" if s is None else f"{s['mean']:.4f} ± {s['sd']:.4f} ({s['n']} seeds{', splits' if s['splits'] else ''})")
         lines.append("| " + " | ".join(cells) + " |")
     note = ("\n95% CI: Wilson score interval over the test images. vs best: exact McNemar test of the head against the "
             "best one on the same test images (two-sided p; \"differs\" when p < 0.05). val top-1 marked * is the "
             "held-out accuracy of a swept head at the chosen penalty, measured before it was refit on train + val; "
             "no figure is ever measured on images a head was fitted on. ECE: expected calibration error of the "
             "softmax of the head's scores (15 bins).\n")
+    if seeded:
+        note += ("\nover seeds: mean ± standard deviation (ddof = 1) of test top-1 over the fits of the seeds stage, one per "
+                 "seed of seeds.values; \"splits\": each seed also re-carved train / val (evaluation/seeds.md).\n")
     return "\n".join(lines) + "\n" + note
 
 

@@ -1,7 +1,8 @@
 """Stage compare: one table (Markdown) and one chart (PNG) of every evaluated head configuration.
 
 Each head is tested against the best one (highest test top-1) on the same test images, with the exact
-McNemar test on their test predictions (the test_predictions.csv beside each metrics.json).
+McNemar test on their test predictions (the test_predictions.csv beside each metrics.json). A head that the
+seeds stage refit with several seeds shows their mean and standard deviation beside its own figure.
 """
 
 from __future__ import annotations
@@ -26,11 +27,18 @@ def correct_by_id(predictions_csv: Path) -> dict[str, bool]:
         return {row["id"]: row["actual"] == row["predicted"] for row in csv.DictReader(f)}
 
 
-def run(metrics_paths: list[str | Path], out_stem: str | Path) -> list[dict]:
+def run(metrics_paths: list[str | Path], out_stem: str | Path, seeds_path: str | Path | None = None) -> list[dict]:
     """Rows of the given metrics.json files, best test top-1 first, each with its paired test against the
-    best; writes ``<out_stem>.md`` and ``.png``."""
+    best and (``seeds_path``: the seeds stage's summary) its spread over seeds; writes ``<out_stem>.md`` and
+    ``.png``."""
     paths = [Path(p) for p in metrics_paths]
     rows = [json.loads(p.read_text()) | {"_predictions": p.parent / "test_predictions.csv"} for p in paths]
+    if seeds_path is not None:
+        summary = json.loads(Path(seeds_path).read_text())
+        spread = {c["name"]: c | {"splits": summary["splits"]} for c in summary["configurations"].values()}
+        for row in rows:
+            if row["name"] in spread:
+                row["seeds"] = spread[row["name"]]
     rows.sort(key=lambda r: -r["test"]["top1"])
     best = correct_by_id(rows[0].pop("_predictions"))
     for row in rows[1:]:
@@ -55,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser(__doc__).parse_args(argv)
 
     def stage(params: Params, _) -> list[dict]:
-        return run([layout.evaluation_dir(k) / layout.METRICS for k in params.head_keys()], layout.COMPARISON)
+        return run([layout.evaluation_dir(k) / layout.METRICS for k in params.head_keys()], layout.COMPARISON,
+                   layout.SEEDS.with_suffix(".json"))
 
     return run_stage(args, stage)
 
