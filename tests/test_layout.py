@@ -21,6 +21,7 @@ CODE = {  # stage -> the modules it runs: its entry point, and the head implemen
     "evaluate-heads": ["pipeline.stages.evaluate", *POOLED_HEADS],
     "finetune": ["pipeline.stages.train", "pipeline.heads.finetune"],
     "evaluate-finetune": ["pipeline.stages.evaluate", "pipeline.heads.finetune"],
+    "seeds": ["pipeline.stages.seeds", *POOLED_HEADS, "pipeline.heads.finetune"],
     "compare": ["pipeline.stages.compare"],
     "curves": ["pipeline.stages.curves", *POOLED_HEADS],
 }
@@ -51,6 +52,7 @@ def test_the_head_side_does_not_run_the_backbone_or_the_image_code():
     data_side = {"pipeline.backbones", "pipeline.images", "pipeline.sources", "pipeline.extract", "pipeline.preprocessing"}
     for stage in ("train", "evaluate", "curves"):
         assert not closure(*CODE[stage]) & data_side, stage
+    assert not closure("pipeline.stages.seeds", *POOLED_HEADS) & data_side  # the backbone's top: only for finetune
     assert closure("pipeline.heads.finetune") & data_side == {"pipeline.backbones", "pipeline.preprocessing"}
 
 
@@ -87,6 +89,11 @@ def test_dvc_yaml_uses_the_paths_of_the_layout(stages):
     assert evaluated <= set(paths(stages["compare"]["deps"]))
     for folder in ("heads", "finetune"):  # compare's folder deps exist with no compared head at all
         assert (ROOT / layout.EVALUATION / folder / ".gitkeep").exists()
+    seeds = layout.SEEDS.as_posix()
+    assert paths(stages["seeds"]["outs"]) == [f"{seeds}.md"] and paths(stages["seeds"]["metrics"]) == [f"{seeds}.json"]
+    assert f"{seeds}.json" in paths(stages["compare"]["deps"])
+    assert {p for p in paths(stages["seeds"]["deps"]) if p.startswith(("data/", "models/"))} == {
+        *(f.as_posix() for f in layout.FEATURES.values()), layout.SPLITS.as_posix()}  # the caches only: no images
     curves = layout.CURVES.as_posix()
     assert paths(stages["curves"]["outs"]) == [f"{curves}.md", f"{curves}.png", f"{curves}.csv",
                                                layout.CURVE_DRAWS.as_posix()]

@@ -80,7 +80,7 @@ def test_dvc_repro_then_each_change_reruns_only_what_it_touches(tmp_path):
     out = dvc(repo, env, "repro")
     assert ran(out) == {"prepare", "extract", "train", "evaluate", "train-heads@ridge", "train-heads@knn",
                         "evaluate-heads@ridge", "evaluate-heads@knn", "extract-cut", "finetune@top",
-                        "evaluate-finetune@top", "compare", "curves"}
+                        "evaluate-finetune@top", "seeds", "compare", "curves"}
     features, cut_cache = repo / "data" / "features" / "pooled.h5", repo / "data" / "features" / "cut.h5"
     digests = {features: sha256(features), cut_cache: sha256(cut_cache)}
     extract_lock = lock_entry(repo, "extract")
@@ -101,13 +101,14 @@ def test_dvc_repro_then_each_change_reruns_only_what_it_touches(tmp_path):
     table = (repo / "evaluation" / "comparison.md").read_text()
     assert all(f"| {name} |" in table for name in ("head", "ridge", "knn", "top"))
     assert (repo / "evaluation" / "comparison.png").stat().st_size > 0
+    assert json.loads((repo / "evaluation" / "seeds.json").read_text())["seeds"] == []  # off by default
     commit(repo, env, "first run")
 
     def after(*settings: str) -> set[str]:
         return ran(dvc(repo, env, "exp", "run", *(a for s in settings for a in ("-S", s))))
 
-    # another main head: only its train and evaluate, and compare
-    assert after("head.kind=ridge") == {"train", "evaluate", "compare"}
+    # another main head: only its train and evaluate, seeds (it may repeat the main head) and compare
+    assert after("head.kind=ridge") == {"train", "evaluate", "seeds", "compare"}
     assert json.loads((repo / "evaluation" / "metrics.json").read_text())["head"] == "ridge"
     assert lock_entry(repo, "train")["params"]["params.yaml"]["head.kind"] == "ridge"
     # a setting of a kind the main head does not use: nothing of the main head
@@ -115,14 +116,19 @@ def test_dvc_repro_then_each_change_reruns_only_what_it_touches(tmp_path):
     # a setting of the learning curve: the curve only
     assert after("curves.draws=2") == {"curves"}
     assert after("+curves.heads.knn.knn.k=3") == {"curves"}  # + adds a key
-    # a compared head's setting: only that head's stages and compare
-    assert after("+heads.knn.knn.k=5") == {"train-heads@knn", "evaluate-heads@knn", "compare"}  # + adds a key
+    # a compared head's setting: only that head's stages, seeds and compare
+    assert after("+heads.knn.knn.k=5") == {"train-heads@knn", "evaluate-heads@knn", "seeds", "compare"}  # + adds a key
     # a fine-tune setting: only that head; a new cut: only the cut cache and what is trained on it
-    assert after("finetune.top.lr_top=0.001") == {"finetune@top", "evaluate-finetune@top", "compare"}
+    assert after("finetune.top.lr_top=0.001") == {"finetune@top", "evaluate-finetune@top", "seeds", "compare"}
+    # seeds on: the seeds stage and compare only, which shows the spread beside the single run
+    assert after("seeds.values=[0,1]", "seeds.configurations=[heads.knn]", "seeds.splits=true") == {"seeds", "compare"}
+    spread = json.loads((repo / "evaluation" / "seeds.json").read_text())["configurations"]["heads.knn"]
+    assert spread["n"] == 2 and spread["n_train"] == 50
+    assert f"{spread['mean']:.4f} ± {spread['sd']:.4f} (2 seeds, splits)" in (repo / "evaluation" / "comparison.md").read_text()
     assert lock_entry(repo, "extract") == extract_lock  # DVC's own record of extract is unchanged
     assert all(sha256(path) == digest for path, digest in digests.items())
     out = dvc(repo, env, "exp", "run", "-S", "backbone.cut=_blocks.14")
-    assert ran(out) == {"extract-cut", "finetune@top", "evaluate-finetune@top", "compare"}
+    assert ran(out) == {"extract-cut", "finetune@top", "evaluate-finetune@top", "seeds", "compare"}
     assert "cut cache at the input of _blocks.14: 120 images x 192x7x7 float16 = 0.00 GiB" in out  # said before extracting
     assert sha256(features) == digests[features]
 
