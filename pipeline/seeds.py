@@ -55,7 +55,7 @@ def recarve(store: FeatureStore, val_fraction: float, seed: int) -> SplitView:
     })
 
 
-def test_top1(head: Head, store: FeatureStore) -> float:
+def top1_on_test(head: Head, store: FeatureStore) -> float:
     """Top-1 of a fitted head on the whole test split, scored block by block as the evaluate stage does."""
     right = n = 0
     for X, y in store.iter_blocks("test"):
@@ -89,7 +89,7 @@ def seed_fits(stores: dict[str, FeatureStore], configs: list[HeadConfig], seeds:
             start = time.perf_counter()
             head.fit_store(data)
             seconds = time.perf_counter() - start
-            fit = SeedFit(config.key, config.kind, seed, test_top1(head, store), seconds, data.n_rows("train"))
+            fit = SeedFit(config.key, config.kind, seed, top1_on_test(head, store), seconds, data.n_rows("train"))
             log(f"{config.key} ({config.kind}) seed {seed}: test top-1 {fit.top1:.4f}, fitted in {seconds:.1f} s")
             fits.append(fit)
     return fits

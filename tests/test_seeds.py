@@ -165,7 +165,7 @@ def test_the_test_split_is_never_used_for_fitting(caches, monkeypatch, tmp_path)
     (re-carved or not): the test split is read only to score."""
     out, params = caches
     log: list[str] = []
-    read, score = FeatureStore.read, S.test_top1
+    read, score = FeatureStore.read, S.top1_on_test
 
     def spy_read(self, split, *args, **kwargs):
         log.append(split)
@@ -179,7 +179,7 @@ def test_the_test_split_is_never_used_for_fitting(caches, monkeypatch, tmp_path)
             log.append("</score>")
 
     monkeypatch.setattr(FeatureStore, "read", spy_read)
-    monkeypatch.setattr(S, "test_top1", spy_score)
+    monkeypatch.setattr(S, "top1_on_test", spy_score)
     for splits in (False, True):
         log.clear()
         configurations = ["heads.mlp", "finetune.top", "head"] if splits else ["heads.mlp"]
