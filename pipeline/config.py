@@ -42,6 +42,9 @@ class HeadParamsBase(_Section):
     """Temperature scaling: after fitting, the train stage fits one temperature T on the validation split
     (minimising the negative log-likelihood of softmax(scores / T)); probabilities, predict and export use
     it. The predicted classes do not change."""
+    stochastic: ClassVar[bool] = False
+    """Whether a fit depends on the seed (random initialisation, shuffling, dropout): the seeds stage
+    repeats these heads by default. A deterministic fit varies only with the data it is given."""
 
 
 class PooledHeadParams(HeadParamsBase):
@@ -113,6 +116,7 @@ class KnnParams(PooledHeadParams):
 
 class MlpParams(PooledHeadParams):
     implementation = "pipeline.heads.mlp:MlpHead"
+    stochastic = True
     hidden: int = Field(1024, gt=0)
     dropout: float = Field(0.2, ge=0, lt=1)
     epochs: int = Field(20, gt=0)
@@ -126,6 +130,7 @@ class FinetuneParams(HeadParamsBase):
 
     implementation = "pipeline.heads.finetune:FinetuneHead"
     input = "cut"
+    stochastic = True
     epochs: int = Field(4, gt=0)
     batch_size: int = Field(64, gt=0)
     lr_top: float = Field(3e-4, gt=0)
@@ -362,6 +367,40 @@ class LeakageParams(_Section):
     while reading). Does not change the results."""
 
 
+# -- seeds ----------------------------------------------------------------------------------------
+class SeedsParams(_Section):
+    """The seeds stage: head configurations refit with several seeds, their spread over the seeds (see
+    docs/seeds.md)."""
+
+    values: list[int] = []
+    """The seeds; empty: the stage is off (it writes a placeholder). Each repeated configuration is refit
+    once per seed."""
+    configurations: list[str] | None = None
+    """Which head configurations (``head``, ``heads.<name>``, ``finetune.<name>``) to repeat; None: every
+    configuration whose fit varies with the seed (the stochastic heads; every head when ``splits``)."""
+    splits: bool = False
+    """Each seed also re-carves train / val from the cached train + val rows (the prepare stage's rule, at
+    data.val_fraction), so that deterministic heads vary too."""
+
+    @field_validator("values")
+    @classmethod
+    def _seeds(cls, values: list[int]) -> list[int]:
+        if len(values) == 1:
+            raise ValueError(f"give at least two seeds (a standard deviation needs two), or [] for off; got {values}")
+        if len(set(values)) != len(values):
+            raise ValueError(f"each seed once; got {values}")
+        if any(not 0 <= v < SEED_LIMIT for v in values):
+            raise ValueError(f"seeds must be 0 <= seed < 2**32; got {values}")
+        return values
+
+    @field_validator("configurations")
+    @classmethod
+    def _some(cls, configurations: list[str] | None) -> list[str] | None:
+        if configurations is not None and (not configurations or len(set(configurations)) != len(configurations)):
+            raise ValueError(f"name each configuration once, at least one, or null for the default; got {configurations}")
+        return configurations
+
+
 class Params(_Section):
     seed: int = Field(0, ge=0, lt=SEED_LIMIT)
     data: DataParams = DataParams()
@@ -377,6 +416,8 @@ class Params(_Section):
     """The mistakes stage (data side): it reads the test images."""
     leakage: LeakageParams = LeakageParams()
     """Near-copies between splits (stage leakage): data side, from the pooled features and the images."""
+    seeds: SeedsParams = SeedsParams()
+    """The spread over seeds (stage seeds): head side, from the feature files."""
 
     @model_validator(mode="after")
     def _finetune_needs_a_cut(self) -> Params:
@@ -400,6 +441,25 @@ class Params(_Section):
         if section == FINETUNE and name in self.finetune:
             return HeadConfig(key, FINETUNE, _validate(FinetuneParams, self.finetune[name] or {}, key))
         raise ConfigError(f"no head configuration {key!r}; valid: {self.head_keys()}")
+
+    def seed_configs(self) -> list[HeadConfig]:
+        """The configurations the seeds stage repeats (``seeds.configurations``, or its default); a
+        deterministic head is refused unless ``seeds.splits`` varies its data: its figures would all be equal."""
+        seeds = self.seeds
+        keys = self.head_keys() if seeds.configurations is None else seeds.configurations
+        configs = []
+        for key in keys:
+            if key not in self.head_keys():
+                raise ConfigError(f"params: seeds.configurations: no head configuration {key!r}; valid: {self.head_keys()}")
+            config = self.head_config(key)
+            if seeds.splits or config.params.stochastic:
+                configs.append(config)
+            elif seeds.configurations is not None:
+                stochastic = sorted(k for k, p in HEAD_PARAMS.items() if p.stochastic)
+                raise ConfigError(f"params: seeds.configurations: {key} ({config.kind}) fits the same head whatever the "
+                                  f"seed, so its figures would all be equal; repeat a stochastic kind ({', '.join(stochastic)}) "
+                                  "or set seeds.splits: true to re-carve train / val per seed")
+        return configs
 
 
 def _validate(model: type[BaseModel], raw: Any, where: str) -> Any:
@@ -427,6 +487,7 @@ def parse_params(raw: dict[str, Any] | None) -> Params:
     for key in params.head_keys():
         params.head_config(key)
     params.curves.head_configs()
+    params.seed_configs()
     return params
 
 

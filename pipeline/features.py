@@ -441,6 +441,14 @@ class FeatureStore:
         return self.n_rows(split) * self.spec.feature_dim * 4
 
     @_reads
+    def labels(self, split: str) -> np.ndarray:
+        """The split's labels (int64), without its features."""
+        y = self._group(split)["labels"][:].astype(np.int64)
+        if len(y) and (y.min() < 0 or y.max() >= len(self.spec.classes)):
+            raise FeatureStoreError(f"{self.path}: {split} labels outside 0..{len(self.spec.classes) - 1}")
+        return y
+
+    @_reads
     def ids(self, split: str) -> list[str]:
         return [s.decode() if isinstance(s, bytes) else s for s in self._group(split)["ids"][:]]
 
@@ -503,3 +511,68 @@ class FeatureStore:
         if not blocks:
             return np.zeros((0, *self.spec.shape), dtype), np.zeros(0, np.int64)
         return np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks])
+
+
+class SplitView(FeatureStore):
+    """Another arrangement of an open store's rows into splits, read from the same file: each split of
+    the view is rows of the store's splits, ``{"train": [("train", rows), ("val", rows)], ...}`` with
+    ``rows`` increasing. A head fits on a view as on the file (``fit_store``); reading is checked as
+    always. The view does not own the file: closing it leaves the store open."""
+
+    def __init__(self, store: FeatureStore, splits: dict[str, list[tuple[str, np.ndarray]]]):
+        self._store, self.path, self.spec = store, store.path, store.spec
+        self._pieces: dict[str, list[tuple[str, np.ndarray]]] = {}
+        for split, pieces in splits.items():
+            self._pieces[split] = []
+            for source, rows in pieces:
+                rows = np.asarray(rows, dtype=np.int64)
+                n = store.n_rows(source)
+                if rows.ndim != 1 or (len(rows) and (rows[0] < 0 or rows[-1] >= n or (np.diff(rows) <= 0).any())):
+                    raise ValueError(f"split view {split!r}: rows of {source!r} must increase, within 0..{n - 1}")
+                self._pieces[split].append((source, rows))
+
+    def close(self) -> None:
+        pass
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self._pieces)
+
+    def _rows(self, split: str) -> list[tuple[str, np.ndarray]]:
+        if split not in self._pieces:
+            raise FeatureStoreError(f"feature file {self.path} (a view of it) has no split {split!r}; it has {self.splits}")
+        return self._pieces[split]
+
+    def n_rows(self, split: str) -> int:
+        return sum(len(rows) for _, rows in self._rows(split))
+
+    def labels(self, split: str) -> np.ndarray:
+        return np.concatenate([self._store.labels(source)[rows] for source, rows in self._rows(split)] or [np.zeros(0, np.int64)])
+
+    def ids(self, split: str) -> list[str]:
+        out = []
+        for source, rows in self._rows(split):
+            ids = self._store.ids(source)
+            out += [ids[i] for i in rows]
+        return out
+
+    def chunk_rows(self, split: str) -> int:
+        return min((self._store.chunk_rows(source) for source, _ in self._rows(split)), default=1)
+
+    def read(self, split: str, start: int, stop: int, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+        """Rows [start, stop) of the view's split. The file is read in contiguous runs of at most
+        :meth:`block_rows` rows, each spanning the wanted rows it holds (and those between them)."""
+        parts, offset, window = [], 0, self.block_rows()
+        for source, rows in self._rows(split):
+            wanted = rows[max(start - offset, 0) : max(stop - offset, 0)]
+            offset += len(rows)
+            i = 0
+            while i < len(wanted):
+                j = int(np.searchsorted(wanted, wanted[i] + window))
+                X, y = self._store.read(source, int(wanted[i]), int(wanted[j - 1]) + 1, dtype)
+                take = wanted[i:j] - wanted[i]
+                parts.append((X[take], y[take]))
+                i = j
+        if not parts:
+            return np.zeros((0, *self.spec.shape), dtype), np.zeros(0, np.int64)
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

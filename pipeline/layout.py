@@ -28,6 +28,9 @@ pairs.png (the closest pairs side by side)."""
 LEAKAGE_PAIRS = LEAKAGE / "pairs.csv"
 LEAKAGE_SUMMARY = LEAKAGE / "summary.json"
 LEAKAGE_PICTURE = LEAKAGE / "pairs.png"
+SEEDS = EVALUATION / "seeds"
+"""Stem of the spread over seeds: per configuration, test top-1 per seed, mean and sd (.json, a DVC metric,
+read by compare) and the table (.md)."""
 LIVE = EVALUATION / "live"
 """Training curves written by DVCLive, one folder per head configuration (see :func:`live_dir`)."""
 

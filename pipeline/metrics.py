@@ -159,15 +159,18 @@ def plot_reliability(stats: dict, path: str | Path, title: str, before: dict | N
 
 
 def comparison_table(rows: list[dict]) -> str:
-    """Markdown table of heads, best first: test top-1 with its interval and the paired test against the
-    best head, the test top-1 without near-copies (when the rows have it), top-5, mean per-class, the
-    held-out val figure, ECE, fit time, what fitting chose."""
+    """Markdown table of heads, best first: test top-1 with its interval (and, for heads refit with several
+    seeds, their mean ± sd beside it) and the paired test against the best head, the test top-1 without
+    near-copies (when the rows have it), top-5, mean per-class, the held-out val figure, ECE, fit time,
+    what fitting chose."""
     clean = [r.get("test_without_near_copies") for r in rows]
     with_clean = all(c is not None for c in clean) and bool(rows)
-    header = ["head", "kind", "test top-1 (95% CI)", "vs best: p (McNemar)"]
+    seeded = any("seeds" in r for r in rows)
+    header = ["head", "kind", "test top-1 (95% CI)"] + (["over seeds: mean ± sd"] if seeded else [])
+    header += ["vs best: p (McNemar)"]
     header += [f"test top-1 without near-copies ({clean[0]['removed']} removed)"] if with_clean else []
     header += ["test top-5", "mean per-class", "val top-1", "ECE", "fit s", "chosen"]
-    align = ["---"] * (4 + with_clean) + ["---:"] * 5 + ["---"]
+    align = ["---"] * (4 + seeded + with_clean) + ["---:"] * 5 + ["---"]
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
     for r, c in zip(rows, clean):
         test, val = r["test"], r.get("val", {})
@@ -179,7 +182,11 @@ def comparison_table(rows: list[dict]) -> str:
         else:
             paired = f"{versus['p_value']:.2g}" + (" (differs)" if versus["p_value"] < 0.05 else "")
         held_out = f"{val['top1']:.4f}" + ("*" if val.get("on", "").startswith("sweep") else "") if "top1" in val else ""
-        cells = [r["name"], r["head"], f"{test['top1']:.4f} ({test['top1_low']:.4f}-{test['top1_high']:.4f})", paired]
+        cells = [r["name"], r["head"], f"{test['top1']:.4f} ({test['top1_low']:.4f}-{test['top1_high']:.4f})"]
+        if seeded:
+            s = r.get("seeds")
+            cells += ["" if s is None else f"{s['mean']:.4f} ± {s['sd']:.4f} ({s['n']} seeds{', splits' if s['splits'] else ''})"]
+        cells += [paired]
         cells += [f"{c['top1']:.4f} ({c['top1_low']:.4f}-{c['top1_high']:.4f})"] if with_clean else []
         cells += [f"{test.get('top5', float('nan')):.4f}", f"{test['mean_class_accuracy']:.4f}", held_out,
                   f"{test.get('ece', float('nan')):.4f}", f"{r.get('fit_seconds', float('nan')):.1f}", chosen]
@@ -193,6 +200,9 @@ def comparison_table(rows: list[dict]) -> str:
              "was refit on train + val; no figure is ever measured on images a head was fitted on. ECE: expected "
              "calibration error of the head's probabilities (15 bins): the softmax of its scores, divided by the "
              "temperature for a head with calibrate: true (chosen: temperature=T).\n")
+    if seeded:
+        note += ("\nover seeds: mean ± standard deviation (ddof = 1) of test top-1 over the fits of the seeds stage, one per "
+                 "seed of seeds.values; \"splits\": each seed also re-carved train / val (evaluation/seeds.md).\n")
     return "\n".join(lines) + "\n" + note
 
 

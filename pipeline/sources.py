@@ -19,7 +19,6 @@ import json
 import os
 import pickle
 import tarfile
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator, Sequence
@@ -28,6 +27,7 @@ import numpy as np
 
 from pipeline.errors import BadImageError, DatasetError
 from pipeline.fileutil import sha256_file, sha256_json, write_json
+from pipeline.splitting import validation_rows
 
 SOURCE_SPLITS = ("train", "test")
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
@@ -444,13 +444,7 @@ def make_splits(source: Source, val_fraction: float, subset_per_class: int | Non
             arrays[s] = keys[take], labels[take]
 
     keys, labels = arrays["train"]
-    counts = Counter(labels.tolist())
-    val_mask = np.zeros(len(keys), bool)
-    if val_fraction > 0:
-        for c in range(len(classes)):
-            idx = rng.permutation(np.flatnonzero(labels == c))
-            n_val = min(max(1, round(val_fraction * counts[c])), counts[c] - 1) if counts[c] > 1 else 0
-            val_mask[idx[:n_val]] = True
+    val_mask = validation_rows(labels, len(classes), val_fraction, rng)
     parts = {
         "train": (keys[~val_mask], labels[~val_mask]),
         "val": (keys[val_mask], labels[val_mask]),

@@ -21,6 +21,7 @@ CODE = {  # stage -> the modules it runs: its entry point, and the head implemen
     "finetune": ["pipeline.stages.train", "pipeline.heads.finetune"],
     "evaluate-finetune": ["pipeline.stages.evaluate", "pipeline.heads.finetune"],
     "leakage": ["pipeline.stages.leakage"],
+    "seeds": ["pipeline.stages.seeds", *POOLED_HEADS, "pipeline.heads.finetune"],
     "compare": ["pipeline.stages.compare"],
     "mistakes": ["pipeline.stages.mistakes"],
     "curves": ["pipeline.stages.curves", *POOLED_HEADS],
@@ -54,6 +55,7 @@ def test_the_head_side_does_not_run_the_backbone_or_the_image_code():
                  "pipeline.preprocessing", "pipeline.stages.leakage"}
     for stage in ("train", "evaluate", "curves", "compare"):
         assert not closure(*CODE[stage]) & data_side, stage
+    assert not closure("pipeline.stages.seeds", *POOLED_HEADS) & data_side  # the backbone's top: only for finetune
     assert closure("pipeline.heads.finetune") & data_side == {"pipeline.backbones", "pipeline.preprocessing"}
 
 
@@ -101,6 +103,11 @@ def test_dvc_yaml_uses_the_paths_of_the_layout(stages):
     assert {layout.FEATURES["pooled"].as_posix(), layout.SPLITS.as_posix(), "${data.source}"} <= set(
         paths(stages["leakage"]["deps"]))
     assert layout.LEAKAGE_PAIRS.as_posix() in paths(stages["compare"]["deps"])
+    seeds = layout.SEEDS.as_posix()
+    assert paths(stages["seeds"]["outs"]) == [f"{seeds}.md"] and paths(stages["seeds"]["metrics"]) == [f"{seeds}.json"]
+    assert f"{seeds}.json" in paths(stages["compare"]["deps"])
+    assert {p for p in paths(stages["seeds"]["deps"]) if p.startswith(("data/", "models/"))} == {
+        *(f.as_posix() for f in layout.FEATURES.values()), layout.SPLITS.as_posix()}  # the caches only: no images
     curves = layout.CURVES.as_posix()
     assert paths(stages["curves"]["outs"]) == [f"{curves}.md", f"{curves}.png", f"{curves}.csv",
                                                layout.CURVE_DRAWS.as_posix()]

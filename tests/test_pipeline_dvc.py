@@ -81,7 +81,7 @@ def test_dvc_repro_then_each_change_reruns_only_what_it_touches(tmp_path):
     out = dvc(repo, env, "repro")
     assert ran(out) == {"prepare", "extract", "train", "evaluate", "train-heads@ridge", "train-heads@knn",
                         "evaluate-heads@ridge", "evaluate-heads@knn", "finetune@top",
-                        "evaluate-finetune@top", "leakage", "compare", "mistakes", "curves"}
+                        "evaluate-finetune@top", "leakage", "seeds", "compare", "mistakes", "curves"}
     order = [line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")]
     # results early: the main head's metrics come right after the one extraction pass, before the other heads
     assert order[order.index("extract") + 1 : order.index("extract") + 3] == ["train", "evaluate"]
@@ -112,13 +112,14 @@ def test_dvc_repro_then_each_change_reruns_only_what_it_touches(tmp_path):
     report = json.loads((repo / "evaluation" / "mistakes" / "mistakes.json").read_text())
     assert report["main"]["config"] == "head" and report["main"]["worst"]  # test images of the archive, drawn
     assert (repo / "evaluation" / "mistakes" / "main_worst.png").stat().st_size > 0
+    assert json.loads((repo / "evaluation" / "seeds.json").read_text())["seeds"] == []  # off by default
     commit(repo, env, "first run")
 
     def after(*settings: str) -> set[str]:
         return ran(dvc(repo, env, "exp", "run", *(a for s in settings for a in ("-S", s))))
 
-    # another main head: only its train and evaluate, compare and mistakes
-    assert after("head.kind=ridge") == {"train", "evaluate", "compare", "mistakes"}
+    # another main head: only its train and evaluate, seeds (it may repeat the main head), compare and mistakes
+    assert after("head.kind=ridge") == {"train", "evaluate", "seeds", "compare", "mistakes"}
     assert json.loads((repo / "evaluation" / "metrics.json").read_text())["head"] == "ridge"
     assert lock_entry(repo, "train")["params"]["params.yaml"]["head.kind"] == "ridge"
     # a setting of a kind the main head does not use: nothing of the main head
@@ -137,15 +138,20 @@ def test_dvc_repro_then_each_change_reruns_only_what_it_touches(tmp_path):
     rerun = after("leakage.pixel_size=8")
     assert "leakage" in rerun and rerun <= {"leakage", "compare", "mistakes"}
     assert after("leakage.block_rows=7") == set()
-    # a compared head's setting: only that head's stages, compare and mistakes
-    assert after("+heads.knn.knn.k=5") == {"train-heads@knn", "evaluate-heads@knn", "compare", "mistakes"}  # + adds a key
+    # a compared head's setting: only that head's stages, seeds, compare and mistakes
+    assert after("+heads.knn.knn.k=5") == {"train-heads@knn", "evaluate-heads@knn", "seeds", "compare", "mistakes"}  # + adds a key
     # a fine-tune setting: only that head; a new cut: the one extraction pass again (writing pooled.h5
     # byte for byte as it was, so no pooled head re-runs) and what is trained on the cut cache
-    assert after("finetune.top.lr_top=0.001") == {"finetune@top", "evaluate-finetune@top", "compare", "mistakes"}
+    assert after("finetune.top.lr_top=0.001") == {"finetune@top", "evaluate-finetune@top", "seeds", "compare", "mistakes"}
+    # seeds on: the seeds stage and compare (and mistakes, which follows compare) only
+    assert after("seeds.values=[0,1]", "seeds.configurations=[heads.knn]", "seeds.splits=true") <= {"seeds", "compare", "mistakes"}
+    spread = json.loads((repo / "evaluation" / "seeds.json").read_text())["configurations"]["heads.knn"]
+    assert spread["n"] == 2 and spread["n_train"] == 50
+    assert f"{spread['mean']:.4f} ± {spread['sd']:.4f} (2 seeds, splits)" in (repo / "evaluation" / "comparison.md").read_text()
     assert lock_entry(repo, "extract") == extract_lock  # DVC's own record of extract is unchanged
     assert all(sha256(path) == digest for path, digest in digests.items())
     out = dvc(repo, env, "exp", "run", "-S", "backbone.cut=_blocks.14")
-    assert ran(out) == {"extract", "finetune@top", "evaluate-finetune@top", "compare", "mistakes"}
+    assert ran(out) == {"extract", "finetune@top", "evaluate-finetune@top", "seeds", "compare", "mistakes"}
     assert "cut cache at the input of _blocks.14: 120 images x 192x7x7 float16 = 0.00 GiB" in out  # said before extracting
     assert sha256(features) == digests[features]
 

@@ -4,6 +4,8 @@ Each head is tested against the best one (highest test top-1) on the same test i
 McNemar test on their test predictions (the test_predictions.csv beside each metrics.json). Beside the
 test top-1 of every head stands its top-1 on the test images that have no confirmed near-copy in the
 images heads are fitted on (train, val), read from the ids of the leakage stage's pairs.csv.
+A head that the seeds stage refit with several seeds shows their mean and standard deviation beside its
+own figure.
 """
 
 from __future__ import annotations
@@ -38,12 +40,20 @@ def without(correct: dict[str, bool], removed: set[str]) -> dict:
     return {"n": len(kept), "removed": len(correct) - len(kept), "top1": top1, "top1_low": low, "top1_high": high}
 
 
-def run(metrics_paths: list[str | Path], out_stem: str | Path, pairs_path: str | Path | None = None) -> list[dict]:
+def run(metrics_paths: list[str | Path], out_stem: str | Path, pairs_path: str | Path | None = None,
+        seeds_path: str | Path | None = None) -> list[dict]:
     """Rows of the given metrics.json files, best test top-1 first, each with its paired test against the
-    best and, with ``pairs_path`` (the leakage stage's pairs.csv), its test top-1 without the test images
-    that have a confirmed near-copy in train or val; writes ``<out_stem>.md`` and ``.png``."""
+    best, with ``pairs_path`` (the leakage stage's pairs.csv) its test top-1 without the test images that
+    have a confirmed near-copy in train or val, and with ``seeds_path`` (the seeds stage's summary) its
+    spread over seeds; writes ``<out_stem>.md`` and ``.png``."""
     paths = [Path(p) for p in metrics_paths]
     rows = [json.loads(p.read_text()) | {"_predictions": p.parent / layout.TEST_PREDICTIONS} for p in paths]
+    if seeds_path is not None:
+        summary = json.loads(Path(seeds_path).read_text())
+        spread = {c["name"]: c | {"splits": summary["splits"]} for c in summary["configurations"].values()}
+        for row in rows:
+            if row["name"] in spread:
+                row["seeds"] = spread[row["name"]]
     rows.sort(key=lambda r: -r["test"]["top1"])
     removed = None if pairs_path is None else near_copies(read_pairs(pairs_path))
     best = correct_by_id(rows[0].pop("_predictions"))
@@ -76,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def stage(params: Params, _) -> list[dict]:
         return run([layout.evaluation_dir(k) / layout.METRICS for k in params.head_keys()], layout.COMPARISON,
-                   layout.LEAKAGE_PAIRS)
+                   layout.LEAKAGE_PAIRS, layout.SEEDS.with_suffix(".json"))
 
     return run_stage(args, stage)
 
