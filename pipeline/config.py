@@ -199,7 +199,8 @@ class DataParams(_Section):
 class BackboneParams(_Section):
     name: str = "efficientnet_lite0"
     weights: str | None = "DEFAULT"
-    input_size: int = Field(224, ge=32, le=1024)
+    input_size: int | None = Field(224, ge=32, le=1024)
+    """Crop size in pixels; None: the backbone's native size (224, 240, 260 for EfficientNet-Lite0/1/2)."""
     batch_size: int = Field(64, gt=0)
     storage_dtype: Literal["float32", "float16"] = "float32"
     num_workers: int | None = Field(None, ge=0)

@@ -34,7 +34,7 @@ def run(params: Params, splits_path: str | Path, features_path: str | Path, prog
     backbone = load_backbone(b.name, b.weights, b.input_size, seed=params.seed)
     if cut and b.cut is None:
         return _placeholder(features_path, f"backbone.cut is null: no cut cache (cut points of {b.name}: "
-                                           f"{backbone.cut_points()})")
+                                           f"{_cut_points(backbone)})")
     backbone.check_input_size()  # before anything is written: a network with a fixed input size says so here
     dtype = b.storage_dtype
     if cut:
@@ -55,6 +55,14 @@ def run(params: Params, splits_path: str | Path, features_path: str | Path, prog
         what = f"{b.name} up to {b.cut}" if cut else b.name
         print(f"extracted {n} images with {what}{procs} in {time.perf_counter() - start:.1f} s -> {out}")
     return out
+
+
+def _cut_points(backbone) -> str:
+    """The backbone's cut points, for a message; a network torch.fx cannot trace has none to offer."""
+    try:
+        return str(backbone.cut_points())
+    except Exception as err:  # torch.fx's own errors: control flow on values, unsupported calls, ...
+        return f"none found: torch.fx cannot trace it ({type(err).__name__})"
 
 
 def _placeholder(path: str | Path, reason: str) -> None:
