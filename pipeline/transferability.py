@@ -47,6 +47,7 @@ class LogMEResult:
     iterations: int
     """Fixed-point iterations until every class converged (or ``max_iter``)."""
     converged: bool
+    """Every class stopped by the criteria of :func:`logme` before ``max_iter``."""
 
 
 @dataclass(frozen=True)
@@ -131,22 +132,30 @@ def logme(features: np.ndarray, labels: np.ndarray, tol: float = 1e-8, max_iter:
           block_rows: int = 8192) -> LogMEResult:
     """LogME of ``features`` (N, D) for the integer ``labels`` (N,): see the module docstring.
 
-    The fixed point is iterated from alpha = beta = 1 until alpha and beta of every class change by less than
-    ``tol`` (relative), at most ``max_iter`` times.
+    The fixed point is iterated from alpha = beta = 1, for every class, until alpha and beta change by less
+    than ``tol`` (relative) or the evidence / N by less than ``tol`` * 1e-4: the latter stops a class whose
+    best beta is infinite (targets fitted exactly, possible when N <= D), where beta grows without end while
+    the evidence reaches its supremum. At most ``max_iter`` iterations.
     """
     spec, classes = spectrum(features, labels, block_rows)
     alpha = np.ones(len(classes))
     beta = np.ones(len(classes))
-    converged = False
-    for iteration in range(1, max_iter + 1):
-        new_alpha, new_beta = spec.update(alpha, beta)
-        change = np.maximum(np.abs(new_alpha - alpha) / alpha, np.abs(new_beta - beta) / beta).max()
-        alpha, beta = new_alpha, new_beta
-        if change < tol:
-            converged = True
-            break
     evidence = spec.evidence(alpha, beta) / spec.n
-    return LogMEResult(float(evidence.mean()), classes, evidence, alpha, beta, iteration, converged)
+    done = np.zeros(len(classes), dtype=bool)
+    iteration = 0
+    while not done.all() and iteration < max_iter:
+        iteration += 1
+        new_alpha, new_beta = spec.update(alpha, beta)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            new_evidence = spec.evidence(new_alpha, new_beta) / spec.n
+        valid = ~done & np.isfinite(new_evidence)
+        done |= ~np.isfinite(new_evidence)  # beta overflowed: keep the last finite point
+        change = np.maximum(np.abs(new_alpha - alpha) / alpha, np.abs(new_beta - beta) / beta)
+        stalled = np.abs(new_evidence - evidence) < tol * 1e-4
+        alpha, beta, evidence = (np.where(valid, new, old) for new, old in
+                                 ((new_alpha, alpha), (new_beta, beta), (new_evidence, evidence)))
+        done |= valid & ((change < tol) | stalled)
+    return LogMEResult(float(evidence.mean()), classes, evidence, alpha, beta, iteration, bool(done.all()))
 
 
 def kendall_tau(a: Sequence[float] | Mapping[str, float], b: Sequence[float] | Mapping[str, float],
