@@ -74,8 +74,8 @@ def main() -> None:
     start = time.perf_counter()
     result = maximise(spec, classes)
     fixed_point_seconds = time.perf_counter() - start
-    print(f"spectrum (Gram matrix + eigendecomposition): {spectrum_seconds:.1f} s; fixed point: {fixed_point_seconds:.2f} s "
-          f"({result.iterations} iterations, converged: {result.converged})")
+    print(f"spectrum (Gram matrix + eigendecomposition): {spectrum_seconds:.1f} s; fixed point: "
+          f"{fixed_point_seconds:.2f} s ({result.iterations} iterations, converged: {result.converged})")
     print(f"LogME {result.score:.4f} in {spectrum_seconds + fixed_point_seconds:.1f} s (per class: "
           f"{np.round(result.evidence, 3).tolist()}); load average after: {os.getloadavg()}")
 

@@ -64,13 +64,14 @@ class Spectrum:
     """(C,) the squared norm of the part of each target outside the span of the u_i."""
 
     def evidence(self, alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
-        """log p(y_c | F, alpha, beta) for each class (unnormalised), from the spectrum."""
+        """log p(y_c | F, alpha, beta) for each class (not divided by N), from the spectrum."""
         s = self.s[:, None]
         denom = alpha + beta * s
         m2 = (beta**2 * s * self.z2 / denom**2).sum(0)  # |m|^2
         res = (alpha**2 * self.z2 / denom**2).sum(0) + self.outside  # |F m - y|^2, no cancellation
         logdet = np.log(denom).sum(0) + (self.d - len(self.s)) * np.log(alpha)  # log |alpha I + beta F^T F|
-        return (self.d * np.log(alpha) + self.n * np.log(beta) - self.n * LOG_2PI - beta * res - alpha * m2 - logdet) / 2
+        normalisers = self.d * np.log(alpha) + self.n * np.log(beta) - self.n * LOG_2PI
+        return (normalisers - beta * res - alpha * m2 - logdet) / 2
 
     def update(self, alpha: np.ndarray, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One fixed-point step (MacKay; the paper's Algorithm 1) for every class."""
@@ -96,7 +97,7 @@ def spectrum(features: np.ndarray, labels: np.ndarray, block_rows: int = 8192) -
         raise ValueError(f"features must be (N, D) and labels (N,); got {features.shape} and {labels.shape}")
     n, d = features.shape
     classes, index = np.unique(labels, return_inverse=True)
-    if n < 2 or len(classes) < 1:
+    if n < 2:
         raise ValueError(f"LogME needs at least 2 labelled rows, got {n}")
     counts = np.bincount(index, minlength=len(classes)).astype(np.float64)  # |y_c|^2 of a one-hot target
     onehot = np.zeros((n, len(classes)))

@@ -32,7 +32,8 @@ def direct_maximum(features: np.ndarray, y: np.ndarray) -> tuple[float, float, f
 
     grid = [(a, b) for a in range(-8, 25, 2) for b in range(-8, 25, 2)]
     start = min(grid, key=loss)
-    best = optimize.minimize(loss, x0=start, method="Nelder-Mead", options={"xatol": 1e-9, "fatol": 1e-12, "maxiter": 5000})
+    best = optimize.minimize(loss, x0=start, method="Nelder-Mead",
+                             options={"xatol": 1e-9, "fatol": 1e-12, "maxiter": 5000})
     return -best.fun, *best.x
 
 
@@ -63,8 +64,8 @@ def pretrained(caches, tmp_path_factory):
 
     _, random_init_params = caches
     out = tmp_path_factory.mktemp("lite0")
-    params = parse_params({"data": random_init_params.data.model_dump(),
-                           "backbone": {"name": "efficientnet_lite0", "weights": "DEFAULT", "batch_size": 16, "cut": None}})
+    backbone = {"name": "efficientnet_lite0", "weights": "DEFAULT", "batch_size": 16, "cut": None}
+    params = parse_params({"data": random_init_params.data.model_dump(), "backbone": backbone})
     prepare.run(params, out / "splits.json")
     extract.run(params, out / "splits.json", out / "pooled.h5", progress=False)
     return train_split(out / "pooled.h5")
