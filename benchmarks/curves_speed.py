@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ sys.path.insert(0, str(ROOT))  # this checkout's pipeline, also when another one
 
 from pipeline.config import load_params  # noqa: E402
 from pipeline.curves import learning_curve  # noqa: E402
+from pipeline.device import describe_cpu  # noqa: E402
 from pipeline.features import FeatureSpec, FeatureStore, PartialFeatures  # noqa: E402
 
 SIZES = {"train": 4500, "val": 500, "test": 1000}
@@ -43,7 +43,7 @@ def write_synthetic(path: Path, dim: int = 1280, n_classes: int = 10, seed: int 
     noise = rng.normal(0, 1, (256, dim)) / 16 * np.exp(-np.arange(256) / 64)[:, None]
     spec = FeatureSpec(backbone="synthetic", weights="none", weights_id="synthetic", input_size=224,
                        preprocessing="{}", dataset_fingerprint=f"synthetic-{seed}", split_seed=seed, init_seed=seed,
-                       val_fraction=0.1, subset_per_class=-1, storage_dtype="float32",
+                       val_fraction=0.1, subset_per_class=-1, storage_dtype="float32", precision="float32",
                        classes=tuple(f"class{c}" for c in range(n_classes)), feature_dim=dim)
     part_rows = 4096
     partial = PartialFeatures(path, spec, part_rows)
@@ -57,16 +57,6 @@ def write_synthetic(path: Path, dim: int = 1280, n_classes: int = 10, seed: int 
             partial.write_part(split, i, X, np.ones(len(y), bool))
         splits[split] = ([f"{split}/{i}" for i in range(len(labels))], labels.tolist())
     return partial.assemble(spec, splits)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:
@@ -83,7 +73,7 @@ def main() -> None:
             start = time.perf_counter()
             write_synthetic(features)
             print(f"wrote the synthetic cache {features} in {time.perf_counter() - start:.1f} s")
-    print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; load average before: {os.getloadavg()}")
+    print(f"CPU: {describe_cpu()}, {os.cpu_count()} cores; load average before: {os.getloadavg()}")
     start = time.perf_counter()
     with FeatureStore(features) as store:
         train, test = store.load("train"), store.load("test")

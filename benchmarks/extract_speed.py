@@ -24,7 +24,7 @@ import torch
 
 from pipeline.backbones import load_backbone
 from pipeline.device import torch_device
-from pipeline.extract import extract_features, feature_spec, tune_allocator
+from pipeline.extract import OnePass, extract_features, feature_spec, tune_allocator
 from pipeline.sources import Split, make_splits, open_source
 
 
@@ -68,7 +68,7 @@ def main() -> None:
     train = splits.splits["train"]
     n = min(args.images, len(train))
     splits.splits = {"test": Split(train.keys[:n], train.labels[:n])}
-    spec = feature_spec(splits, backbone, weights, "float32", init_seed=0)
+    spec = feature_spec(splits, backbone, weights, "float32", init_seed=0, precision="float32")
     print(f"device {device}, {torch.get_num_threads()} torch threads, backbone {args.backbone} at {args.input_size} px, "
           f"batch {args.batch_size}")
 
@@ -77,7 +77,7 @@ def main() -> None:
     test = splits.splits["test"]
     with tempfile.TemporaryDirectory() as tmp:  # warm-up, as (a) has one forward pass before timing
         warm = Split(train.keys[n : n + args.batch_size], train.labels[n : n + args.batch_size])
-        extract_features(replace(splits, splits={"test": warm}), source, backbone, spec, Path(tmp) / "f.h5",
+        extract_features(replace(splits, splits={"test": warm}), source, OnePass(backbone), {"pooled": (spec, Path(tmp) / "f.h5")},
                          batch_size=args.batch_size, num_workers=args.workers[0], device=device, progress=False)
     bounds = [round(r * n / args.rounds) for r in range(args.rounds + 1)]
     for workers in args.workers:
@@ -89,7 +89,7 @@ def main() -> None:
             a_time, a_images = a_time + batches * args.batch_size / bare, a_images + batches * args.batch_size
             with tempfile.TemporaryDirectory() as tmp:
                 start = time.perf_counter()
-                extract_features(replace(splits, splits={"test": part}), source, backbone, spec, Path(tmp) / "f.h5",
+                extract_features(replace(splits, splits={"test": part}), source, OnePass(backbone), {"pooled": (spec, Path(tmp) / "f.h5")},
                                  batch_size=args.batch_size, num_workers=workers, device=device, progress=False)
                 elapsed = time.perf_counter() - start
             b_time += elapsed
@@ -106,7 +106,7 @@ def main() -> None:
         print(f"(a) bare forward, compiled: {bare_c:8.1f} images/s")
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
-            extract_features(splits, source, backbone, spec, Path(tmp) / "f.h5", batch_size=args.batch_size,
+            extract_features(splits, source, OnePass(backbone), {"pooled": (spec, Path(tmp) / "f.h5")}, batch_size=args.batch_size,
                              num_workers=args.workers[0], device=device, progress=False, compile=True)
             rate = n / (time.perf_counter() - start)
         print(f"(b) extract, compiled (compilation included): {rate:8.1f} images/s; against eager (a): {rate / bare:.2f}")

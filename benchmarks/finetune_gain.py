@@ -3,7 +3,7 @@
     python benchmarks/finetune_gain.py [--subset-per-class 1000] [--config top] [--workdir DIR]
 
 Runs the pipeline's own stages with params.yaml (``data.subset_per_class`` overridden; 0 = all
-images): prepare, extract (pooled features), extract-cut (backbone.cut), the main head (``head``,
+images): prepare, extract (pooled features and the cut cache at backbone.cut, in one pass), the main head (``head``,
 logistic by default) and ``finetune.<config>``, each evaluated by the evaluate stage. Prints both
 test top-1 figures from the written metrics.json files, their difference, the stage times and the
 fine-tune time per epoch.
@@ -40,8 +40,7 @@ def main() -> None:
         seconds[name] = time.perf_counter() - start
 
     timed("prepare", prepare.run, params, splits)
-    timed("extract", extract.run, params, splits, work / "pooled.h5", progress=False)
-    timed("extract-cut", extract.run, params, splits, work / "cut.h5", progress=False, cut=True)
+    timed("extract", extract.run, params, splits, work / "pooled.h5", work / "cut.h5", progress=False)
     timed("train (head)", train.run, params, work / "pooled.h5", splits, work / "head.npz")
     evaluate.run(work / "pooled.h5", work / "head.npz", work / "eval-head", name="head")
     trained = train.run(params, work / "cut.h5", splits, work / "finetune.npz", key=f"finetune.{args.config}")

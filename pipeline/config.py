@@ -38,6 +38,10 @@ class HeadParamsBase(_Section):
     """``module:Class`` of the head, imported only when a head of this kind is built."""
     input: ClassVar[Literal["pooled", "cut"]] = "pooled"
     """What the head trains on: pooled features f(x), or the activations at backbone.cut."""
+    calibrate: bool = False
+    """Temperature scaling: after fitting, the train stage fits one temperature T on the validation split
+    (minimising the negative log-likelihood of softmax(scores / T)); probabilities, predict and export use
+    it. The predicted classes do not change."""
 
 
 class PooledHeadParams(HeadParamsBase):
@@ -62,6 +66,14 @@ class SweepParams(PooledHeadParams):
     grid: Grid = Grid()
     sweep_max_iter: int = Field(30, gt=0)
     """L-BFGS iterations per grid value; each value starts from the previous one's solution."""
+
+    @model_validator(mode="after")
+    def _calibrated_on_held_out_images(self) -> SweepParams:
+        if self.calibrate and self.select == "sweep":
+            raise ValueError("calibrate: true cannot be combined with select: sweep: a swept head is refit on train "
+                             "+ val, so no held-out split is left to fit the temperature on; use select: fixed "
+                             "(with the penalty the sweep chose) or calibrate: false")
+        return self
 
 
 class LogisticParams(SweepParams):
@@ -133,6 +145,9 @@ class FinetuneParams(HeadParamsBase):
     """Scores are the mean of the scores of the map and of its mirror image."""
     batchnorm: Literal["train", "frozen"] = "train"
     """train: batch norm layers above the cut update their statistics; frozen: keep ImageNet's."""
+    precision: Precision = "auto"
+    """Of the training passes (autocast; scores are computed in float32, as predict and export compute
+    them); the one used is recorded in the head's info."""
 
 
 FINETUNE = "finetune"
@@ -196,6 +211,11 @@ class DataParams(_Section):
     subset_per_class: int | None = Field(None, gt=0)
 
 
+Precision = Literal["auto", "float32", "bfloat16"]
+"""float32, bfloat16 (autocast: matrix products and convolutions in bfloat16), or auto: bfloat16 where
+the device computes it natively (a CPU with AVX-512 BF16 or AMX, a GPU with bf16), float32 elsewhere."""
+
+
 class BackboneParams(_Section):
     name: str = "efficientnet_lite0"
     weights: str | None = "DEFAULT"
@@ -210,14 +230,17 @@ class BackboneParams(_Section):
     """Rows committed to disk at a time; an interrupted extraction resumes from the last commit."""
     compile: bool = False
     """torch.compile the backbone: faster extraction after a one-time compilation."""
+    precision: Precision = "auto"
+    """Of the extraction's forward pass; the one used is recorded in the feature files."""
     launcher: str = "python"
     """How dvc.yaml starts extract: ``python``, or ``torchrun --nproc_per_node=N`` (data-parallel)."""
     cut: str | None = None
-    """A layer of the backbone: its input activations are cached by extract-cut and the layers from
-    it up are fine-tuned by the ``finetune:`` configurations. None: no cut cache."""
+    """A layer of the backbone: its input activations are cached by extract (the cut cache, in the same
+    pass as the pooled features) and the layers from it up are fine-tuned by the ``finetune:``
+    configurations. None: no cut cache."""
     cut_storage_dtype: Literal["float32", "float16"] = "float16"
     cut_max_gib: float = Field(20.0, gt=0)
-    """extract-cut refuses to start when the cut cache would be larger than this."""
+    """extract refuses to start when the cut cache would be larger than this."""
 
 
 # -- learning curves ----------------------------------------------------------------------------
@@ -300,8 +323,44 @@ class CurvesParams(_Section):
                 raise ConfigError(f"params: {key}.{section.kind}.select: must be 'fixed' in a learning curve: "
                                   "the curve chooses the penalty by cross-validation inside the k-shot set, never "
                                   "on the validation split")
+            if params.calibrate:
+                raise ConfigError(f"params: {key}.{section.kind}.calibrate: must be false in a learning curve: it "
+                                  "measures top-1, which a temperature does not change, and fits on no validation "
+                                  "split")
             configs.append(HeadConfig(key, section.kind, params))
         return configs
+
+
+# -- the mistakes report ------------------------------------------------------------------------
+class MistakesParams(_Section):
+    """The mistakes stage: pictures of the test images the main head and the best head get wrong (see
+    docs/evaluation.md)."""
+
+    grid_size: int = Field(24, gt=0)
+    """The most confident wrong test predictions shown per head (fewer when there are fewer mistakes)."""
+    columns: int = Field(8, gt=0)
+    """Images per row of that grid."""
+    examples_per_class: int = Field(4, gt=0)
+    """For each class, the test images of it taken for its most confused other class, most confident first."""
+
+
+# -- leakage between splits ------------------------------------------------------------------------
+class LeakageParams(_Section):
+    """The leakage stage: near-copies between splits, found on the pooled features and confirmed on the
+    pixels (see docs/leakage.md)."""
+
+    threshold: float = Field(0.85, gt=0, le=1)
+    """Cosine similarity of the pooled features at or above which an image and its nearest neighbour in
+    another split (or the same) are a candidate near-copy (chosen on CIFAR-10, EfficientNet-Lite0 features)."""
+    pixel_size: int = Field(16, ge=2, le=256)
+    """Both images of a candidate are reduced to pixel_size x pixel_size grey pixels for the pixel check."""
+    pixel_tolerance: float = Field(12.0, ge=0, le=255)
+    """A candidate is confirmed when the mean absolute difference of its reduced images is at most this
+    many grey levels (0-255)."""
+    block_rows: int = Field(4096, gt=0)
+    """Rows of the query and base blocks of the similarity search: its memory grows with block_rows, not with the
+    number of images (blocks and their product: 4 * block_rows * (2 * D + block_rows) bytes, plus copies made
+    while reading). Does not change the results."""
 
 
 class Params(_Section):
@@ -315,6 +374,10 @@ class Params(_Section):
     """Named fine-tune configurations (params of the ``finetune`` head), trained on the cut cache."""
     curves: CurvesParams = CurvesParams()
     """The learning curve (stage curves): head side, from the pooled feature file."""
+    mistakes: MistakesParams = MistakesParams()
+    """The mistakes stage (data side): it reads the test images."""
+    leakage: LeakageParams = LeakageParams()
+    """Near-copies between splits (stage leakage): data side, from the pooled features and the images."""
 
     @model_validator(mode="after")
     def _finetune_needs_a_cut(self) -> Params:

@@ -2,9 +2,15 @@
 
 Images are decoded, resized and cropped to uint8 (:class:`pipeline.images.BatchStream`): on the CPU in
 this process between forward passes, on CUDA in DataLoader workers (or a thread, with none). Normalisation and the forward
-pass run on the device (CUDA with bf16 autocast when present, else the CPU), in
-``torch.inference_mode``, channels-last. Results are committed part by part (see
+pass run on the device (CUDA when present, else the CPU), in ``torch.inference_mode``, channels-last,
+in float32 or with bfloat16 autocast (``backbone.precision``; ``auto``: bfloat16 where the device computes
+it natively). Results are committed part by part (see
 :mod:`pipeline.features`), so an interrupted extraction resumes where it stopped.
+
+With a cut, one pass gives both caches: each image goes through the frozen bottom once, its activations at
+the cut are stored (the cut cache) and the top above the cut turns them into the pooled features
+(:class:`OnePass`); ``top(bottom(x))`` is the network, so the pooled features are those of a pass of the
+whole network.
 """
 
 from __future__ import annotations
@@ -89,8 +95,29 @@ class _TorchBatches(torch.utils.data.IterableDataset):
         return iter(self.stream)
 
 
+class OnePass(torch.nn.Module):
+    """The network as the extraction runs it: uint8 images -> ``{"pooled": f(x)}``, or with a cut
+    ``{"cut": bottom(x), "pooled": top(bottom(x))}`` (the bottom runs once for both caches)."""
+
+    def __init__(self, backbone: FeatureExtractor, cut: str | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.bottom, self.top = backbone.cut_at(cut) if cut else (None, None)
+
+    @property
+    def extractors(self) -> dict[str, FeatureExtractor]:
+        """What describes each cache's features (for its :class:`FeatureSpec`)."""
+        return {"pooled": self.backbone} | ({"cut": self.bottom} if self.bottom is not None else {})
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.bottom is None:
+            return {"pooled": self.backbone(images)}
+        activations = self.bottom(images)
+        return {"cut": activations, "pooled": self.top(activations).flatten(1)}
+
+
 def feature_spec(splits: Splits, backbone: FeatureExtractor, weights: str | None, storage_dtype: str,
-                 init_seed: int) -> FeatureSpec:
+                 init_seed: int, precision: str) -> FeatureSpec:
     """What made the features: the one place a :class:`FeatureSpec` is assembled."""
     settings = splits.settings
     return FeatureSpec(
@@ -105,6 +132,7 @@ def feature_spec(splits: Splits, backbone: FeatureExtractor, weights: str | None
         val_fraction=float(settings.get("val_fraction", 0.0)),
         subset_per_class=int(settings.get("subset_per_class") or -1),
         storage_dtype=storage_dtype,
+        precision=precision,
         classes=tuple(splits.classes),
         feature_dim=backbone.feature_dim,
         cut=backbone.cut,
@@ -112,15 +140,15 @@ def feature_spec(splits: Splits, backbone: FeatureExtractor, weights: str | None
     )
 
 
-def _plan(splits: Splits, partial: PartialFeatures, shard: Shard, batch_size: int, part_batches: int
+def _plan(splits: Splits, partials: dict[str, PartialFeatures], shard: Shard, batch_size: int, part_batches: int
           ) -> tuple[dict[str, list[int]], int, int]:
-    """The batches of each split this process still has to compute (its shard, less the intact committed
-    parts), the number of images in them, and the number already committed."""
+    """The batches of each split this process still has to compute (its shard, less the parts committed
+    intact in every cache), the number of images in them, and the number already committed."""
     plan, total, resumed = {}, 0, 0
     for name, split in splits.splits.items():
         n_batches = math.ceil(len(split) / batch_size)
         mine = shard.parts(math.ceil(n_batches / part_batches))
-        done = partial.done(name, len(split))
+        done = set.intersection(*(partial.done(name, len(split)) for partial in partials.values()))
         my_batches = [b for b in range(n_batches) if b // part_batches in mine]
         plan[name] = [b for b in my_batches if b // part_batches not in done]
         rows = lambda batches: sum(min(batch_size, len(split) - b * batch_size) for b in batches)  # noqa: E731
@@ -132,9 +160,8 @@ def _plan(splits: Splits, partial: PartialFeatures, shard: Shard, batch_size: in
 def extract_features(
     splits: Splits,
     source: Source,
-    backbone: FeatureExtractor,
-    spec: FeatureSpec,
-    out_path: str | Path,
+    model: OnePass,
+    outputs: dict[str, tuple[FeatureSpec, str | Path]],
     *,
     batch_size: int = 64,
     num_workers: int | None = None,
@@ -144,43 +171,49 @@ def extract_features(
     progress: bool = True,
     shard: Shard | None = None,
     compile: bool = False,
-) -> Path | None:
-    """Compute and cache features for every split of ``splits``; resumes a partial run.
+) -> dict[str, Path] | None:
+    """Compute every image of ``splits`` once through ``model`` and cache each of its outputs (``outputs``:
+    name -> (spec, file), for the names the model returns); resumes a partial run. Returns the files.
 
     With a :class:`Shard` (one process of a distributed run), this process extracts only its
-    contiguous share of each split's parts; rank 0 assembles the file once every rank is done and
-    returns its path, the other ranks return None.
+    contiguous share of each split's parts; rank 0 assembles the files once every rank is done and
+    returns them, the other ranks return None.
     """
     shard = shard or Shard()
     device = device or torch_device()
     if num_workers is None:
         num_workers = min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
     part_batches = max(1, commit_rows // batch_size)
-    compute = ("cuda-bfloat16" if device.type == "cuda" else f"{device.type}-float32") + ("-compiled" if compile else "")
+    precision = next(iter(outputs.values()))[0].precision
+    compute = f"{device.type}-{precision}" + ("-compiled" if compile else "")
+    open_partials = lambda: {name: PartialFeatures(path, spec, part_batches * batch_size, compute)  # noqa: E731
+                             for name, (spec, path) in outputs.items()}
     if shard.rank == 0:  # rank 0 alone decides whether an earlier partial run can be resumed
-        partial = PartialFeatures(out_path, spec, part_batches * batch_size, compute)
+        partials = open_partials()
     shard.barrier()
     if shard.rank != 0:
-        partial = PartialFeatures(out_path, spec, part_batches * batch_size, compute)
-    model = backbone.to(device).to(memory_format=torch.channels_last)
+        partials = open_partials()
+    name = model.backbone.name + (f" (and its input at {model.bottom.cut})" if model.bottom is not None else "")
+    geometry = model.backbone.preprocessing.geometry
+    model = model.to(device).to(memory_format=torch.channels_last)
     if compile:
         model = torch.compile(model)
-    plan, total, resumed = _plan(splits, partial, shard, batch_size, part_batches)
+    plan, total, resumed = _plan(splits, partials, shard, batch_size, part_batches)
     who = f" [rank {shard.rank}/{shard.world_size}]" if shard.world_size > 1 else ""
     if resumed:
-        print(f"resuming{who}: {resumed} images already extracted in {partial.dir}", flush=True)
+        print(f"resuming{who}: {resumed} images already extracted in {', '.join(str(p.dir) for p in partials.values())}",
+              flush=True)
 
     def compute(plan: dict[str, list[int]], total: int) -> None:
-        bar = tqdm(total=total, unit="img", desc=f"extract {backbone.name}{who}",
+        bar = tqdm(total=total, unit="img", desc=f"extract {name}{who}",
                    disable=not progress or shard.rank != 0, smoothing=0.1)
-        for name, batches in plan.items():
+        for split, batches in plan.items():
             if batches:
-                stream = BatchStream(source, splits.splits[name].keys, batch_size, batches,
-                                     backbone.preprocessing.geometry, skip_bad)
-                images, seconds = _extract_split(name, stream, model, partial, device, num_workers, part_batches,
-                                                 len(splits.splits[name]), spec.storage_dtype, compile, bar)
+                stream = BatchStream(source, splits.splits[split].keys, batch_size, batches, geometry, skip_bad)
+                images, seconds = _extract_split(split, stream, model, partials, device, num_workers, part_batches,
+                                                 len(splits.splits[split]), compile, precision, bar)
                 if shard.rank == 0:
-                    bar.write(f"{name}: {images} images at {images / seconds:.1f} images/s"
+                    bar.write(f"{split}: {images} images at {images / seconds:.1f} images/s"
                               + (" (rank 0)" if shard.world_size > 1 else ""))
         bar.close()
 
@@ -189,28 +222,29 @@ def extract_features(
     if shard.rank != 0:
         return None
     # parts lost since the plan (deleted, damaged) are computed again here rather than failing the assembly
-    plan, total, _ = _plan(splits, partial, Shard(), batch_size, part_batches)
+    plan, total, _ = _plan(splits, partials, Shard(), batch_size, part_batches)
     if total:
-        print(f"computing again {total} images whose parts went missing from {partial.dir}", flush=True)
+        print(f"computing again {total} images whose parts went missing", flush=True)
         compute(plan, total)
-    return partial.assemble(spec, {n: (s.keys, s.labels) for n, s in splits.splits.items()})
+    rows = {n: (s.keys, s.labels) for n, s in splits.splits.items()}
+    return {name: partials[name].assemble(spec, rows) for name, (spec, _) in outputs.items()}
 
 
-def _extract_split(name: str, stream: BatchStream, model, partial: PartialFeatures, device: torch.device,
-                   num_workers: int, part_batches: int, n_images: int, storage_dtype: str, compile: bool, bar
+def _extract_split(name: str, stream: BatchStream, model, partials: dict[str, PartialFeatures], device: torch.device,
+                   num_workers: int, part_batches: int, n_images: int, compile: bool, precision: str, bar
                    ) -> tuple[int, float]:
-    """Run the model over the planned batches of one split, committing each part once all its batches
-    are done. Returns the images computed and the seconds taken."""
+    """Run the model over the planned batches of one split, committing each part (of every cache) once
+    all its batches are done. Returns the images computed and the seconds taken."""
     batch_size = stream.batch_size
     loader = torch.utils.data.DataLoader(
         _TorchBatches(stream), batch_size=None, num_workers=num_workers,
         pin_memory=device.type == "cuda", persistent_workers=False,
     )
-    pending: dict[int, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
+    pending: dict[int, dict[int, tuple[dict[str, np.ndarray], np.ndarray]]] = {}
     n_batches = math.ceil(n_images / batch_size)
     expected = iter(stream.batches)
     start, done = time.perf_counter(), 0
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16"):
         # on the CPU decoding runs between forward passes (the forward pass holds every core); on a GPU
         # without worker processes a thread decodes the next batch while the device runs this one
         for b, images, valid in (loader if num_workers or device.type == "cpu" else prefetch(loader)):
@@ -219,13 +253,17 @@ def _extract_split(name: str, stream: BatchStream, model, partial: PartialFeatur
             n = len(images)
             if compile and n < batch_size:  # one shape only: a smaller last batch would recompile
                 images = torch.cat([images, images.new_zeros((batch_size - n, *images.shape[1:]))])
-            feats = model(images.to(device, non_blocking=True))[:n].float().cpu().numpy()
+            out = model(images.to(device, non_blocking=True))
+            feats = {cache: out[cache][:n].float().cpu().numpy().astype(p.spec.storage_dtype, copy=False)
+                     for cache, p in partials.items()}
             part = b // part_batches
-            pending.setdefault(part, {})[b] = (feats.astype(storage_dtype), valid.numpy())
+            pending.setdefault(part, {})[b] = (feats, valid.numpy())
             if len(pending[part]) == min(part_batches, n_batches - part * part_batches):
                 group = pending.pop(part)
                 rows = [group[k] for k in sorted(group)]
-                partial.write_part(name, part, np.concatenate([r[0] for r in rows]), np.concatenate([r[1] for r in rows]))
+                valid_rows = np.concatenate([r[1] for r in rows])
+                for cache, partial in partials.items():
+                    partial.write_part(name, part, np.concatenate([r[0][cache] for r in rows]), valid_rows)
             bar.update(n)
             done += n
     return done, time.perf_counter() - start

@@ -37,7 +37,7 @@ from pipeline.fileutil import atomic_path, sha256_json, write_json
 if TYPE_CHECKING:
     from pipeline.config import Params
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 CHUNK_BYTES = 4 << 20
 """Target size of one HDF5 chunk (rows of features): large reads, small partial reads."""
 
@@ -62,6 +62,8 @@ class FeatureSpec:
     subset_per_class: int
     """-1 for all images."""
     storage_dtype: str
+    precision: str
+    """What the forward pass computed in: float32, or bfloat16 (autocast)."""
     classes: tuple[str, ...]
     feature_dim: int
     """Values per image: D for pooled features, C * H * W for a cut cache."""
@@ -109,8 +111,9 @@ class FeatureSpec:
         mine = asdict(self)
         return [
             f"{k}: the file has {mine[k]!r}, the current settings want {v!r}"
+            if not isinstance(v, frozenset) else f"{k}: the file has {mine[k]!r}, the current settings want one of {sorted(v)}"
             for k, v in expected.items()
-            if mine[k] != v
+            if (mine[k] not in v if isinstance(v, frozenset) else mine[k] != v)
         ]
 
 
@@ -293,6 +296,8 @@ def expected_spec(params: Params, splits_path: str | Path, input: str = "pooled"
         "input_size": b.input_size,
         "init_seed": params.seed,
         "storage_dtype": b.cut_storage_dtype if input == "cut" else b.storage_dtype,
+        # auto is whatever the extracting machine computes natively: either is consistent with it
+        "precision": frozenset({"float32", "bfloat16"}) if b.precision == "auto" else b.precision,
         "cut": (b.cut or "") if input == "cut" else "",
         "dataset_fingerprint": fingerprint,
     }
@@ -484,7 +489,7 @@ class FeatureStore:
         if what != mine:
             raise FeatureStoreError(
                 f"{self.path} holds {'the cut cache (activations at ' + self.spec.cut + ')' if self.spec.cut else 'pooled features'}; "
-                f"this head trains on {'the cut cache (extract-cut)' if what == 'cut' else 'pooled features (extract)'}"
+                f"this head trains on {'the cut cache (cut.h5)' if what == 'cut' else 'pooled features (pooled.h5)'}"
             )
 
     def check_head(self, head_metadata: dict, head_path: str | Path) -> None:

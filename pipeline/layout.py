@@ -22,6 +22,12 @@ CURVES = EVALUATION / "curves"
 mean top-1 per k and head (.csv, the DVC plot)."""
 CURVE_DRAWS = EVALUATION / "curve_draws.csv"
 """Every fit of the learning curve: one row per head, k and draw, with the penalty chosen and how."""
+LEAKAGE = EVALUATION / "leakage"
+"""Near-copies between splits: pairs.csv (every candidate pair), summary.json (counts, a DVC metric) and
+pairs.png (the closest pairs side by side)."""
+LEAKAGE_PAIRS = LEAKAGE / "pairs.csv"
+LEAKAGE_SUMMARY = LEAKAGE / "summary.json"
+LEAKAGE_PICTURE = LEAKAGE / "pairs.png"
 LIVE = EVALUATION / "live"
 """Training curves written by DVCLive, one folder per head configuration (see :func:`live_dir`)."""
 
@@ -60,3 +66,20 @@ def head_name(key: str) -> str:
 
 METRICS = "metrics.json"
 """In each evaluation folder, beside confusion.png, reliability.png, test_predictions.csv, ..."""
+TEST_PREDICTIONS = "test_predictions.csv"
+"""In each evaluation folder: one row per test image: id, actual, predicted, confidence."""
+
+MISTAKES = EVALUATION / "mistakes"
+"""The mistakes stage's folder: :data:`MISTAKES_FILES` for the main head and the best head."""
+MISTAKE_ROLES = ("main", "best")
+"""The heads pictured: the main head, and the best one (highest test top-1, the main head on a tie)."""
+
+
+def mistakes_files() -> dict[str, Path]:
+    """What the mistakes stage writes, by name: ``report`` (mistakes.md), ``data`` (mistakes.json), and per
+    role ``<role>_worst`` (the grid of the most confident wrong test predictions, <role>_worst.png) and
+    ``<role>_confused`` (each class's most confused class with examples, <role>_confused.png)."""
+    files = {"report": MISTAKES / "mistakes.md", "data": MISTAKES / "mistakes.json"}
+    for role in MISTAKE_ROLES:
+        files |= {f"{role}_worst": MISTAKES / f"{role}_worst.png", f"{role}_confused": MISTAKES / f"{role}_confused.png"}
+    return files

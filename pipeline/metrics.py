@@ -81,7 +81,7 @@ def classification_metrics(scores: np.ndarray, labels: np.ndarray, classes: list
 
 
 def plot_confusion(cm: np.ndarray, classes: list[str], path: str | Path, title: str) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     n = len(classes)
     size = max(5.0, 0.5 * n + 2)
     fig, ax = plt.subplots(figsize=(size, size * 0.9))
@@ -99,7 +99,7 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: str | Path, title: 
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the true class")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def calibration(proba: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> dict:
@@ -118,7 +118,7 @@ def calibration(proba: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> dict
     return {"ece": ece, "edges": edges.tolist(), "count": count.tolist(), "accuracy": acc.tolist(), "confidence": conf.tolist()}
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -127,20 +127,26 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: str | Path) -> None:
+def save_figure(fig, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
-    _pyplot().close(fig)
+    pyplot().close(fig)
 
 
-def plot_reliability(stats: dict, path: str | Path, title: str) -> None:
-    plt = _pyplot()
+def plot_reliability(stats: dict, path: str | Path, title: str, before: dict | None = None) -> None:
+    """Accuracy against confidence per bin (bars) with the ECE; ``before``: the statistics of the
+    uncalibrated probabilities of a calibrated head, drawn as points (mean confidence, accuracy) per bin."""
+    plt = pyplot()
     edges = np.array(stats["edges"])
     centres, width = (edges[:-1] + edges[1:]) / 2, edges[1] - edges[0]
     count = np.array(stats["count"])
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.bar(centres[count > 0], np.array(stats["accuracy"])[count > 0], width=width * 0.95, color="tab:blue",
-           edgecolor="black", label="accuracy")
+           edgecolor="black", label="accuracy" if before is None else "accuracy, calibrated")
+    if before is not None:
+        used = np.array(before["count"]) > 0
+        ax.plot(np.array(before["confidence"])[used], np.array(before["accuracy"])[used], "o-", color="tab:orange",
+                label=f"uncalibrated (ECE {before['ece']:.4f})")
     ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
     ax.set_xlabel("confidence (top-1 probability)")
     ax.set_ylabel("accuracy")
@@ -149,17 +155,21 @@ def plot_reliability(stats: dict, path: str | Path, title: str) -> None:
     ax.set_title(f"{title}\nECE {stats['ece']:.4f}")
     ax.legend(loc="upper left")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def comparison_table(rows: list[dict]) -> str:
     """Markdown table of heads, best first: test top-1 with its interval and the paired test against the
-    best head, top-5, mean per-class, the held-out val figure, ECE, fit time, what fitting chose."""
-    lines = [
-        "| head | kind | test top-1 (95% CI) | vs best: p (McNemar) | test top-5 | mean per-class | val top-1 | ECE | fit s | chosen |",
-        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
-    ]
-    for r in rows:
+    best head, the test top-1 without near-copies (when the rows have it), top-5, mean per-class, the
+    held-out val figure, ECE, fit time, what fitting chose."""
+    clean = [r.get("test_without_near_copies") for r in rows]
+    with_clean = all(c is not None for c in clean) and bool(rows)
+    header = ["head", "kind", "test top-1 (95% CI)", "vs best: p (McNemar)"]
+    header += [f"test top-1 without near-copies ({clean[0]['removed']} removed)"] if with_clean else []
+    header += ["test top-5", "mean per-class", "val top-1", "ECE", "fit s", "chosen"]
+    align = ["---"] * (4 + with_clean) + ["---:"] * 5 + ["---"]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+    for r, c in zip(rows, clean):
         test, val = r["test"], r.get("val", {})
         chosen = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.get("chosen", {}).items()
                            if k != "chosen_val_top1")
@@ -169,20 +179,25 @@ def comparison_table(rows: list[dict]) -> str:
         else:
             paired = f"{versus['p_value']:.2g}" + (" (differs)" if versus["p_value"] < 0.05 else "")
         held_out = f"{val['top1']:.4f}" + ("*" if val.get("on", "").startswith("sweep") else "") if "top1" in val else ""
-        cells = [r["name"], r["head"], f"{test['top1']:.4f} ({test['top1_low']:.4f}-{test['top1_high']:.4f})", paired,
-                 f"{test.get('top5', float('nan')):.4f}", f"{test['mean_class_accuracy']:.4f}", held_out,
-                 f"{test.get('ece', float('nan')):.4f}", f"{r.get('fit_seconds', float('nan')):.1f}", chosen]
+        cells = [r["name"], r["head"], f"{test['top1']:.4f} ({test['top1_low']:.4f}-{test['top1_high']:.4f})", paired]
+        cells += [f"{c['top1']:.4f} ({c['top1_low']:.4f}-{c['top1_high']:.4f})"] if with_clean else []
+        cells += [f"{test.get('top5', float('nan')):.4f}", f"{test['mean_class_accuracy']:.4f}", held_out,
+                  f"{test.get('ece', float('nan')):.4f}", f"{r.get('fit_seconds', float('nan')):.1f}", chosen]
         lines.append("| " + " | ".join(cells) + " |")
     note = ("\n95% CI: Wilson score interval over the test images. vs best: exact McNemar test of the head against the "
-            "best one on the same test images (two-sided p; \"differs\" when p < 0.05). val top-1 marked * is the "
-            "held-out accuracy of a swept head at the chosen penalty, measured before it was refit on train + val; "
-            "no figure is ever measured on images a head was fitted on. ECE: expected calibration error of the "
-            "softmax of the head's scores (15 bins).\n")
+            "best one on the same test images (two-sided p; \"differs\" when p < 0.05). ")
+    if with_clean:
+        note += (f"Without near-copies: the top-1 on the {clean[0]['n']} test images that have no confirmed near-copy "
+                 "in train or val (evaluation/leakage/pairs.csv, docs/leakage.md). ")
+    note += ("val top-1 marked * is the held-out accuracy of a swept head at the chosen penalty, measured before it "
+             "was refit on train + val; no figure is ever measured on images a head was fitted on. ECE: expected "
+             "calibration error of the head's probabilities (15 bins): the softmax of its scores, divided by the "
+             "temperature for a head with calibrate: true (chosen: temperature=T).\n")
     return "\n".join(lines) + "\n" + note
 
 
 def plot_comparison(rows: list[dict], path: str | Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     names = [r["name"] for r in rows]
     top1 = [r["test"]["top1"] for r in rows]
     per_class = [r["test"]["mean_class_accuracy"] for r in rows]
@@ -193,10 +208,14 @@ def plot_comparison(rows: list[dict], path: str | Path) -> None:
     ax.barh(y + 0.2, per_class, height=0.4, label="test mean per-class")
     for yi, v in zip(y, top1):
         ax.text(v + 0.005, yi - 0.2, f"{v:.3f}", va="center", fontsize=8)
+    if rows and all("test_without_near_copies" in r for r in rows):
+        clean = [r["test_without_near_copies"] for r in rows]
+        ax.plot([c["top1"] for c in clean], y - 0.2, "k|", markersize=14, markeredgewidth=2,
+                label=f"test top-1 without near-copies ({clean[0]['removed']} removed)")
     ax.set_yticks(y, names)
     ax.set_xlim(0, 1.08)
     ax.set_xlabel("accuracy")
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title("heads on the same cached features")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)

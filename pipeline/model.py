@@ -36,7 +36,8 @@ class TrainedModel:
     """The feature file's dtype: features are rounded to it, as the head saw them in training."""
 
     def predict_proba(self, images: torch.Tensor) -> np.ndarray:
-        """uint8 images (B, 3, S, S) -> class probabilities (B, n_classes), the pipeline's own path."""
+        """uint8 images (B, 3, S, S) -> class probabilities (B, n_classes), the pipeline's own path (calibrated
+        when the head is)."""
         with torch.inference_mode():
             features = self.backbone(images).to(getattr(torch, self.storage_dtype)).float().numpy()
         return self.head.predict_proba(features)
@@ -79,7 +80,8 @@ def predict(model: TrainedModel, paths: list[Path], top_k: int = 5, batch_size: 
 
 # -- export -------------------------------------------------------------------------------
 class TransferModel(nn.Module):
-    """g(f(x)): uint8 images (B, 3, S, S), resized and centre-cropped, -> class scores (logits)."""
+    """g(f(x)): uint8 images (B, 3, S, S), resized and centre-cropped, -> class scores (logits), divided by
+    the head's temperature when it is calibrated: their softmax is the head's probabilities."""
 
     def __init__(self, backbone: FeatureExtractor, head: Head, storage_dtype: str = "float32"):
         super().__init__()
@@ -105,7 +107,10 @@ def export(model: TrainedModel, out_path: str | Path) -> Path:
         "classes": model.classes,
         "input": f"uint8 tensor (batch, 3, {size}, {size}), RGB, resized and centre-cropped as below",
         "preprocessing": model.backbone.preprocessing.describe(),
-        "output": "class scores (logits); softmax gives probabilities",
+        "output": ("class scores (logits); softmax gives probabilities" if model.head.temperature is None else
+                   f"class scores (logits) divided by the calibrated temperature {model.head.temperature:.6g}; "
+                   "softmax gives calibrated probabilities"),
+        "temperature": model.head.temperature,
         "head": model.head.kind,
         "backbone": model.backbone.name + (f" (fine-tuned from {model.backbone.cut} up)" if model.backbone.cut else ""),
         "weights_id": model.backbone.weights_id,

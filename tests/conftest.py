@@ -93,8 +93,7 @@ def caches(cifar_folder, tmp_path_factory):
     }
     params = parse_params(raw)
     prepare.run(params, out / "splits.json")
-    extract.run(params, out / "splits.json", out / "pooled.h5", progress=False)
-    extract.run(params, out / "splits.json", out / "cut.h5", progress=False, cut=True)
+    extract.run(params, out / "splits.json", out / "pooled.h5", out / "cut.h5", progress=False)
     other = parse_params({**raw, "seed": 1})
     prepare.run(other, out / "other-splits.json")
     extract.run(other, out / "other-splits.json", out / "other.h5", progress=False)

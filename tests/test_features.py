@@ -1,3 +1,5 @@
+import json
+
 import h5py
 import numpy as np
 import pytest
@@ -5,7 +7,7 @@ import pytest
 from pipeline.backbones import load_backbone
 from pipeline.sources import make_splits, open_source
 from pipeline.errors import FeatureStoreError
-from pipeline.extract import extract_features, feature_spec
+from pipeline.extract import OnePass, extract_features, feature_spec
 from pipeline.features import FORMAT_VERSION, FeatureStore, PartialFeatures
 from tests.conftest import interrupt_after, subprocess_env
 
@@ -20,10 +22,11 @@ def splits(cifar_folder):
     return make_splits(open_source(cifar_folder), 0.25, None, seed=0)
 
 
-def run(splits, backbone, out, dtype="float32", **kwargs):
-    spec = feature_spec(splits, backbone, None, dtype, init_seed=0)
-    return extract_features(splits, open_source(splits.source), backbone, spec, out, batch_size=4,
-                            num_workers=0, progress=False, **kwargs)
+def run(splits, backbone, out, dtype="float32", precision="float32", **kwargs):
+    spec = feature_spec(splits, backbone, None, dtype, init_seed=0, precision=precision)
+    files = extract_features(splits, open_source(splits.source), OnePass(backbone), {"pooled": (spec, out)},
+                             batch_size=4, num_workers=0, progress=False, **kwargs)
+    return files["pooled"]
 
 
 def interrupt_run(n_parts, splits, backbone, out, monkeypatch):
@@ -93,7 +96,7 @@ def test_interrupted_extraction_resumes_bit_for_bit(splits, backbone, feature_fi
 
 def test_partial_run_with_other_settings_is_discarded(splits, backbone, tmp_path):
     out = tmp_path / "f.h5"
-    other = feature_spec(splits, backbone, "other", "float32", init_seed=0)
+    other = feature_spec(splits, backbone, "other", "float32", init_seed=0, precision="float32")
     partial = PartialFeatures(out, other, part_rows=8)
     partial.write_part("train", 0, np.full((8, 512), 7.0, np.float32), np.ones(8, bool))
     run(splits, backbone, out, commit_rows=8)
@@ -311,6 +314,54 @@ def test_compiled_backbone_gives_the_eager_features(splits, backbone, feature_fi
         for split in ("train", "val", "test"):
             assert compiled.ids(split) == eager.ids(split)
             np.testing.assert_allclose(compiled.load(split)[0], eager.load(split)[0], rtol=1e-3, atol=1e-4)
+
+
+# -- precision ---------------------------------------------------------------------------------
+def test_bfloat16_extraction_is_recorded_close_to_float32_and_checked(splits, backbone, feature_file, tmp_path):
+    from pipeline.config import parse_params
+    from pipeline.features import expected_spec
+
+    out = run(splits, backbone, tmp_path / "bf16.h5", precision="bfloat16")
+    splits_path = tmp_path / "splits.json"
+    splits_path.write_text(json.dumps({"fingerprint": splits.fingerprint}))
+    want = lambda precision: expected_spec(parse_params({"backbone": {  # noqa: E731
+        "name": "resnet18", "weights": None, "input_size": 32, "precision": precision}}), splits_path)
+    with FeatureStore(out) as bf16, FeatureStore(feature_file) as fp32:
+        assert bf16.spec.precision == "bfloat16" and fp32.spec.precision == "float32"
+        for split in ("train", "val", "test"):
+            a, b = bf16.load(split)[0], fp32.load(split)[0]
+            assert not np.array_equal(a, b)  # really computed in bfloat16 (8 bits of mantissa) ...
+            np.testing.assert_allclose(a, b, rtol=0.1, atol=0.05 * np.abs(b).max())  # ... and close to float32
+        bf16.check(want("bfloat16"))
+        bf16.check(want("auto"))  # auto: whichever the extracting machine has natively
+        fp32.check(want("auto"))
+        with pytest.raises(FeatureStoreError, match="precision: the file has 'bfloat16', the current settings want 'float32'"):
+            bf16.check(want("float32"))
+
+
+def test_precision_auto_is_bfloat16_only_where_the_hardware_has_it(monkeypatch):
+    import torch
+
+    from pipeline import device
+
+    cpu = torch.device("cpu")
+    for flags, expected in [({"avx2", "fma"}, "float32"), ({"avx512f", "avx512_bf16"}, "bfloat16"),
+                            ({"amx_bf16", "amx_tile"}, "bfloat16")]:
+        monkeypatch.setattr(device, "cpu_info", lambda flags=flags: ("a CPU", frozenset(flags)))
+        assert device.resolve_precision("auto", cpu) == expected
+        assert device.resolve_precision("float32", cpu) == "float32"
+        assert device.resolve_precision("bfloat16", cpu) == "bfloat16"
+    assert device.describe_cpu() == "a CPU; native bfloat16: amx_bf16"
+
+
+def test_precision_params_are_validated_with_the_choices():
+    from pipeline.config import parse_params
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"backbone.precision.*'auto', 'float32' or 'bfloat16'"):
+        parse_params({"backbone": {"precision": "fp16"}})
+    with pytest.raises(ConfigError, match=r"finetune.top.precision.*'auto', 'float32' or 'bfloat16'"):
+        parse_params({"backbone": {"cut": "layer4"}, "finetune": {"top": {"precision": "half"}}})
 
 
 # -- damaged parts: discarded and computed again, never a stuck extraction ------------------

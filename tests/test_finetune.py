@@ -41,7 +41,7 @@ def run(cifar_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("finetune")
     params = make_params(cifar_folder)
     prepare.run(params, out / "splits.json")
-    extract.run(params, out / "splits.json", out / "cut.h5", progress=False, cut=True)
+    extract.run(params, out / "splits.json", out / "pooled.h5", out / "cut.h5", progress=False)
     train.run(params, out / "cut.h5", out / "splits.json", out / "top.npz", key="finetune.top")
     evaluate.run(out / "cut.h5", out / "top.npz", out / "eval", name="top")
     return out, params
@@ -111,23 +111,42 @@ def test_cut_cache_layout_and_values(run):
 
 def test_interrupted_cut_extraction_resumes_bit_for_bit(run, tmp_path, monkeypatch):
     out, params = run
-    run_extract = lambda: extract.run(params, out / "splits.json", tmp_path / "cut.h5", progress=False, cut=True)  # noqa: E731
+    run_extract = lambda: extract.run(params, out / "splits.json", tmp_path / "pooled.h5", tmp_path / "cut.h5",  # noqa: E731
+                                      progress=False)
     written = interrupt_after(2, run_extract, monkeypatch)
     assert not (tmp_path / "cut.h5").exists() and len(written) == 2
     original, resumed = PartialFeatures.write_part, []
     monkeypatch.setattr(PartialFeatures, "write_part", lambda self, s, i, f, v: (resumed.append((s, i)), original(self, s, i, f, v)))
     run_extract()
     assert resumed and not set(resumed) & set(written)
-    with FeatureStore(tmp_path / "cut.h5") as a, FeatureStore(out / "cut.h5") as b:
+    for cache in ("pooled.h5", "cut.h5"):  # both caches of the one pass, as an uninterrupted run wrote them
+        with FeatureStore(tmp_path / cache) as a, FeatureStore(out / cache) as b:
+            for split in ("train", "val", "test"):
+                assert np.array_equal(a.load(split)[0], b.load(split)[0])
+
+
+def test_one_pass_gives_the_features_of_separate_passes(run, tmp_path):
+    """With a cut, extract computes the pooled features as top(bottom(x)) in the pass that caches bottom(x):
+    they are the features of the whole network (a pass without a cut), bit for bit."""
+    out, _ = run
+    source = json.loads((out / "splits.json").read_text())["source"]
+    no_cut = parse_params({"data": {"source": source, "val_fraction": 0.25},
+                           "backbone": {"name": "resnet18", "weights": None, "input_size": 64, "batch_size": 4,
+                                        "commit_rows": 8, "cut": None}, "finetune": {}})
+    written = extract.run(no_cut, out / "splits.json", tmp_path / "pooled.h5", progress=False)
+    assert list(written) == ["pooled"]
+    with FeatureStore(tmp_path / "pooled.h5") as alone, FeatureStore(out / "pooled.h5") as one_pass:
+        assert alone.spec == one_pass.spec
         for split in ("train", "val", "test"):
-            assert np.array_equal(a.load(split)[0], b.load(split)[0])
+            np.testing.assert_array_equal(alone.load(split)[0], one_pass.load(split)[0])
+            assert alone.ids(split) == one_pass.ids(split)
 
 
 def test_cut_cache_above_the_size_limit_is_refused_before_any_work(run, tmp_path, capsys):
     out, _ = run
     params = make_params(json.loads((out / "splits.json").read_text())["source"], cut_max_gib=1e-4)
     with pytest.raises(ConfigError, match=r"0.0 GiB, above backbone.cut_max_gib = 0.0001"):
-        extract.run(params, out / "splits.json", tmp_path / "cut.h5", progress=False, cut=True)
+        extract.run(params, out / "splits.json", tmp_path / "pooled.h5", tmp_path / "cut.h5", progress=False)
     assert "36 images x 256x4x4 float16" in capsys.readouterr().out
     assert list(tmp_path.iterdir()) == []
 
@@ -141,6 +160,20 @@ def test_finetuned_head_is_evaluated_like_the_others(run):
     assert metrics["val"]["on"] == "val"  # the fine-tuned top trains on train only
     head, meta = load_head(out / "top.npz")
     assert len(head.info["epoch_seconds"]) == 2 and meta["features"]["cut"] == "layer4"
+    from pipeline.device import resolve_precision
+
+    assert metrics["chosen"]["precision"] == head.info["precision"] == resolve_precision("auto", torch.device("cpu"))
+
+
+def test_bfloat16_training_is_recorded_and_learns(run, tmp_path):
+    out, params = run
+    bf16 = params.model_copy(update={"finetune": {"top": {**params.finetune["top"], "precision": "bfloat16"}}})
+    train.run(bf16, out / "cut.h5", out / "splits.json", tmp_path / "bf16.npz", key="finetune.top")
+    head, _ = load_head(tmp_path / "bf16.npz")
+    fp32, _ = load_head(out / "top.npz")
+    assert head.info["precision"] == "bfloat16"
+    assert head.info["train_loss"][-1] < head.info["train_loss"][0]
+    assert not np.array_equal(head.state["classifier.weight"], fp32.state["classifier.weight"])
 
 
 def test_training_is_reproducible_from_the_seed(run, tmp_path):
@@ -212,11 +245,12 @@ def test_finetune_configuration_errors_name_the_key():
         parse_params({"backbone": {"cut": "layer4"}, "finetune": {"top": {"batchnorm": "off"}}})
 
 
-def test_null_cut_writes_a_placeholder_and_computes_nothing(run, tmp_path, capsys):
+def test_null_cut_writes_a_placeholder_cut_cache(run, tmp_path, capsys):
     out, _ = run
     params = parse_params({"data": {"source": json.loads((out / "splits.json").read_text())["source"]},
                            "backbone": {"name": "resnet18", "weights": None, "input_size": 64}})
-    assert extract.run(params, out / "splits.json", tmp_path / "none.h5", progress=False, cut=True) is None
+    written = extract.run(params, out / "splits.json", tmp_path / "pooled.h5", tmp_path / "none.h5", progress=False)
+    assert list(written) == ["pooled"]
     with h5py.File(tmp_path / "none.h5") as h5:
         assert list(h5) == [] and "no cut cache" in h5.attrs["placeholder"]
     with pytest.raises(FeatureStoreError, match="none.h5: backbone.cut is null: no cut cache"):

@@ -14,14 +14,15 @@ CODE = {  # stage -> the modules it runs: its entry point, and the head implemen
     "prepare": ["pipeline.stages.prepare"],
     "weights": ["pipeline.stages.weights"],
     "extract": ["pipeline.stages.extract"],
-    "extract-cut": ["pipeline.stages.extract"],
     "train": ["pipeline.stages.train", *POOLED_HEADS],
     "train-heads": ["pipeline.stages.train", *POOLED_HEADS],
     "evaluate": ["pipeline.stages.evaluate", *POOLED_HEADS],
     "evaluate-heads": ["pipeline.stages.evaluate", *POOLED_HEADS],
     "finetune": ["pipeline.stages.train", "pipeline.heads.finetune"],
     "evaluate-finetune": ["pipeline.stages.evaluate", "pipeline.heads.finetune"],
+    "leakage": ["pipeline.stages.leakage"],
     "compare": ["pipeline.stages.compare"],
+    "mistakes": ["pipeline.stages.mistakes"],
     "curves": ["pipeline.stages.curves", *POOLED_HEADS],
 }
 KEY = "${key}"
@@ -46,10 +47,12 @@ def test_every_stage_lists_exactly_the_code_it_runs(stages):
 
 
 def test_the_head_side_does_not_run_the_backbone_or_the_image_code():
-    """The f/g rule on the import graph: the pooled heads' stages never reach the frozen backbone, the
-    images or the sources; a fine-tuned head reaches the backbone module, for its top only."""
-    data_side = {"pipeline.backbones", "pipeline.images", "pipeline.sources", "pipeline.extract", "pipeline.preprocessing"}
-    for stage in ("train", "evaluate", "curves"):
+    """The f/g rule on the import graph: the pooled heads' stages and compare never reach the frozen backbone,
+    the images, the sources or the leakage stage (compare reads only ids from its pairs.csv); a fine-tuned
+    head reaches the backbone module, for its top only."""
+    data_side = {"pipeline.backbones", "pipeline.images", "pipeline.sources", "pipeline.extract",
+                 "pipeline.preprocessing", "pipeline.stages.leakage"}
+    for stage in ("train", "evaluate", "curves", "compare"):
         assert not closure(*CODE[stage]) & data_side, stage
     assert closure("pipeline.heads.finetune") & data_side == {"pipeline.backbones", "pipeline.preprocessing"}
 
@@ -64,8 +67,7 @@ def test_dvc_yaml_uses_the_paths_of_the_layout(stages):
 
     assert outs("prepare") == [layout.SPLITS.as_posix()]
     assert outs("weights") == [layout.WEIGHTS.as_posix()]
-    assert outs("extract") == [layout.FEATURES["pooled"].as_posix()]
-    assert outs("extract-cut") == [layout.FEATURES["cut"].as_posix()]
+    assert outs("extract") == [layout.FEATURES["pooled"].as_posix(), layout.FEATURES["cut"].as_posix()]
     for stage, key in [("train", "head"), ("train-heads", f"heads.{KEY}"), ("finetune", f"finetune.{KEY}")]:
         live = layout.live_dir(key)
         assert paths(stages[stage]["outs"]) == [layout.head_file(key).as_posix()], stage
@@ -87,6 +89,18 @@ def test_dvc_yaml_uses_the_paths_of_the_layout(stages):
     assert evaluated <= set(paths(stages["compare"]["deps"]))
     for folder in ("heads", "finetune"):  # compare's folder deps exist with no compared head at all
         assert (ROOT / layout.EVALUATION / folder / ".gitkeep").exists()
+    assert outs("mistakes") == [p.as_posix() for p in layout.mistakes_files().values()]
+    mistakes_deps = set(paths(stages["mistakes"]["deps"]))
+    assert evaluated | {(layout.evaluation_dir("head") / layout.TEST_PREDICTIONS).as_posix(), layout.SPLITS.as_posix(),
+                        "${data.source}"} <= mistakes_deps
+    assert not {p for p in mistakes_deps if p.startswith(("data/", "models/"))} - {layout.SPLITS.as_posix()}  # no cache
+    assert stages["mistakes"]["params"] == ["mistakes", "heads", "finetune"]
+    leakage = [layout.LEAKAGE_PAIRS.as_posix(), layout.LEAKAGE_PICTURE.as_posix()]
+    assert paths(stages["leakage"]["outs"]) == leakage
+    assert paths(stages["leakage"]["metrics"]) == [layout.LEAKAGE_SUMMARY.as_posix()]
+    assert {layout.FEATURES["pooled"].as_posix(), layout.SPLITS.as_posix(), "${data.source}"} <= set(
+        paths(stages["leakage"]["deps"]))
+    assert layout.LEAKAGE_PAIRS.as_posix() in paths(stages["compare"]["deps"])
     curves = layout.CURVES.as_posix()
     assert paths(stages["curves"]["outs"]) == [f"{curves}.md", f"{curves}.png", f"{curves}.csv",
                                                layout.CURVE_DRAWS.as_posix()]
@@ -96,15 +110,20 @@ def test_dvc_yaml_uses_the_paths_of_the_layout(stages):
         layout.FEATURES["pooled"].as_posix(), layout.SPLITS.as_posix()}  # the cache only: no images, no cut cache
 
 
-def test_curve_stage_params_and_plot_follow_the_curve_config():
+def test_curve_and_leakage_stage_params_and_plot_follow_the_config():
     """Changing curves.* re-runs only the curve stage (no other stage lists it), the curve stage lists no
-    head's params, and the DVC plot of the curve draws one line per head of curves.heads."""
+    head's params, and the DVC plot of the curve draws one line per head of curves.heads. leakage.* re-runs
+    the leakage stage (and compare through its output), leakage.block_rows nothing."""
     dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     for name, stage in dvc["stages"].items():
         listed = [p for p in (stage.get("do", stage).get("params") or []) if isinstance(p, str)]
         assert ("curves" in listed) == (name == "curves"), name
     assert dvc["stages"]["curves"]["params"] == ["seed", "curves", "backbone.name", "backbone.weights",
                                                  "backbone.input_size", "backbone.storage_dtype"]
+    assert [p for p in dvc["stages"]["leakage"]["params"] if p.startswith("leakage")] == [
+        "leakage.threshold", "leakage.pixel_size", "leakage.pixel_tolerance"]  # block_rows: memory only
+    assert not [name for name, stage in dvc["stages"].items() if name != "leakage"
+                and any(str(p).startswith("leakage") for p in stage.get("do", stage).get("params") or [])]
     (plot,) = [p["learning-curve"] for p in dvc["plots"] if "learning-curve" in p]
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert plot["template"] == "linear" and plot["x"] == "k"

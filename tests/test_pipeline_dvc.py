@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import pytest
 import yaml
 
@@ -79,8 +80,11 @@ def test_dvc_repro_then_each_change_reruns_only_what_it_touches(tmp_path):
     repo, env = make_project(tmp_path, edit)
     out = dvc(repo, env, "repro")
     assert ran(out) == {"prepare", "extract", "train", "evaluate", "train-heads@ridge", "train-heads@knn",
-                        "evaluate-heads@ridge", "evaluate-heads@knn", "extract-cut", "finetune@top",
-                        "evaluate-finetune@top", "compare", "curves"}
+                        "evaluate-heads@ridge", "evaluate-heads@knn", "finetune@top",
+                        "evaluate-finetune@top", "leakage", "compare", "mistakes", "curves"}
+    order = [line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")]
+    # results early: the main head's metrics come right after the one extraction pass, before the other heads
+    assert order[order.index("extract") + 1 : order.index("extract") + 3] == ["train", "evaluate"]
     features, cut_cache = repo / "data" / "features" / "pooled.h5", repo / "data" / "features" / "cut.h5"
     digests = {features: sha256(features), cut_cache: sha256(cut_cache)}
     extract_lock = lock_entry(repo, "extract")
@@ -93,36 +97,55 @@ def test_dvc_repro_then_each_change_reruns_only_what_it_touches(tmp_path):
     files = next(iter(shown.values()))["data"]  # keyed by revision ("" for the workspace)
     assert {"evaluation/metrics.json", "evaluation/heads/ridge/metrics.json", "evaluation/heads/knn/metrics.json",
             "evaluation/finetune/top/metrics.json", "evaluation/curves.json", "evaluation/live/head/metrics.json",
-            "evaluation/live/finetune/top/metrics.json"} <= set(files)
+            "evaluation/live/finetune/top/metrics.json", "evaluation/leakage/summary.json"} <= set(files)
+    leakage = json.loads((repo / "evaluation" / "leakage" / "summary.json").read_text())
+    assert leakage["pairs"]["test-train"]["searched"] == 60 and leakage["pairs"]["val-train"]["searched"] == 10
+    assert (repo / "evaluation" / "leakage" / "pairs.png").stat().st_size > 0
     curve = json.loads((repo / "evaluation" / "curves.json").read_text())
     assert set(curve["best_head"]) == {"1", "2", "4", "all"}  # 5 training images per class: k = 8 ... 1024 left out
     assert curve["full_top1"]["logistic"] == round(metrics["test"]["top1"], 4)  # the main head's own metric
     assert json.loads((repo / "evaluation" / "live" / "finetune" / "top" / "metrics.json").read_text())["step"] == 0
     table = (repo / "evaluation" / "comparison.md").read_text()
     assert all(f"| {name} |" in table for name in ("head", "ridge", "knn", "top"))
+    assert f"test top-1 without near-copies ({leakage['test_removed']} removed)" in table
     assert (repo / "evaluation" / "comparison.png").stat().st_size > 0
+    report = json.loads((repo / "evaluation" / "mistakes" / "mistakes.json").read_text())
+    assert report["main"]["config"] == "head" and report["main"]["worst"]  # test images of the archive, drawn
+    assert (repo / "evaluation" / "mistakes" / "main_worst.png").stat().st_size > 0
     commit(repo, env, "first run")
 
     def after(*settings: str) -> set[str]:
         return ran(dvc(repo, env, "exp", "run", *(a for s in settings for a in ("-S", s))))
 
-    # another main head: only its train and evaluate, and compare
-    assert after("head.kind=ridge") == {"train", "evaluate", "compare"}
+    # another main head: only its train and evaluate, compare and mistakes
+    assert after("head.kind=ridge") == {"train", "evaluate", "compare", "mistakes"}
     assert json.loads((repo / "evaluation" / "metrics.json").read_text())["head"] == "ridge"
     assert lock_entry(repo, "train")["params"]["params.yaml"]["head.kind"] == "ridge"
     # a setting of a kind the main head does not use: nothing of the main head
     assert after("head.knn.k=5") == set()
     # a setting of the learning curve: the curve only
     assert after("curves.draws=2") == {"curves"}
+    # a setting of the pictures of the mistakes: that stage only
+    assert after("mistakes.grid_size=4") == {"mistakes"}
+    # calibrating the main head: its train and evaluate (never extract), compare and mistakes
+    assert after("head.ridge.calibrate=true") == {"train", "evaluate", "compare", "mistakes"}
+    calibrated = json.loads((repo / "evaluation" / "metrics.json").read_text())
+    assert calibrated["chosen"]["temperature"] > 0 and "ece_uncalibrated" in calibrated["test"]
     assert after("+curves.heads.knn.knn.k=3") == {"curves"}  # + adds a key
-    # a compared head's setting: only that head's stages and compare
-    assert after("+heads.knn.knn.k=5") == {"train-heads@knn", "evaluate-heads@knn", "compare"}  # + adds a key
-    # a fine-tune setting: only that head; a new cut: only the cut cache and what is trained on it
-    assert after("finetune.top.lr_top=0.001") == {"finetune@top", "evaluate-finetune@top", "compare"}
+    # a setting of the leakage search: that stage (and compare and mistakes, when the pairs it finds change);
+    # its block size: nothing
+    rerun = after("leakage.pixel_size=8")
+    assert "leakage" in rerun and rerun <= {"leakage", "compare", "mistakes"}
+    assert after("leakage.block_rows=7") == set()
+    # a compared head's setting: only that head's stages, compare and mistakes
+    assert after("+heads.knn.knn.k=5") == {"train-heads@knn", "evaluate-heads@knn", "compare", "mistakes"}  # + adds a key
+    # a fine-tune setting: only that head; a new cut: the one extraction pass again (writing pooled.h5
+    # byte for byte as it was, so no pooled head re-runs) and what is trained on the cut cache
+    assert after("finetune.top.lr_top=0.001") == {"finetune@top", "evaluate-finetune@top", "compare", "mistakes"}
     assert lock_entry(repo, "extract") == extract_lock  # DVC's own record of extract is unchanged
     assert all(sha256(path) == digest for path, digest in digests.items())
     out = dvc(repo, env, "exp", "run", "-S", "backbone.cut=_blocks.14")
-    assert ran(out) == {"extract-cut", "finetune@top", "evaluate-finetune@top", "compare"}
+    assert ran(out) == {"extract", "finetune@top", "evaluate-finetune@top", "compare", "mistakes"}
     assert "cut cache at the input of _blocks.14: 120 images x 192x7x7 float16 = 0.00 GiB" in out  # said before extracting
     assert sha256(features) == digests[features]
 
@@ -143,7 +166,9 @@ def test_documented_ways_to_turn_parts_off_run(tmp_path, switch):
 
     repo, env = make_project(tmp_path, edit)
     out = dvc(repo, env, "repro")
-    assert "compare" in ran(out) and "extract-cut" in ran(out)  # the cut stage writes a placeholder only
+    assert "compare" in ran(out)
+    with h5py.File(repo / "data" / "features" / "cut.h5") as h5:  # extract writes a placeholder cut cache
+        assert list(h5) == [] and "backbone.cut is null" in h5.attrs["placeholder"]
     assert not any(s.startswith("finetune@") for s in ran(out))
     table = (repo / "evaluation" / "comparison.md").read_text()
     assert "| head |" in table and ("| ridge |" in table) == (switch == "no fine-tuning")

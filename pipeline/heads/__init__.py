@@ -6,9 +6,9 @@ exports. The registry is :data:`pipeline.config.HEAD_PARAMS` (kind -> params -> 
 a head module is imported only when a head of its kind is built, so a scikit-learn head starts
 without loading torch, and no pooled head loads the backbone code.
 
-Modules: ``base`` (interface, normalisation, file format), ``linear`` (logistic, linear, ridge,
-nearest_centroid), ``knn``, ``mlp``, ``finetune`` (the backbone's top layers on the cut cache),
-``live`` (training curves written with DVCLive by the train stage).
+Modules: ``base`` (interface, normalisation, file format), ``calibration`` (temperature scaling),
+``linear`` (logistic, linear, ridge, nearest_centroid), ``knn``, ``mlp``, ``finetune`` (the backbone's
+top layers on the cut cache), ``live`` (training curves written with DVCLive by the train stage).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from typing import Any
 
 from pipeline.config import HEAD_PARAMS, HeadConfig
 from pipeline.errors import PipelineError
-from pipeline.heads.base import Head, read_saved, softmax
+from pipeline.heads.base import Head, read_saved, softmax, split_scores
 
-__all__ = ["Head", "head_class", "build_head", "load_head", "head_header", "softmax"]
+__all__ = ["Head", "head_class", "build_head", "load_head", "head_header", "softmax", "split_scores"]
 
 
 def head_class(kind: str) -> type[Head]:

@@ -2,8 +2,10 @@
 
 Every head is trained by :meth:`Head.fit_store` (from the feature store, the only thing the head side
 reads), scores features with :meth:`Head.decision_function`, is saved by :meth:`Head.save` and
-exported by :meth:`Head.to_torch`. Pooled heads (:class:`PooledHead`) also take features in memory
-with :meth:`PooledHead.fit`, scikit-learn style.
+exported by :meth:`Head.to_torch`. A head with ``calibrate: true`` is then given a temperature by
+:meth:`Head.calibrate` (see :mod:`pipeline.heads.calibration`): its probabilities and its export
+divide the scores by it. Pooled heads (:class:`PooledHead`) also take features in memory with
+:meth:`PooledHead.fit`, scikit-learn style.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 from pipeline.config import HeadParamsBase, Normalize, PooledHeadParams
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.fileutil import atomic_path
+from pipeline.heads.calibration import TEMPERATURE_BOUNDS, fit_temperature, mean_nll
 
 if TYPE_CHECKING:
     from torch import nn
@@ -28,6 +31,14 @@ def softmax(scores: np.ndarray) -> np.ndarray:
     z = scores - scores.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
+
+
+def split_scores(head: Head, store: FeatureStore, split: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(scores, labels) of a split of the store, read block by block; None when the split has no rows."""
+    blocks = [(head.decision_function(X), y) for X, y in store.iter_blocks(split)] if split in store.splits else []
+    if not blocks:
+        return None
+    return np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks])
 
 
 class Head:
@@ -48,6 +59,8 @@ class Head:
         """A :class:`pipeline.heads.live.TrainingLog`, set by the train stage: where a head that trains for
         epochs logs its training curves (DVCLive).
         Logging reads the validation split from the store and never changes what is learned."""
+        self.temperature: float | None = None
+        """The calibrated temperature T (set by :meth:`calibrate`): probabilities are softmax(scores / T)."""
 
     @property
     def input(self) -> str:
@@ -72,14 +85,56 @@ class Head:
         """Class scores (N, n_classes): higher means more likely (logits where the head has them)."""
         raise NotImplementedError
 
+    def probabilities(self, scores: np.ndarray) -> np.ndarray:
+        """Class probabilities from :meth:`decision_function` scores: softmax(scores / T), T the calibrated
+        temperature (1 when the head is not calibrated)."""
+        return softmax(scores if self.temperature is None else scores / self.temperature)
+
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        return softmax(self.decision_function(X))
+        return self.probabilities(self.decision_function(X))
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return self.decision_function(X).argmax(axis=1)
 
+    def check_calibration(self, store: FeatureStore, name: str = "the head") -> None:
+        """Refuse to calibrate on ``store`` when the head is (or will be) fitted on its validation split, or
+        when it has none: the train stage asks before fitting, :meth:`calibrate` again after."""
+        if "val" in self.fitted_on:
+            raise ConfigError(f"{name}: cannot calibrate a head fitted on the validation split ({self.kind} fitted "
+                              f"on {' + '.join(self.fitted_on)}): no held-out images are left to fit the "
+                              "temperature on")
+        if "val" not in store.splits or store.n_rows("val") == 0:
+            raise ConfigError(f"{name}: calibrate: true needs a validation split: set data.val_fraction > 0")
+
+    def calibrate(self, store: FeatureStore, name: str = "the head") -> dict[str, float]:
+        """Fit the temperature on the validation split of ``store`` (after fitting; the head must not have
+        been fitted on it). Returns T and the validation NLL before and after."""
+        self.check_calibration(store, name)
+        val = split_scores(self, store, "val")
+        temperature = fit_temperature(*val, bounds=TEMPERATURE_BOUNDS)
+        self.temperature = temperature
+        return {"temperature": temperature, "val_nll": mean_nll(*val), "val_nll_calibrated": mean_nll(*val, temperature)}
+
     def to_torch(self) -> nn.Module:
-        """The fitted head as a torch module, features -> the same scores as :meth:`decision_function`."""
+        """The fitted head as a torch module, features -> the scores of :meth:`decision_function`, divided by
+        the temperature when the head is calibrated: its softmax is :meth:`predict_proba`."""
+        module = self._torch_module()
+        if self.temperature is None:
+            return module
+        import torch
+
+        class Temperature(torch.nn.Module):
+            def __init__(self, temperature: float):
+                super().__init__()
+                self.register_buffer("temperature", torch.tensor(temperature, dtype=torch.float32))
+
+            def forward(self, scores: torch.Tensor) -> torch.Tensor:
+                return scores / self.temperature
+
+        return torch.nn.Sequential(module, Temperature(self.temperature)).eval().requires_grad_(False)
+
+    def _torch_module(self) -> nn.Module:
+        """The scores of :meth:`decision_function` as a torch module (the head's own layers)."""
         raise PipelineError(
             f"a {self.kind} head cannot be exported as a torch module: it scores by looking up the training "
             "features. Use `python -m pipeline predict`, or export a linear, ridge, nearest_centroid, mlp or "
@@ -99,7 +154,8 @@ class Head:
         if self.n_classes is None:
             raise PipelineError(f"{type(self).__name__} is not fitted")
         header = {"kind": self.kind, "params": self.params.model_dump(), "seed": self.seed,
-                  "n_classes": self.n_classes, "info": self.info, "metadata": metadata or {}}
+                  "n_classes": self.n_classes, "info": self.info, "temperature": self.temperature,
+                  "metadata": metadata or {}}
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, header=np.array(json.dumps(header)), **self._arrays())
 
@@ -107,6 +163,7 @@ class Head:
     def from_saved(cls, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> Head:
         head = cls(cls.Params.model_validate(header["params"]), seed=header["seed"])
         head.n_classes, head.info = header["n_classes"], header.get("info", {})
+        head.temperature = header.get("temperature")
         head._load_arrays(arrays)
         return head
 
@@ -221,7 +278,7 @@ class PooledHead(Head):
 
     def _scores_module(self) -> nn.Module:
         """The model as torch, normalised features -> scores (not defined: the head is not exportable)."""
-        return Head.to_torch(self)
+        return Head._torch_module(self)
 
     def _model_arrays(self) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -238,7 +295,7 @@ class PooledHead(Head):
         used for fitting."""
         X, y = _check_xy(X, y)
         self.n_classes = int(n_classes if n_classes is not None else y.max() + 1)
-        self.info = {}
+        self.info, self.temperature = {}, None
         if self.needs_validation:
             if validation is None or len(validation[1]) == 0:
                 raise ConfigError(f"head {self.kind} with select: sweep needs a validation split: set data.val_fraction > 0")
@@ -270,7 +327,7 @@ class PooledHead(Head):
             raise PipelineError(f"{type(self).__name__} is not fitted")
         return self._scores(self.normalizer.transform(X))
 
-    def to_torch(self) -> nn.Module:
+    def _torch_module(self) -> nn.Module:
         import torch
 
         return torch.nn.Sequential(self.normalizer.to_torch(), self._scores_module()).eval().requires_grad_(False)

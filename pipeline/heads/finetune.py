@@ -1,7 +1,7 @@
 """The fine-tuned head: the backbone's layers above a cut, plus a new classifier, trained on the cut cache.
 
 The classic "retrain the last layers" with the f/g split moved down: f is the backbone below the
-cut (frozen, run once by extract-cut, its activations cached as (N, C, H, W)); g is the backbone
+cut (frozen, run once by extract, its activations cached as (N, C, H, W)); g is the backbone
 above the cut, initialised from the pretrained weights, followed by a new linear classifier. g
 trains on the cached activations epoch after epoch: AdamW with separate learning rates for the
 pretrained layers and the classifier, linear warm-up then cosine decay, weight decay on weights
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from pipeline.config import FinetuneParams
-from pipeline.device import torch_device
+from pipeline.device import resolve_precision, torch_device
 from pipeline.errors import PipelineError
 from pipeline.heads.base import Head
 
@@ -81,11 +81,12 @@ class FinetuneHead(Head):
         if n == 0:
             raise PipelineError(f"{store.path} has no training images")
         self.n_classes = len(store.spec.classes)
-        self.info = {"backbone": store.spec.backbone_recipe()}
+        self.info, self.temperature = {"backbone": store.spec.backbone_recipe()}, None
         read, streamed = self._reader(store)
         if streamed:
             self.info["streamed"] = True
         device = torch_device()
+        self.info["precision"] = resolve_precision(self.params.precision, device)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(self.seed)
             generator = torch.Generator().manual_seed(self.seed)
@@ -188,7 +189,8 @@ class FinetuneHead(Head):
                 if p.flip:
                     mirror = (torch.rand(len(x), generator=generator) < 0.5).to(device)
                     x = torch.where(mirror[:, None, None, None], x.flip(3), x)
-                loss = F.cross_entropy(net(x), torch.as_tensor(labels).to(device), label_smoothing=p.label_smoothing)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.info["precision"] == "bfloat16"):
+                    loss = F.cross_entropy(net(x), torch.as_tensor(labels).to(device), label_smoothing=p.label_smoothing)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -200,7 +202,8 @@ class FinetuneHead(Head):
     @property
     def chosen(self) -> dict:
         seconds = self.info.get("epoch_seconds") or [float("nan")]
-        return {"cut": self.info.get("backbone", {}).get("cut"), "seconds_per_epoch": round(float(np.mean(seconds)), 1)}
+        return {"cut": self.info.get("backbone", {}).get("cut"), "precision": self.info.get("precision"),
+                "seconds_per_epoch": round(float(np.mean(seconds)), 1)}
 
     def _batches(self, read, n: int, slice_rows: int, buffer_rows: int, generator):
         """Shuffled training batches from ``read(start, stop) -> (X, y)``: slices of ``slice_rows``
@@ -249,7 +252,7 @@ class FinetuneHead(Head):
             scores = [net(torch.as_tensor(X[s : s + 256]).to(device)).cpu().numpy() for s in range(0, len(X), 256)]
         return np.concatenate(scores or [np.zeros((0, self.n_classes), np.float32)])
 
-    def to_torch(self) -> nn.Module:
+    def _torch_module(self) -> nn.Module:
         return self.module()
 
     def _arrays(self) -> dict[str, np.ndarray]:

@@ -1,7 +1,9 @@
 """Stage compare: one table (Markdown) and one chart (PNG) of every evaluated head configuration.
 
 Each head is tested against the best one (highest test top-1) on the same test images, with the exact
-McNemar test on their test predictions (the test_predictions.csv beside each metrics.json).
+McNemar test on their test predictions (the test_predictions.csv beside each metrics.json). Beside the
+test top-1 of every head stands its top-1 on the test images that have no confirmed near-copy in the
+images heads are fitted on (train, val), read from the ids of the leakage stage's pairs.csv.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from pipeline import layout
 from pipeline.config import Params
 from pipeline.fileutil import atomic_files
 from pipeline.errors import PipelineError
-from pipeline.metrics import comparison_table, mcnemar_exact, plot_comparison
+from pipeline.leakage import near_copies, read_pairs
+from pipeline.metrics import comparison_table, mcnemar_exact, plot_comparison, wilson_interval
 
 
 def correct_by_id(predictions_csv: Path) -> dict[str, bool]:
@@ -26,20 +29,37 @@ def correct_by_id(predictions_csv: Path) -> dict[str, bool]:
         return {row["id"]: row["actual"] == row["predicted"] for row in csv.DictReader(f)}
 
 
-def run(metrics_paths: list[str | Path], out_stem: str | Path) -> list[dict]:
+def without(correct: dict[str, bool], removed: set[str]) -> dict:
+    """Top-1 (with its 95% Wilson interval) on the images of ``correct`` (id -> predicted right) not in
+    ``removed``, and how many were removed."""
+    kept = [ok for i, ok in correct.items() if i not in removed]
+    low, high = wilson_interval(sum(kept), len(kept))
+    top1 = sum(kept) / len(kept) if kept else float("nan")
+    return {"n": len(kept), "removed": len(correct) - len(kept), "top1": top1, "top1_low": low, "top1_high": high}
+
+
+def run(metrics_paths: list[str | Path], out_stem: str | Path, pairs_path: str | Path | None = None) -> list[dict]:
     """Rows of the given metrics.json files, best test top-1 first, each with its paired test against the
-    best; writes ``<out_stem>.md`` and ``.png``."""
+    best and, with ``pairs_path`` (the leakage stage's pairs.csv), its test top-1 without the test images
+    that have a confirmed near-copy in train or val; writes ``<out_stem>.md`` and ``.png``."""
     paths = [Path(p) for p in metrics_paths]
-    rows = [json.loads(p.read_text()) | {"_predictions": p.parent / "test_predictions.csv"} for p in paths]
+    rows = [json.loads(p.read_text()) | {"_predictions": p.parent / layout.TEST_PREDICTIONS} for p in paths]
     rows.sort(key=lambda r: -r["test"]["top1"])
+    removed = None if pairs_path is None else near_copies(read_pairs(pairs_path))
     best = correct_by_id(rows[0].pop("_predictions"))
-    for row in rows[1:]:
-        mine = correct_by_id(row.pop("_predictions"))
+    if removed is not None and (stale := removed - best.keys()):
+        raise PipelineError(f"{pairs_path} names test images that {rows[0]['name']} was not evaluated on "
+                            f"({sorted(stale)[:3]}): re-run the leakage and evaluate stages (dvc repro)")
+    for row in rows:
+        mine = correct_by_id(row.pop("_predictions")) if "_predictions" in row else best
         if mine.keys() != best.keys():
             raise PipelineError(f"{row['name']} and {rows[0]['name']} were not evaluated on the same test images: "
                                 "re-run their evaluate stages (dvc repro)")
-        ids = sorted(best)
-        row["versus_best"] = mcnemar_exact(np.array([best[i] for i in ids]), np.array([mine[i] for i in ids]))
+        if removed is not None:
+            row["test_without_near_copies"] = without(mine, removed)
+        if row is not rows[0]:
+            ids = sorted(best)
+            row["versus_best"] = mcnemar_exact(np.array([best[i] for i in ids]), np.array([mine[i] for i in ids]))
     out_stem = Path(out_stem)
     table = comparison_table(rows)
     with atomic_files(out_stem.parent) as staging:
@@ -55,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser(__doc__).parse_args(argv)
 
     def stage(params: Params, _) -> list[dict]:
-        return run([layout.evaluation_dir(k) / layout.METRICS for k in params.head_keys()], layout.COMPARISON)
+        return run([layout.evaluation_dir(k) / layout.METRICS for k in params.head_keys()], layout.COMPARISON,
+                   layout.LEAKAGE_PAIRS)
 
     return run_stage(args, stage)
 

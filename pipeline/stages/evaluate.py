@@ -2,10 +2,15 @@
 
 Writes, as one set (all of them or none): metrics.json (the few figures a user compares, each split's
 saying which images it was measured on), details.json (per-class accuracy, confusion matrices),
-test_predictions.csv (the DVC confusion plot, and what compare pairs heads on), per_class.csv (a DVC
-plot), confusion.png, reliability.png, and sweep.json for a swept head. No figure is measured on
-images the head was fitted on: a swept head, refit on train + val, reports the sweep's held-out
-val figure instead.
+test_predictions.csv (id, actual, predicted, confidence: the DVC confusion plot, what compare pairs
+heads on and what the mistakes stage pictures), per_class.csv (a DVC plot), confusion.png,
+reliability.png, and sweep.json for a swept head. No figure is measured on images the head was fitted
+on: a swept head, refit on train + val, reports the sweep's held-out val figure instead.
+
+Probabilities are the head's own (:meth:`~pipeline.heads.base.Head.probabilities`): for a calibrated head,
+softmax(scores / T). Its ``ece`` is then the calibrated one, ``ece_uncalibrated`` that of softmax(scores),
+and ``chosen.temperature`` is T. T was fitted on the validation split, so there the calibrated ECE is not
+reported (only ``ece_uncalibrated``).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from pipeline.config import Params
 from pipeline.errors import FeatureStoreError
 from pipeline.features import FeatureStore
 from pipeline.fileutil import atomic_files, write_json
-from pipeline.heads import load_head, softmax
+from pipeline.heads import load_head, softmax, split_scores
 from pipeline.metrics import calibration, classification_metrics, plot_confusion, plot_reliability
 
 
@@ -32,9 +37,9 @@ def scores_by_split(head, store: FeatureStore) -> dict[str, tuple[np.ndarray, np
     for split in ("val", "test"):
         if split in head.fitted_on:
             continue
-        blocks = [(head.decision_function(X), y) for X, y in store.iter_blocks(split)]
-        if blocks:
-            out[split] = (np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks]))
+        scored = split_scores(head, store, split)
+        if scored is not None:
+            out[split] = scored
     if "test" not in out:
         raise FeatureStoreError(f"{store.path} has no test images to evaluate on")
     return out
@@ -49,16 +54,25 @@ def run(features_path: str | Path, head_path: str | Path, out_dir: str | Path, n
         test_ids = store.ids("test")
     results: dict = {"name": name, "head": head.kind}
     details: dict = {"classes": classes}
-    reliability = {}
-    for split, (split_scores, y) in scores.items():
-        results[split], details[split] = classification_metrics(split_scores, y, classes)
-        reliability[split] = calibration(softmax(split_scores), y)
-        results[split]["ece"] = reliability[split]["ece"]
+    reliability, uncalibrated = {}, {}
+    calibrated = head.temperature is not None
+    for split, (raw, y) in scores.items():
+        results[split], details[split] = classification_metrics(raw, y, classes)
+        reliability[split] = calibration(head.probabilities(raw), y)
+        if calibrated:
+            uncalibrated[split] = calibration(softmax(raw), y)
+            if split != "val":  # the temperature was fitted there
+                results[split]["ece"] = reliability[split]["ece"]
+            results[split]["ece_uncalibrated"] = uncalibrated[split]["ece"]
+        else:
+            results[split]["ece"] = reliability[split]["ece"]
         results[split]["on"] = split
     if "val" in head.fitted_on and "chosen_val_top1" in head.info:
         results["val"] = {"top1": head.info["chosen_val_top1"], "on": "sweep: val before the refit on train + val"}
     results["fit_seconds"] = round(meta.get("fit_seconds", float("nan")), 3)
     results["chosen"] = {k: v for k, v in head.chosen.items() if k != "chosen_val_top1"}
+    if calibrated:
+        results["chosen"]["temperature"] = head.temperature
     title = f"{name} ({head.kind}), test top-1 {results['test']['top1']:.3f}"
     with atomic_files(out_dir) as staging:
         write_json(staging / layout.METRICS, results)
@@ -71,14 +85,22 @@ def run(features_path: str | Path, head_path: str | Path, out_dir: str | Path, n
             sweep = head.info["sweep"]
             write_json(staging / "sweep.json", [{"l2": l2, "val_top1": acc} for l2, acc in zip(sweep["l2"], sweep["val_top1"])])
         test_scores, test_labels = scores["test"]
-        with open(staging / "test_predictions.csv", "w", newline="") as f:
+        proba = head.probabilities(test_scores)
+        predicted = test_scores.argmax(axis=1)
+        with open(staging / layout.TEST_PREDICTIONS, "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["id", "actual", "predicted"])
-            writer.writerows((i, classes[a], classes[p]) for i, a, p in zip(test_ids, test_labels, test_scores.argmax(axis=1)))
+            writer.writerow(["id", "actual", "predicted", "confidence"])
+            writer.writerows((i, classes[a], classes[p], f"{proba[k, p]:.6g}")
+                             for k, (i, a, p) in enumerate(zip(test_ids, test_labels, predicted)))
         plot_confusion(np.array(details["test"]["confusion_matrix"]), classes, staging / "confusion.png", title)
-        plot_reliability(reliability["test"], staging / "reliability.png", title)
+        if calibrated:
+            title += f", temperature {head.temperature:.3g}"
+        plot_reliability(reliability["test"], staging / "reliability.png", title, before=uncalibrated.get("test"))
     summary = ", ".join(f"{s} top-1 {results[s]['top1']:.4f}" for s in scores)
-    print(f"evaluated {name} ({head.kind}): {summary}, test ECE {results['test']['ece']:.4f} -> {out_dir}")
+    ece = f"test ECE {results['test']['ece']:.4f}"
+    if calibrated:
+        ece += f" (uncalibrated {results['test']['ece_uncalibrated']:.4f}, temperature {head.temperature:.4g})"
+    print(f"evaluated {name} ({head.kind}): {summary}, {ece} -> {out_dir}")
     return results
 
 

@@ -1,8 +1,9 @@
-"""Stage extract (and extract-cut): run the frozen backbone f once over every image, cache it to HDF5.
+"""Stage extract: run the frozen backbone f once over every image, cache what it computes to HDF5.
 
-``extract`` caches the pooled features f(x); ``extract --cut`` the activations at the input of
-``backbone.cut`` (the cut cache the fine-tuned heads train on). Under torchrun, each process
-extracts its own shard and rank 0 writes the file.
+Writes the pooled features f(x) (``data/features/pooled.h5``) and, with ``backbone.cut`` set, in the same
+pass, the activations at the input of that layer (``data/features/cut.h5``, the cut cache the fine-tuned
+heads train on); with no cut, that file is a placeholder saying so. Under torchrun, each process extracts
+its own shard and rank 0 writes the files.
 """
 
 from __future__ import annotations
@@ -20,40 +21,45 @@ from pipeline.errors import ConfigError
 from pipeline.fileutil import atomic_path
 
 
-def run(params: Params, splits_path: str | Path, features_path: str | Path, progress: bool = True,
-        cut: bool = False) -> Path | None:
-    """Extract every image of the prepared splits; with ``cut``, only the backbone below ``backbone.cut``.
-    Returns the feature file (None on ranks other than 0, and for the cut placeholder)."""
+def run(params: Params, splits_path: str | Path, pooled_path: str | Path, cut_path: str | Path | None = None,
+        progress: bool = True) -> dict[str, Path] | None:
+    """Extract every image of the prepared splits: the pooled features into ``pooled_path`` and, in the same
+    pass, the cut cache into ``cut_path`` (a placeholder when ``backbone.cut`` is null; None: pooled features
+    only). Returns the feature files written by name (None on ranks other than 0)."""
     from pipeline.backbones import load_backbone
-    from pipeline.extract import distributed, extract_features, feature_spec, tune_allocator
+    from pipeline.device import resolve_precision
+    from pipeline.extract import OnePass, distributed, extract_features, feature_spec, tune_allocator
     from pipeline.sources import Splits, open_source
 
     tune_allocator()
+    features = {"pooled": Path(pooled_path)} | ({"cut": Path(cut_path)} if cut_path is not None else {})
     b = params.backbone
     splits = Splits.load(splits_path)
     backbone = load_backbone(b.name, b.weights, b.input_size, seed=params.seed)
-    if cut and b.cut is None:
-        return _placeholder(features_path, f"backbone.cut is null: no cut cache (cut points of {b.name}: "
-                                           f"{_cut_points(backbone)})")
     backbone.check_input_size()  # before anything is written: a network with a fixed input size says so here
-    dtype = b.storage_dtype
-    if cut:
-        backbone, _ = backbone.cut_at(b.cut)
-        dtype = b.cut_storage_dtype
-        check_cut_size(backbone, sum(len(s) for s in splits.splits.values()), dtype, b.cut_max_gib, Path(features_path))
-    spec = feature_spec(splits, backbone, b.weights, dtype, init_seed=params.seed)
+    model = OnePass(backbone, b.cut if "cut" in features else None)
+    n = sum(len(s) for s in splits.splits.values())
+    if model.bottom is not None:
+        check_cut_size(model.bottom, n, b.cut_storage_dtype, b.cut_max_gib, features["cut"])
+    dtypes = {"pooled": b.storage_dtype, "cut": b.cut_storage_dtype}
     start = time.perf_counter()
     with distributed() as (shard, device):
+        precision = resolve_precision(b.precision, device)
+        outputs = {name: (feature_spec(splits, extractor, b.weights, dtypes[name], params.seed, precision), features[name])
+                   for name, extractor in model.extractors.items()}
         out = extract_features(
-            splits, open_source(splits.source), backbone, spec, features_path,
+            splits, open_source(splits.source), model, outputs,
             batch_size=b.batch_size, num_workers=b.num_workers, skip_bad=b.on_bad_image == "skip",
             commit_rows=b.commit_rows, progress=progress, shard=shard, device=device, compile=b.compile,
         )
-    if out is not None:
-        n = sum(len(s) for s in splits.splits.values())
-        procs = f" by {shard.world_size} processes" if shard.world_size > 1 else ""
-        what = f"{b.name} up to {b.cut}" if cut else b.name
-        print(f"extracted {n} images with {what}{procs} in {time.perf_counter() - start:.1f} s -> {out}")
+    if out is None:
+        return None
+    procs = f" by {shard.world_size} processes" if shard.world_size > 1 else ""
+    print(f"extracted {n} images with {b.name} ({precision}){procs} in {time.perf_counter() - start:.1f} s -> "
+          + ", ".join(map(str, out.values())))
+    if "cut" not in out and "cut" in features:
+        _placeholder(features["cut"], f"backbone.cut is null: no cut cache (cut points of {b.name}: "
+                                      f"{_cut_points(backbone)})")
     return out
 
 
@@ -96,12 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.stages._cli import parser, run_stage
 
     p = parser(__doc__)
-    p.add_argument("--cut", action="store_true", help="cache the activations at backbone.cut (the cut cache)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    what = "cut" if args.cut else "pooled"
-    return run_stage(args, lambda params, a: run(params, layout.SPLITS, layout.FEATURES[what],
-                                                 progress=not a.no_progress, cut=a.cut))
+    return run_stage(args, lambda params, a: run(params, layout.SPLITS, layout.FEATURES["pooled"], layout.FEATURES["cut"],
+                                                 progress=not a.no_progress))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 ``--config`` names it: ``head`` (the main head), ``heads.<name>`` or ``finetune.<name>``. Every kind is
 trained by the same call, ``head.fit_store(store)``; the head reads only the feature store. Its training
 curves go to its DVCLive folder, evaluation/live/<configuration>/ (see :mod:`pipeline.heads.live`):
-one step per epoch for the heads that train for epochs, one step for the others.
+one step per epoch for the heads that train for epochs, one step for the others. A configuration with
+``calibrate: true`` then gets its temperature, fitted on the validation split (see
+:mod:`pipeline.heads.calibration`), saved in the head file.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ def run(params: Params, features_path: str | Path, splits_path: str | Path, head
     with FeatureStore(features_path) as store, _training_log(live_dir) as log:
         store.check(expected_spec(params, splits_path, head.input))
         identity, n_train = store.spec.identity(), store.n_rows("train")
+        if config.params.calibrate:
+            head.check_calibration(store, name=key)  # before a long fit
         head.training_log = log
         start = time.perf_counter()
         head.fit_store(store)
@@ -39,11 +43,15 @@ def run(params: Params, features_path: str | Path, splits_path: str | Path, head
         head.training_log = None
         if log is not None and log.steps == 0:  # fitted in one go: one step
             log.step({})
+        calibration = head.calibrate(store, name=key) if config.params.calibrate else {}
     head.save(head_path, metadata={"features": identity, "fit_seconds": fit_seconds, "n_train": n_train})
     shape = "x".join(map(str, identity["feature_shape"]))
     print(f"trained head {config.kind} ({key}) on {n_train} x {shape} features in "
           f"{fit_seconds:.1f} s {head.chosen or ''} -> {head_path}")
-    return {"fit_seconds": fit_seconds, **head.chosen}
+    if calibration:
+        print(f"calibrated on the validation split: temperature {calibration['temperature']:.4g}, validation NLL "
+              f"{calibration['val_nll']:.4f} -> {calibration['val_nll_calibrated']:.4f}")
+    return {"fit_seconds": fit_seconds, **head.chosen, **calibration}
 
 
 @contextlib.contextmanager

@@ -1,0 +1,91 @@
+"""Fine-tuning speed per epoch under each setting that may make it cheaper, as ratios measured in one run.
+
+    python benchmarks/finetune_speed.py [--maps 2048] [--rounds 3] [--backbone efficientnet_lite0 --cut _blocks.12]
+
+Trains the real top above the cut (pretrained weights) through the fine-tuned head's own training loop
+(``FinetuneHead._train_epoch``) on random maps of the cut's shape, once per setting and round, the
+settings alternating so that the machine's drift affects them alike. Prints images/s of each setting
+and its ratio to the default (float32, batch 64, eager). bfloat16 is marked "emulated" on a CPU without
+native bfloat16 (there it measures the emulation, not a speed-up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from pipeline.backbones import load_backbone  # noqa: E402
+from pipeline.config import FinetuneParams  # noqa: E402
+from pipeline.device import describe_cpu, native_bfloat16, torch_device  # noqa: E402
+from pipeline.heads.finetune import FinetuneHead  # noqa: E402
+
+SETTINGS = {  # name -> (FinetuneParams changes, compile the network)
+    "float32, batch 64 (default)": ({}, False),
+    "float32, batch 256": ({"batch_size": 256}, False),
+    "float32, batch 64, compiled": ({}, True),
+    "bfloat16, batch 64": ({"precision": "bfloat16"}, False),
+    "bfloat16, batch 256": ({"precision": "bfloat16", "batch_size": 256}, False),
+}
+
+
+def epoch_rate(recipe: dict, maps: np.ndarray, labels: np.ndarray, changes: dict, compile: bool) -> float:
+    """Images/s of one epoch of the head's training loop over ``maps``."""
+    head = FinetuneHead(FinetuneParams(epochs=1, **changes), seed=0)
+    head.n_classes, head.info = 10, {"backbone": recipe, "precision": changes.get("precision", "float32")}
+    device = torch_device()
+    net, opt, schedule = head._build(len(maps), device)
+    if compile:
+        net = torch.compile(net)
+        head._train_epoch(net, opt, schedule, head._batches(lambda a, b: (maps[a:b], labels[a:b]), 2 * head.params.batch_size,
+                                                            256, 1 << 30, torch.Generator().manual_seed(1)),
+                          2 * head.params.batch_size, torch.Generator(), device, 0)  # compiles before timing
+    batches = head._batches(lambda a, b: (maps[a:b], labels[a:b]), len(maps), 256, 1 << 30, torch.Generator().manual_seed(0))
+    start = time.perf_counter()
+    head._train_epoch(net, opt, schedule, batches, len(maps), torch.Generator().manual_seed(0), device, 0)
+    return len(maps) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--input-size", type=int, default=224)
+    parser.add_argument("--cut", default="_blocks.12")
+    parser.add_argument("--maps", type=int, default=2048, help="training maps per epoch")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", action="append", help="settings to measure (default: all)")
+    args = parser.parse_args()
+    device = torch_device()
+    print(f"CPU: {describe_cpu()}; {os.cpu_count()} cores, {torch.get_num_threads()} torch threads; device {device}")
+    backbone = load_backbone(args.backbone, "DEFAULT", args.input_size)
+    bottom, _ = backbone.cut_at(args.cut)
+    recipe = {"backbone": args.backbone, "weights": "DEFAULT", "weights_id": backbone.weights_id,
+              "input_size": args.input_size, "init_seed": 0, "cut": args.cut,
+              "preprocessing": backbone.preprocessing.to_json()}
+    rng = np.random.default_rng(0)
+    maps = rng.normal(0, 1, (args.maps, *bottom.feature_shape)).astype(np.float16)
+    labels = rng.integers(0, 10, args.maps)
+    print(f"{args.backbone} above {args.cut}: maps {bottom.feature_shape} float16, {args.maps} per epoch")
+    names = args.only or list(SETTINGS)
+    rates: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(args.rounds):
+        for name in names:
+            rates[name].append(epoch_rate(recipe, maps, labels, *SETTINGS[name]))
+            print(f"round {r + 1}: {name:30s} {rates[name][-1]:7.1f} images/s", flush=True)
+    base = np.sum(rates[names[0]])
+    print()
+    for name in names:
+        emulated = " (bfloat16 emulated: no native support here)" if "bfloat16" in name and not native_bfloat16(device) else ""
+        print(f"{name:30s} {np.mean(rates[name]):7.1f} images/s, {np.sum(rates[name]) / base:.2f} x {names[0]}{emulated}")
+
+
+if __name__ == "__main__":
+    main()
