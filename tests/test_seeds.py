@@ -209,7 +209,7 @@ def test_compare_shows_mean_and_sd_over_seeds_beside_the_single_run(cache, tmp_p
     mlp = summary["configurations"]["heads.mlp"]
     single = json.loads(metrics[1].read_text())["test"]["top1"]
     assert mlp["top1"][0] == single  # seed 0 is the pipeline's own seed: the single run is one of the fits
-    compare.run(metrics, tmp_path / "comparison", tmp_path / "seeds.json")
+    compare.run(metrics, tmp_path / "comparison", seeds_path=tmp_path / "seeds.json")
     table = (tmp_path / "comparison.md").read_text()
     assert "over seeds: mean ± sd" in table
     row = next(line for line in table.splitlines() if line.startswith("| mlp |"))
@@ -218,7 +218,7 @@ def test_compare_shows_mean_and_sd_over_seeds_beside_the_single_run(cache, tmp_p
     head_row = next(line for line in table.splitlines() if line.startswith("| head | logistic |"))
     assert head_row.split("|")[4].strip() == ""  # not repeated: nothing beside its figure
     run_stage(out, params, tmp_path / "off")  # off: the table has no such column
-    compare.run(metrics, tmp_path / "plain", tmp_path / "off.json")
+    compare.run(metrics, tmp_path / "plain", seeds_path=tmp_path / "off.json")
     assert "over seeds" not in (tmp_path / "plain.md").read_text()
 
 
