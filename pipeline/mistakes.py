@@ -176,7 +176,6 @@ def plot_worst(mistakes: HeadMistakes, images: dict[str, np.ndarray], columns: i
         axes[0, 0].text(0.5, 0.5, "no mistakes", ha="center", va="center", transform=axes[0, 0].transAxes)
     _title(fig, f"{_who(mistakes)}: the {n} most confident of {mistakes.n_wrong} mistakes on {mistakes.n_test} test "
                 "images (true class, → predicted class and its probability)", width)
-    fig.tight_layout()
     save_figure(fig, path)
 
 
@@ -203,14 +202,17 @@ def plot_confusions(mistakes: HeadMistakes, images: dict[str, np.ndarray], examp
             ax.set_title(f"{p.confidence:.2f}", fontsize=8)
     _title(fig, f"{_who(mistakes)}: each class's most confused class (the class its test images are most often "
                 "taken for), with the most confident of those images", width)
-    fig.tight_layout()
     save_figure(fig, path)
 
 
 def _title(fig, text: str, width_inches: float) -> None:
+    """The figure's title, wrapped to its width, above the panels (laid out below it)."""
     import textwrap
 
-    fig.suptitle(textwrap.fill(text, width=int(width_inches * 13)), fontsize=9)
+    wrapped = textwrap.fill(text, width=int(width_inches * 13))
+    fig.suptitle(wrapped, fontsize=9)
+    top = 1 - (0.15 + 0.17 * (wrapped.count("\n") + 1)) / fig.get_figheight()
+    fig.tight_layout(rect=(0, 0, 1, top))
 
 
 def _who(m: HeadMistakes) -> str:

@@ -94,7 +94,7 @@ def run(features_path: str | Path, head_path: str | Path, out_dir: str | Path, n
                              for k, (i, a, p) in enumerate(zip(test_ids, test_labels, predicted)))
         plot_confusion(np.array(details["test"]["confusion_matrix"]), classes, staging / "confusion.png", title)
         if calibrated:
-            title += f", temperature {head.temperature:.3g}"
+            title += f"\ncalibrated: temperature {head.temperature:.3g}"
         plot_reliability(reliability["test"], staging / "reliability.png", title, before=uncalibrated.get("test"))
     summary = ", ".join(f"{s} top-1 {results[s]['top1']:.4f}" for s in scores)
     ece = f"test ECE {results['test']['ece']:.4f}"
