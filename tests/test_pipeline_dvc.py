@@ -125,7 +125,7 @@ def test_dvc_repro_then_each_change_reruns_only_what_it_touches(tmp_path):
     assert calibrated["chosen"]["temperature"] > 0 and "ece_uncalibrated" in calibrated["test"]
     assert after("+curves.heads.knn.knn.k=3") == {"curves"}  # + adds a key
     # a compared head's setting: only that head's stages, compare and mistakes
-    assert after("+heads.knn.knn.k=5") == {"train-heads@knn", "evaluate-heads@knn", "compare", "mistakes"}  # + adds a key
+    assert after("+heads.knn.knn.k=5") == {"train-heads@knn", "evaluate-heads@knn", "compare", "mistakes"}  # + adds
     # a fine-tune setting: only that head; a new cut: only the cut cache and what is trained on it
     assert after("finetune.top.lr_top=0.001") == {"finetune@top", "evaluate-finetune@top", "compare", "mistakes"}
     assert lock_entry(repo, "extract") == extract_lock  # DVC's own record of extract is unchanged
