@@ -84,5 +84,6 @@ def mistakes_files() -> dict[str, Path]:
     ``<role>_confused`` (each class's most confused class with examples, <role>_confused.png)."""
     files = {"report": MISTAKES / "mistakes.md", "data": MISTAKES / "mistakes.json"}
     for role in MISTAKE_ROLES:
-        files |= {f"{role}_worst": MISTAKES / f"{role}_worst.png", f"{role}_confused": MISTAKES / f"{role}_confused.png"}
+        files[f"{role}_worst"] = MISTAKES / f"{role}_worst.png"
+        files[f"{role}_confused"] = MISTAKES / f"{role}_confused.png"
     return files

@@ -236,7 +236,8 @@ def report_markdown(heads: list[HeadMistakes], files: dict[str, Path]) -> str:
                   "(confidence: the probability the head gave the class it predicted):", "",
                   f"![most confident mistakes]({worst_png})", "",
                   "| # | image | true | predicted | confidence |", "| ---: | --- | --- | --- | ---: |"]
-        lines += [f"| {i} | `{p.id}` | {p.actual} | {p.predicted} | {p.confidence:.4f} |" for i, p in enumerate(m.worst, 1)]
+        lines += [f"| {i} | `{p.id}` | {p.actual} | {p.predicted} | {p.confidence:.4f} |"
+                  for i, p in enumerate(m.worst, 1)]
         lines += ["", "Each class's most confused class (the class its test images are most often taken for):", "",
                   f"![most confused classes]({confused_png})", "",
                   "| class | most confused with | images | of the class | all its mistakes | examples |",

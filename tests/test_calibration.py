@@ -71,7 +71,8 @@ def run(tmp_path_factory):
         "backbone": {"name": "resnet18", "weights": None, "input_size": 64, "batch_size": 32, "cut": None},
         "head": {"kind": "logistic", "logistic": {"C": 10.0, "calibrate": True}},
         "heads": {"mlp": {"kind": "mlp", "mlp": {"epochs": 30, "hidden": 64, "calibrate": True}},
-                  "sweep": {"kind": "logistic", "logistic": {"select": "sweep", "grid": {"low": 1e-3, "high": 1.0, "num": 4}}}},
+                  "sweep": {"kind": "logistic",
+                            "logistic": {"select": "sweep", "grid": {"low": 1e-3, "high": 1.0, "num": 4}}}},
         "finetune": {},
     })
     prepare.run(params, out / "splits.json")
@@ -186,6 +187,6 @@ def test_calibrating_without_a_validation_split_stops_before_fitting(cifar_folde
     })
     prepare.run(params, tmp_path / "splits.json")
     extract.run(params, tmp_path / "splits.json", tmp_path / "f.h5", progress=False)
-    with pytest.raises(ConfigError, match=r"^head: calibrate: true needs a validation split: set data.val_fraction > 0"):
+    with pytest.raises(ConfigError, match=r"^head: calibrate: true needs a validation split: set data.val_fraction"):
         train.run(params, tmp_path / "f.h5", tmp_path / "splits.json", tmp_path / "h.npz")
     assert not (tmp_path / "h.npz").exists()

@@ -129,7 +129,7 @@ def test_dvc_repro_then_each_change_reruns_only_what_it_touches(tmp_path):
     # a setting of the pictures of the mistakes: that stage only
     assert after("mistakes.grid_size=4") == {"mistakes"}
     # calibrating the main head: its train and evaluate (never extract), compare and mistakes
-    assert after("head.ridge.calibrate=true") == {"train", "evaluate", "compare", "mistakes"}
+    assert after("head.ridge.calibrate=true") == {"train", "evaluate", "seeds", "compare", "mistakes"}
     calibrated = json.loads((repo / "evaluation" / "metrics.json").read_text())
     assert calibrated["chosen"]["temperature"] > 0 and "ece_uncalibrated" in calibrated["test"]
     assert after("+curves.heads.knn.knn.k=3") == {"curves"}  # + adds a key

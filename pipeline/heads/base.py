@@ -113,7 +113,8 @@ class Head:
         val = split_scores(self, store, "val")
         temperature = fit_temperature(*val, bounds=TEMPERATURE_BOUNDS)
         self.temperature = temperature
-        return {"temperature": temperature, "val_nll": mean_nll(*val), "val_nll_calibrated": mean_nll(*val, temperature)}
+        return {"temperature": temperature, "val_nll": mean_nll(*val),
+                "val_nll_calibrated": mean_nll(*val, temperature)}
 
     def to_torch(self) -> nn.Module:
         """The fitted head as a torch module, features -> the scores of :meth:`decision_function`, divided by
