@@ -185,8 +185,8 @@ def extract_features(
         num_workers = min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
     part_batches = max(1, commit_rows // batch_size)
     precision = next(iter(outputs.values()))[0].precision
-    compute = f"{device.type}-{precision}" + ("-compiled" if compile else "")
-    open_partials = lambda: {name: PartialFeatures(path, spec, part_batches * batch_size, compute)  # noqa: E731
+    arithmetic = f"{device.type}-{precision}" + ("-compiled" if compile else "")
+    open_partials = lambda: {name: PartialFeatures(path, spec, part_batches * batch_size, arithmetic)  # noqa: E731
                              for name, (spec, path) in outputs.items()}
     if shard.rank == 0:  # rank 0 alone decides whether an earlier partial run can be resumed
         partials = open_partials()

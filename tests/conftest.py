@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -69,6 +70,28 @@ def interrupt_after(n_parts: int, extract, monkeypatch) -> list[tuple[str, int]]
         with pytest.raises(KeyboardInterrupt):
             extract()
     return written
+
+
+def small_pooled_cache(out: Path, classes: list[str], raw: dict) -> tuple[Path, Any]:
+    """Real pooled features of ``classes`` (40 training and 15 test CIFAR-10 images each) in ``out``,
+    extracted with the params ``raw`` (its data.source set to that image folder); returns (out, params)."""
+    from pipeline.config import parse_params
+    from pipeline.stages import extract, prepare
+
+    folder = write_cifar_folder(out / "images", classes, {"train": 40, "test": 15})
+    params = parse_params({**raw, "data": {**raw.get("data", {}), "source": str(folder)}})
+    prepare.run(params, out / "splits.json")
+    extract.run(params, out / "splits.json", out / "pooled.h5", progress=False)
+    return out, params
+
+
+def with_section(params, section: str, **values):
+    """``params`` with keys of one section replaced (validated again)."""
+    from pipeline.config import parse_params
+
+    raw = params.model_dump()
+    raw[section] = {**raw[section], **values}
+    return parse_params(raw)
 
 
 QUICK = {  # the kinds that train for epochs, kept short in tests

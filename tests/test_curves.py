@@ -26,8 +26,8 @@ from pipeline.heads import head_class
 from pipeline.heads.base import FeatureNormalizer
 from pipeline.heads.linear import c_from_l2
 from pipeline.stages import curves as curves_stage
-from pipeline.stages import evaluate, extract, prepare, train
-from tests.conftest import ROOT, write_cifar_folder
+from pipeline.stages import evaluate, train
+from tests.conftest import ROOT, small_pooled_cache, with_section
 
 CLASSES = ["airplane", "cat", "ship", "truck"]
 RAW = {  # 40 training images per class (30 train + 10 val), 15 test images per class
@@ -45,18 +45,11 @@ def quiet(_line: str) -> None:
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     """Real pooled features (ResNet-18, random init, 64 px) of 4 CIFAR-10 classes, and the params."""
-    out = tmp_path_factory.mktemp("curves")
-    folder = write_cifar_folder(out / "images", CLASSES, {"train": 40, "test": 15})
-    params = parse_params({**RAW, "data": {**RAW["data"], "source": str(folder)}})
-    prepare.run(params, out / "splits.json")
-    extract.run(params, out / "splits.json", out / "pooled.h5", progress=False)
-    return out, params
+    return small_pooled_cache(tmp_path_factory.mktemp("curves"), CLASSES, RAW)
 
 
 def with_curves(params, **curves):
-    raw = params.model_dump()
-    raw["curves"] = {**raw["curves"], **curves}
-    return parse_params(raw)
+    return with_section(params, "curves", **curves)
 
 
 def load(out: Path):

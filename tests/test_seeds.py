@@ -17,9 +17,9 @@ from pipeline.errors import ConfigError
 from pipeline.features import FeatureStore, SplitView
 from pipeline.heads import build_head
 from pipeline.splitting import validation_rows
-from pipeline.stages import compare, evaluate, extract, prepare, train
+from pipeline.stages import compare, evaluate, train
 from pipeline.stages import seeds as seeds_stage
-from tests.conftest import QUICK, ROOT, write_cifar_folder
+from tests.conftest import QUICK, ROOT, small_pooled_cache, with_section
 
 CLASSES = ["airplane", "cat", "ship", "truck"]
 RAW = {  # 40 training images per class (30 train + 10 val), 15 test images per class
@@ -37,18 +37,11 @@ def quiet(_line: str) -> None:
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     """Real pooled features (ResNet-18, random init, 64 px) of 4 CIFAR-10 classes, and the params."""
-    out = tmp_path_factory.mktemp("seeds")
-    folder = write_cifar_folder(out / "images", CLASSES, {"train": 40, "test": 15})
-    params = parse_params({**RAW, "data": {**RAW["data"], "source": str(folder)}})
-    prepare.run(params, out / "splits.json")
-    extract.run(params, out / "splits.json", out / "pooled.h5", progress=False)
-    return out, params
+    return small_pooled_cache(tmp_path_factory.mktemp("seeds"), CLASSES, RAW)
 
 
 def with_seeds(params, **seeds):
-    raw = params.model_dump()
-    raw["seeds"] = {**raw["seeds"], **seeds}
-    return parse_params(raw)
+    return with_section(params, "seeds", **seeds)
 
 
 def run_stage(out, params, stem):
