@@ -214,6 +214,16 @@ NESTED = {  # class b has images only in sub-folders; dot-files and dot-folders 
 NESTED_KEYS = sorted(k for k in NESTED if not any(p.startswith(".") for p in k.split("/")))
 
 
+def as_source(root, kind: str, tmp_path):
+    """``root`` itself (``kind`` "folder"), or a tar archive of it under a top folder (``"tar"``)."""
+    if kind == "folder":
+        return root
+    location = tmp_path / "images.tar"
+    with tarfile.open(location, "w") as tar:
+        tar.add(root, arcname="top")
+    return location
+
+
 def _nested_folder(root):
     rng = np.random.default_rng(0)
     for key in sorted(NESTED):
@@ -245,11 +255,7 @@ def test_class_folder_with_images_only_in_a_dot_folder_is_empty(tmp_path, kind):
     root = _nested_folder(tmp_path / "images")
     write_image(root / "train/c/.thumbs/0.png", np.random.default_rng(0))
     (root / "train/c/notes.txt").write_text("not an image")
-    location = root
-    if kind == "tar":
-        location = tmp_path / "images.tar"
-        with tarfile.open(location, "w") as tar:
-            tar.add(root, arcname="top")
+    location = as_source(root, kind, tmp_path)
     with pytest.raises(DatasetError, match="class folders with no images: \\['train/c'\\]"):
         make_splits(open_source(location), 0.0, None, seed=0)
 
@@ -355,11 +361,7 @@ def test_layout_not_found_lists_what_the_top_levels_hold(cifar_folder, tmp_path,
     root = tmp_path / "images"
     shutil.copytree(cifar_folder, root / "data" / "cifar")  # two folders above train/ and test/
     (root / "README.md").write_text("my images")
-    location = root
-    if kind == "tar":
-        location = tmp_path / "images.tar"
-        with tarfile.open(location, "w") as tar:
-            tar.add(root, arcname="top")
+    location = as_source(root, kind, tmp_path)
     with pytest.raises(DatasetError) as err:
         make_splits(open_source(location), 0.0, None, seed=0)
     message = str(err.value)
