@@ -217,6 +217,13 @@ class HeadSection(_Section):
         """The validated params of ``kind`` from its sub-section (defaults where absent)."""
         return _validate(HEAD_PARAMS[kind], (self.model_extra or {}).get(kind) or {}, f"{where}.{kind}")
 
+    def config(self, key: str) -> HeadConfig:
+        """The configuration at ``key`` (where this section is in params.yaml), every ``<kind>:``
+        sub-section validated, the unused ones too."""
+        for kind in {self.kind, *(self.model_extra or {})}:
+            self.params_of(kind, key)
+        return HeadConfig(key, self.kind, self.params_of(self.kind, key))
+
 
 # -- data and backbone --------------------------------------------------------------------------
 class DataParams(_Section):
@@ -331,9 +338,8 @@ class CurvesParams(_Section):
         configs = []
         for name, section in self.heads.items():
             key = f"curves.heads.{name}"
-            for kind in {section.kind, *(section.model_extra or {})}:
-                section.params_of(kind, key)
-            params = section.params_of(section.kind, key)
+            config = section.config(key)
+            params = config.params
             if getattr(params, "select", "fixed") != "fixed":
                 raise ConfigError(f"params: {key}.{section.kind}.select: must be 'fixed' in a learning curve: "
                                   "the curve chooses the penalty by cross-validation inside the k-shot set, never "
@@ -342,7 +348,7 @@ class CurvesParams(_Section):
                 raise ConfigError(f"params: {key}.{section.kind}.calibrate: must be false in a learning curve: it "
                                   "measures top-1, which a temperature does not change, and fits on no validation "
                                   "split")
-            configs.append(HeadConfig(key, section.kind, params))
+            configs.append(config)
         return configs
 
 
@@ -399,13 +405,13 @@ class BackbonesParams(_Section):
         return self
 
     def head_configs(self) -> list[HeadConfig]:
-        """The heads fitted on each compared cache, validated."""
-        configs = []
-        for name, section in self.heads.items():
-            key = f"backbones.heads.{name}"
-            for kind in {section.kind, *(section.model_extra or {})}:
-                section.params_of(kind, key)
-            configs.append(HeadConfig(key, section.kind, section.params_of(section.kind, key)))
+        """The heads fitted on each compared cache, validated; a probe measures top-1, so a head with
+        ``calibrate: true`` (which changes only probabilities) is refused rather than silently not calibrated."""
+        configs = [section.config(f"backbones.heads.{name}") for name, section in self.heads.items()]
+        for config in configs:
+            if config.params.calibrate:
+                raise ConfigError(f"params: {config.key}.{config.kind}.calibrate: must be false in the backbone "
+                                  "comparison: it compares top-1, which a temperature does not change")
         return configs
 
 
@@ -517,10 +523,9 @@ class Params(_Section):
         """The configuration at ``key`` (``head``, ``heads.<name>`` or ``finetune.<name>``)."""
         section, _, name = key.partition(".")
         if key == "head":
-            return HeadConfig(key, self.head.kind, self.head.params_of(self.head.kind, key))
+            return self.head.config(key)
         if section == "heads" and name in self.heads:
-            head = self.heads[name]
-            return HeadConfig(key, head.kind, head.params_of(head.kind, key))
+            return self.heads[name].config(key)
         if section == FINETUNE and name in self.finetune:
             return HeadConfig(key, FINETUNE, _validate(FinetuneParams, self.finetune[name] or {}, key))
         raise ConfigError(f"no head configuration {key!r}; valid: {self.head_keys()}")
@@ -564,9 +569,6 @@ def _format(err: ValidationError, prefix: str) -> str:
 def parse_params(raw: dict[str, Any] | None) -> Params:
     """Validate a params mapping (as read from YAML), every head section included."""
     params = _validate(Params, raw or {}, "")
-    for key, section in [("head", params.head), *((f"heads.{n}", h) for n, h in params.heads.items())]:
-        for kind in {section.kind, *(section.model_extra or {})}:
-            section.params_of(kind, key)
     for key in params.head_keys():
         params.head_config(key)
     params.curves.head_configs()

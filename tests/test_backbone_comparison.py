@@ -92,6 +92,7 @@ def test_no_backbone_compared_writes_a_table_saying_so(tmp_path):
     ({"configurations": {"a/b": {"name": "resnet18"}}}, "'a/b': a name is letters, digits"),
     ({"configurations": {"cut": {"name": "resnet18", "cut": "layer4"}}}, "caches pooled features only"),
     ({"heads": {"linear-probe": {"kind": "lasso"}}}, "'lasso' is not a known head"),
+    ({"heads": {"linear-probe": {"kind": "ridge", "ridge": {"calibrate": True}}}}, "calibrate: must be false"),
 ])
 def test_bad_comparison_settings_name_the_value_and_the_valid_ones(cifar_folder, change, message):
     raw = raw_params(cifar_folder, ["lite0"])
