@@ -21,6 +21,7 @@ SMALL_HEADS = {  # the comparison's default heads, with a shorter sweep
 def raw_params(source, compare: list[str]) -> dict:
     return {
         "data": {"source": str(source), "val_fraction": 0.25},
+        "curves": {"shots": [1, 2, "all"], "draws": 2},
         "backbones": {
             "compare": compare,
             "heads": SMALL_HEADS,
@@ -33,7 +34,7 @@ def raw_params(source, compare: list[str]) -> dict:
 
 
 def test_compared_backbones_are_extracted_probed_and_ranked(cifar_folder, tmp_path):
-    from pipeline.stages import compare_backbones, extract, prepare, probe
+    from pipeline.stages import compare_backbones, curves, extract, prepare, probe
 
     params = parse_params(raw_params(cifar_folder, ["lite0", "floor"]))
     prepare.run(params, tmp_path / "splits.json")
@@ -46,6 +47,8 @@ def test_compared_backbones_are_extracted_probed_and_ranked(cifar_folder, tmp_pa
         assert summary["images_per_second"] > 0 and "cores" in summary["machine"]
         assert json.loads((folder / name / "extract.json").read_text()) == summary
         probe.run(params, name, tmp_path / f"{name}.h5", tmp_path / "splits.json", folder / name / "probe.json")
+        curves.run(params.with_backbone(name), tmp_path / f"{name}.h5", tmp_path / "splits.json", folder / name / "curves",
+                   folder / name / "curve_draws.csv")
 
     probes = {n: json.loads((folder / n / "probe.json").read_text()) for n in ("lite0", "floor")}
     for result in probes.values():
@@ -66,6 +69,8 @@ def test_compared_backbones_are_extracted_probed_and_ranked(cifar_folder, tmp_pa
     table = (tmp_path / "evaluation" / "backbones.md").read_text()
     assert "| lite0 | efficientnet_lite0 (DEFAULT) |" in table and "| floor | efficientnet_lite0 (random init) |" in table
     assert "| logme |" in table and "64 px" in table
+    assert "## Test top-1 with k labelled images per class (`logistic`" in table  # the first curve head
+    assert "| backbone | k = 1 | k = 2 | k = all |" in table
     assert json.loads((tmp_path / "evaluation" / "backbones.json").read_text())["agreement"] == taus
     assert (tmp_path / "evaluation" / "backbones.png").stat().st_size > 0
 

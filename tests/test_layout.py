@@ -28,6 +28,7 @@ CODE = {  # stage -> the modules it runs: its entry point, and the head implemen
     "weights-backbone": ["pipeline.stages.weights"],
     "extract-backbone": ["pipeline.stages.extract"],
     "probe-backbone": ["pipeline.stages.probe", *POOLED_HEADS],
+    "curves-backbone": ["pipeline.stages.curves", *POOLED_HEADS],
     "compare-backbones": ["pipeline.stages.compare_backbones"],
 }
 KEY = "${key}"
@@ -58,7 +59,7 @@ def test_the_head_side_does_not_run_the_backbone_or_the_image_code():
     head reaches the backbone module, for its top only."""
     data_side = {"pipeline.backbones", "pipeline.images", "pipeline.sources", "pipeline.extract",
                  "pipeline.preprocessing", "pipeline.stages.leakage"}
-    for stage in ("train", "evaluate", "curves", "compare", "probe-backbone", "compare-backbones"):
+    for stage in ("train", "evaluate", "curves", "compare", "probe-backbone", "curves-backbone", "compare-backbones"):
         assert not closure(*CODE[stage]) & data_side, stage
     assert not closure("pipeline.stages.seeds", *POOLED_HEADS) & data_side  # the backbone's top: only for finetune
     assert closure("pipeline.heads.finetune") & data_side == {"pipeline.backbones", "pipeline.preprocessing"}
@@ -132,7 +133,12 @@ def test_dvc_yaml_uses_the_paths_of_the_layout(stages):
     assert (ROOT / layout.BACKBONES / ".gitkeep").exists()
     stem = layout.BACKBONES_STEM.as_posix()
     assert outs("compare-backbones") == [f"{stem}.md", f"{stem}.png", f"{stem}.json"]
-    for stage in ("weights-backbone", "extract-backbone", "probe-backbone"):
+    curve = (folder / layout.CURVES.name).as_posix()
+    assert outs("curves-backbone") == [f"{curve}.md", f"{curve}.png", f"{curve}.csv",
+                                       (folder / layout.CURVE_DRAWS.name).as_posix(), f"{curve}.json"]
+    assert {p for p in paths(stages["curves-backbone"]["deps"]) if p.startswith(("data/", "models/"))} == {
+        compared, layout.SPLITS.as_posix()}
+    for stage in ("weights-backbone", "extract-backbone", "probe-backbone", "curves-backbone"):
         assert stages[stage]["cmd"].endswith(f"--backbone {ITEM}"), stage
 
 
@@ -143,7 +149,7 @@ def test_curve_and_leakage_stage_params_and_plot_follow_the_config():
     dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     for name, stage in dvc["stages"].items():
         listed = [p for p in (stage.get("do", stage).get("params") or []) if isinstance(p, str)]
-        assert ("curves" in listed) == (name == "curves"), name
+        assert ("curves" in listed) == (name in ("curves", "curves-backbone")), name
     assert dvc["stages"]["curves"]["params"] == ["seed", "curves", "backbone.name", "backbone.weights",
                                                  "backbone.input_size", "backbone.storage_dtype"]
     assert [p for p in dvc["stages"]["leakage"]["params"] if p.startswith("leakage")] == [

@@ -163,9 +163,10 @@ def test_dvc_repro_then_each_change_reruns_only_what_it_touches(tmp_path):
     # the backbone comparison: switched on, it extracts and probes each listed backbone in its own cache; adding
     # one extracts only that one; a head setting of the comparison re-probes every cache and extracts nothing;
     # removing one recomputes nothing
-    assert after("backbones.compare=[small]") == {"extract-backbone@small", "probe-backbone@small", "compare-backbones"}
+    assert after("backbones.compare=[small]") == {"extract-backbone@small", "probe-backbone@small", "curves-backbone@small",
+                                                  "compare-backbones"}
     added = dvc(repo, env, "exp", "run", "-S", "backbones.compare=[small,floor]")
-    assert ran(added) == {"extract-backbone@floor", "probe-backbone@floor", "compare-backbones"}
+    assert ran(added) == {"extract-backbone@floor", "probe-backbone@floor", "curves-backbone@floor", "compare-backbones"}
     assert "Running stage 'weights-backbone@floor'" in added
     small_cache = repo / "data" / "features" / "backbones" / "small.h5"
     small_digest = sha256(small_cache)
@@ -178,6 +179,8 @@ def test_dvc_repro_then_each_change_reruns_only_what_it_touches(tmp_path):
             "evaluation/backbones/floor/extract.json"} <= set(shown)  # every backbone x head, and its cost
     probes = {"probe-backbone@small", "probe-backbone@floor"}
     assert probes <= after("+backbones.heads.knn.knn.k=3") <= probes | {"compare-backbones"}  # + adds a key
+    curves = {"curves", "curves-backbone@small", "curves-backbone@floor"}  # a curve setting: every curve, no probe
+    assert curves <= after("curves.draws=3") <= curves | {"compare-backbones"}
     assert after("backbones.compare=[floor]") == {"compare-backbones"}
     assert sha256(small_cache) == small_digest and lock_entry(repo, "extract") == extract_lock
 

@@ -1,16 +1,18 @@
 """Stage compare-backbones: which pretrained model suits the data, in one table and one chart.
 
-Reads what extract-backbone and probe-backbone wrote for each backbone of ``backbones.compare``
-(evaluation/backbones/<name>/extract.json and probe.json) and writes ``evaluation/backbones.md`` (per
-backbone: the reference head's test top-1, the other heads', their val top-1, LogME, feature dimension,
-parameters, extraction images/s and time, cache size), ``evaluation/backbones.png`` (test top-1 against
-extraction cost, and against LogME) and ``evaluation/backbones.json`` (a DVC metric: Kendall's tau between
-each estimate's ranking of the backbones and the reference head's). With no backbone compared it writes
-a table saying so.
+Reads what extract-backbone, probe-backbone and curves-backbone wrote for each backbone of
+``backbones.compare`` (evaluation/backbones/<name>/extract.json, probe.json, curves.csv) and writes
+``evaluation/backbones.md`` (per backbone: the reference head's test top-1, the other heads', their val
+top-1, LogME, feature dimension, parameters, extraction images/s and time, cache size; and the learning
+curve of the first curve head per backbone), ``evaluation/backbones.png`` (test top-1 against extraction
+cost, against LogME, and against labels per class) and ``evaluation/backbones.json`` (a DVC metric:
+Kendall's tau between each estimate's ranking of the backbones and the reference head's). With no
+backbone compared it writes a table saying so.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 from pathlib import Path
@@ -25,15 +27,24 @@ from pipeline.transferability import kendall_tau
 def read_rows(names: list[str], folder: str | Path) -> list[dict]:
     """One row per compared backbone: its extraction summary and its probe, from ``folder/<name>/``."""
     rows = []
+    curve_file = layout.CURVES.with_suffix(".csv").name
     for name in names:
-        files = {f: Path(folder) / name / f for f in (layout.COMPARED_EXTRACTION, layout.COMPARED_PROBE)}
+        files = {f: Path(folder) / name / f for f in (layout.COMPARED_EXTRACTION, layout.COMPARED_PROBE, curve_file)}
         missing = [str(p) for p in files.values() if not p.exists()]
         if missing:
-            raise PipelineError(f"backbone {name!r} has no {', '.join(missing)}: run its extract-backbone and "
-                                "probe-backbone stages (dvc repro)")
+            raise PipelineError(f"backbone {name!r} has no {', '.join(missing)}: run its extract-backbone, "
+                                "probe-backbone and curves-backbone stages (dvc repro)")
+        with open(files[curve_file], newline="") as f:
+            curve = list(csv.DictReader(f))
         rows.append({"name": name, **json.loads(files[layout.COMPARED_EXTRACTION].read_text()),
-                     **json.loads(files[layout.COMPARED_PROBE].read_text())})
+                     **json.loads(files[layout.COMPARED_PROBE].read_text()), "curve": curve})
     return rows
+
+
+def curve_head(rows: list[dict]) -> str | None:
+    """The head whose learning curves are compared: the first of curves.heads (a column of curves.csv)."""
+    columns = list(rows[0]["curve"][0]) if rows and rows[0]["curve"] else []
+    return columns[2] if len(columns) > 2 else None
 
 
 def estimates(rows: list[dict], reference: str) -> dict[str, dict[str, float]]:
@@ -92,6 +103,16 @@ def table(rows: list[dict], reference: str, taus: dict) -> str:
     for estimate, t in taus.items():
         fmt = lambda x: "-" if x is None else f"{x:+.3f}"  # noqa: E731
         lines.append(f"| {estimate} | {fmt(t['kendall_tau'])} | {fmt(t['weighted_tau'])} |")
+    head = curve_head(rows)
+    if head:
+        shots = list(dict.fromkeys(p["shots"] for r in rows for p in r["curve"]))
+        lines += ["", f"## Test top-1 with k labelled images per class (`{head}`, mean over the draws)", "",
+                  "The learning curve of each backbone (evaluation/backbones/<name>/curves.md): which backbone is best "
+                  "at your labelling budget.", "",
+                  "| backbone | " + " | ".join(f"k = {k}" for k in shots) + " |", "| --- |" + " ---: |" * len(shots)]
+        for r in rows:
+            at = {p["shots"]: p[head] for p in r["curve"]}
+            lines.append(f"| {r['name']} | " + " | ".join(_pct(float(at[k])) if at.get(k) else "-" for k in shots) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -100,7 +121,7 @@ def plot(rows: list[dict], reference: str, path: str | Path) -> None:
     from pipeline.metrics import pyplot, save_figure
 
     plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
     if not rows:
         for ax in axes:
             ax.text(0.5, 0.5, "no backbone compared", ha="center", va="center", transform=ax.transAxes)
@@ -118,6 +139,16 @@ def plot(rows: list[dict], reference: str, path: str | Path) -> None:
         ax.grid(alpha=0.3)
     axes[0].set_title(f"accuracy against cost ({rows[0]['machine'].split(';')[0]})", fontsize=10)
     axes[1].set_title("accuracy against the estimate", fontsize=10)
+    head = curve_head(rows)
+    for r in rows if head else []:
+        points = [(float(p["k"]), float(p[head])) for p in r["curve"] if p.get(head)]
+        axes[2].plot(*zip(*points), marker="o", markersize=3, label=r["name"])
+    axes[2].set_xscale("log")
+    axes[2].set_xlabel("labelled training images per class (k)")
+    axes[2].set_ylabel(f"{head}: mean test top-1")
+    axes[2].set_title("learning curves", fontsize=10)
+    axes[2].grid(alpha=0.3)
+    axes[2].legend(fontsize=8)
     save_figure(fig, path)
 
 
