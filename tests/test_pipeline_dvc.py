@@ -182,6 +182,8 @@ def test_dvc_repro_then_each_change_reruns_only_what_it_touches(tmp_path):
     curves = {"curves", "curves-backbone@small", "curves-backbone@floor"}  # a curve setting: every curve, no probe
     assert curves <= after("curves.draws=3") <= curves | {"compare-backbones"}
     assert after("backbones.compare=[floor]") == {"compare-backbones"}
+    # listed again: its cache comes back from DVC's run cache, nothing of it is computed
+    assert after("backbones.compare=[floor,small]") <= {"probe-backbone@small", "curves-backbone@small", "compare-backbones"}
     assert sha256(small_cache) == small_digest and lock_entry(repo, "extract") == extract_lock
 
 
