@@ -163,6 +163,7 @@ def test_dvc_repro_then_each_change_reruns_only_what_it_touches(tmp_path):
     # the backbone comparison: switched on, it extracts and probes each listed backbone in its own cache; adding
     # one extracts only that one; a head setting of the comparison re-probes every cache and extracts nothing;
     # removing one recomputes nothing
+    extract_lock = lock_entry(repo, "extract")  # after the new cut above
     assert after("backbones.compare=[small]") == {"extract-backbone@small", "probe-backbone@small", "curves-backbone@small",
                                                   "compare-backbones"}
     added = dvc(repo, env, "exp", "run", "-S", "backbones.compare=[small,floor]")
