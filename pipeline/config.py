@@ -217,6 +217,13 @@ class HeadSection(_Section):
         """The validated params of ``kind`` from its sub-section (defaults where absent)."""
         return _validate(HEAD_PARAMS[kind], (self.model_extra or {}).get(kind) or {}, f"{where}.{kind}")
 
+    def config(self, key: str) -> HeadConfig:
+        """The configuration at ``key`` (where this section is in params.yaml), every ``<kind>:``
+        sub-section validated, the unused ones too."""
+        for kind in {self.kind, *(self.model_extra or {})}:
+            self.params_of(kind, key)
+        return HeadConfig(key, self.kind, self.params_of(self.kind, key))
+
 
 # -- data and backbone --------------------------------------------------------------------------
 class DataParams(_Section):
@@ -331,9 +338,8 @@ class CurvesParams(_Section):
         configs = []
         for name, section in self.heads.items():
             key = f"curves.heads.{name}"
-            for kind in {section.kind, *(section.model_extra or {})}:
-                section.params_of(kind, key)
-            params = section.params_of(section.kind, key)
+            config = section.config(key)
+            params = config.params
             if getattr(params, "select", "fixed") != "fixed":
                 raise ConfigError(f"params: {key}.{section.kind}.select: must be 'fixed' in a learning curve: "
                                   "the curve chooses the penalty by cross-validation inside the k-shot set, never "
@@ -342,7 +348,70 @@ class CurvesParams(_Section):
                 raise ConfigError(f"params: {key}.{section.kind}.calibrate: must be false in a learning curve: it "
                                   "measures top-1, which a temperature does not change, and fits on no validation "
                                   "split")
-            configs.append(HeadConfig(key, section.kind, params))
+            configs.append(config)
+        return configs
+
+
+# -- backbones compared -------------------------------------------------------------------------
+KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
+"""A compared backbone's name: it names its DVC stages and its files."""
+
+
+class ComparedBackbone(BackboneParams):
+    """``backbones.configurations.<name>``: a backbone's settings, as ``backbone:``; the input size defaults
+    to the network's native one, and there is no cut (a comparison caches pooled features only)."""
+
+    input_size: int | None = Field(None, ge=32, le=1024)
+
+    @field_validator("cut")
+    @classmethod
+    def _no_cut(cls, cut: str | None) -> None:
+        if cut is not None:
+            raise ValueError("a compared backbone caches pooled features only: leave cut out (the main backbone's "
+                             "backbone.cut feeds the fine-tuned heads)")
+        return cut
+
+
+def _default_compared_heads() -> dict[str, CurveHeadSection]:
+    return {"linear-probe": CurveHeadSection(kind="logistic", logistic={"select": "sweep"}),
+            "knn": CurveHeadSection(kind="knn")}
+
+
+class BackbonesParams(_Section):
+    """The backbone comparison (stages extract-backbone, probe-backbone, compare-backbones; see
+    docs/backbones.md): every configuration named in ``compare`` extracted into its own cache and probed."""
+
+    compare: list[str] = []
+    """Names of ``configurations`` to compare, in order; empty: no comparison (the stages do not exist)."""
+    heads: dict[str, CurveHeadSection] = Field(default_factory=_default_compared_heads)
+    """Heads fitted on each compared cache, as ``heads.<name>``."""
+    reference: str = "linear-probe"
+    """The head of ``heads`` whose test top-1 the transferability estimates are ranked against."""
+    configurations: dict[str, ComparedBackbone] = {}
+
+    @model_validator(mode="after")
+    def _names(self) -> BackbonesParams:
+        for name in self.compare:
+            if name not in self.configurations:
+                raise ValueError(f"compare: {name!r} is not a configuration; valid: {sorted(self.configurations)}")
+        if len(set(self.compare)) != len(self.compare):
+            raise ValueError(f"compare: name each configuration once, got {self.compare}")
+        for name in self.configurations:
+            if not re.match(KEY_PATTERN, name):
+                raise ValueError(f"configurations: {name!r}: a name is letters, digits, '-' and '_' (it names the "
+                                 "stages and the files of the backbone)")
+        if self.reference not in self.heads:
+            raise ValueError(f"reference: {self.reference!r} is not one of heads: {sorted(self.heads)}")
+        return self
+
+    def head_configs(self) -> list[HeadConfig]:
+        """The heads fitted on each compared cache, validated; a probe measures top-1, so a head with
+        ``calibrate: true`` (which changes only probabilities) is refused rather than silently not calibrated."""
+        configs = [section.config(f"backbones.heads.{name}") for name, section in self.heads.items()]
+        for config in configs:
+            if config.params.calibrate:
+                raise ConfigError(f"params: {config.key}.{config.kind}.calibrate: must be false in the backbone "
+                                  "comparison: it compares top-1, which a temperature does not change")
         return configs
 
 
@@ -429,6 +498,8 @@ class Params(_Section):
     """Near-copies between splits (stage leakage): data side, from the pooled features and the images."""
     seeds: SeedsParams = SeedsParams()
     """The spread over seeds (stage seeds): head side, from the feature files."""
+    backbones: BackbonesParams = BackbonesParams()
+    """Other backbones compared with the main one, each in its own pooled cache."""
 
     @model_validator(mode="after")
     def _finetune_needs_a_cut(self) -> Params:
@@ -436,6 +507,13 @@ class Params(_Section):
             raise ValueError(f"finetune: {sorted(self.finetune)} need a cut cache: set backbone.cut to a layer of "
                              "the backbone, or set finetune: {} to train none")
         return self
+
+    def with_backbone(self, name: str) -> Params:
+        """These params with ``backbone:`` replaced by the compared configuration ``name``: what its
+        extraction and its heads see."""
+        if name not in self.backbones.configurations:
+            raise ConfigError(f"no compared backbone {name!r}; valid: {sorted(self.backbones.configurations)}")
+        return self.model_copy(update={"backbone": self.backbones.configurations[name]})
 
     def head_keys(self) -> list[str]:
         """Every head configuration: ``head``, ``heads.<name>`` ..., ``finetune.<name>`` ..."""
@@ -445,10 +523,9 @@ class Params(_Section):
         """The configuration at ``key`` (``head``, ``heads.<name>`` or ``finetune.<name>``)."""
         section, _, name = key.partition(".")
         if key == "head":
-            return HeadConfig(key, self.head.kind, self.head.params_of(self.head.kind, key))
+            return self.head.config(key)
         if section == "heads" and name in self.heads:
-            head = self.heads[name]
-            return HeadConfig(key, head.kind, head.params_of(head.kind, key))
+            return self.heads[name].config(key)
         if section == FINETUNE and name in self.finetune:
             return HeadConfig(key, FINETUNE, _validate(FinetuneParams, self.finetune[name] or {}, key))
         raise ConfigError(f"no head configuration {key!r}; valid: {self.head_keys()}")
@@ -492,12 +569,10 @@ def _format(err: ValidationError, prefix: str) -> str:
 def parse_params(raw: dict[str, Any] | None) -> Params:
     """Validate a params mapping (as read from YAML), every head section included."""
     params = _validate(Params, raw or {}, "")
-    for key, section in [("head", params.head), *((f"heads.{n}", h) for n, h in params.heads.items())]:
-        for kind in {section.kind, *(section.model_extra or {})}:
-            section.params_of(kind, key)
     for key in params.head_keys():
         params.head_config(key)
     params.curves.head_configs()
+    params.backbones.head_configs()
     params.seed_configs()
     return params
 

@@ -87,3 +87,29 @@ def mistakes_files() -> dict[str, Path]:
         files[f"{role}_worst"] = MISTAKES / f"{role}_worst.png"
         files[f"{role}_confused"] = MISTAKES / f"{role}_confused.png"
     return files
+
+
+BACKBONES = EVALUATION / "backbones"
+"""The backbone comparison: one folder per compared backbone (:func:`compared_dir`), and beside it the
+table (backbones.md), the chart (backbones.png) and the rank agreements (backbones.json, a DVC metric)."""
+BACKBONES_STEM = EVALUATION / "backbones"
+
+
+def compared_features(name: str) -> Path:
+    """The pooled cache of compared backbone ``name``."""
+    return Path("data/features/backbones") / f"{name}.h5"
+
+
+def compared_weights(name: str) -> Path:
+    """What ``backbones.configurations.<name>.weights`` is now (a checkpoint's sha256), as :data:`WEIGHTS`."""
+    return Path("data/prepared/weights") / f"{name}.json"
+
+
+def compared_dir(name: str) -> Path:
+    """evaluation/backbones/<name>/: extract.json (what its extraction cost) and probe.json (its heads'
+    figures, LogME), both DVC metrics."""
+    return BACKBONES / name
+
+
+COMPARED_EXTRACTION = "extract.json"
+COMPARED_PROBE = "probe.json"

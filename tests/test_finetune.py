@@ -133,7 +133,7 @@ def test_one_pass_gives_the_features_of_separate_passes(run, tmp_path):
     no_cut = parse_params({"data": {"source": source, "val_fraction": 0.25},
                            "backbone": {"name": "resnet18", "weights": None, "input_size": 64, "batch_size": 4,
                                         "commit_rows": 8, "cut": None}, "finetune": {}})
-    written = extract.run(no_cut, out / "splits.json", tmp_path / "pooled.h5", progress=False)
+    written = extract.run(no_cut, out / "splits.json", tmp_path / "pooled.h5", progress=False).files
     assert list(written) == ["pooled"]
     with FeatureStore(tmp_path / "pooled.h5") as alone, FeatureStore(out / "pooled.h5") as one_pass:
         assert alone.spec == one_pass.spec
@@ -249,7 +249,7 @@ def test_null_cut_writes_a_placeholder_cut_cache(run, tmp_path, capsys):
     out, _ = run
     params = parse_params({"data": {"source": json.loads((out / "splits.json").read_text())["source"]},
                            "backbone": {"name": "resnet18", "weights": None, "input_size": 64}})
-    written = extract.run(params, out / "splits.json", tmp_path / "pooled.h5", tmp_path / "none.h5", progress=False)
+    written = extract.run(params, out / "splits.json", tmp_path / "pooled.h5", tmp_path / "none.h5", progress=False).files
     assert list(written) == ["pooled"]
     with h5py.File(tmp_path / "none.h5") as h5:
         assert list(h5) == [] and "no cut cache" in h5.attrs["placeholder"]

@@ -25,8 +25,14 @@ CODE = {  # stage -> the modules it runs: its entry point, and the head implemen
     "compare": ["pipeline.stages.compare"],
     "mistakes": ["pipeline.stages.mistakes"],
     "curves": ["pipeline.stages.curves", *POOLED_HEADS],
+    "weights-backbone": ["pipeline.stages.weights"],
+    "extract-backbone": ["pipeline.stages.extract"],
+    "probe-backbone": ["pipeline.stages.probe", *POOLED_HEADS],
+    "curves-backbone": ["pipeline.stages.curves", *POOLED_HEADS],
+    "compare-backbones": ["pipeline.stages.compare_backbones"],
 }
 KEY = "${key}"
+ITEM = "${item}"
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +59,7 @@ def test_the_head_side_does_not_run_the_backbone_or_the_image_code():
     head reaches the backbone module, for its top only."""
     data_side = {"pipeline.backbones", "pipeline.images", "pipeline.sources", "pipeline.extract",
                  "pipeline.preprocessing", "pipeline.stages.leakage"}
-    for stage in ("train", "evaluate", "curves", "compare"):
+    for stage in ("train", "evaluate", "curves", "compare", "probe-backbone", "curves-backbone", "compare-backbones"):
         assert not closure(*CODE[stage]) & data_side, stage
     assert not closure("pipeline.stages.seeds", *POOLED_HEADS) & data_side  # the backbone's top: only for finetune
     assert closure("pipeline.heads.finetune") & data_side == {"pipeline.backbones", "pipeline.preprocessing"}
@@ -115,6 +121,25 @@ def test_dvc_yaml_uses_the_paths_of_the_layout(stages):
     assert {layout.FEATURES["pooled"].as_posix(), layout.SPLITS.as_posix()} <= set(paths(stages["curves"]["deps"]))
     assert not {p for p in paths(stages["curves"]["deps"]) if p.startswith(("data/", "models/"))} - {
         layout.FEATURES["pooled"].as_posix(), layout.SPLITS.as_posix()}  # the cache only: no images, no cut cache
+    # the backbone comparison: one weights record, cache, extraction summary and probe per compared backbone
+    compared, folder = layout.compared_features(ITEM).as_posix(), layout.compared_dir(ITEM)
+    assert outs("weights-backbone") == [layout.compared_weights(ITEM).as_posix()]
+    assert outs("extract-backbone") == [compared, (folder / layout.COMPARED_EXTRACTION).as_posix()]
+    assert layout.compared_weights(ITEM).as_posix() in paths(stages["extract-backbone"]["deps"])
+    assert outs("probe-backbone") == [(folder / layout.COMPARED_PROBE).as_posix()]
+    assert {p for p in paths(stages["probe-backbone"]["deps"]) if p.startswith(("data/", "models/"))} == {
+        compared, layout.SPLITS.as_posix()}  # its own cache only
+    assert paths(stages["compare-backbones"]["deps"])[0] == layout.BACKBONES.as_posix()
+    assert (ROOT / layout.BACKBONES / ".gitkeep").exists()
+    stem = layout.BACKBONES_STEM.as_posix()
+    assert outs("compare-backbones") == [f"{stem}.md", f"{stem}.png", f"{stem}.json"]
+    curve = (folder / layout.CURVES.name).as_posix()
+    assert outs("curves-backbone") == [f"{curve}.md", f"{curve}.png", f"{curve}.csv",
+                                       (folder / layout.CURVE_DRAWS.name).as_posix(), f"{curve}.json"]
+    assert {p for p in paths(stages["curves-backbone"]["deps"]) if p.startswith(("data/", "models/"))} == {
+        compared, layout.SPLITS.as_posix()}
+    for stage in ("weights-backbone", "extract-backbone", "probe-backbone", "curves-backbone"):
+        assert stages[stage]["cmd"].endswith(f"--backbone {ITEM}"), stage
 
 
 def test_curve_and_leakage_stage_params_and_plot_follow_the_config():
@@ -124,7 +149,7 @@ def test_curve_and_leakage_stage_params_and_plot_follow_the_config():
     dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     for name, stage in dvc["stages"].items():
         listed = [p for p in (stage.get("do", stage).get("params") or []) if isinstance(p, str)]
-        assert ("curves" in listed) == (name == "curves"), name
+        assert ("curves" in listed) == (name in ("curves", "curves-backbone")), name
     assert dvc["stages"]["curves"]["params"] == ["seed", "curves", "backbone.name", "backbone.weights",
                                                  "backbone.input_size", "backbone.storage_dtype"]
     assert [p for p in dvc["stages"]["leakage"]["params"] if p.startswith("leakage")] == [

@@ -17,7 +17,7 @@ import yaml
 from tests.conftest import ROOT
 
 PROJECT_FILES = ["dvc.yaml", "params.yaml", "pyproject.toml", "pipeline", "data/cifar10-jpeg.tar.gz", ".dvc/config",
-                 ".dvcignore", ".gitignore", "evaluation/heads/.gitkeep", "evaluation/finetune/.gitkeep", "plots"]
+                 ".dvcignore", ".gitignore", "evaluation/heads/.gitkeep", "evaluation/finetune/.gitkeep", "evaluation/backbones/.gitkeep", "plots"]
 
 
 def sh(cmd: list[str], cwd: Path, env: dict) -> str:
@@ -31,8 +31,9 @@ def dvc(repo: Path, env: dict, *args: str) -> str:
 
 
 def ran(output: str) -> set[str]:
-    """The stages a dvc repro / exp run ran (the weights stage always runs: it hashes the checkpoint)."""
-    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")} - {"weights"}
+    """The stages a dvc repro / exp run ran (the weights stages always run: they hash the checkpoints)."""
+    stages = {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
+    return {s for s in stages if s != "weights" and not s.startswith("weights-backbone@")}
 
 
 def sha256(path: Path) -> str:
@@ -76,12 +77,16 @@ def test_dvc_repro_then_each_change_reruns_only_what_it_touches(tmp_path):
     def edit(params):
         params["heads"] = {"ridge": {"kind": "ridge"}, "knn": {"kind": "knn"}}
         params["finetune"]["top"]["epochs"] = 1
+        params["backbones"]["heads"]["linear-probe"]["logistic"]["grid"] = {"low": 1e-4, "high": 1e2, "num": 5}
+        params["backbones"]["configurations"] |= {
+            "small": {"name": "efficientnet_lite0", "input_size": 64, "batch_size": 32},
+            "floor": {"name": "efficientnet_lite0", "weights": None, "input_size": 64, "batch_size": 32}}
 
     repo, env = make_project(tmp_path, edit)
     out = dvc(repo, env, "repro")
     assert ran(out) == {"prepare", "extract", "train", "evaluate", "train-heads@ridge", "train-heads@knn",
                         "evaluate-heads@ridge", "evaluate-heads@knn", "finetune@top",
-                        "evaluate-finetune@top", "leakage", "seeds", "compare", "mistakes", "curves"}
+                        "evaluate-finetune@top", "leakage", "seeds", "compare", "mistakes", "curves", "compare-backbones"}
     order = [line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")]
     # results early: the main head's metrics come right after the one extraction pass, before the other heads
     assert order[order.index("extract") + 1 : order.index("extract") + 3] == ["train", "evaluate"]
@@ -154,6 +159,33 @@ def test_dvc_repro_then_each_change_reruns_only_what_it_touches(tmp_path):
     assert ran(out) == {"extract", "finetune@top", "evaluate-finetune@top", "seeds", "compare", "mistakes"}
     assert "cut cache at the input of _blocks.14: 120 images x 192x7x7 float16 = 0.00 GiB" in out  # said before extracting
     assert sha256(features) == digests[features]
+
+    # the backbone comparison: switched on, it extracts and probes each listed backbone in its own cache; adding
+    # one extracts only that one; a head setting of the comparison re-probes every cache and extracts nothing;
+    # removing one recomputes nothing
+    extract_lock = lock_entry(repo, "extract")  # after the new cut above
+    assert after("backbones.compare=[small]") == {"extract-backbone@small", "probe-backbone@small", "curves-backbone@small",
+                                                  "compare-backbones"}
+    added = dvc(repo, env, "exp", "run", "-S", "backbones.compare=[small,floor]")
+    assert ran(added) == {"extract-backbone@floor", "probe-backbone@floor", "curves-backbone@floor", "compare-backbones"}
+    assert "Running stage 'weights-backbone@floor'" in added
+    small_cache = repo / "data" / "features" / "backbones" / "small.h5"
+    small_digest = sha256(small_cache)
+    table = (repo / "evaluation" / "backbones.md").read_text()
+    assert "| small | efficientnet_lite0 (DEFAULT) |" in table and "| floor | efficientnet_lite0 (random init) |" in table
+    agreement = json.loads((repo / "evaluation" / "backbones.json").read_text())["agreement"]
+    assert set(agreement) == {"logme", "knn val top-1"} and -1 <= agreement["logme"]["kendall_tau"] <= 1
+    shown = next(iter(json.loads(dvc(repo, env, "metrics", "show", "--json")).values()))["data"]
+    assert {"evaluation/backbones.json", "evaluation/backbones/small/probe.json",
+            "evaluation/backbones/floor/extract.json"} <= set(shown)  # every backbone x head, and its cost
+    probes = {"probe-backbone@small", "probe-backbone@floor"}
+    assert probes <= after("+backbones.heads.knn.knn.k=3") <= probes | {"compare-backbones"}  # + adds a key
+    curves = {"curves", "curves-backbone@small", "curves-backbone@floor"}  # a curve setting: every curve, no probe
+    assert curves <= after("curves.draws=3") <= curves | {"compare-backbones"}
+    assert after("backbones.compare=[floor]") == {"compare-backbones"}
+    # listed again: its cache comes back from DVC's run cache, nothing of it is computed
+    assert after("backbones.compare=[floor,small]") <= {"probe-backbone@small", "curves-backbone@small", "compare-backbones"}
+    assert sha256(small_cache) == small_digest and lock_entry(repo, "extract") == extract_lock
 
 
 @pytest.mark.slow

@@ -4,6 +4,8 @@ Reads only the pooled feature file (never images or the backbone): every head of
 fitted on k-shot sets drawn from the train split and scored on the test split (protocol:
 docs/learning-curves.md and :mod:`pipeline.curves`). Writes evaluation/curves.md, curves.png,
 curves.json (headline numbers, a DVC metric), curves.csv (the DVC plot) and curve_draws.csv (every fit).
+``--backbone NAME`` draws the curve of the compared backbone ``NAME`` instead (stage curves-backbone), from
+its own cache, into evaluation/backbones/NAME/.
 """
 
 from __future__ import annotations
@@ -46,8 +48,18 @@ def run(params: Params, features_path: str | Path, splits_path: str | Path, stem
 def main(argv: list[str] | None = None) -> int:
     from pipeline.stages._cli import parser, run_stage
 
-    args = parser(__doc__).parse_args(argv)
-    return run_stage(args, lambda params, _: run(params, layout.FEATURES["pooled"], layout.SPLITS))
+    p = parser(__doc__)
+    p.add_argument("--backbone", help="a name of backbones.configurations: the curve of that compared backbone")
+    args = p.parse_args(argv)
+
+    def stage(params: Params, a) -> dict:
+        if a.backbone is None:
+            return run(params, layout.FEATURES["pooled"], layout.SPLITS)
+        folder = layout.compared_dir(a.backbone)
+        return run(params.with_backbone(a.backbone), layout.compared_features(a.backbone), layout.SPLITS,
+                   folder / layout.CURVES.name, folder / layout.CURVE_DRAWS.name)
+
+    return run_stage(args, stage)
 
 
 if __name__ == "__main__":

@@ -4,13 +4,19 @@ Writes the pooled features f(x) (``data/features/pooled.h5``) and, with ``backbo
 pass, the activations at the input of that layer (``data/features/cut.h5``, the cut cache the fine-tuned
 heads train on); with no cut, that file is a placeholder saying so. Under torchrun, each process extracts
 its own shard and rank 0 writes the files.
+
+``--backbone NAME`` extracts the compared backbone ``backbones.configurations.NAME`` instead (stage
+extract-backbone): its pooled features only, into ``data/features/backbones/NAME.h5``, and what the
+extraction cost (images/s, parameters, cache size) into ``evaluation/backbones/NAME/extract.json``.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +24,29 @@ import numpy as np
 from pipeline import layout
 from pipeline.config import Params
 from pipeline.errors import ConfigError
-from pipeline.fileutil import atomic_path
+from pipeline.fileutil import atomic_path, write_json
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """What one extraction wrote and what it cost."""
+
+    files: dict[str, Path]
+    """The feature files written, by name (pooled, cut)."""
+    images: int
+    seconds: float
+    parameters: int
+    """Of the frozen network (the classifier it had is not part of it)."""
+    precision: str
+    input_size: int
+    """The crop the network saw, in pixels (the native one when ``input_size`` is null)."""
 
 
 def run(params: Params, splits_path: str | Path, pooled_path: str | Path, cut_path: str | Path | None = None,
-        progress: bool = True) -> dict[str, Path] | None:
+        progress: bool = True) -> Extraction | None:
     """Extract every image of the prepared splits: the pooled features into ``pooled_path`` and, in the same
     pass, the cut cache into ``cut_path`` (a placeholder when ``backbone.cut`` is null; None: pooled features
-    only). Returns the feature files written by name (None on ranks other than 0)."""
+    only). None on ranks other than 0."""
     from pipeline.backbones import load_backbone
     from pipeline.device import resolve_precision
     from pipeline.extract import OnePass, distributed, extract_features, feature_spec, tune_allocator
@@ -54,13 +75,36 @@ def run(params: Params, splits_path: str | Path, pooled_path: str | Path, cut_pa
         )
     if out is None:
         return None
+    seconds = time.perf_counter() - start
     procs = f" by {shard.world_size} processes" if shard.world_size > 1 else ""
-    print(f"extracted {n} images with {b.name} ({precision}){procs} in {time.perf_counter() - start:.1f} s -> "
+    print(f"extracted {n} images with {b.name} ({precision}){procs} in {seconds:.1f} s ({n / seconds:.1f} images/s) -> "
           + ", ".join(map(str, out.values())))
     if "cut" not in out and "cut" in features:
         _placeholder(features["cut"], f"backbone.cut is null: no cut cache (cut points of {b.name}: "
                                       f"{_cut_points(backbone)})")
-    return out
+    return Extraction(out, n, seconds, sum(p.numel() for p in backbone.parameters()), precision,
+                      backbone.preprocessing.geometry.crop_size)
+
+
+def run_compared(params: Params, name: str, splits_path: str | Path, features_path: str | Path,
+                 summary_path: str | Path, progress: bool = True) -> dict | None:
+    """Extract the compared backbone ``name`` (pooled features only) and write what it cost to
+    ``summary_path``; returns that summary (None on ranks other than 0)."""
+    from pipeline.device import describe_cpu
+
+    compared = params.with_backbone(name)
+    done = run(compared, splits_path, features_path, progress=progress)
+    if done is None:
+        return None
+    b = compared.backbone
+    summary = {
+        "backbone": b.name, "weights": b.weights, "input_size": done.input_size, "images": done.images,
+        "seconds": round(done.seconds, 1), "images_per_second": round(done.images / done.seconds, 1),
+        "parameters": done.parameters, "cache_mib": round(os.path.getsize(features_path) / 2**20, 1),
+        "precision": done.precision, "machine": f"{describe_cpu()}; {os.cpu_count()} cores",
+    }
+    write_json(summary_path, summary)
+    return summary
 
 
 def _cut_points(backbone) -> str:
@@ -103,9 +147,16 @@ def main(argv: list[str] | None = None) -> int:
 
     p = parser(__doc__)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--backbone", help="a name of backbones.configurations: extract that compared backbone")
     args = p.parse_args(argv)
-    return run_stage(args, lambda params, a: run(params, layout.SPLITS, layout.FEATURES["pooled"], layout.FEATURES["cut"],
-                                                 progress=not a.no_progress))
+
+    def stage(params: Params, a) -> object:
+        if a.backbone is None:
+            return run(params, layout.SPLITS, layout.FEATURES["pooled"], layout.FEATURES["cut"], progress=not a.no_progress)
+        return run_compared(params, a.backbone, layout.SPLITS, layout.compared_features(a.backbone),
+                            layout.compared_dir(a.backbone) / layout.COMPARED_EXTRACTION, progress=not a.no_progress)
+
+    return run_stage(args, stage)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 DVC sees params, not the contents of a file a param points to: a checkpoint overwritten in place
 would leave the features stale. This stage always runs (it only hashes the checkpoint) and writes
-its sha256, which extract depends on: the file changes only when the checkpoint does.
+its sha256, which extract depends on: the file changes only when the checkpoint does. ``--backbone NAME``
+does the same for the compared backbone ``backbones.configurations.NAME`` (stage weights-backbone).
 """
 
 from __future__ import annotations
@@ -28,8 +29,16 @@ def run(params: Params, out_path: str | Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     from pipeline.stages._cli import parser, run_stage
 
-    args = parser(__doc__).parse_args(argv)
-    return run_stage(args, lambda params, _: run(params, layout.WEIGHTS))
+    p = parser(__doc__)
+    p.add_argument("--backbone", help="a name of backbones.configurations: record that compared backbone's weights")
+    args = p.parse_args(argv)
+
+    def stage(params: Params, a) -> dict:
+        if a.backbone is None:
+            return run(params, layout.WEIGHTS)
+        return run(params.with_backbone(a.backbone), layout.compared_weights(a.backbone))
+
+    return run_stage(args, stage)
 
 
 if __name__ == "__main__":
