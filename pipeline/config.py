@@ -365,7 +365,7 @@ class ComparedBackbone(BackboneParams):
 
     @field_validator("cut")
     @classmethod
-    def _no_cut(cls, cut: str | None) -> None:
+    def _no_cut(cls, cut: str | None) -> str | None:
         if cut is not None:
             raise ValueError("a compared backbone caches pooled features only: leave cut out (the main backbone's "
                              "backbone.cut feeds the fine-tuned heads)")

@@ -90,9 +90,8 @@ def mistakes_files() -> dict[str, Path]:
 
 
 BACKBONES = EVALUATION / "backbones"
-"""The backbone comparison: one folder per compared backbone (:func:`compared_dir`), and beside it the
-table (backbones.md), the chart (backbones.png) and the rank agreements (backbones.json, a DVC metric)."""
-BACKBONES_STEM = EVALUATION / "backbones"
+"""The backbone comparison: one folder per compared backbone (:func:`compared_dir`), and, as a stem, beside
+it the table (backbones.md), the chart (backbones.png) and the rank agreements (backbones.json, a DVC metric)."""
 
 
 def compared_features(name: str) -> Path:

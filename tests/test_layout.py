@@ -131,7 +131,7 @@ def test_dvc_yaml_uses_the_paths_of_the_layout(stages):
         compared, layout.SPLITS.as_posix()}  # its own cache only
     assert paths(stages["compare-backbones"]["deps"])[0] == layout.BACKBONES.as_posix()
     assert (ROOT / layout.BACKBONES / ".gitkeep").exists()
-    stem = layout.BACKBONES_STEM.as_posix()
+    stem = layout.BACKBONES.as_posix()
     assert outs("compare-backbones") == [f"{stem}.md", f"{stem}.png", f"{stem}.json"]
     curve = (folder / layout.CURVES.name).as_posix()
     assert outs("curves-backbone") == [f"{curve}.md", f"{curve}.png", f"{curve}.csv",

@@ -73,6 +73,10 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}%"
 
 
+def _signed(x: float | None) -> str:
+    return "-" if x is None else f"{x:+.3f}"
+
+
 def table(rows: list[dict], reference: str, taus: dict) -> str:
     if not rows:
         return ("# Backbones compared\n\nNo backbone is compared: list names of backbones.configurations in "
@@ -101,8 +105,7 @@ def table(rows: list[dict], reference: str, taus: dict) -> str:
               "reversed; weighted: swaps near the top count more).", "",
               "| estimate | Kendall tau | weighted tau |", "| --- | ---: | ---: |"]
     for estimate, t in taus.items():
-        fmt = lambda x: "-" if x is None else f"{x:+.3f}"  # noqa: E731
-        lines.append(f"| {estimate} | {fmt(t['kendall_tau'])} | {fmt(t['weighted_tau'])} |")
+        lines.append(f"| {estimate} | {_signed(t['kendall_tau'])} | {_signed(t['weighted_tau'])} |")
     head = curve_head(rows)
     if head:
         shots = list(dict.fromkeys(p["shots"] for r in rows for p in r["curve"]))
@@ -174,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def stage(params: Params, _) -> dict:
         b = params.backbones
-        return run(b.compare, b.reference, layout.BACKBONES, layout.BACKBONES_STEM)
+        return run(b.compare, b.reference, layout.BACKBONES, layout.BACKBONES)
 
     return run_stage(args, stage)
 

@@ -48,9 +48,9 @@ def run(params: Params, name: str, features_path: str | Path, splits_path: str |
                     figures[f"{split}_top1"] = round(float(np.mean(scored[0].argmax(axis=1) == scored[1])), 6)
             results["heads"][config.key.rpartition(".")[2]] = figures
     write_json(out_path, results)
-    figures = ", ".join(f"{h} test top-1 {f['test_top1']:.4f}" + (f" (val {f['val_top1']:.4f})" if "val_top1" in f else "")
-                        for h, f in results["heads"].items())
-    print(f"probed {name}: LogME {results['logme']:.4f}, {figures} -> {out_path}")
+    scores = ", ".join(f"{h} test top-1 {f['test_top1']:.4f}" + (f" (val {f['val_top1']:.4f})" if "val_top1" in f else "")
+                       for h, f in results["heads"].items())
+    print(f"probed {name}: LogME {results['logme']:.4f}, {scores} -> {out_path}")
     return results
 
 
