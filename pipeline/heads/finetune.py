@@ -86,7 +86,7 @@ class FinetuneHead(Head):
         if streamed:
             self.info["streamed"] = True
         device = torch_device()
-        self.info["precision"] = resolve_precision(self.params.precision, device)
+        self.info["precision"] = resolve_precision(self.params.precision, device, training=True)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(self.seed)
             generator = torch.Generator().manual_seed(self.seed)
