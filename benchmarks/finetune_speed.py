@@ -1,11 +1,13 @@
 """Fine-tuning speed per epoch under each setting that may make it cheaper, as ratios measured in one run.
 
-    python benchmarks/finetune_speed.py [--maps 2048] [--rounds 3] [--backbone efficientnet_lite0 --cut _blocks.12]
+    python benchmarks/finetune_speed.py [--maps 2048] [--rounds 3] [--backbone efficientnet_lite0]
+                                        [--cut _blocks.12 [_blocks.14 ...]] [--only SETTING ...]
 
 Trains the real top above the cut (pretrained weights) through the fine-tuned head's own training loop
 (``FinetuneHead._train_epoch``) on random maps of the cut's shape, once per setting and round, the
-settings alternating so that the machine's drift affects them alike. Prints images/s of each setting
-and its ratio to the default (float32, batch 64, eager). bfloat16 is marked "emulated" on a CPU without
+settings (and cuts, with several ``--cut``) alternating so that the machine's drift affects them alike.
+Prints images/s of each setting and its ratio to the first (by default: float32, batch 64, eager, at the
+first cut). bfloat16 is marked "emulated" on a CPU without
 native bfloat16 (there it measures the emulation, not a speed-up).
 """
 
@@ -58,7 +60,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--input-size", type=int, default=224)
-    parser.add_argument("--cut", default="_blocks.12")
+    parser.add_argument("--cut", nargs="+", default=["_blocks.12"], help="several: each is trained, alternating")
     parser.add_argument("--maps", type=int, default=2048, help="training maps per epoch")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", action="append", help="settings to measure (default: all)")
@@ -66,25 +68,29 @@ def main() -> None:
     device = torch_device()
     print(f"CPU: {describe_cpu()}; {os.cpu_count()} cores, {torch.get_num_threads()} torch threads; device {device}")
     backbone = load_backbone(args.backbone, "DEFAULT", args.input_size)
-    bottom, _ = backbone.cut_at(args.cut)
-    recipe = {"backbone": args.backbone, "weights": "DEFAULT", "weights_id": backbone.weights_id,
-              "input_size": args.input_size, "init_seed": 0, "cut": args.cut,
-              "preprocessing": backbone.preprocessing.to_json()}
     rng = np.random.default_rng(0)
-    maps = rng.normal(0, 1, (args.maps, *bottom.feature_shape)).astype(np.float16)
     labels = rng.integers(0, 10, args.maps)
-    print(f"{args.backbone} above {args.cut}: maps {bottom.feature_shape} float16, {args.maps} per epoch")
-    names = args.only or list(SETTINGS)
-    rates: dict[str, list[float]] = {n: [] for n in names}
+    trained = {}  # cut -> (recipe, maps)
+    for cut in args.cut:
+        bottom, _ = backbone.cut_at(cut)
+        recipe = {"backbone": args.backbone, "weights": "DEFAULT", "weights_id": backbone.weights_id,
+                  "input_size": args.input_size, "init_seed": 0, "cut": cut,
+                  "preprocessing": backbone.preprocessing.to_json()}
+        trained[cut] = recipe, rng.normal(0, 1, (args.maps, *bottom.feature_shape)).astype(np.float16)
+        print(f"{args.backbone} above {cut}: maps {bottom.feature_shape} float16, {args.maps} per epoch")
+    runs = [(cut, name) for cut in args.cut for name in (args.only or list(SETTINGS))]
+    label = {run: (f"{run[0]}: " if len(args.cut) > 1 else "") + run[1] for run in runs}
+    rates: dict[tuple[str, str], list[float]] = {run: [] for run in runs}
     for r in range(args.rounds):
-        for name in names:
-            rates[name].append(epoch_rate(recipe, maps, labels, *SETTINGS[name]))
-            print(f"round {r + 1}: {name:30s} {rates[name][-1]:7.1f} images/s", flush=True)
-    base = np.sum(rates[names[0]])
+        for run in runs:
+            recipe, maps = trained[run[0]]
+            rates[run].append(epoch_rate(recipe, maps, labels, *SETTINGS[run[1]]))
+            print(f"round {r + 1}: {label[run]:40s} {rates[run][-1]:7.1f} images/s", flush=True)
+    base = np.sum(rates[runs[0]])
     print()
-    for name in names:
-        emulated = " (bfloat16 emulated: no native support here)" if "bfloat16" in name and not native_bfloat16(device) else ""
-        print(f"{name:30s} {np.mean(rates[name]):7.1f} images/s, {np.sum(rates[name]) / base:.2f} x {names[0]}{emulated}")
+    for run in runs:
+        emulated = " (bfloat16 emulated: no native support here)" if "bfloat16" in run[1] and not native_bfloat16(device) else ""
+        print(f"{label[run]:40s} {np.mean(rates[run]):7.1f} images/s, {np.sum(rates[run]) / base:.2f} x {label[runs[0]]}{emulated}")
 
 
 if __name__ == "__main__":

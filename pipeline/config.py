@@ -163,6 +163,9 @@ class FinetuneParams(HeadParamsBase):
     precision: Precision = "auto"
     """Of the training passes (autocast; scores are computed in float32, as predict and export compute
     them); the one used is recorded in the head's info."""
+    compile: bool = False
+    """torch.compile the network for training (scores are computed by the eager network): faster epochs
+    after a one-time compilation; needs a C++ compiler on the CPU."""
 
 
 FINETUNE = "finetune"

@@ -65,6 +65,17 @@ def resolve_precision(setting: str, device, training: bool = False) -> str:
     return setting
 
 
+def compiler_available(device) -> bool:
+    """Whether ``torch.compile`` can build kernels for ``device``: always on a GPU; on the CPU, when a C++
+    compiler is on the PATH (``$CXX``, g++, c++ or clang++)."""
+    import os
+    import shutil
+
+    if device.type != "cpu":
+        return True
+    return any(shutil.which(name) for name in (os.environ.get("CXX"), "g++", "c++", "clang++") if name)
+
+
 def describe_cpu() -> str:
     """One line naming the CPU and its bfloat16 support, for benchmarks and logs."""
     model, flags = cpu_info()

@@ -34,11 +34,13 @@ class TrainedModel:
     classes: list[str]
     storage_dtype: str = "float32"
     """The feature file's dtype: features are rounded to it, as the head saw them in training."""
+    precision: str = "float32"
+    """The feature file's arithmetic (float32 or bfloat16): features are computed as extract computed them."""
 
     def predict_proba(self, images: torch.Tensor) -> np.ndarray:
         """uint8 images (B, 3, S, S) -> class probabilities (B, n_classes), the pipeline's own path (calibrated
         when the head is)."""
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bfloat16"):
             features = self.backbone(images).to(getattr(torch, self.storage_dtype)).float().numpy()
         return self.head.predict_proba(features)
 
@@ -49,7 +51,7 @@ def load_trained(features_path: str | Path, head_path: str | Path) -> TrainedMod
     with FeatureStore(features_path) as store:
         store.check_head(meta, head_path)
         spec = store.spec
-    return TrainedModel(load_recipe(spec.backbone_recipe()), head, list(spec.classes), spec.storage_dtype)
+    return TrainedModel(load_recipe(spec.backbone_recipe()), head, list(spec.classes), spec.storage_dtype, spec.precision)
 
 
 # -- prediction ---------------------------------------------------------------------------
@@ -83,22 +85,25 @@ class TransferModel(nn.Module):
     """g(f(x)): uint8 images (B, 3, S, S), resized and centre-cropped, -> class scores (logits), divided by
     the head's temperature when it is calibrated: their softmax is the head's probabilities."""
 
-    def __init__(self, backbone: FeatureExtractor, head: Head, storage_dtype: str = "float32"):
+    def __init__(self, backbone: FeatureExtractor, head: Head, storage_dtype: str = "float32", precision: str = "float32"):
         super().__init__()
         self.backbone = backbone
         self.head = head.to_torch().cpu()
         self.storage_dtype = getattr(torch, storage_dtype)
+        self.bfloat16 = precision == "bfloat16"
         self.eval().requires_grad_(False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(images).to(self.storage_dtype).float())
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bfloat16):  # as extract computed the features
+            features = self.backbone(images)
+        return self.head(features.to(self.storage_dtype).float())
 
 
 def export(model: TrainedModel, out_path: str | Path) -> Path:
     """Write f and g as one ``torch.export`` program (dynamic batch size) with its metadata."""
     from torch.export import Dim
 
-    module = TransferModel(model.backbone, model.head, model.storage_dtype)
+    module = TransferModel(model.backbone, model.head, model.storage_dtype, model.precision)
     size = model.backbone.preprocessing.geometry.crop_size
     example = torch.zeros(2, 3, size, size, dtype=torch.uint8)
     with torch.inference_mode():

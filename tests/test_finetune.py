@@ -104,9 +104,11 @@ def test_cut_cache_layout_and_values(run):
         keys, (cached, _) = store.ids("test"), store.load("test")
     backbone = load_backbone("resnet18", None, 64)
     bottom, _ = backbone.cut_at("layer4")
-    with torch.no_grad():
-        direct = bottom(images_of(out / "splits.json", keys, backbone.preprocessing.geometry)).numpy()
-    np.testing.assert_allclose(cached, direct.astype(np.float16).astype(np.float32), rtol=1e-3, atol=1e-3)
+    bf16 = spec.precision == "bfloat16"  # backbone.precision auto: bfloat16 on a CPU with AMX or AVX-512 BF16
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        direct = bottom(images_of(out / "splits.json", keys, backbone.preprocessing.geometry)).float().numpy()
+    tolerance = 2e-2 if bf16 else 1e-3  # bfloat16 kernels differ in the last bits with the batch size
+    np.testing.assert_allclose(cached, direct.astype(np.float16).astype(np.float32), rtol=tolerance, atol=tolerance)
 
 
 def test_interrupted_cut_extraction_resumes_bit_for_bit(run, tmp_path, monkeypatch):
@@ -172,6 +174,31 @@ def test_bfloat16_training_is_recorded_and_learns(run, tmp_path):
     assert head.info["precision"] == "bfloat16"
     assert head.info["train_loss"][-1] < head.info["train_loss"][0]
     assert not np.array_equal(head.state["classifier.weight"], fp32.state["classifier.weight"])
+
+
+def test_compiled_training_follows_the_eager_one(run, tmp_path):
+    """finetune.<name>.compile trains the same network through torch.compile: the same losses up to float
+    rounding, and the eager network (which scores) holds the trained weights."""
+    out, params = run
+    compiled = params.model_copy(update={"finetune": {"top": {**params.finetune["top"], "compile": True}}})
+    train.run(compiled, out / "cut.h5", out / "splits.json", tmp_path / "compiled.npz", key="finetune.top")
+    head, _ = load_head(tmp_path / "compiled.npz")
+    eager, _ = load_head(out / "top.npz")
+    np.testing.assert_allclose(head.info["train_loss"], eager.info["train_loss"], rtol=1e-3)
+    np.testing.assert_allclose(head.state["classifier.weight"], eager.state["classifier.weight"], atol=1e-3)
+    assert not np.array_equal(head.state["classifier.weight"], np.zeros_like(head.state["classifier.weight"]))
+
+
+def test_compile_without_a_compiler_trains_eagerly_and_says_so(run, tmp_path, monkeypatch, capsys):
+    from pipeline.heads import finetune
+
+    out, params = run
+    monkeypatch.setattr(finetune, "compiler_available", lambda device: False)
+    compiled = params.model_copy(update={"finetune": {"top": {**params.finetune["top"], "compile": True}}})
+    train.run(compiled, out / "cut.h5", out / "splits.json", tmp_path / "eager.npz", key="finetune.top")
+    assert "no C++ compiler was found" in capsys.readouterr().out
+    head, eager = load_head(tmp_path / "eager.npz")[0], load_head(out / "top.npz")[0]
+    assert all(np.array_equal(head.state[k], eager.state[k]) for k in eager.state)  # the eager training, bit for bit
 
 
 def test_training_is_reproducible_from_the_seed(run, tmp_path):
