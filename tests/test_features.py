@@ -284,7 +284,9 @@ def test_torchrun_two_processes_give_the_single_process_features(splits, backbon
     splits_path.parent.mkdir(parents=True)
     splits.save(splits_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({
-        "backbone": {"name": "resnet18", "weights": None, "input_size": 32, "batch_size": 4, "commit_rows": 8},
+        # float32 as the reference file and the interrupted run (auto would be bfloat16 on a CPU with AMX)
+        "backbone": {"name": "resnet18", "weights": None, "input_size": 32, "batch_size": 4, "commit_rows": 8,
+                     "precision": "float32"},
     }))
     out = tmp_path / "data" / "features" / "pooled.h5"
     assert interrupt_run(1, splits, backbone, out, monkeypatch) == [("train", 0)]
