@@ -40,9 +40,18 @@ class TrainedModel:
     def predict_proba(self, images: torch.Tensor) -> np.ndarray:
         """uint8 images (B, 3, S, S) -> class probabilities (B, n_classes), the pipeline's own path (calibrated
         when the head is)."""
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bfloat16"):
-            features = self.backbone(images).to(getattr(torch, self.storage_dtype)).float().numpy()
-        return self.head.predict_proba(features)
+        with torch.inference_mode():
+            features = cached_features(self.backbone, images, getattr(torch, self.storage_dtype), self.precision)
+        return self.head.predict_proba(features.numpy())
+
+
+def cached_features(backbone: FeatureExtractor, images: torch.Tensor, storage_dtype: torch.dtype,
+                    precision: str) -> torch.Tensor:
+    """The features the head saw in training: computed in the file's precision (as extract computed them),
+    rounded to its storage dtype, as float32."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bfloat16"):
+        features = backbone(images)
+    return features.to(storage_dtype).float()
 
 
 def load_trained(features_path: str | Path, head_path: str | Path) -> TrainedModel:
@@ -90,13 +99,11 @@ class TransferModel(nn.Module):
         self.backbone = backbone
         self.head = head.to_torch().cpu()
         self.storage_dtype = getattr(torch, storage_dtype)
-        self.bfloat16 = precision == "bfloat16"
+        self.precision = precision
         self.eval().requires_grad_(False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bfloat16):  # as extract computed the features
-            features = self.backbone(images)
-        return self.head(features.to(self.storage_dtype).float())
+        return self.head(cached_features(self.backbone, images, self.storage_dtype, self.precision))
 
 
 def export(model: TrainedModel, out_path: str | Path) -> Path:
