@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pipeline.stages import evaluate, extract, prepare, train
-from pipeline.backbones import load_backbone, top_above_cut
+from pipeline.backbones import channels_last_gradients, fold_zero_padding, load_backbone, top_above_cut
 from pipeline.config import parse_params
 from pipeline.images import decode_image
 from pipeline.sources import open_source
@@ -92,6 +92,38 @@ def test_top_starts_from_the_pretrained_weights(name, cut, tmp_path):
         torch.save(torchvision.models.resnet18().state_dict(), weights)
         with pytest.raises(BackboneError, match="not those the features were made with"):
             top_above_cut(recipe)
+
+
+def test_training_graph_rewrites_keep_outputs_and_gradients():
+    """The top's graph folds EfficientNet's separate "same" padding into its convolutions and keeps the
+    pooling's gradient channels-last (both for speed): the outputs and every gradient stay those of the
+    network as traced."""
+    import copy
+
+    from torch import fx
+
+    backbone = load_backbone("efficientnet_lite0", "DEFAULT", 64)
+    backbone.net.requires_grad_(True)  # loaded frozen
+    traced = fx.symbolic_trace(backbone.net)
+    rewritten = fx.GraphModule(backbone.net, copy.deepcopy(traced.graph))
+    symmetric = [m for m in backbone.net.modules() if isinstance(m, torch.nn.ZeroPad2d) and len(set(m.padding)) == 1]
+    assert fold_zero_padding(rewritten.graph, backbone.net) == len(symmetric) == 12  # the stride-1 blocks' ...
+    assert channels_last_gradients(rewritten) == 1
+    pads = [n for n in rewritten.graph.nodes if n.op == "call_module" and "static_padding" in n.target]
+    assert len(pads) == 1 + 4  # ... not the stem's or the stride-2 blocks', asymmetric (0, 1, 0, 1) here
+    x = torch.randn(4, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    outputs, grads = [], []
+    for net in (traced, rewritten):
+        net.eval()  # batch norm as an affine map: in training mode, the gradient of a bias that the next
+        out = net(x)  # batch norm cancels is float noise
+        out.square().sum().backward()
+        outputs.append(out.detach())
+        grads.append({name: q.grad.clone() for name, q in backbone.net.named_parameters()})
+        backbone.net.zero_grad()
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-4, atol=1e-5)
+    for name, reference in grads[0].items():  # float sums in another order: within 0.1% of each tensor's scale
+        torch.testing.assert_close(grads[1][name], reference, rtol=1e-3, atol=1e-3 * reference.abs().max().item(),
+                                   msg=lambda m: f"{name}: {m}")
 
 
 def test_cut_cache_layout_and_values(run):
