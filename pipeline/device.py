@@ -76,6 +76,16 @@ def compiler_available(device) -> bool:
     return any(shutil.which(name) for name in (os.environ.get("CXX"), "g++", "c++", "clang++") if name)
 
 
+def compile_if_possible(requested: bool, device, what: str) -> bool:
+    """Whether to ``torch.compile``: as ``requested``, unless no compiler can build the kernels; then
+    ``what`` runs eagerly (the same results, slower) and this says so."""
+    if requested and not compiler_available(device):
+        print(f"{what}: compile is on but no C++ compiler was found (g++, c++, clang++ or $CXX): running without "
+              "torch.compile (the same results, slower)", flush=True)
+        return False
+    return requested
+
+
 def describe_cpu() -> str:
     """One line naming the CPU and its bfloat16 support, for benchmarks and logs."""
     model, flags = cpu_info()

@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from pipeline.backbones import FeatureExtractor
-from pipeline.device import torch_device
+from pipeline.device import compile_if_possible, torch_device
 from pipeline.features import FeatureSpec, PartialFeatures
 from pipeline.images import BatchStream, prefetch
 from pipeline.sources import Source, Splits
@@ -185,6 +185,7 @@ def extract_features(
         num_workers = min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
     part_batches = max(1, commit_rows // batch_size)
     precision = next(iter(outputs.values()))[0].precision
+    compile = compile_if_possible(compile, device, "extract")
     arithmetic = f"{device.type}-{precision}" + ("-compiled" if compile else "")
     open_partials = lambda: {name: PartialFeatures(path, spec, part_batches * batch_size, arithmetic)  # noqa: E731
                              for name, (spec, path) in outputs.items()}

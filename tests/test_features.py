@@ -318,6 +318,18 @@ def test_compiled_backbone_gives_the_eager_features(splits, backbone, feature_fi
             np.testing.assert_allclose(compiled.load(split)[0], eager.load(split)[0], rtol=1e-3, atol=1e-4)
 
 
+def test_compile_without_a_compiler_extracts_eagerly_and_says_so(splits, backbone, feature_file, tmp_path, monkeypatch,
+                                                                 capsys):
+    from pipeline import device
+
+    monkeypatch.setattr(device, "compiler_available", lambda device: False)
+    out = run(splits, backbone, tmp_path / "eager.h5", commit_rows=8, compile=True)
+    assert "extract: compile is on but no C++ compiler was found" in capsys.readouterr().out
+    with FeatureStore(out) as eager, FeatureStore(feature_file) as reference:
+        for split in ("train", "val", "test"):
+            assert np.array_equal(eager.load(split)[0], reference.load(split)[0])  # the eager arithmetic, bit for bit
+
+
 # -- precision ---------------------------------------------------------------------------------
 def test_bfloat16_extraction_is_recorded_close_to_float32_and_checked(splits, backbone, feature_file, tmp_path):
     from pipeline.config import parse_params

@@ -222,10 +222,10 @@ def test_compiled_training_follows_the_eager_one(run, tmp_path):
 
 
 def test_compile_without_a_compiler_trains_eagerly_and_says_so(run, tmp_path, monkeypatch, capsys):
-    from pipeline.heads import finetune
+    from pipeline import device
 
     out, params = run
-    monkeypatch.setattr(finetune, "compiler_available", lambda device: False)
+    monkeypatch.setattr(device, "compiler_available", lambda device: False)
     compiled = params.model_copy(update={"finetune": {"top": {**params.finetune["top"], "compile": True}}})
     train.run(compiled, out / "cut.h5", out / "splits.json", tmp_path / "eager.npz", key="finetune.top")
     assert "no C++ compiler was found" in capsys.readouterr().out

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from pipeline.config import FinetuneParams
-from pipeline.device import compiler_available, resolve_precision, torch_device
+from pipeline.device import compile_if_possible, resolve_precision, torch_device
 from pipeline.errors import PipelineError
 from pipeline.heads.base import Head
 
@@ -91,7 +91,8 @@ class FinetuneHead(Head):
             torch.manual_seed(self.seed)
             generator = torch.Generator().manual_seed(self.seed)
             net, opt, schedule = self._build(n, device)
-            trained = torch.compile(net) if self._compile(device) else net  # shares net's parameters
+            compiled = compile_if_possible(self.params.compile, device, "finetune")
+            trained = torch.compile(net) if compiled else net  # shares net's parameters
             slice_rows = store.chunk_rows("train")
             buffer_rows = max(1, BUFFER_BYTES // (store.spec.feature_dim * np.dtype(store.spec.storage_dtype).itemsize))
             losses, seconds = [], []
@@ -108,15 +109,6 @@ class FinetuneHead(Head):
         self._net = net.cpu().eval()
         self.state = {k: v.detach().numpy() for k, v in self._net.state_dict().items()}
         return self
-
-    def _compile(self, device) -> bool:
-        """``compile``, unless no compiler can build the kernels: then the eager network trains (the same
-        training, slower), and says so."""
-        if self.params.compile and not compiler_available(device):
-            print("finetune: compile is on but no C++ compiler was found (g++, c++, clang++ or $CXX): training "
-                  "without torch.compile (the same results, slower epochs)", flush=True)
-            return False
-        return self.params.compile
 
     def _val_top1(self, net, store: FeatureStore, device) -> dict[str, float]:
         """Top-1 on the validation split of the cut cache, scored as at prediction (eval mode, with the
