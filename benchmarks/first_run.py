@@ -7,7 +7,8 @@ fresh directory, runs the default ``dvc repro`` there (that clone's own code: PY
 and prints each stage's wall time, the extraction's images/s, when the first metric appeared (the
 main head's evaluate stage), the peak resident memory of the largest process, and the test top-1 of
 the main head and of the fine-tuned heads. Then the time of each revision against the first. The CPU
-(model, cores, native bfloat16) is printed first: the figures hold for that machine only.
+(model, cores, native bfloat16) is printed first: the figures hold for that machine only. The whole
+``dvc repro`` output of each revision is written beside its clone (``DIR/0-REV.log``) as it runs.
 """
 
 from __future__ import annotations
@@ -59,10 +60,12 @@ def repro(project: Path) -> dict:
     start = time.perf_counter()
     starts, lines, peak_kib = [], [], 0
     with subprocess.Popen([sys.executable, "-c", PEAK_RSS, sys.executable, "-m", "dvc", "repro"], cwd=project, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc, \
+            open(project.parent / f"{project.name}.log", "w") as log:  # kept if this script is stopped
         for line in proc.stdout:
             now = time.perf_counter() - start
             lines.append(line)
+            log.write(line)
             if line.startswith("Running stage"):
                 starts.append((line.split("'")[1], now))
                 print(f"  {now:7.1f} s  {line.strip()}", flush=True)
