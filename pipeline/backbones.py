@@ -181,7 +181,8 @@ class TracedNetwork:
                 env[node] = top_graph.node_copy(node, env.__getitem__)
         for node in self.nodes[i:]:
             env[node] = top_graph.node_copy(node, env.__getitem__)
-        fold_zero_padding(bottom_graph, self.net), fold_zero_padding(top_graph, self.net)
+        for graph in (bottom_graph, top_graph):
+            fold_zero_padding(graph, self.net)
         return fx.GraphModule(self.net, bottom_graph), fx.GraphModule(self.net, top_graph), shape
 
 
@@ -527,9 +528,13 @@ def load_recipe(recipe: dict) -> FeatureExtractor:
     return backbone.cut_at(recipe["cut"])[0] if recipe["cut"] else backbone
 
 
-def top_above_cut(recipe: dict, pretrained: bool = True) -> tuple[nn.Module, int]:
+def top_above_cut(recipe: dict, pretrained: bool = True, training: bool = False) -> tuple[nn.Module, int]:
     """The one piece of the backbone the head side uses: the layers above ``recipe["cut"]``, with their
     pretrained weights (``pretrained=False``: the architecture only, to load a trained state into), and
-    the width of the pooled features they output."""
+    the width of the pooled features they output. ``training``: with the rewrite that speeds up its
+    backward pass (:func:`channels_last_gradients`)."""
     backbone = _rebuild(recipe, pretrained)
-    return backbone.cut_at(recipe["cut"])[1], backbone.feature_dim
+    top = backbone.cut_at(recipe["cut"])[1]
+    if training:
+        channels_last_gradients(top)
+    return top, backbone.feature_dim

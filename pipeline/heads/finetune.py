@@ -144,11 +144,10 @@ class FinetuneHead(Head):
         learning-rate schedule (linear warm-up, then cosine or constant)."""
         import torch
 
-        from pipeline.backbones import channels_last_gradients, top_above_cut
+        from pipeline.backbones import top_above_cut
 
         p = self.params
-        top, feature_dim = top_above_cut(self.info["backbone"])
-        channels_last_gradients(top)
+        top, feature_dim = top_above_cut(self.info["backbone"], training=True)
         net = finetuned_module(top.requires_grad_(True), feature_dim, self.n_classes, p.tta_flip)
         torch.nn.init.zeros_(net.classifier.weight)
         torch.nn.init.zeros_(net.classifier.bias)
