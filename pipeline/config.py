@@ -164,8 +164,8 @@ class FinetuneParams(HeadParamsBase):
     """Of the training passes (autocast; scores are computed in float32, as predict and export compute
     them); the one used is recorded in the head's info."""
     compile: bool = False
-    """torch.compile the network for training (scores are computed by the eager network): faster epochs
-    after a one-time compilation; needs a C++ compiler on the CPU."""
+    """torch.compile the network for training (scores are computed by the eager network), after a
+    one-time compilation; on a CPU it needs a C++ compiler and measured 0.91x to 1.09x the eager speed."""
 
 
 FINETUNE = "finetune"

@@ -55,7 +55,7 @@ def resolve_precision(setting: str, device, training: bool = False) -> str:
     """``float32`` or ``bfloat16``: what a precision setting (:data:`PRECISIONS`) means on ``device``.
 
     ``auto`` for ``training`` is bfloat16 on a GPU only: on a CPU with AMX, bfloat16 training of the
-    fine-tuned top ran at 0.73x the images/s of float32 (its batch-norm and depthwise backward passes have
+    fine-tuned top ran at 0.78x the images/s of float32 (its batch-norm and depthwise backward passes have
     no native bfloat16 kernels), while bfloat16 inference ran at 1.9x (docs/benchmarks.md#precision)."""
     if setting not in PRECISIONS:
         raise ValueError(f"precision {setting!r} is not one of {list(PRECISIONS)}")
