@@ -6,9 +6,9 @@
 Trains the real top above the cut (pretrained weights) through the fine-tuned head's own training loop
 (``FinetuneHead._train_epoch``) on random maps of the cut's shape, once per setting and round, the
 settings (and cuts, with several ``--cut``) alternating so that the machine's drift affects them alike.
-Prints images/s of each setting and its ratio to the first (by default: float32, batch 64, eager, at the
-first cut). bfloat16 is marked "emulated" on a CPU without
-native bfloat16 (there it measures the emulation, not a speed-up).
+Prints images/s of each setting and its ratio to the first (by default: float32 with the depthwise kernels
+trained, batch 64, eager, at the first cut). bfloat16 (the dense layers in bfloat16) is marked "emulated"
+on a CPU without native bfloat16 (there it measures the emulation, not a speed-up).
 """
 
 from __future__ import annotations
@@ -31,11 +31,12 @@ from pipeline.device import describe_cpu, native_bfloat16, torch_device  # noqa:
 from pipeline.heads.finetune import FinetuneHead  # noqa: E402
 
 SETTINGS = {  # name -> (FinetuneParams changes, compile the network)
-    "float32, batch 64 (default)": ({}, False),
-    "float32, batch 256": ({"batch_size": 256}, False),
-    "float32, batch 64, compiled": ({}, True),
-    "bfloat16, batch 64": ({"precision": "bfloat16"}, False),
-    "bfloat16, batch 256": ({"precision": "bfloat16", "batch_size": 256}, False),
+    "float32, depthwise trained": ({"precision": "float32", "depthwise": "train"}, False),
+    "float32, depthwise frozen": ({"precision": "float32", "depthwise": "frozen"}, False),
+    "bfloat16, depthwise trained": ({"precision": "bfloat16", "depthwise": "train"}, False),
+    "bfloat16, depthwise frozen": ({"precision": "bfloat16", "depthwise": "frozen"}, False),
+    "bfloat16, depthwise frozen, batch 256": ({"precision": "bfloat16", "depthwise": "frozen", "batch_size": 256}, False),
+    "bfloat16, depthwise frozen, compiled": ({"precision": "bfloat16", "depthwise": "frozen"}, True),
 }
 
 

@@ -247,6 +247,57 @@ def channels_last_gradients(top: fx.GraphModule) -> int:
     return wrapped
 
 
+def _conv2d_bfloat16(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """``conv2d`` computed in bfloat16 from float32 tensors, returning float32 (its backward likewise)."""
+    half = torch.bfloat16
+    out = nn.functional.conv2d(x.to(half), weight.to(half), None if bias is None else bias.to(half), stride, padding,
+                               dilation, groups)
+    return out.float()
+
+
+def _linear_bfloat16(x, weight, bias=None):
+    """``linear`` computed in bfloat16 from float32 tensors, returning float32."""
+    half = torch.bfloat16
+    return nn.functional.linear(x.to(half), weight.to(half), None if bias is None else bias.to(half)).float()
+
+
+def dense_layers_in_bfloat16(top: fx.GraphModule) -> int:
+    """Compute each dense convolution (one group) and linear layer of ``top`` in bfloat16; return how many.
+
+    The matrix products are where bfloat16 hardware pays (AMX and AVX-512 BF16 on a CPU, tensor cores on a
+    GPU). Everything else stays float32: the parameters (cast at each call, so the optimizer updates
+    float32 weights), each layer's output, batch norm, activations and grouped or depthwise convolutions,
+    which have no fast bfloat16 kernels on a CPU (their backward passes are slower in bfloat16 there).
+    """
+    graph, rewritten = top.graph, 0
+    for node in list(graph.nodes):
+        if node.op == "call_function" and node.target in (torch.conv2d, nn.functional.conv2d):
+            groups = node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)
+            if groups == 1:
+                node.target = _conv2d_bfloat16
+                rewritten += 1
+        elif node.op == "call_function" and node.target is nn.functional.linear:
+            node.target = _linear_bfloat16
+            rewritten += 1
+        elif node.op == "call_module":
+            module = top.get_submodule(node.target)
+            if type(module) is nn.Conv2d and module.groups == 1 and module.padding_mode == "zeros":
+                function = _conv2d_bfloat16
+                extra = (module.stride, module.padding, module.dilation, 1)
+            elif type(module) is nn.Linear:
+                function, extra = _linear_bfloat16, ()
+            else:
+                continue
+            with graph.inserting_before(node):
+                weight = graph.get_attr(f"{node.target}.weight")
+                bias = graph.get_attr(f"{node.target}.bias") if module.bias is not None else None
+                node.replace_all_uses_with(graph.call_function(function, (node.args[0], weight, bias, *extra)))
+            graph.erase_node(node)
+            rewritten += 1
+    top.recompile()
+    return rewritten
+
+
 def strip_classifier(net: nn.Module) -> int:
     """Replace the network's last ``nn.Linear`` by the identity; return its input width."""
     linears = [(name, m) for name, m in net.named_modules() if isinstance(m, nn.Linear)]
@@ -528,13 +579,17 @@ def load_recipe(recipe: dict) -> FeatureExtractor:
     return backbone.cut_at(recipe["cut"])[0] if recipe["cut"] else backbone
 
 
-def top_above_cut(recipe: dict, pretrained: bool = True, training: bool = False) -> tuple[nn.Module, int]:
+def top_above_cut(recipe: dict, pretrained: bool = True, training: bool = False,
+                  precision: str = "float32") -> tuple[nn.Module, int]:
     """The one piece of the backbone the head side uses: the layers above ``recipe["cut"]``, with their
     pretrained weights (``pretrained=False``: the architecture only, to load a trained state into), and
     the width of the pooled features they output. ``training``: with the rewrite that speeds up its
-    backward pass (:func:`channels_last_gradients`)."""
+    backward pass (:func:`channels_last_gradients`). ``precision="bfloat16"``: its dense layers compute
+    in bfloat16 (:func:`dense_layers_in_bfloat16`)."""
     backbone = _rebuild(recipe, pretrained)
     top = backbone.cut_at(recipe["cut"])[1]
     if training:
         channels_last_gradients(top)
+    if precision == "bfloat16":
+        dense_layers_in_bfloat16(top)
     return top, backbone.feature_dim

@@ -160,9 +160,13 @@ class FinetuneParams(HeadParamsBase):
     """Scores are the mean of the scores of the map and of its mirror image."""
     batchnorm: Literal["train", "frozen"] = "train"
     """train: batch norm layers above the cut update their statistics; frozen: keep ImageNet's."""
+    depthwise: Literal["train", "frozen"] = "frozen"
+    """frozen: depthwise convolutions keep their ImageNet kernels (a few percent of the weights, about a
+    quarter of a training step's time on a CPU); train: they are trained like the other layers."""
     precision: Precision = "auto"
-    """Of the training passes (autocast; scores are computed in float32, as predict and export compute
-    them); the one used is recorded in the head's info."""
+    """Of the training passes: bfloat16 computes the dense convolutions and linear layers in bfloat16
+    (weights, batch norm and the rest stay float32); scores are computed in float32, as predict and export
+    compute them. The one used is recorded in the head's info."""
     compile: bool = False
     """torch.compile the network for training (scores are computed by the eager network), after a
     one-time compilation; on a CPU it needs a C++ compiler and measured 0.91x to 1.09x the eager speed."""

@@ -51,17 +51,12 @@ def native_bfloat16(device) -> bool:
     return device.type == "cpu" and bool(set(NATIVE_BF16_FLAGS) & cpu_info()[1])
 
 
-def resolve_precision(setting: str, device, training: bool = False) -> str:
-    """``float32`` or ``bfloat16``: what a precision setting (:data:`PRECISIONS`) means on ``device``.
-
-    ``auto`` for ``training`` is bfloat16 on a GPU only: on a CPU with AMX, bfloat16 training of the
-    fine-tuned top ran at 0.78x the images/s of float32 (its batch-norm and depthwise backward passes have
-    no native bfloat16 kernels), while bfloat16 inference ran at 1.9x (docs/benchmarks.md#precision)."""
+def resolve_precision(setting: str, device) -> str:
+    """``float32`` or ``bfloat16``: what a precision setting (:data:`PRECISIONS`) means on ``device``."""
     if setting not in PRECISIONS:
         raise ValueError(f"precision {setting!r} is not one of {list(PRECISIONS)}")
     if setting == "auto":
-        native = native_bfloat16(device) and not (training and device.type == "cpu")
-        return "bfloat16" if native else "float32"
+        return "bfloat16" if native_bfloat16(device) else "float32"
     return setting
 
 

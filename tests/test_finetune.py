@@ -10,12 +10,13 @@ import torch
 
 from pipeline.stages import evaluate, extract, prepare, train
 from pipeline.backbones import channels_last_gradients, fold_zero_padding, load_backbone, top_above_cut
-from pipeline.config import parse_params
+from pipeline.config import FinetuneParams, parse_params
+from pipeline.device import resolve_precision
 from pipeline.images import decode_image
 from pipeline.sources import open_source
 from pipeline.errors import BackboneError, ConfigError, FeatureStoreError, PipelineError
 from pipeline.features import FeatureStore, PartialFeatures
-from pipeline.heads.finetune import FinetuneHead
+from pipeline.heads.finetune import FinetuneHead, depthwise_kernels
 from pipeline.heads import load_head
 from pipeline.model import export, load_exported, load_trained, predict
 from tests.conftest import interrupt_after
@@ -126,6 +127,62 @@ def test_training_graph_rewrites_keep_outputs_and_gradients():
                                    msg=lambda m: f"{name}: {m}")
 
 
+def lite0_recipe(input_size: int = 64, cut: str = "_blocks.12") -> dict:
+    backbone = load_backbone("efficientnet_lite0", "DEFAULT", input_size)
+    return {"backbone": "efficientnet_lite0", "weights": "DEFAULT", "weights_id": backbone.weights_id,
+            "input_size": input_size, "init_seed": 0, "cut": cut, "preprocessing": backbone.preprocessing.to_json()}
+
+
+@pytest.mark.parametrize("recipe, dense, depthwise", [
+    ({"backbone": "resnet18", "weights": None, "input_size": 64, "init_seed": 0, "cut": "layer4"}, 5, 0),
+    ("lite0", 9, 4),  # 4 x (expansion, projection) + the head's convolution; not the 4 depthwise ones
+])
+def test_dense_layers_in_bfloat16_stay_close_to_float32_with_float32_weights(recipe, dense, depthwise):
+    """precision bfloat16 trains the top with its dense convolutions in bfloat16: torchvision's Conv2d modules
+    and EfficientNet's functional convolutions alike, depthwise ones not; the outputs and the gradients
+    stay within bfloat16's rounding of float32's, and the parameters (which the optimizer updates) float32."""
+    if recipe == "lite0":
+        recipe = lite0_recipe()
+    else:
+        resnet = load_backbone("resnet18", None, 64)
+        recipe = {**recipe, "weights_id": resnet.weights_id, "preprocessing": resnet.preprocessing.to_json()}
+    reference, _ = top_above_cut(recipe, training=True)
+    top, _ = top_above_cut(recipe, training=True, precision="bfloat16")
+    convolutions = [n for n in top.graph.nodes if "conv2d" in str(n.target)]
+    assert sum("bfloat16" in str(n.target) for n in top.graph.nodes) == dense
+    assert len(convolutions) == dense + depthwise and len(depthwise_kernels(top)) == depthwise
+    torch.manual_seed(0)
+    x = torch.randn(8, *((192, 2, 2) if depthwise else (256, 4, 4))).contiguous(memory_format=torch.channels_last)
+    results = []
+    for net in (reference, top):  # batch norm as an affine map: in training mode it subtracts batch means,
+        net.eval().requires_grad_(True)  # and a gradient's relative error grows with the cancellation
+        out = net(x)
+        (out.square().sum() / len(x)).backward()
+        results.append((out.detach(), {name: q.grad for name, q in net.named_parameters()}))
+    assert all(q.dtype == torch.float32 for q in top.parameters()) and results[1][0].dtype == torch.float32
+    relative = lambda a, b: ((a - b).norm() / b.norm()).item()  # noqa: E731
+    assert relative(results[1][0], results[0][0]) < 1e-2
+    for name, grad in results[0][1].items():  # 8 bits of mantissa: 0.4% per rounding, more in a gradient's sums
+        assert relative(results[1][1][name], grad) < 0.1, name
+
+
+@pytest.mark.parametrize("depthwise", ["frozen", "train"])
+def test_depthwise_setting_keeps_or_trains_the_depthwise_kernels(depthwise):
+    recipe = lite0_recipe()
+    head = FinetuneHead(FinetuneParams(epochs=1, batch_size=8, depthwise=depthwise, precision="float32"), seed=0)
+    head.n_classes, head.info = 10, {"backbone": recipe, "precision": "float32"}
+    net, opt, schedule = head._build(32, torch.device("cpu"))
+    maps, labels = torch.randn(32, 192, 2, 2).half().numpy(), np.arange(32) % 10
+    batches = head._batches(lambda a, b: (maps[a:b], labels[a:b]), 32, 8, 32, torch.Generator().manual_seed(0))
+    head._train_epoch(net, opt, schedule, batches, 32, torch.Generator().manual_seed(0), torch.device("cpu"), 0)
+    pretrained = top_above_cut(recipe)[0].state_dict()
+    trained = {name: q.detach() for name, q in net.top.named_parameters()}
+    kernels = [name for name, q in net.top.named_parameters() if q.ndim == 4 and q.shape[1] == 1]
+    assert len(kernels) == 4 and all("depthwise" in name for name in kernels)
+    assert all(torch.equal(trained[name], pretrained[name]) != (depthwise == "train") for name in kernels)
+    assert not torch.equal(trained["_conv_head.weight"], pretrained["_conv_head.weight"])
+
+
 def test_cut_cache_layout_and_values(run):
     out, params = run
     with FeatureStore(out / "cut.h5") as store:
@@ -194,18 +251,20 @@ def test_finetuned_head_is_evaluated_like_the_others(run):
     assert metrics["val"]["on"] == "val"  # the fine-tuned top trains on train only
     head, meta = load_head(out / "top.npz")
     assert len(head.info["epoch_seconds"]) == 2 and meta["features"]["cut"] == "layer4"
-    assert metrics["chosen"]["precision"] == head.info["precision"] == "float32"  # auto trains in float32 on a CPU
+    # auto: bfloat16 where the CPU has it natively
+    assert metrics["chosen"]["precision"] == head.info["precision"] == resolve_precision("auto", torch.device("cpu"))
 
 
-def test_bfloat16_training_is_recorded_and_learns(run, tmp_path):
+def test_each_training_precision_is_recorded_and_learns(run, tmp_path):
     out, params = run
-    bf16 = params.model_copy(update={"finetune": {"top": {**params.finetune["top"], "precision": "bfloat16"}}})
-    train.run(bf16, out / "cut.h5", out / "splits.json", tmp_path / "bf16.npz", key="finetune.top")
-    head, _ = load_head(tmp_path / "bf16.npz")
-    fp32, _ = load_head(out / "top.npz")
-    assert head.info["precision"] == "bfloat16"
-    assert head.info["train_loss"][-1] < head.info["train_loss"][0]
-    assert not np.array_equal(head.state["classifier.weight"], fp32.state["classifier.weight"])
+    heads = {}
+    for precision in ("float32", "bfloat16"):
+        changed = params.model_copy(update={"finetune": {"top": {**params.finetune["top"], "precision": precision}}})
+        train.run(changed, out / "cut.h5", out / "splits.json", tmp_path / f"{precision}.npz", key="finetune.top")
+        heads[precision] = head = load_head(tmp_path / f"{precision}.npz")[0]
+        assert head.info["precision"] == precision
+        assert head.info["train_loss"][-1] < head.info["train_loss"][0]
+    assert not np.array_equal(heads["float32"].state["classifier.weight"], heads["bfloat16"].state["classifier.weight"])
 
 
 def test_compiled_training_follows_the_eager_one(run, tmp_path):

@@ -5,10 +5,11 @@ cut (frozen, run once by extract, its activations cached as (N, C, H, W)); g is 
 above the cut, initialised from the pretrained weights, followed by a new linear classifier. g
 trains on the cached activations epoch after epoch: AdamW with separate learning rates for the
 pretrained layers and the classifier, linear warm-up then cosine decay, weight decay on weights
-only, label smoothing, random horizontal flips of the cached maps; seeded; on the GPU when there
-is one. Scores average the map and its mirror image (``tta_flip``). The top is the traced eval-mode
-graph (see ``TracedNetwork``): its batch norm and dropout layers train, EfficientNet's drop-connect
-(a Python-level branch) is not applied.
+only, label smoothing, random horizontal flips of the cached maps; depthwise kernels kept frozen by
+default (``depthwise``); dense layers in bfloat16 where the hardware has it (``precision``); seeded;
+on the GPU when there is one. Scores average the map and its mirror image (``tta_flip``). The top is
+the traced eval-mode graph (see ``TracedNetwork``): its batch norm and dropout layers train,
+EfficientNet's drop-connect (a Python-level branch) is not applied.
 
 Before training, g(activations) equals the frozen network's pooled features: the top is the same
 graph with the same weights (see ``FeatureExtractor.cut_at``).
@@ -58,6 +59,12 @@ def finetuned_module(top: nn.Module, feature_dim: int, n_classes: int, tta_flip:
     return FinetunedTop()
 
 
+def depthwise_kernels(top: nn.Module) -> list[nn.Parameter]:
+    """The kernels of ``top``'s depthwise convolutions: the 4-d parameters with one input channel per
+    output channel, (C, 1, kH, kW)."""
+    return [q for q in top.parameters() if q.ndim == 4 and q.shape[1] == 1 and q.shape[0] > 1]
+
+
 class FinetuneHead(Head):
     """The backbone's layers above the cut and a new classifier, trained on cached cut activations."""
 
@@ -86,7 +93,7 @@ class FinetuneHead(Head):
         if streamed:
             self.info["streamed"] = True
         device = torch_device()
-        self.info["precision"] = resolve_precision(self.params.precision, device, training=True)
+        self.info["precision"] = resolve_precision(self.params.precision, device)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(self.seed)
             generator = torch.Generator().manual_seed(self.seed)
@@ -147,13 +154,17 @@ class FinetuneHead(Head):
         from pipeline.backbones import top_above_cut
 
         p = self.params
-        top, feature_dim = top_above_cut(self.info["backbone"], training=True)
-        net = finetuned_module(top.requires_grad_(True), feature_dim, self.n_classes, p.tta_flip)
+        top, feature_dim = top_above_cut(self.info["backbone"], training=True, precision=self.info["precision"])
+        top.requires_grad_(True)
+        if p.depthwise == "frozen":
+            for kernel in depthwise_kernels(top):
+                kernel.requires_grad_(False)
+        net = finetuned_module(top, feature_dim, self.n_classes, p.tta_flip)
         torch.nn.init.zeros_(net.classifier.weight)
         torch.nn.init.zeros_(net.classifier.bias)
         net = net.to(device).to(memory_format=torch.channels_last)
-        decay = [q for q in top.parameters() if q.ndim > 1]
-        no_decay = [q for q in top.parameters() if q.ndim <= 1]
+        decay = [q for q in top.parameters() if q.ndim > 1 and q.requires_grad]
+        no_decay = [q for q in top.parameters() if q.ndim <= 1 and q.requires_grad]
         opt = torch.optim.AdamW([
             {"params": decay, "lr": p.lr_top, "weight_decay": p.weight_decay},
             {"params": no_decay, "lr": p.lr_top, "weight_decay": 0.0},
@@ -191,8 +202,7 @@ class FinetuneHead(Head):
                 if p.flip:
                     mirror = (torch.rand(len(x), generator=generator) < 0.5).to(device)
                     x = torch.where(mirror[:, None, None, None], x.flip(3), x)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.info["precision"] == "bfloat16"):
-                    loss = F.cross_entropy(net(x), torch.as_tensor(labels).to(device), label_smoothing=p.label_smoothing)
+                loss = F.cross_entropy(net(x), torch.as_tensor(labels).to(device), label_smoothing=p.label_smoothing)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
