@@ -268,6 +268,8 @@ def dense_layers_in_bfloat16(top: fx.GraphModule) -> int:
     GPU). Everything else stays float32: the parameters (cast at each call, so the optimizer updates
     float32 weights), each layer's output, batch norm, activations and grouped or depthwise convolutions,
     which have no fast bfloat16 kernels on a CPU (their backward passes are slower in bfloat16 there).
+    Convolutions are ``conv2d`` calls and ``nn.Conv2d`` modules; subclasses of it (whose ``forward`` may pad
+    or do more) stay float32.
     """
     graph, rewritten = top.graph, 0
     for node in list(graph.nodes):
