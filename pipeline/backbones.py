@@ -248,7 +248,10 @@ def channels_last_gradients(top: fx.GraphModule) -> int:
 
 
 def _conv2d_bfloat16(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
-    """``conv2d`` computed in bfloat16 from float32 tensors, returning float32 (its backward likewise)."""
+    """``conv2d`` computed in bfloat16 from float32 tensors, returning float32 (its backward likewise), while
+    gradients are recorded; without them (scoring), plain float32."""
+    if not torch.is_grad_enabled():
+        return nn.functional.conv2d(x, weight, bias, stride, padding, dilation, groups)
     half = torch.bfloat16
     out = nn.functional.conv2d(x.to(half), weight.to(half), None if bias is None else bias.to(half), stride, padding,
                                dilation, groups)
@@ -256,13 +259,17 @@ def _conv2d_bfloat16(x, weight, bias=None, stride=1, padding=0, dilation=1, grou
 
 
 def _linear_bfloat16(x, weight, bias=None):
-    """``linear`` computed in bfloat16 from float32 tensors, returning float32."""
+    """``linear`` computed in bfloat16 from float32 tensors, returning float32, while gradients are recorded."""
+    if not torch.is_grad_enabled():
+        return nn.functional.linear(x, weight, bias)
     half = torch.bfloat16
     return nn.functional.linear(x.to(half), weight.to(half), None if bias is None else bias.to(half)).float()
 
 
 def dense_layers_in_bfloat16(top: fx.GraphModule) -> int:
-    """Compute each dense convolution (one group) and linear layer of ``top`` in bfloat16; return how many.
+    """Compute each dense convolution (one group) and linear layer of ``top`` in bfloat16 while gradients
+    are recorded (training); return how many. Without gradients (scoring) they compute in float32, bit for
+    bit as before, so that scores do not depend on how the network was trained.
 
     The matrix products are where bfloat16 hardware pays (AMX and AVX-512 BF16 on a CPU, tensor cores on a
     GPU). Everything else stays float32: the parameters (cast at each call, so the optimizer updates

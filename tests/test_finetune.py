@@ -160,6 +160,8 @@ def test_dense_layers_in_bfloat16_stay_close_to_float32_with_float32_weights(rec
         (out.square().sum() / len(x)).backward()
         results.append((out.detach(), {name: q.grad for name, q in net.named_parameters()}))
     assert all(q.dtype == torch.float32 for q in top.parameters()) and results[1][0].dtype == torch.float32
+    with torch.no_grad():  # scoring: float32, bit for bit
+        assert torch.equal(top(x), reference(x))
     relative = lambda a, b: ((a - b).norm() / b.norm()).item()  # noqa: E731
     assert relative(results[1][0], results[0][0]) < 1e-2
     for name, grad in results[0][1].items():  # 8 bits of mantissa: 0.4% per rounding, more in a gradient's sums
