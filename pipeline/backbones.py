@@ -247,23 +247,21 @@ def channels_last_gradients(top: fx.GraphModule) -> int:
     return wrapped
 
 
-def _conv2d_bfloat16(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
-    """``conv2d`` computed in bfloat16 from float32 tensors, returning float32 (its backward likewise), while
-    gradients are recorded; without them (scoring), plain float32."""
+def _in_bfloat16(op: Callable, x, weight, bias, *args):
+    """``op(x, weight, bias, *args)`` computed in bfloat16 from float32 tensors, returning float32 (its
+    backward likewise), while gradients are recorded; without them (scoring), plain float32."""
     if not torch.is_grad_enabled():
-        return nn.functional.conv2d(x, weight, bias, stride, padding, dilation, groups)
+        return op(x, weight, bias, *args)
     half = torch.bfloat16
-    out = nn.functional.conv2d(x.to(half), weight.to(half), None if bias is None else bias.to(half), stride, padding,
-                               dilation, groups)
-    return out.float()
+    return op(x.to(half), weight.to(half), None if bias is None else bias.to(half), *args).float()
+
+
+def _conv2d_bfloat16(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    return _in_bfloat16(nn.functional.conv2d, x, weight, bias, stride, padding, dilation, groups)
 
 
 def _linear_bfloat16(x, weight, bias=None):
-    """``linear`` computed in bfloat16 from float32 tensors, returning float32, while gradients are recorded."""
-    if not torch.is_grad_enabled():
-        return nn.functional.linear(x, weight, bias)
-    half = torch.bfloat16
-    return nn.functional.linear(x.to(half), weight.to(half), None if bias is None else bias.to(half)).float()
+    return _in_bfloat16(nn.functional.linear, x, weight, bias)
 
 
 def dense_layers_in_bfloat16(top: fx.GraphModule) -> int:
