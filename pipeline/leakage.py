@@ -22,12 +22,13 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence, Union
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from pipeline.errors import PipelineError
 from pipeline.fileutil import atomic_path
+from pipeline.neighbours import Blocks, top_k_cosine
 
 SPLIT_PAIRS: tuple[tuple[str, str], ...] = (("test", "train"), ("test", "val"), ("val", "train"), ("test", "test"))
 """(query split, base split) searched by the leakage stage: test and val against the images heads are
@@ -35,11 +36,6 @@ fitted on (train; val too, for the heads refit on train + val), and test against
 FITTED_ON = ("train", "val")
 """The splits a head may be fitted on: a test image with a confirmed near-copy in one of them is left
 out of the test figure "without near-copies"."""
-
-Blocks = Union[np.ndarray, Callable[[], Iterable[np.ndarray]]]
-"""Rows of features: an array (N, D), or a function returning an iterable of row blocks (read again
-for every query block when it is the base)."""
-
 
 @dataclass(frozen=True)
 class Nearest:
@@ -55,71 +51,13 @@ def store_blocks(store, split: str, rows: int) -> Callable[[], Iterator[np.ndarr
     return lambda: (X for X, _ in store.iter_blocks(split, rows))
 
 
-def _blocks(rows: Blocks, block_rows: int) -> Iterator[np.ndarray]:
-    if isinstance(rows, np.ndarray):
-        return (rows[start : start + block_rows] for start in range(0, len(rows), block_rows))
-    return iter(rows())
-
-
-def _unit_rows(block: np.ndarray, device):
-    """Rows scaled to unit length, float32 on ``device`` (a zero row stays zero: similarity 0)."""
-    import torch
-    import torch.nn.functional as F
-
-    t = torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32)).to(device)
-    return F.normalize(t.reshape(len(t), -1), dim=1)
-
-
 def nearest_neighbours(queries: Blocks, base: Blocks, *, exclude_self: bool = False, block_rows: int = 4096,
                        device=None) -> Nearest:
-    """The nearest base row of every query row by cosine similarity, exactly, in blocks.
-
-    For each block of queries the base is streamed block by block; each product of a query block and a
-    base block (at most ``block_rows`` x ``block_rows``) updates a running maximum per query, so memory
-    stays a few blocks. Ties go to the lowest base index. ``exclude_self``: queries and base are the
-    same rows in the same order, and a row is never its own neighbour (the nearest *other* row).
-    ``block_rows`` slices arrays; blocks from a function keep their own size. ``device``: a torch
-    device (default: the GPU when there is one).
-    """
-    import torch
-
-    from pipeline.device import torch_device
-
-    device = torch.device(device) if device is not None else torch_device()
-    indices, similarities = [], []
-    q_start, n_base = 0, None
-    for q_block in _blocks(queries, block_rows):
-        q = _unit_rows(q_block, device)
-        best = torch.full((len(q),), -torch.inf, device=device)
-        best_index = torch.full((len(q),), -1, dtype=torch.int64, device=device)
-        b_start = 0
-        for b_block in _blocks(base, block_rows):
-            b = _unit_rows(b_block, device)
-            if b.shape[1] != q.shape[1]:
-                raise ValueError(f"queries have {q.shape[1]} values per row, the base {b.shape[1]}")
-            if len(b):
-                sims = q @ b.T
-                if exclude_self:  # the rows both blocks hold: their own similarity does not count
-                    lo, hi = max(q_start, b_start), min(q_start + len(q), b_start + len(b))
-                    if lo < hi:
-                        own = torch.arange(lo, hi, device=device)
-                        sims[own - q_start, own - b_start] = -torch.inf
-                value, index = sims.max(dim=1)  # the first maximum of the block on ties
-                better = value > best  # strictly: an earlier block keeps a tie
-                best = torch.where(better, value, best)
-                best_index = torch.where(better, index + b_start, best_index)
-            b_start += len(b)
-        if n_base is not None and b_start != n_base:
-            raise ValueError(f"the base gave {b_start} rows, then {n_base}: it must give the same rows on every pass")
-        n_base = b_start
-        indices.append(best_index.cpu().numpy())
-        similarities.append(best.float().cpu().numpy())
-        q_start += len(q)
-    if exclude_self and n_base is not None and n_base != q_start:
-        raise ValueError(f"exclude_self needs the same rows as queries and base, got {q_start} and {n_base}")
-    if not indices:
-        return Nearest(np.zeros(0, np.int64), np.zeros(0, np.float32))
-    return Nearest(np.concatenate(indices), np.concatenate(similarities))
+    """The nearest base row of every query row by cosine similarity, exactly, in blocks
+    (:func:`pipeline.neighbours.top_k_cosine` with k = 1). ``exclude_self``: queries and base are the
+    same rows in the same order, and a row is never its own neighbour."""
+    found = top_k_cosine(queries, base, 1, exclude_self=exclude_self, block_rows=block_rows, device=device)
+    return Nearest(found.index[:, 0], found.similarity[:, 0])
 
 
 def search(store, block_rows: int, device=None) -> dict[tuple[str, str], Nearest]:

@@ -6,31 +6,9 @@ import yaml
 
 from pipeline import layout
 from tests.conftest import ROOT
-from tests.imports import closure, cycles, files
+from tests.dvc_deps import CODE, DVC_YAML, POOLED_HEADS, code_deps, derived
+from tests.imports import closure, cycles
 
-POOLED_HEADS = ["pipeline.heads.linear", "pipeline.heads.knn", "pipeline.heads.mlp"]
-"""Every pooled head kind's implementation: a train or evaluate stage may build any of them."""
-CODE = {  # stage -> the modules it runs: its entry point, and the head implementations it can load
-    "prepare": ["pipeline.stages.prepare"],
-    "weights": ["pipeline.stages.weights"],
-    "extract": ["pipeline.stages.extract"],
-    "train": ["pipeline.stages.train", *POOLED_HEADS],
-    "train-heads": ["pipeline.stages.train", *POOLED_HEADS],
-    "evaluate": ["pipeline.stages.evaluate", *POOLED_HEADS],
-    "evaluate-heads": ["pipeline.stages.evaluate", *POOLED_HEADS],
-    "finetune": ["pipeline.stages.train", "pipeline.heads.finetune"],
-    "evaluate-finetune": ["pipeline.stages.evaluate", "pipeline.heads.finetune"],
-    "leakage": ["pipeline.stages.leakage"],
-    "seeds": ["pipeline.stages.seeds", *POOLED_HEADS, "pipeline.heads.finetune"],
-    "compare": ["pipeline.stages.compare"],
-    "mistakes": ["pipeline.stages.mistakes"],
-    "curves": ["pipeline.stages.curves", *POOLED_HEADS],
-    "weights-backbone": ["pipeline.stages.weights"],
-    "extract-backbone": ["pipeline.stages.extract"],
-    "probe-backbone": ["pipeline.stages.probe", *POOLED_HEADS],
-    "curves-backbone": ["pipeline.stages.curves", *POOLED_HEADS],
-    "compare-backbones": ["pipeline.stages.compare_backbones"],
-}
 KEY = "${key}"
 ITEM = "${item}"
 
@@ -46,11 +24,13 @@ def paths(entries: list) -> list[str]:
 
 
 def test_every_stage_lists_exactly_the_code_it_runs(stages):
+    """dvc.yaml's code deps are what ``python -m tests.dvc_deps`` derives from the import graph."""
     assert set(stages) == set(CODE)
-    for name, modules in CODE.items():
-        listed = {d for d in paths(stages[name]["deps"]) if d.startswith("pipeline/")}
-        runs = files(closure(*modules))
-        assert listed == runs, f"{name}: deps not run {sorted(listed - runs)}, run but not in deps {sorted(runs - listed)}"
+    for name in CODE:
+        listed = [d for d in paths(stages[name]["deps"]) if d.startswith("pipeline/")]
+        assert listed == code_deps(name), f"{name}: run python -m tests.dvc_deps"
+    text = DVC_YAML.read_text()
+    assert derived(text) == text, "dvc.yaml's code deps are stale: run python -m tests.dvc_deps"
 
 
 def test_the_head_side_does_not_run_the_backbone_or_the_image_code():

@@ -6,6 +6,7 @@ import numpy as np
 
 from pipeline.config import KnnParams
 from pipeline.heads.base import PooledHead
+from pipeline.neighbours import top_k_cosine
 
 
 class KnnHead(PooledHead):
@@ -22,16 +23,13 @@ class KnnHead(PooledHead):
 
     def _scores(self, X: np.ndarray) -> np.ndarray:
         k = min(self.params.k, len(self.bank_labels))
-        bank = self.bank.astype(np.float32)
+        # X and the bank are already normalised as params.normalize says: an inner-product search
+        found = top_k_cosine(X, self.bank, k, normalize=False, block_rows=1024)
+        # shifting each row by its maximum keeps exp finite and leaves the vote shares unchanged
+        weights = np.exp((found.similarity - found.similarity[:, :1]) / self.params.temperature)
         scores = np.zeros((len(X), self.n_classes), np.float32)
-        for start in range(0, len(X), 1024):
-            sims = X[start : start + 1024] @ bank.T
-            nearest = np.argpartition(-sims, kth=k - 1, axis=1)[:, :k]
-            near_sims = np.take_along_axis(sims, nearest, axis=1)
-            # shifting each row by its maximum keeps exp finite and leaves the vote shares unchanged
-            weights = np.exp((near_sims - near_sims.max(axis=1, keepdims=True)) / self.params.temperature)
-            rows = np.repeat(np.arange(len(nearest)), k)
-            np.add.at(scores[start : start + 1024], (rows, self.bank_labels[nearest].ravel()), weights.ravel())
+        rows = np.repeat(np.arange(len(X)), k)
+        np.add.at(scores, (rows, self.bank_labels[found.index].ravel()), weights.ravel())
         return np.log(scores + 1e-30)  # log of the vote mass: softmax gives the vote shares
 
     def _model_arrays(self) -> dict[str, np.ndarray]:

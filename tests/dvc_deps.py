@@ -1,0 +1,83 @@
+"""The code deps of every DVC stage, derived from the import graph: one source, written into dvc.yaml.
+
+Each stage's deps list the pipeline modules its entry point runs (read from the source, function-level
+imports included) and, for stages that build heads, every head implementation they may load. After
+adding, moving or re-importing a module, rewrite dvc.yaml's code deps with::
+
+    python -m tests.dvc_deps
+
+``tests/test_layout.py`` fails while dvc.yaml is not what this writes. Only the ``pipeline/`` lines of each
+stage's deps are rewritten; data deps, comments and everything else stay as written.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+
+from tests.conftest import ROOT
+from tests.imports import closure, files
+
+POOLED_HEADS = ["pipeline.heads.linear", "pipeline.heads.knn", "pipeline.heads.mlp"]
+"""Every pooled head kind's implementation: a train or evaluate stage may build any of them."""
+CODE = {  # stage -> the modules it runs: its entry point, and the head implementations it can load
+    "prepare": ["pipeline.stages.prepare"],
+    "weights": ["pipeline.stages.weights"],
+    "extract": ["pipeline.stages.extract"],
+    "train": ["pipeline.stages.train", *POOLED_HEADS],
+    "train-heads": ["pipeline.stages.train", *POOLED_HEADS],
+    "evaluate": ["pipeline.stages.evaluate", *POOLED_HEADS],
+    "evaluate-heads": ["pipeline.stages.evaluate", *POOLED_HEADS],
+    "finetune": ["pipeline.stages.train", "pipeline.heads.finetune"],
+    "evaluate-finetune": ["pipeline.stages.evaluate", "pipeline.heads.finetune"],
+    "leakage": ["pipeline.stages.leakage"],
+    "seeds": ["pipeline.stages.seeds", *POOLED_HEADS, "pipeline.heads.finetune"],
+    "compare": ["pipeline.stages.compare"],
+    "mistakes": ["pipeline.stages.mistakes"],
+    "curves": ["pipeline.stages.curves", *POOLED_HEADS],
+    "weights-backbone": ["pipeline.stages.weights"],
+    "extract-backbone": ["pipeline.stages.extract"],
+    "probe-backbone": ["pipeline.stages.probe", *POOLED_HEADS],
+    "curves-backbone": ["pipeline.stages.curves", *POOLED_HEADS],
+    "compare-backbones": ["pipeline.stages.compare_backbones"],
+}
+DVC_YAML = ROOT / "dvc.yaml"
+_STAGE = re.compile(r"^  ([A-Za-z0-9_-]+):\s*$")
+_CODE_DEP = re.compile(r"^(\s+)- pipeline/\S+\s*$")
+
+
+def code_deps(stage: str) -> list[str]:
+    """The files of the pipeline modules ``stage`` runs, sorted."""
+    return sorted(files(closure(*CODE[stage])))
+
+
+def derived(text: str) -> str:
+    """``text`` (dvc.yaml) with each stage's run of ``- pipeline/...`` deps replaced by :func:`code_deps`."""
+    out, stage, lines, i = [], None, text.splitlines(keepends=True), 0
+    while i < len(lines):
+        line = lines[i]
+        if m := _STAGE.match(line):
+            stage = m.group(1)
+        if (m := _CODE_DEP.match(line)) and stage in CODE:
+            while i < len(lines) and _CODE_DEP.match(lines[i]):
+                i += 1
+            out += [f"{m.group(1)}- {path}\n" for path in code_deps(stage)]
+            continue
+        out.append(line)
+        i += 1
+    return "".join(out)
+
+
+def main() -> int:
+    text = DVC_YAML.read_text()
+    new = derived(text)
+    if new != text:
+        DVC_YAML.write_text(new)
+        print("dvc.yaml: code deps rewritten from the import graph")
+    else:
+        print("dvc.yaml: code deps already current")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
