@@ -509,6 +509,15 @@ class Params(_Section):
     """Other backbones compared with the main one, each in its own pooled cache."""
 
     @model_validator(mode="after")
+    def _head_names_are_unique(self) -> Params:
+        both = sorted(set(self.heads) & set(self.finetune))
+        if both or "head" in self.heads or "head" in self.finetune:
+            clash = both or ["head"]
+            raise ValueError(f"heads and finetune: the name(s) {clash} are used twice; every trained head needs its "
+                             "own name (the main head is 'head'), since each has one row in dvc metrics show")
+        return self
+
+    @model_validator(mode="after")
     def _finetune_needs_a_cut(self) -> Params:
         if self.finetune and self.backbone.cut is None:
             raise ValueError(f"finetune: {sorted(self.finetune)} need a cut cache: set backbone.cut to a layer of "

@@ -624,18 +624,14 @@ def plot(points: list[Point], path: str | Path, title: str) -> None:
 
 def write_outputs(fits: list[Fit], points: list[Point], curves: CurvesParams, seed: int, stem: str | Path,
                   draws_path: str | Path, title: str) -> dict:
-    """<stem>.md, .png, .json (headline), .csv (mean top-1 per k, one column per head: the DVC plot) and
-    the every-fit table ``draws_path``."""
+    """<stem>.md, .png, .json (headline), .csv (one row per head and k: mean top-1 and its interval, the
+    DVC plot) and the every-fit table ``draws_path``."""
     stem = Path(stem)
     summary = headline(points, curves.targets)
-    heads = list(dict.fromkeys(p.head for p in points))
     with atomic_path(stem.with_suffix(".csv")) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["k", "shots", *heads])
-        for shots in dict.fromkeys(p.shots for p in points):
-            row = {p.head: p for p in points if p.shots == shots}
-            k = next(iter(row.values())).k
-            writer.writerow([round(k, 2), shots, *(_cell(row[h].mean) if h in row else "" for h in heads)])
+        writer.writerow(["head", "k", "shots", "top1", "low", "high"])
+        writer.writerows([p.head, round(p.k, 2), p.shots, _cell(p.mean), _cell(p.low), _cell(p.high)] for p in points)
     with atomic_path(draws_path) as tmp, open(tmp, "w", newline="") as f:
         names = list(asdict(fits[0])) if fits else []
         writer = csv.DictWriter(f, fieldnames=names)

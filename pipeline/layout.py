@@ -68,7 +68,21 @@ def head_name(key: str) -> str:
 
 
 METRICS = "metrics.json"
-"""In each evaluation folder, beside confusion.png, reliability.png, test_predictions.csv, ..."""
+"""In each evaluation folder, beside confusion.png, reliability.png, test_predictions.csv, ...: every figure
+of the head (intervals, counts, per split), read by compare and the report."""
+SUMMARY = EVALUATION / "summary"
+"""One small file per trained head (its test top-1 and interval, val top-1, ECE). The main head always
+writes one, so this folder always exists: compare and mistakes depend on it, not on the optional
+heads/ and finetune/ folders."""
+TOP1 = EVALUATION / "top1.json"
+"""The DVC metric (written by compare): the test top-1 of every trained head, keyed by its name, so that
+``dvc metrics show`` is one line and ``dvc exp show`` has one short column per head."""
+
+
+def summary_file(key: str) -> Path:
+    """The summary of configuration ``key``: evaluation/summary/<name>.json (``head`` for the main head;
+    names are unique across heads: and finetune:)."""
+    return SUMMARY / f"{head_name(key)}.json"
 TEST_PREDICTIONS = "test_predictions.csv"
 """In each evaluation folder: one row per test image: id, actual, predicted, confidence."""
 
@@ -91,7 +105,9 @@ def mistakes_files() -> dict[str, Path]:
 
 BACKBONES = EVALUATION / "backbones"
 """The backbone comparison: one folder per compared backbone (:func:`compared_dir`), and, as a stem, beside
-it the table (backbones.md), the chart (backbones.png) and the rank agreements (backbones.json, a DVC metric)."""
+it the table (backbones.md), the chart (backbones.png) and the rank agreements (backbones.json)."""
+BACKBONES_PLAN = BACKBONES / "plan.json"
+"""What is compared (stage plan-backbones): written even when nothing is, so the folder always exists."""
 
 
 def compared_features(name: str) -> Path:

@@ -25,7 +25,7 @@ import numpy as np
 
 from pipeline import layout
 from pipeline.errors import PipelineError
-from pipeline.fileutil import atomic_files
+from pipeline.fileutil import atomic_files, sha256_json
 from pipeline.sources import Splits, open_source
 
 THUMBNAIL = 128
@@ -73,6 +73,11 @@ class HeadMistakes:
     n_wrong: int
     worst: list[Prediction]
     confusions: list[Confusion]
+
+    def fingerprint(self, *settings) -> str:
+        """What this head's pictures are drawn from (its mistakes, ``settings``): equal fingerprints, equal
+        pictures, so a head whose predictions did not change is not drawn again."""
+        return sha256_json([asdict(self), *settings])
 
 
 def read_predictions(path: str | Path) -> list[Prediction]:
@@ -138,9 +143,11 @@ def head_mistakes(role: str, config: str, evaluation_dir: str | Path, classes: l
 def load_thumbnails(splits: Splits, ids: set[str], size: int = THUMBNAIL) -> dict[str, np.ndarray]:
     """The test images ``ids`` as uint8 arrays (H, W, 3), at most ``size`` pixels on a side, read from the
     source of ``splits`` in one pass (in the source's order)."""
-    from PIL import Image
+    import io
 
-    from pipeline.images import read_rgb
+    from PIL import Image, ImageOps
+
+    from pipeline.images import _to_8_bits
 
     keys = splits.splits["test"].keys
     missing = sorted(ids - set(keys))
@@ -150,7 +157,12 @@ def load_thumbnails(splits: Splits, ids: set[str], size: int = THUMBNAIL) -> dic
     position = {k: i for i, k in enumerate(keys)}
     out = {}
     for key, raw in open_source(splits.source).stream(sorted(ids, key=position.__getitem__)):
-        image = Image.fromarray(read_rgb(raw).permute(1, 2, 0).numpy())
+        if isinstance(raw, Exception):  # the source could not read the file
+            raise raw
+        image = Image.open(io.BytesIO(raw))
+        image.draft("RGB", (size, size))  # a JPEG decodes at the smallest scale that still covers the thumbnail
+        image = ImageOps.exif_transpose(image)
+        image = _to_8_bits(image).convert("RGB")
         image.thumbnail((size, size))
         out[key] = np.asarray(image)
     return out
@@ -251,16 +263,33 @@ def report_markdown(heads: list[HeadMistakes], files: dict[str, Path]) -> str:
 
 
 def write_report(heads: list[HeadMistakes], images: dict[str, np.ndarray], columns: int, examples: int,
-                 files: dict[str, Path] | None = None) -> dict[str, Path]:
+                 files: dict[str, Path] | None = None, fingerprints: dict[str, str] | None = None,
+                 keep: set[str] = frozenset()) -> dict[str, Path]:
     """Write the figures of each head, mistakes.md and mistakes.json, all of them or none (``files``: the
-    outputs by name, default :func:`pipeline.layout.mistakes_files`; all in one folder)."""
+    outputs by name, default :func:`pipeline.layout.mistakes_files`; all in one folder). The roles in
+    ``keep`` keep the figures they have (drawn from the same fingerprint); ``fingerprints`` by role are
+    recorded in mistakes.json."""
     files = files or layout.mistakes_files()
+    fingerprints = fingerprints or {}
     (folder,) = {p.parent for p in files.values()}
     with atomic_files(folder) as staging:
         for m in heads:
-            plot_worst(m, images, columns, staging / files[f"{m.role}_worst"].name)
-            plot_confusions(m, images, examples, staging / files[f"{m.role}_confused"].name)
+            if m.role not in keep:
+                plot_worst(m, images, columns, staging / files[f"{m.role}_worst"].name)
+                plot_confusions(m, images, examples, staging / files[f"{m.role}_confused"].name)
         (staging / files["report"].name).write_text(report_markdown(heads, files))
-        data = {m.role: asdict(m) for m in heads}
+        data = {m.role: asdict(m) | {"fingerprint": fingerprints.get(m.role)} for m in heads}
         (staging / files["data"].name).write_text(json.dumps(data, indent=1) + "\n")
     return files
+
+
+def drawn_before(files: dict[str, Path], fingerprints: dict[str, str]) -> set[str]:
+    """The roles whose figures on disk were drawn from these ``fingerprints`` (mistakes.json says so and
+    both figures exist): they need not be drawn again."""
+    try:
+        previous = json.loads(files["data"].read_text())
+    except (OSError, ValueError):
+        return set()
+    return {role for role, fp in fingerprints.items()
+            if isinstance(previous.get(role), dict) and previous[role].get("fingerprint") == fp
+            and files[f"{role}_worst"].exists() and files[f"{role}_confused"].exists()}

@@ -39,6 +39,7 @@ CODE = {  # stage -> the modules it runs: its entry point, and the head implemen
     "extract-backbone": ["pipeline.stages.extract"],
     "probe-backbone": ["pipeline.stages.probe", *POOLED_HEADS],
     "curves-backbone": ["pipeline.stages.curves", *POOLED_HEADS],
+    "plan-backbones": ["pipeline.stages.compare_backbones"],
     "compare-backbones": ["pipeline.stages.compare_backbones"],
 }
 DVC_YAML = ROOT / "dvc.yaml"

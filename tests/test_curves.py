@@ -264,10 +264,12 @@ def test_the_stage_writes_the_table_the_plots_and_the_headline(cache, tmp_path, 
     table = (tmp_path / "curves.md").read_text()
     assert "95% t-interval of the mean over the draws" in table and "5-fold stratified cross-validation" in table
     assert "| logistic | 10 | 3 | 40 |" in table and "CV" in table and "configured (C = 0.001)" in table
-    lines = (tmp_path / "curves.csv").read_text().splitlines()
-    assert lines[0] == "k,shots,logistic,ridge,nearest_centroid,knn"
-    assert [line.split(",")[1] for line in lines[1:]] == ["1", "2", "5", "10", "all"]
-    assert lines[-1].startswith("30.0,all,")
+    rows = list(csv.DictReader(open(tmp_path / "curves.csv", newline="")))  # long: one row per head and k
+    assert list(rows[0]) == ["head", "k", "shots", "top1", "low", "high"]
+    assert [r["head"] for r in rows] == [h for h in ("logistic", "ridge", "nearest_centroid", "knn") for _ in range(5)]
+    assert [r["shots"] for r in rows[:5]] == ["1", "2", "5", "10", "all"]
+    assert rows[4]["k"] == "30.0" and rows[4]["low"] == rows[4]["high"] == ""  # k = all: one draw, no interval
+    assert all(float(r["low"]) <= float(r["top1"]) <= float(r["high"]) for r in rows if r["shots"] != "all")
     draws = (tmp_path / "draws.csv").read_text().splitlines()
     assert len(draws) == 1 + 4 * (4 * 3 + 1)
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"

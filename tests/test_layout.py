@@ -1,6 +1,8 @@
 """dvc.yaml and the code state the same things: the paths of pipeline/layout.py, and for each stage the
 code it runs (every pipeline module its entry point imports, read from the source) as its deps."""
 
+import json
+
 import pytest
 import yaml
 
@@ -58,25 +60,30 @@ def test_dvc_yaml_uses_the_paths_of_the_layout(stages):
     assert outs("extract") == [layout.FEATURES["pooled"].as_posix(), layout.FEATURES["cut"].as_posix()]
     for stage, key in [("train", "head"), ("train-heads", f"heads.{KEY}"), ("finetune", f"finetune.{KEY}")]:
         live = layout.live_dir(key)
-        assert paths(stages[stage]["outs"]) == [layout.head_file(key).as_posix()], stage
-        assert paths(stages[stage]["metrics"]) == [(live / layout.LIVE_METRICS).as_posix()], stage
+        assert paths(stages[stage]["outs"]) == [layout.head_file(key).as_posix(), (live / layout.LIVE_METRICS).as_posix()]
+        assert "metrics" not in stages[stage], stage  # the training log is not a row of dvc metrics show
         assert paths(stages[stage]["plots"]) == [(live / layout.LIVE_PLOTS).as_posix()], stage
+        assert stages[stage]["plots"][0][(live / layout.LIVE_PLOTS).as_posix()]["title"], stage
         assert stages[stage]["cmd"].endswith(f"--config {key}"), stage
         features = layout.FEATURES["cut" if stage == "finetune" else "pooled"].as_posix()
         assert {features, layout.SPLITS.as_posix()} <= set(paths(stages[stage]["deps"])), stage
     for stage, key in [("evaluate", "head"), ("evaluate-heads", f"heads.{KEY}"), ("evaluate-finetune", f"finetune.{KEY}")]:
         folder = layout.evaluation_dir(key).as_posix()
-        assert paths(stages[stage]["metrics"]) == [f"{folder}/{layout.METRICS}"], stage
-        assert paths(stages[stage]["outs"]) == [f"{folder}/confusion.png", f"{folder}/reliability.png"], stage
+        assert "metrics" not in stages[stage], stage  # compare writes the one DVC metric, every head's top-1
+        assert paths(stages[stage]["outs"]) == [f"{folder}/confusion.png", f"{folder}/reliability.png",
+                                                f"{folder}/{layout.METRICS}", layout.summary_file(key).as_posix()], stage
+        assert all(next(iter(p.values()))["title"] for p in stages[stage]["plots"]), stage
         assert paths(stages[stage]["plots"]) == [f"{folder}/test_predictions.csv", f"{folder}/per_class.csv"], stage
         assert layout.head_file(key).as_posix() in paths(stages[stage]["deps"]), stage
         assert stages[stage]["cmd"].endswith(f"--config {key}"), stage
-    assert outs("compare") == [f"{layout.COMPARISON}.md", f"{layout.COMPARISON}.png"]
-    evaluated = {(layout.evaluation_dir("head") / layout.METRICS).as_posix(), layout.evaluation_dir("heads.x").parent.as_posix(),
-                 layout.evaluation_dir("finetune.x").parent.as_posix()}
+    assert outs("compare") == [f"{layout.COMPARISON}.md", f"{layout.COMPARISON}.png", layout.TOP1.as_posix()]
+    metrics = [name for name, stage in stages.items() if "metrics" in stage]
+    assert metrics == ["compare"] and paths(stages["compare"]["metrics"]) == [layout.TOP1.as_posix()]
+    evaluated = {(layout.evaluation_dir("head") / layout.METRICS).as_posix(), layout.SUMMARY.as_posix()}
     assert evaluated <= set(paths(stages["compare"]["deps"]))
-    for folder in ("heads", "finetune"):  # compare's folder deps exist with no compared head at all
-        assert (ROOT / layout.EVALUATION / folder / ".gitkeep").exists()
+    # a folder dep is one some stage always writes into: the summary folder (the main head's), not heads/ or finetune/
+    assert not {layout.evaluation_dir("heads.x").parent.as_posix(), layout.evaluation_dir("finetune.x").parent.as_posix()} & (
+        set(paths(stages["compare"]["deps"])) | set(paths(stages["mistakes"]["deps"])))
     assert outs("mistakes") == [p.as_posix() for p in layout.mistakes_files().values()]
     mistakes_deps = set(paths(stages["mistakes"]["deps"]))
     assert evaluated | {(layout.evaluation_dir("head") / layout.TEST_PREDICTIONS).as_posix(), layout.SPLITS.as_posix(),
@@ -84,20 +91,18 @@ def test_dvc_yaml_uses_the_paths_of_the_layout(stages):
     assert not {p for p in mistakes_deps if p.startswith(("data/", "models/"))} - {layout.SPLITS.as_posix()}  # no cache
     assert stages["mistakes"]["params"] == ["mistakes", "heads", "finetune"]
     leakage = [layout.LEAKAGE_PAIRS.as_posix(), layout.LEAKAGE_PICTURE.as_posix()]
-    assert paths(stages["leakage"]["outs"]) == leakage
-    assert paths(stages["leakage"]["metrics"]) == [layout.LEAKAGE_SUMMARY.as_posix()]
+    assert paths(stages["leakage"]["outs"]) == leakage + [layout.LEAKAGE_SUMMARY.as_posix()]
     assert {layout.FEATURES["pooled"].as_posix(), layout.SPLITS.as_posix(), "${data.source}"} <= set(
         paths(stages["leakage"]["deps"]))
     assert layout.LEAKAGE_PAIRS.as_posix() in paths(stages["compare"]["deps"])
     seeds = layout.SEEDS.as_posix()
-    assert paths(stages["seeds"]["outs"]) == [f"{seeds}.md"] and paths(stages["seeds"]["metrics"]) == [f"{seeds}.json"]
+    assert paths(stages["seeds"]["outs"]) == [f"{seeds}.md", f"{seeds}.json"]
     assert f"{seeds}.json" in paths(stages["compare"]["deps"])
     assert {p for p in paths(stages["seeds"]["deps"]) if p.startswith(("data/", "models/"))} == {
         *(f.as_posix() for f in layout.FEATURES.values()), layout.SPLITS.as_posix()}  # the caches only: no images
     curves = layout.CURVES.as_posix()
     assert paths(stages["curves"]["outs"]) == [f"{curves}.md", f"{curves}.png", f"{curves}.csv",
-                                               layout.CURVE_DRAWS.as_posix()]
-    assert paths(stages["curves"]["metrics"]) == [f"{curves}.json"]
+                                               layout.CURVE_DRAWS.as_posix(), f"{curves}.json"]
     assert {layout.FEATURES["pooled"].as_posix(), layout.SPLITS.as_posix()} <= set(paths(stages["curves"]["deps"]))
     assert not {p for p in paths(stages["curves"]["deps"]) if p.startswith(("data/", "models/"))} - {
         layout.FEATURES["pooled"].as_posix(), layout.SPLITS.as_posix()}  # the cache only: no images, no cut cache
@@ -105,12 +110,12 @@ def test_dvc_yaml_uses_the_paths_of_the_layout(stages):
     compared, folder = layout.compared_features(ITEM).as_posix(), layout.compared_dir(ITEM)
     assert outs("weights-backbone") == [layout.compared_weights(ITEM).as_posix()]
     assert outs("extract-backbone") == [compared, (folder / layout.COMPARED_EXTRACTION).as_posix()]
+    assert outs("plan-backbones") == [layout.BACKBONES_PLAN.as_posix()]  # the folder exists with nothing compared
     assert layout.compared_weights(ITEM).as_posix() in paths(stages["extract-backbone"]["deps"])
     assert outs("probe-backbone") == [(folder / layout.COMPARED_PROBE).as_posix()]
     assert {p for p in paths(stages["probe-backbone"]["deps"]) if p.startswith(("data/", "models/"))} == {
         compared, layout.SPLITS.as_posix()}  # its own cache only
     assert paths(stages["compare-backbones"]["deps"])[0] == layout.BACKBONES.as_posix()
-    assert (ROOT / layout.BACKBONES / ".gitkeep").exists()
     stem = layout.BACKBONES.as_posix()
     assert outs("compare-backbones") == [f"{stem}.md", f"{stem}.png", f"{stem}.json"]
     curve = (folder / layout.CURVES.name).as_posix()
@@ -124,7 +129,7 @@ def test_dvc_yaml_uses_the_paths_of_the_layout(stages):
 
 def test_curve_and_leakage_stage_params_and_plot_follow_the_config():
     """Changing curves.* re-runs only the curve stage (no other stage lists it), the curve stage lists no
-    head's params, and the DVC plot of the curve draws one line per head of curves.heads. leakage.* re-runs
+    head's params, and the DVC plot of the curve draws a line per head on a log k axis with its interval. leakage.* re-runs
     the leakage stage (and compare through its output), leakage.block_rows nothing."""
     dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     for name, stage in dvc["stages"].items():
@@ -136,7 +141,9 @@ def test_curve_and_leakage_stage_params_and_plot_follow_the_config():
         "leakage.threshold", "leakage.pixel_size", "leakage.pixel_tolerance"]  # block_rows: memory only
     assert not [name for name, stage in dvc["stages"].items() if name != "leakage"
                 and any(str(p).startswith("leakage") for p in stage.get("do", stage).get("params") or [])]
-    (plot,) = [p["learning-curve"] for p in dvc["plots"] if "learning-curve" in p]
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    assert plot["template"] == "linear" and plot["x"] == "k"
-    assert plot["y"] == {f"{layout.CURVES.as_posix()}.csv": list(params["curves"]["heads"])}
+    (plot,) = [p[f"{layout.CURVES.as_posix()}.csv"] for p in dvc["plots"] if f"{layout.CURVES.as_posix()}.csv" in p]
+    assert plot["template"] == "learning_curve" and (plot["x"], plot["y"]) == ("k", "top1") and plot["title"]
+    template = json.loads((ROOT / ".dvc" / "plots" / "learning_curve.json").read_text())
+    assert template["encoding"]["x"]["scale"] == {"type": "log"}  # k from 1 to thousands
+    assert template["encoding"]["color"]["field"] == "head"  # one colour per head, one column of curves.csv
+    assert [layer["mark"]["type"] for layer in template["layer"]] == ["errorband", "line"]

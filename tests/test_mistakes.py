@@ -152,6 +152,36 @@ def test_a_best_head_other_than_the_main_head_gets_its_own_pictures(evaluated, r
     assert files["best_worst"].read_bytes() != files["main_worst"].read_bytes()
 
 
+def test_only_a_head_whose_mistakes_changed_is_drawn_again(evaluated, tmp_path, capsys):
+    """A head swap changes the main head only: the best head's pictures stay as drawn (same bytes, same
+    file), the main head's are drawn again; a second run with nothing changed draws nothing."""
+    out, _, dirs = evaluated
+    copies = copy_evaluations(dirs, tmp_path / "evaluation")
+    metrics = json.loads((copies["heads.ridge"] / layout.METRICS).read_text())
+    metrics["test"]["top1"] = 1.0  # ridge is the best head throughout
+    (copies["heads.ridge"] / layout.METRICS).write_text(json.dumps(metrics))
+    files, settings = files_in(tmp_path / "report"), MistakesParams(grid_size=4, columns=3, examples_per_class=2)
+    mistakes.run(settings, out / "splits.json", copies, files)
+    drawn = {name: (path.stat().st_ino, path.read_bytes()) for name, path in files.items() if path.suffix == ".png"}
+    capsys.readouterr()
+    mistakes.run(settings, out / "splits.json", copies, files)
+    assert "mistakes of the best and main head unchanged: their pictures kept" in capsys.readouterr().out
+    assert {name: (files[name].stat().st_ino, files[name].read_bytes()) for name in drawn} == drawn
+    predictions = rows(copies["head"] / layout.TEST_PREDICTIONS)  # the main head now errs on one more image
+    right = next(r for r in predictions if r["actual"] == r["predicted"])
+    right["predicted"] = next(r["actual"] for r in predictions if r["actual"] != right["actual"])
+    with open(copies["head"] / layout.TEST_PREDICTIONS, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(predictions[0]))
+        writer.writeheader()
+        writer.writerows(predictions)
+    main, _ = mistakes.run(settings, out / "splits.json", copies, files)
+    assert "the best head unchanged" in capsys.readouterr().out
+    for name in ("best_worst", "best_confused"):
+        assert (files[name].stat().st_ino, files[name].read_bytes()) == drawn[name]  # not rewritten
+    assert files["main_confused"].stat().st_ino != drawn["main_confused"][0]  # drawn again
+    assert json.loads(files["data"].read_text())["main"]["n_wrong"] == main.n_wrong
+
+
 def test_predictions_of_an_older_evaluate_are_refused_with_what_to_do(evaluated, tmp_path):
     out, _, dirs = evaluated
     old = copy_evaluations(dirs, tmp_path / "evaluation")

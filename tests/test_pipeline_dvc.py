@@ -17,7 +17,7 @@ import yaml
 from tests.conftest import ROOT
 
 PROJECT_FILES = ["dvc.yaml", "params.yaml", "pyproject.toml", "pipeline", "data/cifar10-jpeg.tar.gz", ".dvc/config",
-                 ".dvcignore", ".gitignore", "evaluation/heads/.gitkeep", "evaluation/finetune/.gitkeep", "evaluation/backbones/.gitkeep", "plots"]
+                 ".dvc/plots", ".dvcignore", ".gitignore", "plots"]
 
 
 def sh(cmd: list[str], cwd: Path, env: dict) -> str:
@@ -34,6 +34,14 @@ def ran(output: str) -> set[str]:
     """The stages a dvc repro / exp run ran (the weights stages always run: they hash the checkpoints)."""
     stages = {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
     return {s for s in stages if s != "weights" and not s.startswith("weights-backbone@")}
+
+
+def readme_exp_show() -> list[str]:
+    """The experiment-comparison command the README gives (``dvc exp show ...``), as arguments."""
+    import shlex
+
+    (line,) = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("dvc exp show")]
+    return shlex.split(line.split("  #")[0])
 
 
 def sha256(path: Path) -> str:
@@ -86,7 +94,8 @@ def test_dvc_repro_then_each_change_reruns_only_what_it_touches(tmp_path):
     out = dvc(repo, env, "repro")
     assert ran(out) == {"prepare", "extract", "train", "evaluate", "train-heads@ridge", "train-heads@knn",
                         "evaluate-heads@ridge", "evaluate-heads@knn", "finetune@top",
-                        "evaluate-finetune@top", "leakage", "seeds", "compare", "mistakes", "curves", "compare-backbones"}
+                        "evaluate-finetune@top", "leakage", "seeds", "compare", "mistakes", "curves", "plan-backbones",
+                        "compare-backbones"}
     order = [line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")]
     # results early: the main head's metrics come right after the one extraction pass, before the other heads
     assert order[order.index("extract") + 1 : order.index("extract") + 3] == ["train", "evaluate"]
@@ -100,9 +109,14 @@ def test_dvc_repro_then_each_change_reruns_only_what_it_touches(tmp_path):
     assert (repo / "evaluation" / "confusion.png").stat().st_size > 0
     shown = json.loads(dvc(repo, env, "metrics", "show", "--json"))
     files = next(iter(shown.values()))["data"]  # keyed by revision ("" for the workspace)
-    assert {"evaluation/metrics.json", "evaluation/heads/ridge/metrics.json", "evaluation/heads/knn/metrics.json",
-            "evaluation/finetune/top/metrics.json", "evaluation/curves.json", "evaluation/live/head/metrics.json",
-            "evaluation/live/finetune/top/metrics.json", "evaluation/leakage/summary.json"} <= set(files)
+    # one file: the test top-1 of every trained head; everything else is in files the report reads
+    assert set(files) == {"evaluation/top1.json"}
+    assert files["evaluation/top1.json"]["data"] == {
+        name: round(json.loads((repo / "evaluation" / "summary" / f"{name}.json").read_text())["test_top1"], 4)
+        for name in ("head", "knn", "ridge", "top")}
+    assert files["evaluation/top1.json"]["data"]["head"] == round(metrics["test"]["top1"], 4)
+    table = dvc(repo, {**env, "COLUMNS": "400"}, "metrics", "show")
+    assert max(map(len, table.splitlines())) <= 120, table  # read at a glance in a 120-column terminal
     leakage = json.loads((repo / "evaluation" / "leakage" / "summary.json").read_text())
     assert leakage["pairs"]["test-train"]["searched"] == 60 and leakage["pairs"]["val-train"]["searched"] == 10
     assert (repo / "evaluation" / "leakage" / "pairs.png").stat().st_size > 0
@@ -126,6 +140,16 @@ def test_dvc_repro_then_each_change_reruns_only_what_it_touches(tmp_path):
     # another main head: only its train and evaluate, seeds (it may repeat the main head), compare and mistakes
     assert after("head.kind=ridge") == {"train", "evaluate", "seeds", "compare", "mistakes"}
     assert json.loads((repo / "evaluation" / "metrics.json").read_text())["head"] == "ridge"
+    # two experiments, then the README's comparison command: one row per experiment, within 200 columns, with
+    # the params each changed and the test top-1 of every head
+    assert after("finetune.top.epochs=2") == {"finetune@top", "evaluate-finetune@top", "seeds", "compare", "mistakes"}
+    shown = dvc(repo, {**env, "COLUMNS": "400"}, *readme_exp_show()[1:], "--no-pager")
+    lines = shown.splitlines()
+    assert max(map(len, lines)) <= 200, shown
+    header = lines[1].split()
+    assert {"head", "ridge", "knn", "top", "head.kind", "finetune.top.epochs"} <= set(header), header
+    assert not [h for h in header if "/" in h or h in ("rev", "typ", "parent")], header
+    assert {"logistic", "ridge"} <= set(shown.split()) and {"1", "2"} <= set(shown.split())  # the values
     assert lock_entry(repo, "train")["params"]["params.yaml"]["head.kind"] == "ridge"
     # a setting of a kind the main head does not use: nothing of the main head
     assert after("head.knn.k=5") == set()
@@ -165,9 +189,10 @@ def test_dvc_repro_then_each_change_reruns_only_what_it_touches(tmp_path):
     # removing one recomputes nothing
     extract_lock = lock_entry(repo, "extract")  # after the new cut above
     assert after("backbones.compare=[small]") == {"extract-backbone@small", "probe-backbone@small", "curves-backbone@small",
-                                                  "compare-backbones"}
+                                                  "plan-backbones", "compare-backbones"}
     added = dvc(repo, env, "exp", "run", "-S", "backbones.compare=[small,floor]")
-    assert ran(added) == {"extract-backbone@floor", "probe-backbone@floor", "curves-backbone@floor", "compare-backbones"}
+    assert ran(added) == {"extract-backbone@floor", "probe-backbone@floor", "curves-backbone@floor", "plan-backbones",
+                          "compare-backbones"}
     assert "Running stage 'weights-backbone@floor'" in added
     small_cache = repo / "data" / "features" / "backbones" / "small.h5"
     small_digest = sha256(small_cache)
@@ -175,16 +200,16 @@ def test_dvc_repro_then_each_change_reruns_only_what_it_touches(tmp_path):
     assert "| small | efficientnet_lite0 (DEFAULT) |" in table and "| floor | efficientnet_lite0 (random init) |" in table
     agreement = json.loads((repo / "evaluation" / "backbones.json").read_text())["agreement"]
     assert set(agreement) == {"logme", "knn val top-1"} and -1 <= agreement["logme"]["kendall_tau"] <= 1
-    shown = next(iter(json.loads(dvc(repo, env, "metrics", "show", "--json")).values()))["data"]
-    assert {"evaluation/backbones.json", "evaluation/backbones/small/probe.json",
-            "evaluation/backbones/floor/extract.json"} <= set(shown)  # every backbone x head, and its cost
+    assert json.loads((repo / "evaluation" / "backbones" / "small" / "probe.json").read_text())["heads"]  # every head
+    assert json.loads((repo / "evaluation" / "backbones" / "floor" / "extract.json").read_text())  # and its cost
     probes = {"probe-backbone@small", "probe-backbone@floor"}
     assert probes <= after("+backbones.heads.knn.knn.k=3") <= probes | {"compare-backbones"}  # + adds a key
     curves = {"curves", "curves-backbone@small", "curves-backbone@floor"}  # a curve setting: every curve, no probe
     assert curves <= after("curves.draws=3") <= curves | {"compare-backbones"}
-    assert after("backbones.compare=[floor]") == {"compare-backbones"}
+    assert after("backbones.compare=[floor]") == {"plan-backbones", "compare-backbones"}
     # listed again: its cache comes back from DVC's run cache, nothing of it is computed
-    assert after("backbones.compare=[floor,small]") <= {"probe-backbone@small", "curves-backbone@small", "compare-backbones"}
+    assert after("backbones.compare=[floor,small]") <= {"probe-backbone@small", "curves-backbone@small", "plan-backbones",
+                                                        "compare-backbones"}
     assert sha256(small_cache) == small_digest and lock_entry(repo, "extract") == extract_lock
 
 

@@ -5,7 +5,7 @@ McNemar test on their test predictions (the test_predictions.csv beside each met
 test top-1 of every head stands its top-1 on the test images that have no confirmed near-copy in the
 images heads are fitted on (train, val), read from the ids of the leakage stage's pairs.csv.
 A head that the seeds stage refit with several seeds shows their mean and standard deviation beside its
-own figure.
+own figure. Also writes evaluation/top1.json, the DVC metric: every head's test top-1 by name.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 
 from pipeline import layout
 from pipeline.config import Params
-from pipeline.fileutil import atomic_files
+from pipeline.fileutil import atomic_files, write_json
 from pipeline.errors import PipelineError
 from pipeline.leakage import near_copies, read_pairs
 from pipeline.metrics import comparison_table, mcnemar_exact, plot_comparison, wilson_interval
@@ -75,6 +75,8 @@ def run(metrics_paths: list[str | Path], out_stem: str | Path, pairs_path: str |
     with atomic_files(out_stem.parent) as staging:
         (staging / f"{out_stem.name}.md").write_text(table)
         plot_comparison(rows, staging / f"{out_stem.name}.png")
+        write_json(staging / layout.TOP1.name, {row["name"]: round(row["test"]["top1"], 4)
+                                                 for row in sorted(rows, key=lambda r: r["name"])})
     print(table)
     return rows
 

@@ -8,6 +8,10 @@ curve of the first curve head per backbone), ``evaluation/backbones.png`` (test 
 cost, against LogME, and against labels per class) and ``evaluation/backbones.json`` (a DVC metric:
 Kendall's tau between each estimate's ranking of the backbones and the reference head's). With no
 backbone compared it writes a table saying so.
+
+``--plan`` (stage plan-backbones) writes only ``evaluation/backbones/plan.json``: the names compared and
+the reference head. It keeps evaluation/backbones/ a folder some stage always writes, so that this stage's
+folder dependency exists even with no backbone compared (after ``rm -rf evaluation`` too).
 """
 
 from __future__ import annotations
@@ -42,9 +46,8 @@ def read_rows(names: list[str], folder: str | Path) -> list[dict]:
 
 
 def curve_head(rows: list[dict]) -> str | None:
-    """The head whose learning curves are compared: the first of curves.heads (a column of curves.csv)."""
-    columns = list(rows[0]["curve"][0]) if rows and rows[0]["curve"] else []
-    return columns[2] if len(columns) > 2 else None
+    """The head whose learning curves are compared: the first of curves.heads (the first head of curves.csv)."""
+    return rows[0]["curve"][0]["head"] if rows and rows[0]["curve"] else None
 
 
 def estimates(rows: list[dict], reference: str) -> dict[str, dict[str, float]]:
@@ -114,7 +117,7 @@ def table(rows: list[dict], reference: str, taus: dict) -> str:
                   "at your labelling budget.", "",
                   "| backbone | " + " | ".join(f"k = {k}" for k in shots) + " |", "| --- |" + " ---: |" * len(shots)]
         for r in rows:
-            at = {p["shots"]: p[head] for p in r["curve"]}
+            at = {p["shots"]: p["top1"] for p in r["curve"] if p["head"] == head}
             lines.append(f"| {r['name']} | " + " | ".join(_pct(float(at[k])) if at.get(k) else "-" for k in shots) + " |")
     return "\n".join(lines) + "\n"
 
@@ -144,7 +147,7 @@ def plot(rows: list[dict], reference: str, path: str | Path) -> None:
     axes[1].set_title("accuracy against the estimate", fontsize=10)
     head = curve_head(rows)
     for r in rows if head else []:
-        points = [(float(p["k"]), float(p[head])) for p in r["curve"] if p.get(head)]
+        points = [(float(p["k"]), float(p["top1"])) for p in r["curve"] if p["head"] == head]
         axes[2].plot(*zip(*points), marker="o", markersize=3, label=r["name"])
     axes[2].set_xscale("log")
     axes[2].set_xlabel("labelled training images per class (k)")
@@ -173,10 +176,16 @@ def run(names: list[str], reference: str, folder: str | Path, out_stem: str | Pa
 def main(argv: list[str] | None = None) -> int:
     from pipeline.stages._cli import parser, run_stage
 
-    args = parser(__doc__).parse_args(argv)
+    cli = parser(__doc__)
+    cli.add_argument("--plan", action="store_true", help="write only evaluation/backbones/plan.json")
+    args = cli.parse_args(argv)
 
-    def stage(params: Params, _) -> dict:
+    def stage(params: Params, a) -> dict:
         b = params.backbones
+        if a.plan:
+            plan = {"compare": b.compare, "reference": b.reference}
+            write_json(layout.BACKBONES_PLAN, plan)
+            return plan
         return run(b.compare, b.reference, layout.BACKBONES, layout.BACKBONES)
 
     return run_stage(args, stage)

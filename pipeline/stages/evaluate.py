@@ -1,10 +1,10 @@
 """Stage evaluate (head side): metrics and plots of one trained head on the val and test splits.
 
-Writes, as one set (all of them or none): metrics.json (the few figures a user compares, each split's
-saying which images it was measured on), details.json (per-class accuracy, confusion matrices),
+Writes, as one set (all of them or none): metrics.json (every figure of the head, each split's saying
+which images it was measured on), details.json (per-class accuracy, confusion matrices),
 test_predictions.csv (id, actual, predicted, confidence: the DVC confusion plot, what compare pairs
 heads on and what the mistakes stage pictures), per_class.csv (a DVC plot), confusion.png,
-reliability.png, and sweep.json for a swept head. No figure is measured on images the head was fitted
+reliability.png, and sweep.json for a swept head; then evaluation/summary/<name>.json (:func:`summary`). No figure is measured on images the head was fitted
 on: a swept head, refit on train + val, reports the sweep's held-out val figure instead.
 
 Probabilities are the head's own (:meth:`~pipeline.heads.base.Head.probabilities`): for a calibrated head,
@@ -45,7 +45,20 @@ def scores_by_split(head, store: FeatureStore) -> dict[str, tuple[np.ndarray, np
     return out
 
 
-def run(features_path: str | Path, head_path: str | Path, out_dir: str | Path, name: str = "head") -> dict:
+def summary(results: dict) -> dict:
+    """The few figures of a head: the test ECE (calibrated when the head is), test top-1 and its 95%
+    Wilson interval, and the held-out val top-1 (the sweep's for a swept head)."""
+    test, val = results["test"], results.get("val", {})
+    out = {"test_ece": round(test["ece"], 4), "test_top1": round(test["top1"], 4)}
+    if "top1_low" in test:
+        out["test_top1_95ci"] = f"{test['top1_low']:.3f}-{test['top1_high']:.3f}"
+    if "top1" in val:
+        out["val_top1"] = round(val["top1"], 4)
+    return out
+
+
+def run(features_path: str | Path, head_path: str | Path, out_dir: str | Path, name: str = "head",
+        summary_path: str | Path | None = None) -> dict:
     head, meta = load_head(head_path)
     with FeatureStore(features_path) as store:
         store.check_head(meta, head_path)
@@ -96,11 +109,13 @@ def run(features_path: str | Path, head_path: str | Path, out_dir: str | Path, n
         if calibrated:
             title += f"\ncalibrated: temperature {head.temperature:.3g}"
         plot_reliability(reliability["test"], staging / "reliability.png", title, before=uncalibrated.get("test"))
-    summary = ", ".join(f"{s} top-1 {results[s]['top1']:.4f}" for s in scores)
+    if summary_path is not None:
+        write_json(summary_path, summary(results))
+    said = ", ".join(f"{s} top-1 {results[s]['top1']:.4f}" for s in scores)
     ece = f"test ECE {results['test']['ece']:.4f}"
     if calibrated:
         ece += f" (uncalibrated {results['test']['ece_uncalibrated']:.4f}, temperature {head.temperature:.4g})"
-    print(f"evaluated {name} ({head.kind}): {summary}, {ece} -> {out_dir}")
+    print(f"evaluated {name} ({head.kind}): {said}, {ece} -> {out_dir}")
     return results
 
 
@@ -111,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def stage(params: Params, a) -> dict:
         features = layout.FEATURES[params.head_config(a.config).params.input]
-        return run(features, layout.head_file(a.config), layout.evaluation_dir(a.config), layout.head_name(a.config))
+        return run(features, layout.head_file(a.config), layout.evaluation_dir(a.config), layout.head_name(a.config),
+                   layout.summary_file(a.config))
 
     return run_stage(args, stage)
 

@@ -5,6 +5,8 @@ head on a tie), the test_predictions.csv of the main and the best head, and the 
 the source in splits.json. Writes evaluation/mistakes/ as one set: for each of the two heads the grid of
 its most confident mistakes (<role>_worst.png) and each class's most confused class with examples
 (<role>_confused.png), and mistakes.md / mistakes.json listing them (see :mod:`pipeline.mistakes`).
+A head whose mistakes are the same as when its pictures were drawn (mistakes.json records a fingerprint;
+the pictures are persistent DVC outputs) is not drawn again: swapping the main head redraws only it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from pathlib import Path
 
 from pipeline import layout
 from pipeline.config import MistakesParams, Params
-from pipeline.mistakes import HeadMistakes, best_config, head_mistakes, load_thumbnails, write_report
+from pipeline.fileutil import sha256_file
+from pipeline.mistakes import HeadMistakes, best_config, drawn_before, head_mistakes, load_thumbnails, write_report
 from pipeline.sources import Splits
 
 
@@ -29,9 +32,15 @@ def run(settings: MistakesParams, splits_path: str | Path, evaluation_dirs: dict
     best = best_config(metrics)
     heads = [head_mistakes(role, key, dirs[key], splits.classes, settings.grid_size, settings.examples_per_class)
              for role, key in zip(layout.MISTAKE_ROLES, ("head", best))]
-    shown = {p.id for m in heads for p in [*m.worst, *(e for c in m.confusions for e in c.examples)]}
+    source = sha256_file(splits_path)  # the images behind the ids
+    fingerprints = {m.role: m.fingerprint(settings.columns, settings.examples_per_class, source) for m in heads}
+    files = files or layout.mistakes_files()
+    keep = drawn_before(files, fingerprints)
+    shown = {p.id for m in heads if m.role not in keep for p in [*m.worst, *(e for c in m.confusions for e in c.examples)]}
     images = load_thumbnails(splits, shown)
-    files = write_report(heads, images, settings.columns, settings.examples_per_class, files)
+    files = write_report(heads, images, settings.columns, settings.examples_per_class, files, fingerprints, keep)
+    if keep:
+        print(f"mistakes of the {' and '.join(sorted(keep))} head unchanged: their pictures kept")
     for m in heads:
         print(f"{m.role} head {m.name} ({m.kind}): {m.n_wrong} of {m.n_test} test images wrong; the most confident "
               f"mistake: {m.worst[0].actual} taken for {m.worst[0].predicted} at {m.worst[0].confidence:.3f}"
