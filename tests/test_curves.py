@@ -327,7 +327,7 @@ def plots_project(cache, tmp_path: Path) -> tuple[Path, dict]:
     plot files of a tiny run written by the real stages (main head, an mlp, the curve)."""
     out, params = cache
     repo = tmp_path / "project"
-    for name in ("dvc.yaml", "params.yaml", ".dvc/config", "plots"):
+    for name in ("dvc.yaml", "params.yaml", ".dvc/config", ".dvc/plots", "plots"):
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if (ROOT / name).is_dir() else shutil.copy2)(ROOT / name, repo / name)
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -360,10 +360,11 @@ def test_dvc_plots_show_renders_offline_in_headless_chromium(cache, tmp_path):
     assert "cdn.jsdelivr.net" not in html and "<script src=" not in html and "vega-embed" in html
     screenshot = Path(os.environ["PLOTS_SCREENSHOT"]) if os.environ.get("PLOTS_SCREENSHOT") else None
     drawn = charts(render(page, tmp_path / "profile", screenshot))
-    expected = {"evaluation_test_predictions_csv", "evaluation_heads_mlp_test_predictions_csv", "learning-curve",
-                "evaluation_live_heads_mlp_plots_metrics_train_loss_tsv", "evaluation_live_heads_mlp_plots_metrics_val_top1_tsv",
-                "evaluation_live_head_plots_metrics_train_seconds_tsv"}
+    expected = {"evaluation_test_predictions_csv", "evaluation_heads_mlp_test_predictions_csv", "evaluation_curves_csv",
+                "evaluation_live_heads_mlp_plots_metrics_train_loss_tsv", "evaluation_live_heads_mlp_plots_metrics_val_top1_tsv"}
     assert expected <= set(drawn), sorted(drawn)
+    assert not [name for name in drawn if name.startswith("evaluation_live_head_")]  # logistic: fitted in one go, no plot
+    assert not [name for name in drawn if name.endswith("seconds_tsv")]  # seconds: in metrics.json, not a plot
     assert all(drawn.values()), {k: v for k, v in drawn.items() if not v}
 
     default_page = tmp_path / "cdn.html"  # DVC's built-in page: its {scripts} are the CDN <script> tags
