@@ -235,7 +235,8 @@ def chosen_on_validation(rows: list[dict]) -> dict | None:
 def plot_comparison(rows: list[dict], path: str | Path, chosen: str | None = None) -> None:
     """Test top-1 of each head (rows best first) as a point with its 95% interval as whiskers, on an axis
     zoomed to the data; the head chosen on validation (``chosen``) marked; the figure without near-copies
-    beside each point when the rows have it; the legend under the axis, off the data."""
+    beside each point when the rows have it and some test image was left out; the legend under the axis, off
+    the data."""
     from matplotlib.ticker import PercentFormatter
 
     plt = pyplot()
@@ -251,7 +252,7 @@ def plot_comparison(rows: list[dict], path: str | Path, chosen: str | None = Non
     if chosen is not None:
         ax.scatter([], [], c="tab:red", s=36, label="chosen on validation")
     lowest = low.min()
-    if n and all("test_without_near_copies" in r for r in rows):
+    if n and all("test_without_near_copies" in r for r in rows) and rows[0]["test_without_near_copies"]["removed"]:
         clean = [r["test_without_near_copies"] for r in rows]
         ax.scatter([c["top1"] for c in clean], y - 0.28, marker="^", s=22, facecolors="none", edgecolors="0.3",
                    zorder=3, label=f"without the {clean[0]['removed']} test images with a near-copy")
