@@ -231,27 +231,38 @@ def test_a_tie_is_reported_as_a_tie(cifar_folder, caches, tmp_path):
     assert "no fine-tuned top is configured (`finetune:` is empty)" in labels
 
 
-def test_another_dataset_with_two_classes_and_no_other_head(tmp_path):
-    """Plain-colour images of two classes, one head, no fine-tuning, no cut: every section still answers."""
-    from pipeline.config import parse_params
-    from pipeline.stages import extract, prepare
-
+@pytest.fixture(scope="module")
+def plain_colours(tmp_path_factory) -> Path:
+    """Another dataset: noisy plain-colour images of two classes, 12 train and 6 test each."""
+    folder = tmp_path_factory.mktemp("plain") / "images"
     rng = np.random.default_rng(0)
     for split, n in (("train", 12), ("test", 6)):
         for cls, colour in (("sky", (70, 130, 220)), ("grass", (60, 170, 60))):
             for i in range(n):
                 pixels = np.clip(np.array(colour) + rng.normal(0, 40, (40, 48, 3)), 0, 255).astype(np.uint8)
-                path = tmp_path / "images" / split / cls / f"{i}.png"
+                path = folder / split / cls / f"{i}.png"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(pixels).save(path)
+    return folder
+
+
+def run_plain(folder: Path, tmp_path: Path, **raw) -> tuple[Path, dict]:
+    from pipeline.config import parse_params
+    from pipeline.stages import extract, prepare
+
     params = parse_params({
-        "data": {"source": str(tmp_path / "images"), "val_fraction": 0.25},
+        "data": {"source": str(folder), "val_fraction": 0.25},
         "backbone": {"name": "resnet18", "weights": None, "input_size": 64, "batch_size": 8, "cut": None},
-        "heads": {}, "finetune": {}, "curves": {"draws": 2}})
+        "heads": {}, "finetune": {}, "curves": {"draws": 2}, **raw})
     prepare.run(params, tmp_path / "splits.json")
     extract.run(params, tmp_path / "splits.json", tmp_path / "pooled.h5", tmp_path / "cut.h5", progress=False)
     ev = run_all(tmp_path, params, tmp_path / "pooled.h5", tmp_path / "cut.h5", tmp_path / "splits.json")
-    said = answers(ev)
+    return ev, answers(ev)
+
+
+def test_another_dataset_with_two_classes_and_no_other_head(plain_colours, tmp_path):
+    """Plain-colour images of two classes, one head, no fine-tuning, no cut: every section still answers."""
+    ev, said = run_plain(plain_colours, tmp_path)
     m = json.loads((ev / "metrics.json").read_text())
     assert said["Which head"] == (f"Only the main head is configured: **head** (logistic) scores {pct(m['test']['top1'])} on "
                                   f"the test set (95% interval {pct(m['test']['top1_low'])} to {pct(m['test']['top1_high'])}); "
@@ -262,6 +273,18 @@ def test_another_dataset_with_two_classes_and_no_other_head(tmp_path):
     assert (f"confuses grass and sky ({wrong} test images" in said["Where it fails"]) if wrong else \
         said["Where it fails"] == "head makes no mistake on the 12 test images."
     assert "2 classes, 12 test images" in (ev / "report.md").read_text()
+
+
+def test_without_a_validation_split_no_head_is_chosen(plain_colours, tmp_path):
+    """data.val_fraction 0: nothing can be chosen without the test set; the main head is reported, no head is
+    marked on the chart, and no temperature is fitted."""
+    ev, said = run_plain(plain_colours, tmp_path, data={"source": str(plain_colours), "val_fraction": 0.0},
+                         heads={"ridge": {"kind": "ridge"}})
+    assert said["Which head"].startswith("No head can be chosen without looking at the test set: there is no validation "
+                                         "split (`data.val_fraction` is 0), so the main head **head** (logistic) is reported")
+    assert json.loads((ev / "comparison.json").read_text())["chosen_on_validation"] is None
+    assert "ece_calibrated" not in json.loads((ev / "metrics.json").read_text())["test"]
+    assert "after temperature scaling" not in said["How far to trust it"]
 
 
 # -- the page in headless Chromium, network blocked -------------------------------------------------------
