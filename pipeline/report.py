@@ -30,7 +30,7 @@ from pathlib import Path
 
 from pipeline import layout
 from pipeline.config import ALL_SHOTS, Params
-from pipeline.curves import Fit, Point, best_heads, labels_needed, plot as plot_curve, summarise
+from pipeline.curves import Fit, Point, best_heads, labels_needed, plot as plot_curve, summarise, t_interval
 from pipeline.errors import PipelineError
 from pipeline.fileutil import atomic_files
 from pipeline.metrics import holm, held_out_val_top1, wilson_interval
@@ -356,17 +356,17 @@ def which_head_section(doc: Doc, inputs: Inputs, ctx: Context) -> None:
 
 # -- 2. how many labels ----------------------------------------------------------------------------------------
 def finetune_points(inputs: Inputs, n_classes: int, k_all: float | None) -> list[Point]:
-    """The fine-tuned top's curve as points (one draw: no interval), and its full-data figure at k = all."""
+    """The fine-tuned top's curve as points (with a t-interval over its draws when there are several), and its
+    full-data figure at k = all."""
     curve = inputs.finetune_curve
     if curve.get("skipped") or not curve.get("points"):
         return []
     name = f"{curve['name']} (fine-tuned)"
     points = []
     for k in dict.fromkeys(p["shots"] for p in curve["points"]):
-        mine = [p["top1"] for p in curve["points"] if p["shots"] == k]
-        n_train = curve["points"][0]["n_train"] if len(mine) == 1 else None
-        mean = sum(mine) / len(mine)
-        points.append(Point(name, k, float(k), len(mine), n_train or k * n_classes, mean, None, None, None))
+        mine = [p for p in curve["points"] if p["shots"] == k]
+        mean, std, low, high = t_interval([p["top1"] for p in mine], inputs.confidence)
+        points.append(Point(name, k, float(k), len(mine), mine[0]["n_train"], mean, std, low, high))
     full = by_name(inputs.comparison["rows"]).get(curve["name"])
     if full is not None and k_all is not None:
         points.append(Point(name, ALL_SHOTS, k_all, 1, k_all * n_classes, full["test"]["top1"], None, None, None))
