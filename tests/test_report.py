@@ -338,3 +338,32 @@ def test_holm_adjusts_as_the_step_down_procedure():
 
     assert holm({"a": 0.01, "b": 0.04, "c": 0.03}) == pytest.approx({"a": 0.03, "b": 0.06, "c": 0.06})
     assert holm({"a": 0.6, "b": 0.5}) == {"a": 1.0, "b": 1.0}
+
+
+# -- the fine-tuned curve's params ------------------------------------------------------------------------------
+@pytest.mark.parametrize("change, message", [
+    ({"curves_finetune": {"config": "tpo"}}, "curves_finetune.config: 'tpo' is not a configuration of finetune:; valid: ['top']"),
+    ({"curves_finetune": {"shots": [100, 10]}}, "give increasing positive numbers of images per class, each once; got [100, 10]"),
+    ({"curves_finetune": {"min_steps": 0}}, "params: curves_finetune.min_steps: Input should be greater than 0"),
+])
+def test_bad_fine_tuned_curve_settings_name_the_value_and_the_valid_ones(change, message):
+    import yaml
+
+    from pipeline.config import parse_params
+    from pipeline.errors import ConfigError
+    from tests.conftest import ROOT
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_params({**raw, **change})
+
+
+def test_shipped_fine_tuned_curve_settings_are_the_defaults_and_points_of_the_curve():
+    import yaml
+
+    from pipeline.config import CurvesFinetuneParams, parse_params
+    from tests.conftest import ROOT
+
+    params = parse_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    assert params.curves_finetune == CurvesFinetuneParams() and params.curve_finetune_config().key == "finetune.top"
+    assert set(params.curves_finetune.shots) <= set(params.curves.shots)  # compared with the frozen heads at the same k
