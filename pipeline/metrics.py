@@ -223,13 +223,17 @@ def held_out_val_top1(row: dict) -> float | None:
     return row.get("val", {}).get("top1")
 
 
-def chosen_on_validation(rows: list[dict]) -> dict | None:
-    """The head to use, chosen without the test set: the highest held-out val top-1; on a tie the cheaper fit,
-    then the first given. None when no head has a validation figure."""
+def validation_order(rows: list[dict]) -> list[dict]:
+    """The heads that have a held-out val figure, best first: the highest val top-1; on a tie the cheaper fit,
+    then the first given. The first is the head to use, chosen without the test set."""
     scored = [(i, r) for i, r in enumerate(rows) if held_out_val_top1(r) is not None]
-    if not scored:
-        return None
-    return min(scored, key=lambda ir: (-held_out_val_top1(ir[1]), ir[1].get("fit_seconds", float("inf")), ir[0]))[1]
+    scored.sort(key=lambda ir: (-held_out_val_top1(ir[1]), ir[1].get("fit_seconds", float("inf")), ir[0]))
+    return [r for _, r in scored]
+
+
+def chosen_on_validation(rows: list[dict]) -> dict | None:
+    """The head to use (:func:`validation_order`'s first); None when no head has a validation figure."""
+    return next(iter(validation_order(rows)), None)
 
 
 def plot_comparison(rows: list[dict], path: str | Path, chosen: str | None = None) -> None:

@@ -33,7 +33,7 @@ from pipeline.config import ALL_SHOTS, Params
 from pipeline.curves import Fit, Point, best_heads, labels_needed, plot as plot_curve, summarise, t_interval
 from pipeline.errors import PipelineError
 from pipeline.fileutil import atomic_files
-from pipeline.metrics import holm, held_out_val_top1, wilson_interval
+from pipeline.metrics import held_out_val_top1, holm, validation_order, wilson_interval
 
 ALPHA = 0.05
 """Family-wise significance level of the head comparisons (Holm's correction)."""
@@ -130,11 +130,6 @@ def seconds_text(s: float) -> str:
 
 def a_or_an(word: str) -> str:
     return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
-
-
-def who(row: dict) -> str:
-    """A head as the sentences name it: its name, and "the main head" for ``head``."""
-    return f"{row['name']} ({row['head']}, the main head)" if row["name"] == "head" else f"{row['name']} ({row['head']})"
 
 
 def ece_of(row: dict) -> tuple[float | None, float | None]:
@@ -244,14 +239,6 @@ def by_name(rows: list[dict]) -> dict[str, dict]:
     return {r["name"]: r for r in rows}
 
 
-def validation_order(rows: list[dict]) -> list[dict]:
-    """Heads with a held-out val figure, best first (ties: the cheaper fit, then the order given), as
-    :func:`pipeline.metrics.chosen_on_validation` chooses."""
-    scored = [(i, r) for i, r in enumerate(rows) if held_out_val_top1(r) is not None]
-    scored.sort(key=lambda ir: (-held_out_val_top1(ir[1]), ir[1].get("fit_seconds", float("inf")), ir[0]))
-    return [r for _, r in scored]
-
-
 def mcnemar_between(pairs: list[dict], a: str, b: str) -> dict:
     for p in pairs:
         if {p["first"], p["second"]} == {a, b}:
@@ -315,8 +302,9 @@ def which_head_answer(choice: Choice, n_heads: int) -> str:
         else:
             clauses.append(f"but below {t['role']} {t['name']} on the test set ({evidence}): the choice on validation "
                            "did not hold on test")
-    return (f"Use **{h['name']}** ({h['head']}{', the main head' if h['name'] == 'head' else ''}): it has the highest validation top-1 ({pct(held_out_val_top1(h))}){tie}, "
-            f"and it scores {figure}" + ("; " + "; ".join(clauses) if clauses else "") + ".")
+    main = ", the main head" if h["name"] == "head" else ""
+    return (f"Use **{h['name']}** ({h['head']}{main}): it has the highest validation top-1 "
+            f"({pct(held_out_val_top1(h))}){tie}, and it scores {figure}" + ("; " + "; ".join(clauses) if clauses else "") + ".")
 
 
 def cost_and_calibration(h: dict) -> str:

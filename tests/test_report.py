@@ -187,16 +187,28 @@ def test_trust_and_failure_answers_state_the_figures(full_run):
     assert said["Which backbone"].startswith("Not measured: only resnet18 was run")
 
 
-def test_evaluate_fits_a_temperature_for_every_head_with_a_held_out_val(full_run):
-    """Calibrated ECE beside the raw one for every head with a validation split it was not fitted on; the
-    predictions and the head's own ECE unchanged (calibrate: false)."""
-    from pipeline.heads.calibration import fit_temperature  # noqa: F401 (the same fit as calibration's)
+def test_evaluate_fits_a_temperature_for_every_head_with_a_held_out_val(full_run, caches):
+    """Calibrated ECE beside the raw one for every head with a validation split it was not fitted on, equal to the
+    temperature fitted on val applied to the test scores; the predictions and the head's own ECE unchanged
+    (calibrate: false)."""
+    from pipeline.features import FeatureStore
+    from pipeline.heads import load_head, softmax, split_scores
+    from pipeline.heads.calibration import fit_temperature
+    from pipeline.metrics import calibration
 
     ev, _ = full_run
     for name, (m, _) in metrics_of(ev).items():
         if "top1" in m.get("val", {}) and m["val"].get("on") == "val":
             assert m["temperature_on_val"] > 0 and 0 <= m["test"]["ece_calibrated"] <= 1, name
             assert "temperature" not in m["chosen"] and "ece_uncalibrated" not in m["test"], name
+    head, _ = load_head(ev.parent / layout.head_file("head"))
+    with FeatureStore(caches[0] / "pooled.h5") as store:
+        (val, y_val), (test, y_test) = split_scores(head, store, "val"), split_scores(head, store, "test")
+    m = json.loads((ev / "metrics.json").read_text())
+    t = fit_temperature(val, y_val)
+    assert m["temperature_on_val"] == pytest.approx(t, rel=1e-9)
+    assert m["test"]["ece_calibrated"] == pytest.approx(calibration(softmax(test / t), y_test)["ece"], abs=1e-12)
+    assert m["test"]["ece"] == pytest.approx(calibration(softmax(test), y_test)["ece"], abs=1e-12)
 
 
 def test_markdown_links_every_picture_and_the_html_embeds_them(full_run):
