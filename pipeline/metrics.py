@@ -133,28 +133,32 @@ def save_figure(fig, path: str | Path) -> None:
     pyplot().close(fig)
 
 
-def plot_reliability(stats: dict, path: str | Path, title: str, before: dict | None = None) -> None:
+def plot_reliability(stats: dict, path: str | Path, title: str, before: dict | None = None,
+                     after: dict | None = None) -> None:
     """Accuracy against confidence per bin (bars) with the ECE; ``before``: the statistics of the
-    uncalibrated probabilities of a calibrated head, drawn as points (mean confidence, accuracy) per bin."""
+    uncalibrated probabilities of a calibrated head, drawn as points (mean confidence, accuracy) per bin;
+    ``after``: those of an uncalibrated head's probabilities with a temperature fitted on val (not applied), also
+    drawn as points."""
     plt = pyplot()
     edges = np.array(stats["edges"])
     centres, width = (edges[:-1] + edges[1:]) / 2, edges[1] - edges[0]
     count = np.array(stats["count"])
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig, ax = plt.subplots(figsize=(5, 5.8), layout="constrained")
     ax.bar(centres[count > 0], np.array(stats["accuracy"])[count > 0], width=width * 0.95, color="tab:blue",
            edgecolor="black", label="accuracy" if before is None else "accuracy, calibrated")
-    if before is not None:
-        used = np.array(before["count"]) > 0
-        ax.plot(np.array(before["confidence"])[used], np.array(before["accuracy"])[used], "o-", color="tab:orange",
-                label=f"uncalibrated (ECE {before['ece']:.4f})")
+    for points, colour, label in ((before, "tab:orange", "uncalibrated"),
+                                  (after, "tab:green", "with a temperature fitted on val")):
+        if points is not None:
+            used = np.array(points["count"]) > 0
+            ax.plot(np.array(points["confidence"])[used], np.array(points["accuracy"])[used], "o-", color=colour,
+                    label=f"{label} (ECE {points['ece']:.4f})")
     ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
     ax.set_xlabel("confidence (top-1 probability)")
     ax.set_ylabel("accuracy")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_title(f"{title}\nECE {stats['ece']:.4f}")
-    ax.legend(loc="upper left")
-    fig.tight_layout()
+    fig.legend(loc="outside lower center", fontsize=8, ncol=2, frameon=False)  # off the data
     save_figure(fig, path)
 
 

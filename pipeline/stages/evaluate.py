@@ -87,9 +87,10 @@ def run(features_path: str | Path, head_path: str | Path, out_dir: str | Path, n
     if "val" in head.fitted_on and "chosen_val_top1" in head.info:
         results["val"] = {"top1": head.info["chosen_val_top1"], "on": "sweep: val before the refit on train + val"}
     fitted_t = head.temperature if calibrated else temperature_on_val(scores)
-    if fitted_t is not None:
+    scaled = None if fitted_t is None else calibration(softmax(scores["test"][0] / fitted_t), scores["test"][1])
+    if scaled is not None:
         results["temperature_on_val"] = fitted_t
-        results["test"]["ece_calibrated"] = calibration(softmax(scores["test"][0] / fitted_t), scores["test"][1])["ece"]
+        results["test"]["ece_calibrated"] = scaled["ece"]
     results["fit_seconds"] = round(meta.get("fit_seconds", float("nan")), 3)
     results["chosen"] = {k: v for k, v in head.chosen.items() if k != "chosen_val_top1"}
     if calibrated:
@@ -116,7 +117,8 @@ def run(features_path: str | Path, head_path: str | Path, out_dir: str | Path, n
         plot_confusion(np.array(details["test"]["confusion_matrix"]), classes, staging / "confusion.png", title)
         if calibrated:
             title += f"\ncalibrated: temperature {head.temperature:.3g}"
-        plot_reliability(reliability["test"], staging / "reliability.png", title, before=uncalibrated.get("test"))
+        plot_reliability(reliability["test"], staging / "reliability.png", title, before=uncalibrated.get("test"),
+                         after=None if calibrated else scaled)
     summary = ", ".join(f"{s} top-1 {results[s]['top1']:.4f}" for s in scores)
     ece = f"test ECE {results['test']['ece']:.4f}"
     if calibrated:
