@@ -440,8 +440,9 @@ def backbone_answer(inputs: Inputs, n_test: int) -> str:
         low, _ = wilson_interval(round(top1 * n_test), n_test)
         _, high = wilson_interval(round(other * n_test), n_test)
         apart = "their 95% intervals do not overlap" if low > high else "within each other's 95% intervals: not clearly better"
-        text += (f", {points_of(top1 - other)} above {second['name']} ({pct(other)}; {apart}), extracting at "
-                 f"{first['images_per_second']:.0f} images/s against {second['images_per_second']:.0f}")
+        lead = f"tied with {second['name']}" if top1 == other else f"{points_of(top1 - other)} above {second['name']} ({pct(other)}; {apart})"
+        text += (f", {lead}, extracting at {first['images_per_second']:.0f} images/s against "
+                 f"{second['images_per_second']:.0f}")
         tau = b["agreement"].get("logme", {}).get("kendall_tau")
         if tau is not None:
             pairs = len(rows) * (len(rows) - 1) // 2
