@@ -359,6 +359,29 @@ class CurvesParams(_Section):
         return configs
 
 
+class CurvesFinetuneParams(_Section):
+    """The fine-tuned top's learning curve (stage curves-finetune, from the cut cache; see docs/report.md):
+    one configuration of ``finetune:`` trained on k labelled images per class and scored on the test split."""
+
+    config: str | None = None
+    """The name of a ``finetune:`` configuration; None: the first one. No configuration: the stage is skipped."""
+    shots: list[int] = [16, 128, 1024]
+    """Labelled training images per class, increasing; the whole split is the configuration's own evaluation.
+    The default ks are points of the frozen heads' curve (``curves.shots``): both are compared at the same k."""
+    draws: int = Field(1, ge=1)
+    """k-shot sets per k: the first ``draws`` draws of the frozen heads' curve (same seed, same images)."""
+    min_steps: int = Field(300, gt=0)
+    """Optimiser steps at least: below it the epochs are raised (the warm-up keeps its share of them), so that
+    a few hundred images get as many updates as a large set gets in its epochs."""
+
+    @field_validator("shots")
+    @classmethod
+    def _increasing_shots(cls, shots: list[int]) -> list[int]:
+        if not shots or any(k <= 0 for k in shots) or shots != sorted(set(shots)):
+            raise ValueError(f"give increasing positive numbers of images per class, each once; got {shots}")
+        return shots
+
+
 # -- backbones compared -------------------------------------------------------------------------
 KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"
 """A compared backbone's name: it names its DVC stages and its files."""
@@ -507,6 +530,8 @@ class Params(_Section):
     """The spread over seeds (stage seeds): head side, from the feature files."""
     backbones: BackbonesParams = BackbonesParams()
     """Other backbones compared with the main one, each in its own pooled cache."""
+    curves_finetune: CurvesFinetuneParams = CurvesFinetuneParams()
+    """The fine-tuned top's learning curve (stage curves-finetune): head side, from the cut cache."""
 
     @model_validator(mode="after")
     def _head_names_are_unique(self) -> Params:
@@ -523,6 +548,19 @@ class Params(_Section):
             raise ValueError(f"finetune: {sorted(self.finetune)} need a cut cache: set backbone.cut to a layer of "
                              "the backbone, or set finetune: {} to train none")
         return self
+
+    @model_validator(mode="after")
+    def _curve_of_a_configured_top(self) -> Params:
+        name = self.curves_finetune.config
+        if name is not None and name not in self.finetune:
+            raise ValueError(f"curves_finetune.config: {name!r} is not a configuration of finetune:; valid: "
+                             f"{sorted(self.finetune)} (or null: the first)")
+        return self
+
+    def curve_finetune_config(self) -> HeadConfig | None:
+        """The fine-tune configuration whose learning curve stage curves-finetune draws; None: none configured."""
+        name = self.curves_finetune.config or next(iter(self.finetune), None)
+        return None if name is None else self.head_config(f"{FINETUNE}.{name}")
 
     def with_backbone(self, name: str) -> Params:
         """These params with ``backbone:`` replaced by the compared configuration ``name``: what its

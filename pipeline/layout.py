@@ -16,10 +16,16 @@ FEATURES = {"pooled": Path("data/features/pooled.h5"), "cut": Path("data/feature
 """The pooled features f(x), and the cut cache (the activations at backbone.cut)."""
 EVALUATION = Path("evaluation")
 COMPARISON = EVALUATION / "comparison"
-"""Stem of the comparison table (.md) and chart (.png)."""
+"""Stem of the comparison table (.md), chart (.png) and data (.json: rows, choice on validation, McNemar of
+every pair)."""
+REPORT = EVALUATION / "report"
+"""Stem of the report: report.md (relative links to the pictures), report.html (self-contained) and
+report_curve.png (the learning curve with the fine-tuned top)."""
 CURVES = EVALUATION / "curves"
 """Stem of the learning curve: table (.md), chart (.png), headline numbers (.json, a DVC metric) and the
 mean top-1 per k and head (.csv, the DVC plot)."""
+CURVES_FINETUNE = EVALUATION / "curves_finetune.json"
+"""The fine-tuned top's learning curve (stage curves-finetune): its points, their cost, or why it was skipped."""
 CURVE_DRAWS = EVALUATION / "curve_draws.csv"
 """Every fit of the learning curve: one row per head, k and draw, with the penalty chosen and how."""
 LEAKAGE = EVALUATION / "leakage"

@@ -133,28 +133,32 @@ def save_figure(fig, path: str | Path) -> None:
     pyplot().close(fig)
 
 
-def plot_reliability(stats: dict, path: str | Path, title: str, before: dict | None = None) -> None:
+def plot_reliability(stats: dict, path: str | Path, title: str, before: dict | None = None,
+                     after: dict | None = None) -> None:
     """Accuracy against confidence per bin (bars) with the ECE; ``before``: the statistics of the
-    uncalibrated probabilities of a calibrated head, drawn as points (mean confidence, accuracy) per bin."""
+    uncalibrated probabilities of a calibrated head, drawn as points (mean confidence, accuracy) per bin;
+    ``after``: those of an uncalibrated head's probabilities with a temperature fitted on val (not applied), also
+    drawn as points."""
     plt = pyplot()
     edges = np.array(stats["edges"])
     centres, width = (edges[:-1] + edges[1:]) / 2, edges[1] - edges[0]
     count = np.array(stats["count"])
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig, ax = plt.subplots(figsize=(5, 5.8), layout="constrained")
     ax.bar(centres[count > 0], np.array(stats["accuracy"])[count > 0], width=width * 0.95, color="tab:blue",
            edgecolor="black", label="accuracy" if before is None else "accuracy, calibrated")
-    if before is not None:
-        used = np.array(before["count"]) > 0
-        ax.plot(np.array(before["confidence"])[used], np.array(before["accuracy"])[used], "o-", color="tab:orange",
-                label=f"uncalibrated (ECE {before['ece']:.4f})")
+    for points, colour, label in ((before, "tab:orange", "uncalibrated"),
+                                  (after, "tab:green", "with a temperature fitted on val")):
+        if points is not None:
+            used = np.array(points["count"]) > 0
+            ax.plot(np.array(points["confidence"])[used], np.array(points["accuracy"])[used], "o-", color=colour,
+                    label=f"{label} (ECE {points['ece']:.4f})")
     ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
     ax.set_xlabel("confidence (top-1 probability)")
     ax.set_ylabel("accuracy")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_title(f"{title}\nECE {stats['ece']:.4f}")
-    ax.legend(loc="upper left")
-    fig.tight_layout()
+    fig.legend(loc="outside lower center", fontsize=8, ncol=2, frameon=False)  # off the data
     save_figure(fig, path)
 
 
@@ -206,26 +210,74 @@ def comparison_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n" + note
 
 
-def plot_comparison(rows: list[dict], path: str | Path) -> None:
+def holm(p_values: dict[str, float]) -> dict[str, float]:
+    """Holm's step-down adjustment of m p-values (family-wise error rate): the i-th smallest becomes
+    max over j <= i of min(1, (m - j + 1) p_(j)); a hypothesis is rejected at alpha when its adjusted p < alpha."""
+    order = sorted(p_values, key=p_values.get)
+    adjusted, running = {}, 0.0
+    for i, key in enumerate(order):
+        running = max(running, min(1.0, (len(order) - i) * p_values[key]))
+        adjusted[key] = running
+    return adjusted
+
+
+def held_out_val_top1(row: dict) -> float | None:
+    """A head's top-1 on images it was not fitted on, from the validation split (a swept head's: measured by
+    its sweep before the refit); None without a validation split."""
+    return row.get("val", {}).get("top1")
+
+
+def validation_order(rows: list[dict]) -> list[dict]:
+    """The heads that have a held-out val figure, best first: the highest val top-1; on a tie the cheaper fit,
+    then the first given. The first is the head to use, chosen without the test set."""
+    scored = [(i, r) for i, r in enumerate(rows) if held_out_val_top1(r) is not None]
+    scored.sort(key=lambda ir: (-held_out_val_top1(ir[1]), ir[1].get("fit_seconds", float("inf")), ir[0]))
+    return [r for _, r in scored]
+
+
+def chosen_on_validation(rows: list[dict]) -> dict | None:
+    """The head to use (:func:`validation_order`'s first); None when no head has a validation figure."""
+    return next(iter(validation_order(rows)), None)
+
+
+def plot_comparison(rows: list[dict], path: str | Path, chosen: str | None = None) -> None:
+    """Test top-1 of each head (rows best first) as a point with its 95% interval as whiskers, on an axis
+    zoomed to the data; the head chosen on validation (``chosen``) marked; the figure without near-copies
+    beside each point when the rows have it and some test image was left out; the legend under the axis, off
+    the data."""
+    from matplotlib.ticker import PercentFormatter
+
     plt = pyplot()
-    names = [r["name"] for r in rows]
-    top1 = [r["test"]["top1"] for r in rows]
-    per_class = [r["test"]["mean_class_accuracy"] for r in rows]
-    y = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(7, 1.0 + 0.5 * len(rows)))
-    top1_err = [[r["test"]["top1"] - r["test"]["top1_low"] for r in rows], [r["test"]["top1_high"] - r["test"]["top1"] for r in rows]]
-    ax.barh(y - 0.2, top1, height=0.4, xerr=top1_err, capsize=2, label="test top-1 (95% CI)")
-    ax.barh(y + 0.2, per_class, height=0.4, label="test mean per-class")
-    for yi, v in zip(y, top1):
-        ax.text(v + 0.005, yi - 0.2, f"{v:.3f}", va="center", fontsize=8)
-    if rows and all("test_without_near_copies" in r for r in rows):
+    n = len(rows)
+    y = np.arange(n)[::-1]  # best at the top
+    top1 = np.array([r["test"]["top1"] for r in rows])
+    low, high = np.array([r["test"]["top1_low"] for r in rows]), np.array([r["test"]["top1_high"] for r in rows])
+    fig, ax = plt.subplots(figsize=(7.5, 1.6 + 0.42 * n), layout="constrained")
+    colours = ["tab:red" if r["name"] == chosen else "tab:blue" for r in rows]
+    ax.hlines(y, low, high, colors=colours, linewidth=2)
+    ax.scatter(top1, y, c=colours, s=36, zorder=3)
+    ax.scatter([], [], c="tab:blue", s=36, label="test top-1, 95% interval")
+    if chosen is not None:
+        ax.scatter([], [], c="tab:red", s=36, label="chosen on validation")
+    lowest = low.min()
+    if n and all("test_without_near_copies" in r for r in rows) and rows[0]["test_without_near_copies"]["removed"]:
         clean = [r["test_without_near_copies"] for r in rows]
-        ax.plot([c["top1"] for c in clean], y - 0.2, "k|", markersize=14, markeredgewidth=2,
-                label=f"test top-1 without near-copies ({clean[0]['removed']} removed)")
-    ax.set_yticks(y, names)
-    ax.set_xlim(0, 1.08)
-    ax.set_xlabel("accuracy")
-    ax.legend(loc="lower right", fontsize=8)
-    ax.set_title("heads on the same cached features")
-    fig.tight_layout()
+        ax.scatter([c["top1"] for c in clean], y - 0.28, marker="^", s=22, facecolors="none", edgecolors="0.3",
+                   zorder=3, label=f"without the {clean[0]['removed']} test images with a near-copy")
+        lowest = min(lowest, min(c["top1"] for c in clean))
+    span = max(high.max() - lowest, 0.005)
+    for yi, v, hi in zip(y, top1, high):
+        ax.text(hi + 0.015 * span, yi, f"{100 * v:.2f}%", va="center", fontsize=9)
+    ax.set_xlim(lowest - 0.05 * span, high.max() + 0.16 * span)
+    ax.set_ylim(-0.7, n - 0.4)
+    ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=1 if span < 0.05 else 0))
+    ax.set_yticks(y, [r["name"] for r in rows])
+    for label, r in zip(ax.get_yticklabels(), rows):
+        if r["name"] == chosen:
+            label.set_color("tab:red")
+            label.set_fontweight("bold")
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_xlabel(f"test top-1 (axis zoomed to the data; n = {rows[0]['test']['n']} test images)")
+    ax.set_title("heads compared on the same test images", fontsize=11)
+    fig.legend(loc="outside lower center", ncol=2, fontsize=8, frameon=False)
     save_figure(fig, path)

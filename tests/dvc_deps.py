@@ -41,6 +41,8 @@ CODE = {  # stage -> the modules it runs: its entry point, and the head implemen
     "curves-backbone": ["pipeline.stages.curves", *POOLED_HEADS],
     "plan-backbones": ["pipeline.stages.compare_backbones"],
     "compare-backbones": ["pipeline.stages.compare_backbones"],
+    "curves-finetune": ["pipeline.stages.curves_finetune", "pipeline.heads.finetune"],
+    "report": ["pipeline.stages.report"],
 }
 DVC_YAML = ROOT / "dvc.yaml"
 _STAGE = re.compile(r"^  ([A-Za-z0-9_-]+):\s*$")

@@ -41,7 +41,7 @@ def test_the_head_side_does_not_run_the_backbone_or_the_image_code():
     head reaches the backbone module, for its top only."""
     data_side = {"pipeline.backbones", "pipeline.images", "pipeline.sources", "pipeline.extract",
                  "pipeline.preprocessing", "pipeline.stages.leakage"}
-    for stage in ("train", "evaluate", "curves", "compare", "probe-backbone", "curves-backbone", "compare-backbones"):
+    for stage in ("train", "evaluate", "curves", "compare", "probe-backbone", "curves-backbone", "compare-backbones", "report"):
         assert not closure(*CODE[stage]) & data_side, stage
     assert not closure("pipeline.stages.seeds", *POOLED_HEADS) & data_side  # the backbone's top: only for finetune
     assert closure("pipeline.heads.finetune") & data_side == {"pipeline.backbones", "pipeline.preprocessing"}
@@ -76,9 +76,12 @@ def test_dvc_yaml_uses_the_paths_of_the_layout(stages):
         assert paths(stages[stage]["plots"]) == [f"{folder}/test_predictions.csv", f"{folder}/per_class.csv"], stage
         assert layout.head_file(key).as_posix() in paths(stages[stage]["deps"]), stage
         assert stages[stage]["cmd"].endswith(f"--config {key}"), stage
-    assert outs("compare") == [f"{layout.COMPARISON}.md", f"{layout.COMPARISON}.png", layout.TOP1.as_posix()]
+    assert outs("compare") == [f"{layout.COMPARISON}.md", f"{layout.COMPARISON}.png", f"{layout.COMPARISON}.json",
+                               layout.TOP1.as_posix()]
     metrics = [name for name, stage in stages.items() if "metrics" in stage]
     assert metrics == ["compare"] and paths(stages["compare"]["metrics"]) == [layout.TOP1.as_posix()]
+    assert outs("curves-finetune") == [layout.CURVES_FINETUNE.as_posix()]
+    assert outs("report") == [f"{layout.REPORT}.md", f"{layout.REPORT}.html", f"{layout.REPORT.parent}/report_curve.png"]
     evaluated = {(layout.evaluation_dir("head") / layout.METRICS).as_posix(), layout.SUMMARY.as_posix()}
     assert evaluated <= set(paths(stages["compare"]["deps"]))
     # a folder dep is one some stage always writes into: the summary folder (the main head's), not heads/ or finetune/

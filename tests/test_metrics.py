@@ -67,7 +67,8 @@ def test_no_figure_is_measured_on_images_the_head_was_fitted_on(caches, tmp_path
     # metrics.json keeps the few figures a user compares; the rest is in details.json
     saved = json.loads((tmp_path / "fixed" / "metrics.json").read_text())
     assert set(saved["test"]) == {"n", "top1", "top1_low", "top1_high", "top5", "mean_class_accuracy", "mean_class_low",
-                                  "mean_class_high", "ece", "on"} - {"top5"}  # 3 classes: no top-5
+                                  "mean_class_high", "ece", "ece_calibrated", "on"} - {"top5"}  # 3 classes: no top-5
+    assert saved["temperature_on_val"] > 0 and "temperature_on_val" not in metrics  # calibrated ECE: not for the swept head
     details = json.loads((tmp_path / "fixed" / "details.json").read_text())
     assert set(details["test"]) == {"per_class_accuracy", "confusion_matrix"}
 

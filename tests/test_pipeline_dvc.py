@@ -95,7 +95,7 @@ def test_dvc_repro_then_each_change_reruns_only_what_it_touches(tmp_path):
     assert ran(out) == {"prepare", "extract", "train", "evaluate", "train-heads@ridge", "train-heads@knn",
                         "evaluate-heads@ridge", "evaluate-heads@knn", "finetune@top",
                         "evaluate-finetune@top", "leakage", "seeds", "compare", "mistakes", "curves", "plan-backbones",
-                        "compare-backbones"}
+                        "compare-backbones", "curves-finetune", "report"}
     order = [line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")]
     # results early: the main head's metrics come right after the one extraction pass, before the other heads
     assert order[order.index("extract") + 1 : order.index("extract") + 3] == ["train", "evaluate"]
@@ -132,17 +132,22 @@ def test_dvc_repro_then_each_change_reruns_only_what_it_touches(tmp_path):
     assert report["main"]["config"] == "head" and report["main"]["worst"]  # test images of the archive, drawn
     assert (repo / "evaluation" / "mistakes" / "main_worst.png").stat().st_size > 0
     assert json.loads((repo / "evaluation" / "seeds.json").read_text())["seeds"] == []  # off by default
+    page = (repo / "evaluation" / "report.md").read_text()
+    assert page.count("\n## ") == 5 and "data:image/png;base64," in (repo / "evaluation" / "report.html").read_text()
+    skipped = json.loads((repo / "evaluation" / "curves_finetune.json").read_text())  # 5 images per class: no k below
+    assert skipped["config"] == "finetune.top" and skipped["points"] == []
     commit(repo, env, "first run")
 
     def after(*settings: str) -> set[str]:
         return ran(dvc(repo, env, "exp", "run", *(a for s in settings for a in ("-S", s))))
 
     # another main head: only its train and evaluate, seeds (it may repeat the main head), compare and mistakes
-    assert after("head.kind=ridge") == {"train", "evaluate", "seeds", "compare", "mistakes"}
+    assert after("head.kind=ridge") == {"train", "evaluate", "seeds", "compare", "mistakes", "report"}
     assert json.loads((repo / "evaluation" / "metrics.json").read_text())["head"] == "ridge"
     # two experiments, then the README's comparison command: one row per experiment, within 200 columns, with
     # the params each changed and the test top-1 of every head
-    assert after("finetune.top.epochs=2") == {"finetune@top", "evaluate-finetune@top", "seeds", "compare", "mistakes"}
+    assert after("finetune.top.epochs=2") == {"finetune@top", "evaluate-finetune@top", "seeds", "compare", "mistakes",
+                                              "curves-finetune", "report"}
     shown = dvc(repo, {**env, "COLUMNS": "400"}, *readme_exp_show()[1:], "--no-pager")
     lines = shown.splitlines()
     assert max(map(len, lines)) <= 200, shown
@@ -153,34 +158,36 @@ def test_dvc_repro_then_each_change_reruns_only_what_it_touches(tmp_path):
     assert lock_entry(repo, "train")["params"]["params.yaml"]["head.kind"] == "ridge"
     # a setting of a kind the main head does not use: nothing of the main head
     assert after("head.knn.k=5") == set()
-    # a setting of the learning curve: the curve only
-    assert after("curves.draws=2") == {"curves"}
-    # a setting of the pictures of the mistakes: that stage only
-    assert after("mistakes.grid_size=4") == {"mistakes"}
+    # a setting of the learning curve: the curve only (and the report, which shows it)
+    assert after("curves.draws=2") == {"curves", "report"}
+    # a setting of the pictures of the mistakes: that stage only (and the report)
+    assert after("mistakes.grid_size=4") == {"mistakes", "report"}
     # calibrating the main head: its train and evaluate (never extract), compare and mistakes
-    assert after("head.ridge.calibrate=true") == {"train", "evaluate", "seeds", "compare", "mistakes"}
+    assert after("head.ridge.calibrate=true") == {"train", "evaluate", "seeds", "compare", "mistakes", "report"}
     calibrated = json.loads((repo / "evaluation" / "metrics.json").read_text())
     assert calibrated["chosen"]["temperature"] > 0 and "ece_uncalibrated" in calibrated["test"]
-    assert after("+curves.heads.knn.knn.k=3") == {"curves"}  # + adds a key
+    assert {"curves"} <= after("+curves.heads.knn.knn.k=3") <= {"curves", "report"}  # + adds a key
     # a setting of the leakage search: that stage (and compare and mistakes, when the pairs it finds change);
     # its block size: nothing
     rerun = after("leakage.pixel_size=8")
-    assert "leakage" in rerun and rerun <= {"leakage", "compare", "mistakes"}
+    assert "leakage" in rerun and rerun <= {"leakage", "compare", "mistakes", "report"}
     assert after("leakage.block_rows=7") == set()
     # a compared head's setting: only that head's stages, seeds, compare and mistakes
-    assert after("+heads.knn.knn.k=5") == {"train-heads@knn", "evaluate-heads@knn", "seeds", "compare", "mistakes"}  # + adds a key
+    assert after("+heads.knn.knn.k=5") == {"train-heads@knn", "evaluate-heads@knn", "seeds", "compare", "mistakes", "report"}  # + adds a key
     # a fine-tune setting: only that head; a new cut: the one extraction pass again (writing pooled.h5
     # byte for byte as it was, so no pooled head re-runs) and what is trained on the cut cache
-    assert after("finetune.top.lr_top=0.001") == {"finetune@top", "evaluate-finetune@top", "seeds", "compare", "mistakes"}
+    assert after("finetune.top.lr_top=0.001") == {"finetune@top", "evaluate-finetune@top", "curves-finetune", "seeds", "compare",
+                                                  "mistakes", "report"}
     # seeds on: the seeds stage and compare (and mistakes, which follows compare) only
-    assert after("seeds.values=[0,1]", "seeds.configurations=[heads.knn]", "seeds.splits=true") <= {"seeds", "compare", "mistakes"}
+    assert after("seeds.values=[0,1]", "seeds.configurations=[heads.knn]", "seeds.splits=true") <= {"seeds", "compare", "mistakes",
+                                                                                                     "report"}
     spread = json.loads((repo / "evaluation" / "seeds.json").read_text())["configurations"]["heads.knn"]
     assert spread["n"] == 2 and spread["n_train"] == 50
     assert f"{spread['mean']:.4f} ± {spread['sd']:.4f} (2 seeds, splits)" in (repo / "evaluation" / "comparison.md").read_text()
     assert lock_entry(repo, "extract") == extract_lock  # DVC's own record of extract is unchanged
     assert all(sha256(path) == digest for path, digest in digests.items())
     out = dvc(repo, env, "exp", "run", "-S", "backbone.cut=_blocks.14")
-    assert ran(out) == {"extract", "finetune@top", "evaluate-finetune@top", "seeds", "compare", "mistakes"}
+    assert ran(out) == {"extract", "finetune@top", "evaluate-finetune@top", "curves-finetune", "seeds", "compare", "mistakes", "report"}
     assert "cut cache at the input of _blocks.14: 120 images x 192x7x7 float16 = 0.00 GiB" in out  # said before extracting
     assert sha256(features) == digests[features]
 
@@ -189,27 +196,31 @@ def test_dvc_repro_then_each_change_reruns_only_what_it_touches(tmp_path):
     # removing one recomputes nothing
     extract_lock = lock_entry(repo, "extract")  # after the new cut above
     assert after("backbones.compare=[small]") == {"extract-backbone@small", "probe-backbone@small", "curves-backbone@small",
-                                                  "plan-backbones", "compare-backbones"}
+                                                  "plan-backbones", "compare-backbones", "report"}
     added = dvc(repo, env, "exp", "run", "-S", "backbones.compare=[small,floor]")
     assert ran(added) == {"extract-backbone@floor", "probe-backbone@floor", "curves-backbone@floor", "plan-backbones",
-                          "compare-backbones"}
+                          "compare-backbones", "report"}
     assert "Running stage 'weights-backbone@floor'" in added
     small_cache = repo / "data" / "features" / "backbones" / "small.h5"
     small_digest = sha256(small_cache)
     table = (repo / "evaluation" / "backbones.md").read_text()
     assert "| small | efficientnet_lite0 (DEFAULT) |" in table and "| floor | efficientnet_lite0 (random init) |" in table
     agreement = json.loads((repo / "evaluation" / "backbones.json").read_text())["agreement"]
+    best = max(("small", "floor"), key=lambda b: json.loads((repo / "evaluation" / "backbones" / b / "probe.json").read_text())
+               ["heads"]["linear-probe"]["test_top1"])
+    assert f"- **Which backbone**: **{best}** (efficientnet_lite0) gives the highest linear-probe test top-1" in \
+        (repo / "evaluation" / "report.md").read_text()
     assert set(agreement) == {"logme", "knn val top-1"} and -1 <= agreement["logme"]["kendall_tau"] <= 1
     assert json.loads((repo / "evaluation" / "backbones" / "small" / "probe.json").read_text())["heads"]  # every head
     assert json.loads((repo / "evaluation" / "backbones" / "floor" / "extract.json").read_text())  # and its cost
     probes = {"probe-backbone@small", "probe-backbone@floor"}
-    assert probes <= after("+backbones.heads.knn.knn.k=3") <= probes | {"compare-backbones"}  # + adds a key
+    assert probes <= after("+backbones.heads.knn.knn.k=3") <= probes | {"compare-backbones", "report"}  # + adds a key
     curves = {"curves", "curves-backbone@small", "curves-backbone@floor"}  # a curve setting: every curve, no probe
-    assert curves <= after("curves.draws=3") <= curves | {"compare-backbones"}
-    assert after("backbones.compare=[floor]") == {"plan-backbones", "compare-backbones"}
+    assert curves <= after("curves.draws=3") <= curves | {"compare-backbones", "report"}
+    assert after("backbones.compare=[floor]") == {"plan-backbones", "compare-backbones", "report"}
     # listed again: its cache comes back from DVC's run cache, nothing of it is computed
     assert after("backbones.compare=[floor,small]") <= {"probe-backbone@small", "curves-backbone@small", "plan-backbones",
-                                                        "compare-backbones"}
+                                                        "compare-backbones", "report"}
     assert sha256(small_cache) == small_digest and lock_entry(repo, "extract") == extract_lock
 
 

@@ -5,7 +5,9 @@ McNemar test on their test predictions (the test_predictions.csv beside each met
 test top-1 of every head stands its top-1 on the test images that have no confirmed near-copy in the
 images heads are fitted on (train, val), read from the ids of the leakage stage's pairs.csv.
 A head that the seeds stage refit with several seeds shows their mean and standard deviation beside its
-own figure. Also writes evaluation/top1.json, the DVC metric: every head's test top-1 by name.
+own figure. The chart marks the head chosen on validation (highest held-out val top-1). comparison.json
+holds the rows, that choice and the exact McNemar test of every pair of heads, for the report stage. Also writes evaluation/top1.json, the DVC metric: every head's test top-1
+by name.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pipeline.config import Params
 from pipeline.fileutil import atomic_files, write_json
 from pipeline.errors import PipelineError
 from pipeline.leakage import near_copies, read_pairs
-from pipeline.metrics import comparison_table, mcnemar_exact, plot_comparison, wilson_interval
+from pipeline.metrics import chosen_on_validation, comparison_table, mcnemar_exact, plot_comparison, wilson_interval
 
 
 def correct_by_id(predictions_csv: Path) -> dict[str, bool]:
@@ -45,7 +47,8 @@ def run(metrics_paths: list[str | Path], out_stem: str | Path, pairs_path: str |
     """Rows of the given metrics.json files, best test top-1 first, each with its paired test against the
     best, with ``pairs_path`` (the leakage stage's pairs.csv) its test top-1 without the test images that
     have a confirmed near-copy in train or val, and with ``seeds_path`` (the seeds stage's summary) its
-    spread over seeds; writes ``<out_stem>.md`` and ``.png``."""
+    spread over seeds; writes ``<out_stem>.md``, ``.png`` and ``.json`` (the rows, the head chosen on
+    validation and the McNemar test of every pair)."""
     paths = [Path(p) for p in metrics_paths]
     rows = [json.loads(p.read_text()) | {"_predictions": p.parent / layout.TEST_PREDICTIONS} for p in paths]
     if seeds_path is not None:
@@ -56,25 +59,34 @@ def run(metrics_paths: list[str | Path], out_stem: str | Path, pairs_path: str |
                 row["seeds"] = spread[row["name"]]
     rows.sort(key=lambda r: -r["test"]["top1"])
     removed = None if pairs_path is None else near_copies(read_pairs(pairs_path))
-    best = correct_by_id(rows[0].pop("_predictions"))
+    correct = [correct_by_id(row.pop("_predictions")) for row in rows]
+    best = correct[0]
     if removed is not None and (stale := removed - best.keys()):
         raise PipelineError(f"{pairs_path} names test images that {rows[0]['name']} was not evaluated on "
                             f"({sorted(stale)[:3]}): re-run the leakage and evaluate stages (dvc repro)")
-    for row in rows:
-        mine = correct_by_id(row.pop("_predictions")) if "_predictions" in row else best
+    for row, mine in zip(rows, correct):
         if mine.keys() != best.keys():
             raise PipelineError(f"{row['name']} and {rows[0]['name']} were not evaluated on the same test images: "
                                 "re-run their evaluate stages (dvc repro)")
         if removed is not None:
             row["test_without_near_copies"] = without(mine, removed)
-        if row is not rows[0]:
-            ids = sorted(best)
-            row["versus_best"] = mcnemar_exact(np.array([best[i] for i in ids]), np.array([mine[i] for i in ids]))
+    ids = sorted(best)
+    right = [np.array([c[i] for i in ids]) for c in correct]
+    pairs = []
+    for a in range(len(rows)):
+        for b in range(a + 1, len(rows)):
+            test = mcnemar_exact(right[a], right[b])
+            pairs.append({"first": rows[a]["name"], "second": rows[b]["name"], **test})
+            if a == 0:
+                rows[b]["versus_best"] = test
+    chosen = chosen_on_validation(rows)
     out_stem = Path(out_stem)
     table = comparison_table(rows)
     with atomic_files(out_stem.parent) as staging:
         (staging / f"{out_stem.name}.md").write_text(table)
-        plot_comparison(rows, staging / f"{out_stem.name}.png")
+        plot_comparison(rows, staging / f"{out_stem.name}.png", None if chosen is None else chosen["name"])
+        write_json(staging / f"{out_stem.name}.json",
+                   {"rows": rows, "chosen_on_validation": None if chosen is None else chosen["name"], "mcnemar": pairs})
         write_json(staging / layout.TOP1.name, {row["name"]: round(row["test"]["top1"], 4)
                                                  for row in sorted(rows, key=lambda r: r["name"])})
     print(table)
