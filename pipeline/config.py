@@ -539,7 +539,7 @@ class Params(_Section):
         if both or "head" in self.heads or "head" in self.finetune:
             clash = both or ["head"]
             raise ValueError(f"heads and finetune: the name(s) {clash} are used twice; every trained head needs its "
-                             "own name (the main head is 'head'), since each has one row in dvc metrics show")
+                             "own name (the main head is 'head'), since each has one column in dvc metrics show")
         return self
 
     @model_validator(mode="after")

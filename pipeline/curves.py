@@ -517,7 +517,7 @@ def best_heads(points: list[Point]) -> dict[str, dict]:
 
 
 def headline(points: list[Point], targets: list[float]) -> dict:
-    """The small summary a user acts on (evaluation/curves.json, a DVC metric)."""
+    """The small summary a user acts on (evaluation/curves.json, read by the report)."""
     heads = list(dict.fromkeys(p.head for p in points))
     full = {h: round(p.mean, 4) for h in heads for p in points if p.head == h and p.shots == ALL_SHOTS}
     needed = {f"{round(100 * t)}%": {h: labels_needed(points, h, t)[0] for h in heads} for t in targets} if full else {}

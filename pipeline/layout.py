@@ -22,20 +22,20 @@ REPORT = EVALUATION / "report"
 """Stem of the report: report.md (relative links to the pictures), report.html (self-contained) and
 report_curve.png (the learning curve with the fine-tuned top)."""
 CURVES = EVALUATION / "curves"
-"""Stem of the learning curve: table (.md), chart (.png), headline numbers (.json, a DVC metric) and the
+"""Stem of the learning curve: table (.md), chart (.png), headline numbers (.json) and the
 mean top-1 per k and head (.csv, the DVC plot)."""
 CURVES_FINETUNE = EVALUATION / "curves_finetune.json"
 """The fine-tuned top's learning curve (stage curves-finetune): its points, their cost, or why it was skipped."""
 CURVE_DRAWS = EVALUATION / "curve_draws.csv"
 """Every fit of the learning curve: one row per head, k and draw, with the penalty chosen and how."""
 LEAKAGE = EVALUATION / "leakage"
-"""Near-copies between splits: pairs.csv (every candidate pair), summary.json (counts, a DVC metric) and
+"""Near-copies between splits: pairs.csv (every candidate pair), summary.json (counts) and
 pairs.png (the closest pairs side by side)."""
 LEAKAGE_PAIRS = LEAKAGE / "pairs.csv"
 LEAKAGE_SUMMARY = LEAKAGE / "summary.json"
 LEAKAGE_PICTURE = LEAKAGE / "pairs.png"
 SEEDS = EVALUATION / "seeds"
-"""Stem of the spread over seeds: per configuration, test top-1 per seed, mean and sd (.json, a DVC metric,
+"""Stem of the spread over seeds: per configuration, test top-1 per seed, mean and sd (.json,
 read by compare) and the table (.md)."""
 LIVE = EVALUATION / "live"
 """Training curves written by DVCLive, one folder per head configuration (see :func:`live_dir`)."""
@@ -128,7 +128,7 @@ def compared_weights(name: str) -> Path:
 
 def compared_dir(name: str) -> Path:
     """evaluation/backbones/<name>/: extract.json (what its extraction cost) and probe.json (its heads'
-    figures, LogME), both DVC metrics."""
+    figures, LogME), read by compare-backbones."""
     return BACKBONES / name
 
 

@@ -137,7 +137,7 @@ def table(summary: dict) -> str:
 
 
 def write_outputs(summary: dict, stem: str | Path) -> None:
-    """``<stem>.json`` (the summary, a DVC metric) and ``<stem>.md``, as one set."""
+    """``<stem>.json`` (the summary) and ``<stem>.md``, as one set."""
     stem = Path(stem)
     with atomic_files(stem.parent) as staging:
         write_json(staging / f"{stem.name}.json", summary)

@@ -246,6 +246,14 @@ def test_documented_ways_to_turn_parts_off_run(tmp_path, switch):
     assert not any(s.startswith("finetune@") for s in ran(out))
     table = (repo / "evaluation" / "comparison.md").read_text()
     assert "| head |" in table and ("| ridge |" in table) == (switch == "no fine-tuning")
+    # a clean re-run: every report and model removed, dvc repro makes them again (no folder a stage reads is
+    # left for git to provide: evaluation/heads, finetune, backbones do not exist here)
+    shutil.rmtree(repo / "evaluation")
+    shutil.rmtree(repo / "models")
+    again = ran(dvc(repo, env, "repro"))
+    assert {"train", "evaluate", "compare", "mistakes", "report", "plan-backbones", "compare-backbones"} <= again
+    assert "extract" not in again  # the caches were not touched
+    assert (repo / "evaluation" / "report.html").exists() and (repo / "evaluation" / "top1.json").exists()
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ Reads what extract-backbone, probe-backbone and curves-backbone wrote for each b
 ``evaluation/backbones.md`` (per backbone: the reference head's test top-1, the other heads', their val
 top-1, LogME, feature dimension, parameters, extraction images/s and time, cache size; and the learning
 curve of the first curve head per backbone), ``evaluation/backbones.png`` (test top-1 against extraction
-cost, against LogME, and against labels per class) and ``evaluation/backbones.json`` (a DVC metric:
+cost, against LogME, and against labels per class) and ``evaluation/backbones.json`` (
 Kendall's tau between each estimate's ranking of the backbones and the reference head's). With no
 backbone compared it writes a table saying so.
 

@@ -3,7 +3,7 @@
 Reads only the pooled feature file (never images or the backbone): every head of ``curves.heads`` is
 fitted on k-shot sets drawn from the train split and scored on the test split (protocol:
 docs/learning-curves.md and :mod:`pipeline.curves`). Writes evaluation/curves.md, curves.png,
-curves.json (headline numbers, a DVC metric), curves.csv (the DVC plot) and curve_draws.csv (every fit).
+curves.json (headline numbers), curves.csv (the DVC plot) and curve_draws.csv (every fit).
 ``--backbone NAME`` draws the curve of the compared backbone ``NAME`` instead (stage curves-backbone), from
 its own cache, into evaluation/backbones/NAME/.
 """

@@ -4,7 +4,7 @@
 extract-backbone), fits every head of ``backbones.heads`` and scores it on the test split (and on the
 validation split when it was fitted on train alone: the k-NN head's val top-1 is the cheap estimate of
 transfer), and computes LogME on the training split. Writes ``evaluation/backbones/NAME/probe.json``
-(a DVC metric). Reads only the feature store.
+(read by compare-backbones). Reads only the feature store.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Reads only the feature files (never images or the frozen backbone): each configu
 ``seeds.configurations`` (default: the stochastic ones) is fitted once per seed as the train stage fits it,
 on the cached splits or, with ``seeds.splits``, on a train / val split re-carved per seed from the cached
 train + val rows; every fit is scored on the test split (protocol: docs/seeds.md and :mod:`pipeline.seeds`).
-Writes evaluation/seeds.json (a DVC metric, read by compare) and seeds.md; with ``seeds.values`` empty it
+Writes evaluation/seeds.json (read by compare) and seeds.md; with ``seeds.values`` empty it
 writes a placeholder saying it is off, at no cost.
 """
 
