@@ -20,11 +20,14 @@ from pipeline.config import HeadParamsBase, Normalize, PooledHeadParams
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.fileutil import atomic_path
 from pipeline.heads.calibration import TEMPERATURE_BOUNDS, fit_temperature, mean_nll
+from pipeline.heads.shots import ShotFit
 
 if TYPE_CHECKING:
     from torch import nn
 
+    from pipeline.config import CurvesParams
     from pipeline.features import FeatureStore
+    from pipeline.heads.shots import ShotSet, TestSplit
 
 
 def softmax(scores: np.ndarray) -> np.ndarray:
@@ -314,6 +317,28 @@ class PooledHead(Head):
         finally:
             self._monitor = None
         return self
+
+    # -- many small fits: the learning curve -----------------------------------------------------
+    @classmethod
+    def curve_fits(cls, params: PooledHeadParams, seed: int, train: tuple[np.ndarray, np.ndarray], n_classes: int,
+                   sets: list[ShotSet], test: TestSplit, curves: CurvesParams) -> list[ShotFit]:
+        """Fit ``params`` on each training set (rows of ``train``) and score it on ``test``. This default
+        fits a head per set with its own params; a kind with a faster way to do it overrides it."""
+        X, y = train
+        fits = []
+        for s in sets:
+            head = cls(params, seed=seed).fit(X[s.rows], y[s.rows], n_classes=n_classes)
+            fits.append(ShotFit(head.curve_top1(test), **head.penalty(len(s.rows))))
+        return fits
+
+    def curve_top1(self, test: TestSplit) -> float:
+        """Top-1 of the fitted head on the curve's test split."""
+        return test.accuracy(self.decision_function(test.X))
+
+    def penalty(self, n_rows: int) -> dict[str, float | int]:
+        """What sets the fitted head's complexity, as the curve reports it (:class:`ShotFit`'s ``l2``,
+        ``C``, ``neighbours``), for a fit on ``n_rows`` images; none for a head without one."""
+        return {}
 
     def fit_store(self, store: FeatureStore) -> PooledHead:
         store.require_input(self.input)

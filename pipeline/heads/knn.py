@@ -32,6 +32,9 @@ class KnnHead(PooledHead):
         np.add.at(scores, (rows, self.bank_labels[found.index].ravel()), weights.ravel())
         return np.log(scores + 1e-30)  # log of the vote mass: softmax gives the vote shares
 
+    def penalty(self, n_rows: int) -> dict[str, int]:
+        return {"neighbours": min(self.params.k, n_rows)}
+
     def _model_arrays(self) -> dict[str, np.ndarray]:
         return {"bank": self.bank, "bank_labels": self.bank_labels}
 

@@ -7,14 +7,17 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 
-from pipeline.config import LinearParams, LogisticParams, NearestCentroidParams, RidgeParams
+from pipeline.config import LinearParams, LogisticParams, NearestCentroidParams, RidgeParams, SweepParams
 from pipeline.device import torch_device
 from pipeline.errors import ConfigError
 from pipeline.features import fits_in_memory
-from pipeline.heads.base import PooledHead
+from pipeline.heads.base import FeatureNormalizer, PooledHead
+from pipeline.heads.shots import ShotFit, chooses_penalty, first_best
 
 if TYPE_CHECKING:
+    from pipeline.config import CurvesParams, PooledHeadParams
     from pipeline.features import FeatureStore
+    from pipeline.heads.shots import ShotSet, TestSplit
 
 
 class LinearModelHead(PooledHead):
@@ -25,6 +28,15 @@ class LinearModelHead(PooledHead):
 
     def _scores(self, X: np.ndarray) -> np.ndarray:
         return X @ self.coef.T + self.intercept
+
+    def curve_top1(self, test: TestSplit) -> float:
+        """Top-1 on the curve's test split with the normalisation folded into the weights: no normalised
+        copy of the test split per fit."""
+        norm = self.normalizer
+        if norm.mode == "standardize":
+            coef = self.coef / norm.scale
+            return test.accuracy(test.X @ coef.T + (self.intercept - coef @ norm.mean))
+        return test.accuracy(test.normalised(norm.mode, norm.transform) @ self.coef.T + self.intercept)
 
     def _scores_module(self):
         import torch
@@ -100,7 +112,48 @@ def c_from_l2(l2: float, n_rows: int, n_classes: int) -> float:
     return (2.0 if n_classes == 2 else 1.0) / (l2 * n_rows)
 
 
-class SweptLinearHead(LinearModelHead):
+class PenalisedHead(LinearModelHead):
+    """A linear head with an L2 penalty. On the learning curve the penalty is chosen inside each k-shot
+    set: the set's held-out top-1 (:meth:`held_out_top1`) at each penalty of ``curves.grid``, strongest
+    first, the first maximum kept, when every class has ``curves.min_shots_for_cv`` images; else
+    ``curves.fixed_l2``. Then the head is fitted on the whole set with that penalty."""
+
+    @classmethod
+    def with_l2(cls, params: PooledHeadParams, l2: float, n_rows: int, n_classes: int) -> PooledHeadParams:
+        """``params`` with the penalty l2 (mean loss + l2 / 2 ||W||^2 on ``n_rows`` images), select: fixed."""
+        raise NotImplementedError
+
+    @classmethod
+    def held_out_top1(cls, X: np.ndarray, y: np.ndarray, n_classes: int, params: PooledHeadParams, grid: np.ndarray,
+                      curves: CurvesParams, seed: int) -> list[float]:
+        """Top-1 on held-out images of (X, y) alone at each penalty l2 of ``grid``."""
+        raise NotImplementedError
+
+    @classmethod
+    def selection_rule(cls, curves: CurvesParams) -> str:
+        """How :meth:`held_out_top1` holds images out, in words."""
+        raise NotImplementedError
+
+    @classmethod
+    def curve_fits(cls, params: PooledHeadParams, seed: int, train: tuple[np.ndarray, np.ndarray], n_classes: int,
+                   sets: list[ShotSet], test: TestSplit, curves: CurvesParams) -> list[ShotFit]:
+        X, y = train
+        grid = curves.grid.values()[::-1]  # strongest first: ties go to the stronger penalty
+        fits = []
+        for s in sets:
+            Xk, yk = X[s.rows], y[s.rows]
+            fit = ShotFit(float("nan"), l2=curves.fixed_l2, selection="fixed")
+            if chooses_penalty(yk, n_classes, curves):
+                accuracies = cls.held_out_top1(Xk, yk, n_classes, params, grid, curves, s.seed)
+                best = first_best(accuracies)
+                fit = ShotFit(float("nan"), l2=float(grid[best]), selection="cv", cv_top1=accuracies[best])
+            head = cls(cls.with_l2(params, fit.l2, len(yk), n_classes), seed=seed).fit(Xk, yk, n_classes=n_classes)
+            fit.top1, fit.C = head.curve_top1(test), head.penalty(len(yk)).get("C")
+            fits.append(fit)
+        return fits
+
+
+class SweptLinearHead(PenalisedHead):
     """Logistic-loss linear heads whose L2 penalty can be chosen on a validation split.
 
     The sweep walks the grid from the strongest penalty to the weakest, warm-starting each fit from
@@ -123,6 +176,76 @@ class SweptLinearHead(LinearModelHead):
         self.info["sweep"] = {"l2": grid.tolist(), "val_top1": accuracies}
         self.info["chosen_l2"] = float(grid[best])
         self.info["chosen_val_top1"] = accuracies[best]  # held out: the final head is refit on train + val
+
+    @classmethod
+    def selection_rule(cls, curves: CurvesParams) -> str:
+        return f"{curves.cv_folds}-fold stratified cross-validation"
+
+    @classmethod
+    def held_out_top1(cls, X: np.ndarray, y: np.ndarray, n_classes: int, params: SweepParams, grid: np.ndarray,
+                      curves: CurvesParams, seed: int) -> list[float]:
+        """Stratified ``curves.cv_folds``-fold cross-validation (folds seeded from ``seed``), the
+        normalisation refitted on each fold's training part; the held-out predictions of every fold pooled.
+
+        Every fold's model is fitted at once: the folds' weights W_f (in each fold's own normalisation)
+        are stacked, so one product of the features with the stacked weights serves every fold; the
+        objective is the sum of the folds' objectives (mean cross-entropy over the fold's training rows +
+        l2 / 2 ||W_f||^2), which are independent. Full-batch L-BFGS, ``curves.cv_max_iter`` iterations per
+        penalty, each warm-started from the previous solution.
+        """
+        import torch
+        import torch.nn.functional as F
+        from sklearn.model_selection import StratifiedKFold
+
+        Xk, yk = np.asarray(X, dtype=np.float32), np.asarray(y, dtype=np.int64)
+        n, dim = Xk.shape
+        folds = curves.cv_folds
+        fold_of = np.empty(n, np.int64)
+        for f, (_, held) in enumerate(StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(n), yk)):
+            fold_of[held] = f
+        mean, scale = np.zeros((folds, dim), np.float32), np.ones((folds, dim), np.float32)
+        if params.normalize == "l2":
+            Xk = FeatureNormalizer("l2").transform(Xk)
+        elif params.normalize == "standardize":  # moments of each fold's training part, as FeatureNormalizer fits them
+            sums = np.stack([Xk[fold_of == f].sum(axis=0, dtype=np.float64) for f in range(folds)])
+            squares = np.stack([np.square(Xk[fold_of == f], dtype=np.float64).sum(axis=0) for f in range(folds)])
+            counts = np.bincount(fold_of, minlength=folds)[:, None]
+            m = (sums.sum(axis=0) - sums) / (n - counts)
+            sd = np.sqrt(np.maximum((squares.sum(axis=0) - squares) / (n - counts) - m**2, 0.0))
+            mean, scale = m.astype(np.float32), np.where(sd > 1e-12, sd, 1.0).astype(np.float32)
+
+        device = torch_device()
+        features = torch.as_tensor(Xk, device=device)
+        labels = torch.as_tensor(yk, device=device)[:, None, None].expand(n, folds, 1)
+        training = torch.as_tensor(fold_of[:, None] != np.arange(folds), device=device)  # (n, folds)
+        weight = training.float() / training.sum(dim=0)  # mean over each fold's training rows
+        held_out = ~training
+        mean_t, inv_scale = torch.as_tensor(mean, device=device), torch.as_tensor(1.0 / scale, device=device)
+        W = torch.zeros(folds, n_classes, dim, device=device, requires_grad=True)
+        b = torch.zeros(folds, n_classes, device=device, requires_grad=True)
+
+        def logits() -> torch.Tensor:  # ((X - m_f) / s_f) W_f^T + b_f for every fold, in one product
+            V = W * inv_scale[:, None, :]
+            c = b - (V * mean_t[:, None, :]).sum(dim=2)
+            return (features @ V.reshape(folds * n_classes, dim).T).view(n, folds, n_classes) + c
+
+        accuracies = []
+        for l2 in grid:
+            opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=curves.cv_max_iter, history_size=20, tolerance_grad=1e-5,
+                                    tolerance_change=1e-7, line_search_fn="strong_wolfe")
+
+            def closure() -> torch.Tensor:
+                opt.zero_grad()
+                nll = -F.log_softmax(logits(), dim=2).gather(2, labels).squeeze(2)  # (n, folds)
+                loss = (nll * weight).sum() + 0.5 * float(l2) * W.pow(2).sum()
+                loss.backward()
+                return loss
+
+            opt.step(closure)
+            with torch.no_grad():
+                correct = (logits().argmax(dim=2) == labels[:, :, 0]) & held_out
+                accuracies.append(float(correct.sum()) / n)
+        return accuracies
 
 
 class LogisticHead(SweptLinearHead):
@@ -149,6 +272,13 @@ class LogisticHead(SweptLinearHead):
             intercept[model.classes_] = model.intercept_
         self.coef, self.intercept = coef, intercept
 
+    @classmethod
+    def with_l2(cls, params: LogisticParams, l2: float, n_rows: int, n_classes: int) -> LogisticParams:
+        return params.model_copy(update={"C": c_from_l2(l2, n_rows, n_classes), "select": "fixed"})
+
+    def penalty(self, n_rows: int) -> dict[str, float]:
+        return {"l2": c_from_l2(self.info["C"], n_rows, self.n_classes), "C": self.info["C"]}
+
 
 class LinearHead(SweptLinearHead):
     """A linear layer trained with cross-entropy by full-batch L-BFGS in torch (deterministic)."""
@@ -160,6 +290,13 @@ class LinearHead(SweptLinearHead):
         l2 = self.info.get("chosen_l2", self.params.weight_decay)
         self.info["weight_decay"] = l2
         self.coef, self.intercept = softmax_regression((X, y), self.n_classes, l2, self.params.max_iter)
+
+    @classmethod
+    def with_l2(cls, params: LinearParams, l2: float, n_rows: int, n_classes: int) -> LinearParams:
+        return params.model_copy(update={"weight_decay": l2, "select": "fixed"})
+
+    def penalty(self, n_rows: int) -> dict[str, float]:
+        return {"l2": self.info["weight_decay"]}
 
     def fit_store(self, store: FeatureStore) -> LinearHead:
         """In memory when the training features fit; else read block by block on every L-BFGS pass
@@ -179,8 +316,11 @@ class LinearHead(SweptLinearHead):
         return self
 
 
-class RidgeHead(LinearModelHead):
-    """Least squares on one-hot targets, closed form (the squared loss of the classic write-up)."""
+class RidgeHead(PenalisedHead):
+    """Least squares on one-hot targets, closed form (the squared loss of the classic write-up).
+
+    Its penalty alpha is, per image, l2 = 2 alpha / N in mean squared error + l2 / 2 ||W||^2: the
+    learning curve chooses l2 from the same grid as for the logistic heads, by exact leave-one-out."""
 
     kind = "ridge"
     Params = RidgeParams
@@ -195,6 +335,42 @@ class RidgeHead(LinearModelHead):
         W = np.linalg.solve(gram, Xc.T @ (Y - y_mean))
         self.coef = W.T.astype(np.float32)
         self.intercept = (y_mean - x_mean @ W).astype(np.float32)
+
+    @classmethod
+    def with_l2(cls, params: RidgeParams, l2: float, n_rows: int, n_classes: int) -> RidgeParams:
+        return params.model_copy(update={"alpha": l2 * n_rows / 2})
+
+    def penalty(self, n_rows: int) -> dict[str, float]:
+        return {"l2": 2 * self.params.alpha / n_rows}
+
+    @classmethod
+    def selection_rule(cls, curves: CurvesParams) -> str:
+        return "exact leave-one-out"
+
+    @classmethod
+    def held_out_top1(cls, X: np.ndarray, y: np.ndarray, n_classes: int, params: RidgeParams, grid: np.ndarray,
+                      curves: CurvesParams, seed: int) -> list[float]:
+        """Leave-one-out top-1, exact and for every penalty from one singular value decomposition.
+
+        With Z the normalised, centred features (normalisation fitted on the whole set, the one
+        approximation: each left-out image still weighs in its moments) and Z = U S V^T, the ridge fit
+        with an unpenalised intercept is the linear smoother H = 1 1^T / n + U diag(s^2 / (s^2 + alpha))
+        U^T; the prediction for image i by the fit without it is Y_i - (Y_i - (H Y)_i) / (1 - H_ii).
+        """
+        Z = FeatureNormalizer(params.normalize).fit(X).transform(X).astype(np.float64)
+        n = len(y)
+        Y = np.eye(n_classes)[y]
+        y_mean = Y.mean(axis=0)
+        U, s, _ = np.linalg.svd(Z - Z.mean(axis=0), full_matrices=False)
+        projected, U2, s2 = U.T @ (Y - y_mean), np.square(U), np.square(s)
+        accuracies = []
+        for l2 in grid:
+            shrink = s2 / (s2 + l2 * n / 2)
+            fitted = y_mean + U @ (shrink[:, None] * projected)
+            leverage = 1.0 / n + U2 @ shrink
+            left_out = Y - (Y - fitted) / np.maximum(1.0 - leverage, 1e-12)[:, None]
+            accuracies.append(float((left_out.argmax(axis=1) == y).mean()))
+        return accuracies
 
 
 class NearestCentroidHead(LinearModelHead):
