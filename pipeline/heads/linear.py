@@ -350,24 +350,32 @@ class RidgeHead(PenalisedHead):
     @classmethod
     def held_out_top1(cls, X: np.ndarray, y: np.ndarray, n_classes: int, params: RidgeParams, grid: np.ndarray,
                       curves: CurvesParams, seed: int) -> list[float]:
-        """Leave-one-out top-1, exact and for every penalty from one singular value decomposition.
+        """Leave-one-out top-1, exact and for every penalty from one eigendecomposition.
 
         With Z the normalised, centred features (normalisation fitted on the whole set, the one
-        approximation: each left-out image still weighs in its moments) and Z = U S V^T, the ridge fit
-        with an unpenalised intercept is the linear smoother H = 1 1^T / n + U diag(s^2 / (s^2 + alpha))
-        U^T; the prediction for image i by the fit without it is Y_i - (Y_i - (H Y)_i) / (1 - H_ii).
+        approximation: each left-out image still weighs in its moments), the ridge fit with an
+        unpenalised intercept is the linear smoother H = 1 1^T / n + Z (Z^T Z + alpha I)^-1 Z^T, and the
+        prediction for image i by the fit without it is Y_i - (Y_i - (H Y)_i) / (1 - H_ii). H comes from
+        the eigendecomposition of the smaller Gram matrix: Z Z^T = Q diag(lam) Q^T (n <= d) gives
+        H - 1 1^T / n = Q diag(lam / (lam + alpha)) Q^T; Z^T Z = V diag(lam) V^T gives (Z V) diag(1 / (lam +
+        alpha)) (Z V)^T. (An SVD of Z gives the same, 2 to 4 times slower here.)
         """
         Z = FeatureNormalizer(params.normalize).fit(X).transform(X).astype(np.float64)
+        Z -= Z.mean(axis=0)
         n = len(y)
         Y = np.eye(n_classes)[y]
         y_mean = Y.mean(axis=0)
-        U, s, _ = np.linalg.svd(Z - Z.mean(axis=0), full_matrices=False)
-        projected, U2, s2 = U.T @ (Y - y_mean), np.square(U), np.square(s)
+        wide = n <= Z.shape[1]
+        lam, vectors = np.linalg.eigh(Z @ Z.T if wide else Z.T @ Z)
+        lam = np.maximum(lam, 0.0)
+        basis = vectors if wide else Z @ vectors
+        projected, squares = basis.T @ (Y - y_mean), np.square(basis)
         accuracies = []
         for l2 in grid:
-            shrink = s2 / (s2 + l2 * n / 2)
-            fitted = y_mean + U @ (shrink[:, None] * projected)
-            leverage = 1.0 / n + U2 @ shrink
+            alpha = l2 * n / 2
+            weight = lam / (lam + alpha) if wide else 1.0 / (lam + alpha)
+            fitted = y_mean + basis @ (weight[:, None] * projected)
+            leverage = 1.0 / n + squares @ weight
             left_out = Y - (Y - fitted) / np.maximum(1.0 - leverage, 1e-12)[:, None]
             accuracies.append(float((left_out.argmax(axis=1) == y).mean()))
         return accuracies
