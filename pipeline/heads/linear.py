@@ -58,49 +58,93 @@ Blocks = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
 """A re-iterable source of (features, labels) blocks: a feature file read in row blocks."""
 
 
-def softmax_regression(data: tuple[np.ndarray, np.ndarray] | Blocks, n_classes: int, l2: float, max_iter: int,
-                       init: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Train an ``nn.Linear`` to minimise mean cross-entropy + l2 / 2 * ||W||^2 by full-batch
-    L-BFGS in torch (on the GPU when there is one).
+class SoftmaxRegression:
+    """Multinomial logistic regression by full-batch L-BFGS in torch (on the GPU when there is one): the
+    one softmax-regression solver of the project (the linear head, its penalty sweep, and the learning
+    curve's cross-validation).
 
-    ``data`` is either (X, y) in memory or :data:`Blocks`, read block by block on every pass so
-    that features larger than memory can be used. Deterministic (zero or given start, no
-    sampling). Returns (W (C, D), b (C,)) as float32.
+    Minimises mean cross-entropy + l2 / 2 ||W||^2 of F independent problems on the same rows at once
+    (``folds``: (N, F) booleans, True where a row is in problem f's training rows; default one problem,
+    every row): the problems' weights are stacked, so one product of the features with the stacked
+    weights serves all of them. ``mean`` and ``scale`` (F, D): each problem's standardisation, folded into
+    its weights (W_f / s_f, b_f - (W_f / s_f) m_f): the features stay one shared copy. ``data`` is (X, y)
+    in memory or :data:`Blocks` (one problem only), read block by block on every pass so that features
+    larger than memory can be used. Starts at zero; each :meth:`fit` continues from the last solution
+    (the warm start of a penalty path). Deterministic: no sampling, no RNG.
     """
-    import torch
-    import torch.nn.functional as F
 
-    device = torch_device()
-    if isinstance(data, tuple):
-        in_memory = [(torch.as_tensor(data[0], device=device), torch.as_tensor(data[1], device=device))]
-        blocks = lambda: in_memory  # noqa: E731
-    else:
-        blocks = lambda: ((torch.as_tensor(X, device=device), torch.as_tensor(y, device=device)) for X, y in data())  # noqa: E731
-    dim = next(iter(blocks()))[0].shape[1]
-    layer = torch.nn.Linear(dim, n_classes, device=device)
-    with torch.no_grad():  # the problem is convex: start at zero (or the given point), no RNG
-        layer.weight.copy_(torch.as_tensor(init[0]) if init else torch.zeros_like(layer.weight))
-        layer.bias.copy_(torch.as_tensor(init[1]) if init else torch.zeros_like(layer.bias))
-    # stop when the float32 loss stops changing at its own resolution (about 1e-7)
-    opt = torch.optim.LBFGS(layer.parameters(), lr=1.0, max_iter=max_iter, history_size=20, tolerance_grad=1e-5,
-                            tolerance_change=1e-7, line_search_fn="strong_wolfe")
+    def __init__(self, data: tuple[np.ndarray, np.ndarray] | Blocks, n_classes: int, folds: np.ndarray | None = None,
+                 mean: np.ndarray | None = None, scale: np.ndarray | None = None):
+        import torch
 
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        total, rows = 0.0, 0
-        for X, y in blocks():  # gradients of the summed loss accumulate block by block
-            loss = F.cross_entropy(layer(X), y, reduction="sum")
-            loss.backward()
-            total, rows = total + loss.item(), rows + len(y)
-        with torch.no_grad():
-            for p in layer.parameters():
-                p.grad /= rows
-            layer.weight.grad += l2 * layer.weight
-            penalty = 0.5 * l2 * layer.weight.pow(2).sum().item()
-        return torch.tensor(total / rows + penalty)
+        device = self.device = torch_device()
+        if isinstance(data, tuple):
+            rows = None if folds is None else torch.as_tensor(folds, dtype=torch.float32, device=device)
+            in_memory = [(torch.as_tensor(data[0], device=device), torch.as_tensor(data[1], device=device), rows)]
+            self._blocks = lambda: in_memory
+        else:
+            if folds is not None:
+                raise ValueError("folds need the features in memory")
+            self._blocks = lambda: ((torch.as_tensor(X, device=device), torch.as_tensor(y, device=device), None)
+                                    for X, y in data())
+        dim = next(iter(self._blocks()))[0].shape[1]
+        problems = 1 if folds is None else folds.shape[1]
+        self.W = torch.zeros(problems, n_classes, dim, device=device, requires_grad=True)
+        self.b = torch.zeros(problems, n_classes, device=device, requires_grad=True)
+        self._mean = None if mean is None else torch.as_tensor(mean, device=device)
+        self._inv_scale = None if scale is None else torch.as_tensor(1.0 / scale, device=device)
 
-    opt.step(closure)
-    return layer.weight.detach().cpu().numpy(), layer.bias.detach().cpu().numpy()
+    def logits(self, X):
+        """Scores (N, F, C) of every problem on the raw (un-standardised) rows X, a tensor."""
+        import torch
+
+        W, b = self.W, self.b
+        if self._inv_scale is not None:  # ((X - m_f) / s_f) W_f^T + b_f
+            W = W * self._inv_scale[:, None, :]
+            b = b - (W * self._mean[:, None, :]).sum(dim=2)
+        return torch.addmm(b.reshape(-1), X, W.reshape(-1, X.shape[1]).T).view(len(X), *b.shape)
+
+    def fit(self, l2: float, max_iter: int) -> SoftmaxRegression:
+        """At most ``max_iter`` L-BFGS iterations at penalty ``l2``, from the current solution."""
+        import torch
+        import torch.nn.functional as F
+
+        # stop when the float32 loss stops changing at its own resolution (about 1e-7)
+        opt = torch.optim.LBFGS([self.W, self.b], lr=1.0, max_iter=max_iter, history_size=20, tolerance_grad=1e-5,
+                                tolerance_change=1e-7, line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            totals = torch.zeros(len(self.b), dtype=torch.float64, device=self.device)
+            counts = torch.zeros_like(totals)
+            for X, y, rows in self._blocks():  # gradients of the summed losses accumulate block by block
+                logits = self.logits(X)
+                nll = F.cross_entropy(logits.transpose(1, 2), y[:, None].expand(len(y), logits.shape[1]), reduction="none")
+                summed = (nll if rows is None else nll * rows).sum(dim=0)  # (F,): each problem's own rows
+                summed.sum().backward()
+                totals += summed.detach()
+                counts += len(y) if rows is None else rows.sum(dim=0)
+            with torch.no_grad():
+                self.W.grad /= counts[:, None, None].float()
+                self.b.grad /= counts[:, None].float()
+                self.W.grad += l2 * self.W
+                return (totals / counts).sum() + 0.5 * l2 * self.W.pow(2).sum().double()
+
+        opt.step(closure)
+        return self
+
+    def solution(self) -> tuple[np.ndarray, np.ndarray]:
+        """(W (C, D), b (C,)) of the single problem, float32, on the features as given."""
+        return self.W[0].detach().cpu().numpy(), self.b[0].detach().cpu().numpy()
+
+    def path(self, grid: np.ndarray, max_iter: int, held_out_top1: Callable[[], float]) -> list[float]:
+        """The warm-started penalty path: fit at each l2 of ``grid`` in turn (strongest first), each from
+        the previous solution, and the held-out top-1 after each."""
+        accuracies = []
+        for l2 in grid:
+            self.fit(float(l2), max_iter)
+            accuracies.append(held_out_top1())
+        return accuracies
 
 
 def c_from_l2(l2: float, n_rows: int, n_classes: int) -> float:
@@ -167,12 +211,14 @@ class SweptLinearHead(PenalisedHead):
 
     def _select(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.ndarray) -> None:
         grid = self.params.grid.values()[::-1]
-        solution, accuracies = None, []
-        for l2 in grid:
-            solution = softmax_regression((X, y), self.n_classes, float(l2), self.params.sweep_max_iter, init=solution)
-            W, b = solution
-            accuracies.append(float(((X_val @ W.T + b).argmax(axis=1) == y_val).mean()))
-        best = int(np.argmax(accuracies))  # first maximum = strongest penalty among ties
+        problem = SoftmaxRegression((X, y), self.n_classes)
+
+        def val_top1() -> float:
+            W, b = problem.solution()
+            return float(((X_val @ W.T + b).argmax(axis=1) == y_val).mean())
+
+        accuracies = problem.path(grid, self.params.sweep_max_iter, val_top1)
+        best = first_best(accuracies)
         self.info["sweep"] = {"l2": grid.tolist(), "val_top1": accuracies}
         self.info["chosen_l2"] = float(grid[best])
         self.info["chosen_val_top1"] = accuracies[best]  # held out: the final head is refit on train + val
@@ -194,58 +240,25 @@ class SweptLinearHead(PenalisedHead):
         penalty, each warm-started from the previous solution.
         """
         import torch
-        import torch.nn.functional as F
         from sklearn.model_selection import StratifiedKFold
 
-        Xk, yk = np.asarray(X, dtype=np.float32), np.asarray(y, dtype=np.int64)
-        n, dim = Xk.shape
-        folds = curves.cv_folds
-        fold_of = np.empty(n, np.int64)
-        for f, (_, held) in enumerate(StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(n), yk)):
-            fold_of[held] = f
-        mean, scale = np.zeros((folds, dim), np.float32), np.ones((folds, dim), np.float32)
-        if params.normalize == "l2":
-            Xk = FeatureNormalizer("l2").transform(Xk)
-        elif params.normalize == "standardize":  # moments of each fold's training part, as FeatureNormalizer fits them
-            sums = np.stack([Xk[fold_of == f].sum(axis=0, dtype=np.float64) for f in range(folds)])
-            squares = np.stack([np.square(Xk[fold_of == f], dtype=np.float64).sum(axis=0) for f in range(folds)])
-            counts = np.bincount(fold_of, minlength=folds)[:, None]
-            m = (sums.sum(axis=0) - sums) / (n - counts)
-            sd = np.sqrt(np.maximum((squares.sum(axis=0) - squares) / (n - counts) - m**2, 0.0))
-            mean, scale = m.astype(np.float32), np.where(sd > 1e-12, sd, 1.0).astype(np.float32)
+        X = FeatureNormalizer("l2").transform(X) if params.normalize == "l2" else np.asarray(X, dtype=np.float32)
+        training = np.ones((len(y), curves.cv_folds), bool)
+        for f, (_, held) in enumerate(StratifiedKFold(curves.cv_folds, shuffle=True, random_state=seed).split(X, y)):
+            training[held, f] = False
+        mean = scale = None
+        if params.normalize == "standardize":  # each fold's own, fitted on its training rows
+            norms = [FeatureNormalizer("standardize").fit(X[training[:, f]]) for f in range(curves.cv_folds)]
+            mean, scale = np.stack([m.mean for m in norms]), np.stack([m.scale for m in norms])
+        problem = SoftmaxRegression((X, y), n_classes, folds=training, mean=mean, scale=scale)
+        features, labels = torch.as_tensor(X, device=problem.device), torch.as_tensor(y, device=problem.device)
+        held_out = torch.as_tensor(~training, device=problem.device)
 
-        device = torch_device()
-        features = torch.as_tensor(Xk, device=device)
-        labels = torch.as_tensor(yk, device=device)[:, None, None].expand(n, folds, 1)
-        training = torch.as_tensor(fold_of[:, None] != np.arange(folds), device=device)  # (n, folds)
-        weight = training.float() / training.sum(dim=0)  # mean over each fold's training rows
-        held_out = ~training
-        mean_t, inv_scale = torch.as_tensor(mean, device=device), torch.as_tensor(1.0 / scale, device=device)
-        W = torch.zeros(folds, n_classes, dim, device=device, requires_grad=True)
-        b = torch.zeros(folds, n_classes, device=device, requires_grad=True)
-
-        def logits() -> torch.Tensor:  # ((X - m_f) / s_f) W_f^T + b_f for every fold, in one product
-            V = W * inv_scale[:, None, :]
-            c = b - (V * mean_t[:, None, :]).sum(dim=2)
-            return (features @ V.reshape(folds * n_classes, dim).T).view(n, folds, n_classes) + c
-
-        accuracies = []
-        for l2 in grid:
-            opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=curves.cv_max_iter, history_size=20, tolerance_grad=1e-5,
-                                    tolerance_change=1e-7, line_search_fn="strong_wolfe")
-
-            def closure() -> torch.Tensor:
-                opt.zero_grad()
-                nll = -F.log_softmax(logits(), dim=2).gather(2, labels).squeeze(2)  # (n, folds)
-                loss = (nll * weight).sum() + 0.5 * float(l2) * W.pow(2).sum()
-                loss.backward()
-                return loss
-
-            opt.step(closure)
+        def pooled_top1() -> float:  # the held-out rows of every fold, each predicted by its own fold's fit
             with torch.no_grad():
-                correct = (logits().argmax(dim=2) == labels[:, :, 0]) & held_out
-                accuracies.append(float(correct.sum()) / n)
-        return accuracies
+                return float(((problem.logits(features).argmax(dim=2) == labels[:, None]) & held_out).sum()) / len(y)
+
+        return problem.path(grid, curves.cv_max_iter, pooled_top1)
 
 
 class LogisticHead(SweptLinearHead):
@@ -289,7 +302,7 @@ class LinearHead(SweptLinearHead):
     def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
         l2 = self.info.get("chosen_l2", self.params.weight_decay)
         self.info["weight_decay"] = l2
-        self.coef, self.intercept = softmax_regression((X, y), self.n_classes, l2, self.params.max_iter)
+        self.coef, self.intercept = SoftmaxRegression((X, y), self.n_classes).fit(l2, self.params.max_iter).solution()
 
     @classmethod
     def with_l2(cls, params: LinearParams, l2: float, n_rows: int, n_classes: int) -> LinearParams:
@@ -311,8 +324,8 @@ class LinearHead(SweptLinearHead):
         self.n_classes, self.info = len(store.spec.classes), {"weight_decay": self.params.weight_decay, "streamed": True}
         self.normalizer.fit_blocks(blocks)
         normalised = lambda: ((self.normalizer.transform(X), y) for X, y in blocks())  # noqa: E731
-        self.coef, self.intercept = softmax_regression(normalised, self.n_classes, self.params.weight_decay,
-                                                       self.params.max_iter)
+        self.coef, self.intercept = SoftmaxRegression(normalised, self.n_classes).fit(
+            self.params.weight_decay, self.params.max_iter).solution()
         return self
 
 
