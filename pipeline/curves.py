@@ -182,8 +182,10 @@ def t_interval(values: list[float], confidence: float) -> tuple[float, float | N
     if len(v) < 2:
         return mean, None, None, None
     std = float(v.std(ddof=1))
-    half = float(t.ppf((1 + confidence) / 2, len(v) - 1)) * std / math.sqrt(len(v))
-    return mean, std, mean - half, mean + half
+    if std == 0:  # scipy's interval needs a positive scale
+        return mean, std, mean, mean
+    low, high = t.interval(confidence, len(v) - 1, loc=mean, scale=std / math.sqrt(len(v)))
+    return mean, std, float(low), float(high)
 
 
 def _penalty_text(fits: list[Fit]) -> str:

@@ -31,9 +31,10 @@ if TYPE_CHECKING:
 
 
 def softmax(scores: np.ndarray) -> np.ndarray:
-    z = scores - scores.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    """Row-wise softmax of scores (N, C)."""
+    from scipy.special import softmax as row_softmax
+
+    return row_softmax(scores, axis=1)
 
 
 def split_scores(head: Head, store: FeatureStore, split: str) -> tuple[np.ndarray, np.ndarray] | None:
