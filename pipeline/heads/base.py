@@ -202,16 +202,17 @@ class FeatureNormalizer:
         return self.fit_blocks(lambda: [(X, None)])
 
     def fit_blocks(self, blocks) -> FeatureNormalizer:
-        """Fit from a re-iterable of (features, labels) blocks; moments accumulate in float64."""
+        """Fit from a re-iterable of (features, labels) blocks: scikit-learn's ``StandardScaler.partial_fit``
+        on ``BLOCK_ROWS`` rows at a time (its moments accumulate in float64)."""
         if self.mode == "standardize":
-            n, total, squares = 0, 0.0, 0.0
+            from sklearn.preprocessing import StandardScaler
+
+            scaler = StandardScaler()
             for X, _ in blocks():
                 for start in range(0, len(X), self.BLOCK_ROWS):
-                    X64 = X[start : start + self.BLOCK_ROWS].astype(np.float64)
-                    n, total, squares = n + len(X64), total + X64.sum(axis=0), squares + np.square(X64).sum(axis=0)
-            mean = total / n
-            std = np.sqrt(np.maximum(squares / n - mean**2, 0.0))
-            self.mean = mean.astype(np.float32)
+                    scaler.partial_fit(X[start : start + self.BLOCK_ROWS])
+            std = np.sqrt(scaler.var_)
+            self.mean = scaler.mean_.astype(np.float32)
             self.scale = np.where(std > 1e-12, std, 1.0).astype(np.float32)
         return self
 
