@@ -339,15 +339,12 @@ class RidgeHead(PenalisedHead):
     Params = RidgeParams
 
     def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
-        X64 = X.astype(np.float64)
-        Y = np.eye(self.n_classes)[y]
-        x_mean, y_mean = X64.mean(axis=0), Y.mean(axis=0)
-        Xc = X64 - x_mean
-        gram = Xc.T @ Xc
-        gram[np.diag_indices_from(gram)] += self.params.alpha
-        W = np.linalg.solve(gram, Xc.T @ (Y - y_mean))
-        self.coef = W.T.astype(np.float32)
-        self.intercept = (y_mean - x_mean @ W).astype(np.float32)
+        from sklearn.linear_model import Ridge
+
+        # in float64 as the closed form it replaces; on the 4,500 x 1,280 quick-run features and 45,000 rows
+        # (the same tiled) it took 1.07 s and 4.67 s against 0.55-1.05 s and 4.90-6.56 s (load average 9)
+        model = Ridge(alpha=self.params.alpha).fit(X.astype(np.float64), np.eye(self.n_classes)[y])
+        self.coef, self.intercept = model.coef_.astype(np.float32), model.intercept_.astype(np.float32)
 
     @classmethod
     def with_l2(cls, params: RidgeParams, l2: float, n_rows: int, n_classes: int) -> RidgeParams:
