@@ -16,6 +16,7 @@ from pipeline.images import decode_image
 from pipeline.sources import open_source
 from pipeline.errors import BackboneError, ConfigError, FeatureStoreError, PipelineError
 from pipeline.features import FeatureStore, PartialFeatures
+from pipeline.heads.epochs import run_epochs
 from pipeline.heads.finetune import FinetuneHead, depthwise_kernels
 from pipeline.heads import load_head
 from pipeline.model import export, load_exported, load_trained, predict
@@ -176,7 +177,9 @@ def test_depthwise_setting_keeps_or_trains_the_depthwise_kernels(depthwise):
     net, opt, schedule = head._build(32, torch.device("cpu"))
     maps, labels = torch.randn(32, 192, 2, 2).half().numpy(), np.arange(32) % 10
     batches = head._batches(lambda a, b: (maps[a:b], labels[a:b]), 32, 8, 32, torch.Generator().manual_seed(0))
-    head._train_epoch(net, opt, schedule, batches, 32, torch.Generator().manual_seed(0), torch.device("cpu"), 0)
+    cpu = torch.device("cpu")
+    run_epochs(net, opt, schedule, 1, lambda _: head._on_device(batches, cpu), head._loss(torch.Generator().manual_seed(0), cpu),
+               head._train_mode)
     pretrained = top_above_cut(recipe)[0].state_dict()
     trained = {name: q.detach() for name, q in net.top.named_parameters()}
     kernels = [name for name, q in net.top.named_parameters() if q.ndim == 4 and q.shape[1] == 1]

@@ -11,6 +11,7 @@ divide the scores by it. Pooled heads (:class:`PooledHead`) also take features i
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 
     from pipeline.config import CurvesParams
     from pipeline.features import FeatureStore
+    from pipeline.heads.live import TrainingLog
     from pipeline.heads.shots import ShotSet, TestSplit
 
 
@@ -45,13 +47,36 @@ def split_scores(head: Head, store: FeatureStore, split: str) -> tuple[np.ndarra
     return np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks])
 
 
+def top1(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The share of rows whose highest score is their label's."""
+    return float(np.mean(scores.argmax(axis=1) == labels))
+
+
+def split_top1(head: Head, store: FeatureStore, split: str) -> float | None:
+    """Top-1 of a fitted head on a split of the store, scored block by block as the evaluate stage scores
+    it; None when the split has no rows."""
+    scored = split_scores(head, store, split)
+    return None if scored is None else top1(*scored)
+
+
+@dataclass
+class EpochLog:
+    """Where a head that trains for epochs reports each epoch: the training log (DVCLive) and the
+    features and labels it scores after each epoch (the validation split, normalised as the head's
+    inputs), in eval mode: they are never used for fitting."""
+
+    log: TrainingLog
+    X: np.ndarray | None = None
+    y: np.ndarray | None = None
+
+
 class Head:
     """Base class of every head: what the stages, predict and export call."""
 
     kind: ClassVar[str]
     Params: ClassVar[type[HeadParamsBase]]
     logs_epochs: ClassVar[bool] = False
-    """True for heads that train for epochs: they log each epoch to :attr:`training_log` when it is set."""
+    """True for heads that train for epochs: they log each epoch to the training log given to :meth:`fit_store`."""
 
     def __init__(self, params: HeadParamsBase | None = None, seed: int = 0):
         self.params = params if params is not None else self.Params()
@@ -59,10 +84,6 @@ class Head:
         self.n_classes: int | None = None
         self.info: dict[str, Any] = {}
         """What fitting chose or measured (chosen penalty, sweep curve, epoch times); saved with the head."""
-        self.training_log: Any = None
-        """A :class:`pipeline.heads.live.TrainingLog`, set by the train stage: where a head that trains for
-        epochs logs its training curves (DVCLive).
-        Logging reads the validation split from the store and never changes what is learned."""
         self.temperature: float | None = None
         """The calibrated temperature T (set by :meth:`calibrate`): probabilities are softmax(scores / T)."""
 
@@ -81,8 +102,10 @@ class Head:
         """What fitting chose (penalty, held-out score at the choice), without curves."""
         return {k: v for k, v in self.info.items() if k != "sweep"}
 
-    def fit_store(self, store: FeatureStore) -> Head:
-        """Fit on the training split of a feature store (the train stage's one call)."""
+    def fit_store(self, store: FeatureStore, log: TrainingLog | None = None) -> Head:
+        """Fit on the training split of a feature store (the train stage's one call). ``log``: where a head
+        that trains for epochs logs its training curves (DVCLive); logging reads the validation split from
+        the store and never changes what is learned."""
         raise NotImplementedError
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
@@ -273,7 +296,7 @@ class PooledHead(Head):
     def fitted_on(self) -> tuple[str, ...]:
         return ("train", "val") if self.needs_validation else ("train",)
 
-    def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
+    def _fit(self, X: np.ndarray, y: np.ndarray, log: EpochLog | None = None) -> None:
         raise NotImplementedError
 
     def _select(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.ndarray) -> None:
@@ -294,11 +317,10 @@ class PooledHead(Head):
 
     def fit(self, X: np.ndarray, y: np.ndarray, n_classes: int | None = None,
             validation: tuple[np.ndarray, np.ndarray] | None = None,
-            monitor: tuple[np.ndarray, np.ndarray] | None = None) -> PooledHead:
+            monitor: tuple[np.ndarray, np.ndarray] | None = None, log: TrainingLog | None = None) -> PooledHead:
         """Fit on (X, y). A head that selects a hyper-parameter does so on ``validation``, then
-        refits on train + validation (the linear-probe protocol). ``monitor``: features and labels
-        that a head training for epochs scores after each epoch for its :attr:`training_log`; never
-        used for fitting."""
+        refits on train + validation (the linear-probe protocol). A head that trains for epochs logs
+        each to ``log``, with its top-1 on ``monitor`` (features and labels; never used for fitting)."""
         X, y = _check_xy(X, y)
         self.n_classes = int(n_classes if n_classes is not None else y.max() + 1)
         self.info, self.temperature = {}, None
@@ -310,14 +332,13 @@ class PooledHead(Head):
             self._select(self.normalizer.transform(X), y, self.normalizer.transform(X_val), y_val)
             X, y = np.concatenate([X, X_val]), np.concatenate([y, y_val])
         X = self.normalizer.fit(X).transform(X)
-        self._monitor = None
-        if monitor is not None and len(monitor[1]):
-            X_mon, y_mon = _check_xy(*monitor)
-            self._monitor = (self.normalizer.transform(X_mon), y_mon)
-        try:
-            self._fit(X, y)
-        finally:
-            self._monitor = None
+        epochs = None
+        if log is not None and self.logs_epochs:
+            epochs = EpochLog(log)
+            if monitor is not None and len(monitor[1]):
+                X_mon, epochs.y = _check_xy(*monitor)
+                epochs.X = self.normalizer.transform(X_mon)
+        self._fit(X, y, epochs)
         return self
 
     # -- many small fits: the learning curve -----------------------------------------------------
@@ -342,13 +363,13 @@ class PooledHead(Head):
         ``C``, ``neighbours``), for a fit on ``n_rows`` images; none for a head without one."""
         return {}
 
-    def fit_store(self, store: FeatureStore) -> PooledHead:
+    def fit_store(self, store: FeatureStore, log: TrainingLog | None = None) -> PooledHead:
         store.require_input(self.input)
         X, y = store.load("train")
         validation = store.load("val") if self.needs_validation else None
-        logging = self.logs_epochs and self.training_log is not None and "val" in store.splits
+        logging = self.logs_epochs and log is not None and "val" in store.splits
         monitor = store.load("val") if logging else None
-        return self.fit(X, y, n_classes=len(store.spec.classes), validation=validation, monitor=monitor)
+        return self.fit(X, y, n_classes=len(store.spec.classes), validation=validation, monitor=monitor, log=log)
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
         if self.n_classes is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.config import KnnParams
-from pipeline.heads.base import PooledHead
+from pipeline.heads.base import EpochLog, PooledHead
 from pipeline.neighbours import top_k_cosine
 
 
@@ -18,7 +18,7 @@ class KnnHead(PooledHead):
     kind = "knn"
     Params = KnnParams
 
-    def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
+    def _fit(self, X: np.ndarray, y: np.ndarray, log: EpochLog | None = None) -> None:
         self.bank, self.bank_labels = X.astype(np.float16), y.astype(np.int64)
 
     def _scores(self, X: np.ndarray) -> np.ndarray:

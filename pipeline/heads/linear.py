@@ -17,6 +17,8 @@ from pipeline.heads.shots import ShotFit, chooses_penalty, first_best
 if TYPE_CHECKING:
     from pipeline.config import CurvesParams, PooledHeadParams
     from pipeline.features import FeatureStore
+    from pipeline.heads.base import EpochLog
+    from pipeline.heads.live import TrainingLog
     from pipeline.heads.shots import ShotSet, TestSplit
 
 
@@ -267,7 +269,7 @@ class LogisticHead(SweptLinearHead):
     kind = "logistic"
     Params = LogisticParams
 
-    def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
+    def _fit(self, X: np.ndarray, y: np.ndarray, log: EpochLog | None = None) -> None:
         from sklearn.linear_model import LogisticRegression
 
         chosen = self.info.get("chosen_l2")
@@ -299,7 +301,7 @@ class LinearHead(SweptLinearHead):
     kind = "linear"
     Params = LinearParams
 
-    def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
+    def _fit(self, X: np.ndarray, y: np.ndarray, log: EpochLog | None = None) -> None:
         l2 = self.info.get("chosen_l2", self.params.weight_decay)
         self.info["weight_decay"] = l2
         self.coef, self.intercept = SoftmaxRegression((X, y), self.n_classes).fit(l2, self.params.max_iter).solution()
@@ -311,11 +313,11 @@ class LinearHead(SweptLinearHead):
     def penalty(self, n_rows: int) -> dict[str, float]:
         return {"l2": self.info["weight_decay"]}
 
-    def fit_store(self, store: FeatureStore) -> LinearHead:
+    def fit_store(self, store: FeatureStore, log: TrainingLog | None = None) -> LinearHead:
         """In memory when the training features fit; else read block by block on every L-BFGS pass
         (``select: fixed`` only)."""
         if fits_in_memory(store.nbytes("train")):
-            return super().fit_store(store)
+            return super().fit_store(store, log)
         if self.needs_validation:
             raise ConfigError("head linear with select: sweep needs the features in memory; use select: fixed")
         print(f"train features ({store.nbytes('train') / 2**30:.1f} GiB as float32) exceed the memory budget: "
@@ -338,7 +340,7 @@ class RidgeHead(PenalisedHead):
     kind = "ridge"
     Params = RidgeParams
 
-    def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
+    def _fit(self, X: np.ndarray, y: np.ndarray, log: EpochLog | None = None) -> None:
         from sklearn.linear_model import Ridge
 
         # in float64 as the closed form it replaces; on the 4,500 x 1,280 quick-run features and 45,000 rows
@@ -397,7 +399,7 @@ class NearestCentroidHead(LinearModelHead):
     kind = "nearest_centroid"
     Params = NearestCentroidParams
 
-    def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
+    def _fit(self, X: np.ndarray, y: np.ndarray, log: EpochLog | None = None) -> None:
         centroids = np.stack([X[y == c].mean(axis=0) if (y == c).any() else np.zeros(X.shape[1]) for c in range(self.n_classes)])
         centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
         self.coef, self.intercept = centroids.astype(np.float32), np.zeros(self.n_classes, np.float32)
