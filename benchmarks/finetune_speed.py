@@ -28,6 +28,7 @@ import torch  # noqa: E402
 from pipeline.backbones import load_backbone  # noqa: E402
 from pipeline.config import FinetuneParams  # noqa: E402
 from pipeline.device import describe_cpu, native_bfloat16, torch_device  # noqa: E402
+from pipeline.heads.base import FitRecord  # noqa: E402
 from pipeline.heads.epochs import run_epochs  # noqa: E402
 from pipeline.heads.finetune import FinetuneHead  # noqa: E402
 
@@ -44,7 +45,7 @@ SETTINGS = {  # name -> (FinetuneParams changes, compile the network)
 def epoch_rate(recipe: dict, maps: np.ndarray, labels: np.ndarray, changes: dict, compile: bool) -> float:
     """Images/s of one epoch of the head's training loop over ``maps``."""
     head = FinetuneHead(FinetuneParams(epochs=1, **changes), seed=0)
-    head.n_classes, head.info = 10, {"backbone": recipe, "precision": changes.get("precision", "float32")}
+    head.n_classes, head.fitted = 10, FitRecord(backbone=recipe, precision=changes.get("precision", "float32"))
     device = torch_device()
     net, opt, schedule = head._build(len(maps), device)
     def one_epoch(n: int, seed: int) -> None:  # the head's own epoch loop, loss and train mode

@@ -11,7 +11,7 @@ divide the scores by it. Pooled heads (:class:`PooledHead`) also take features i
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -60,6 +60,35 @@ def split_top1(head: Head, store: FeatureStore, split: str) -> float | None:
 
 
 @dataclass
+class FitRecord:
+    """What fitting chose or measured, saved with the head (the ``info`` of its file). A kind sets only
+    its own fields; the others stay None and are left out of the file and of :attr:`Head.chosen`."""
+
+    sweep: dict[str, list[float]] | None = None
+    """A penalty sweep on the validation split: ``l2`` (strongest first) and ``val_top1`` at each."""
+    chosen_l2: float | None = None
+    """The sweep's choice (the head is then refit on train + val)."""
+    chosen_val_top1: float | None = None
+    """Validation top-1 at the chosen penalty, measured before the refit."""
+    C: float | None = None
+    """logistic: scikit-learn's C of the fit."""
+    weight_decay: float | None = None
+    """linear: the L2 penalty of the fit."""
+    streamed: bool | None = None
+    """The training features were read block by block (larger than the memory budget)."""
+    backbone: dict[str, Any] | None = None
+    """finetune: the backbone recipe its top was cut from (rebuilt from it when the head is loaded)."""
+    precision: str | None = None
+    """finetune: the precision it trained in."""
+    train_loss: list[float] | None = None
+    """Mean training loss of each epoch."""
+    epoch_seconds: list[float] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass
 class EpochLog:
     """Where a head that trains for epochs reports each epoch: the training log (DVCLive) and the
     features and labels it scores after each epoch (the validation split, normalised as the head's
@@ -82,7 +111,7 @@ class Head:
         self.params = params if params is not None else self.Params()
         self.seed = seed
         self.n_classes: int | None = None
-        self.info: dict[str, Any] = {}
+        self.fitted = FitRecord()
         """What fitting chose or measured (chosen penalty, sweep curve, epoch times); saved with the head."""
         self.temperature: float | None = None
         """The calibrated temperature T (set by :meth:`calibrate`): probabilities are softmax(scores / T)."""
@@ -100,7 +129,7 @@ class Head:
     @property
     def chosen(self) -> dict[str, Any]:
         """What fitting chose (penalty, held-out score at the choice), without curves."""
-        return {k: v for k, v in self.info.items() if k != "sweep"}
+        return {k: v for k, v in self.fitted.to_json().items() if k != "sweep"}
 
     def fit_store(self, store: FeatureStore, log: TrainingLog | None = None) -> Head:
         """Fit on the training split of a feature store (the train stage's one call). ``log``: where a head
@@ -182,7 +211,7 @@ class Head:
         if self.n_classes is None:
             raise PipelineError(f"{type(self).__name__} is not fitted")
         header = {"kind": self.kind, "params": self.params.model_dump(), "seed": self.seed,
-                  "n_classes": self.n_classes, "info": self.info, "temperature": self.temperature,
+                  "n_classes": self.n_classes, "info": self.fitted.to_json(), "temperature": self.temperature,
                   "metadata": metadata or {}}
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, header=np.array(json.dumps(header)), **self._arrays())
@@ -190,7 +219,7 @@ class Head:
     @classmethod
     def from_saved(cls, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> Head:
         head = cls(cls.Params.model_validate(header["params"]), seed=header["seed"])
-        head.n_classes, head.info = header["n_classes"], header.get("info", {})
+        head.n_classes, head.fitted = header["n_classes"], FitRecord(**header.get("info", {}))
         head.temperature = header.get("temperature")
         head._load_arrays(arrays)
         return head
@@ -323,7 +352,7 @@ class PooledHead(Head):
         each to ``log``, with its top-1 on ``monitor`` (features and labels; never used for fitting)."""
         X, y = _check_xy(X, y)
         self.n_classes = int(n_classes if n_classes is not None else y.max() + 1)
-        self.info, self.temperature = {}, None
+        self.fitted, self.temperature = FitRecord(), None
         if self.needs_validation:
             if validation is None or len(validation[1]) == 0:
                 raise ConfigError(f"head {self.kind} with select: sweep needs a validation split: set data.val_fraction > 0")

@@ -25,7 +25,7 @@ import numpy as np
 from pipeline.config import FinetuneParams
 from pipeline.device import compile_if_possible, resolve_precision, torch_device
 from pipeline.errors import PipelineError
-from pipeline.heads.base import Head
+from pipeline.heads.base import FitRecord, Head
 from pipeline.heads.epochs import run_epochs
 
 BUFFER_BYTES = 256 << 20
@@ -89,12 +89,12 @@ class FinetuneHead(Head):
         if n == 0:
             raise PipelineError(f"{store.path} has no training images")
         self.n_classes = len(store.spec.classes)
-        self.info, self.temperature = {"backbone": store.spec.backbone_recipe()}, None
+        self.fitted, self.temperature = FitRecord(backbone=store.spec.backbone_recipe()), None
         read, streamed = self._reader(store)
         if streamed:
-            self.info["streamed"] = True
+            self.fitted.streamed = True
         device = torch_device()
-        self.info["precision"] = resolve_precision(self.params.precision, device)
+        self.fitted.precision = resolve_precision(self.params.precision, device)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(self.seed)
             generator = torch.Generator().manual_seed(self.seed)
@@ -120,7 +120,7 @@ class FinetuneHead(Head):
 
             losses, seconds = run_epochs(trained, opt, schedule, self.params.epochs, batches,
                                          self._loss(generator, device), self._train_mode, end_epoch)
-        self.info |= {"train_loss": losses, "epoch_seconds": seconds}
+        self.fitted.train_loss, self.fitted.epoch_seconds = losses, seconds
         self._net = net.cpu().eval()
         self.state = {k: v.detach().numpy() for k, v in self._net.state_dict().items()}
         return self
@@ -162,7 +162,7 @@ class FinetuneHead(Head):
         from pipeline.backbones import top_above_cut
 
         p = self.params
-        top, feature_dim = top_above_cut(self.info["backbone"], training=True, precision=self.info["precision"])
+        top, feature_dim = top_above_cut(self.fitted.backbone, training=True, precision=self.fitted.precision)
         top.requires_grad_(True)
         if p.depthwise == "frozen":
             for kernel in depthwise_kernels(top):
@@ -226,8 +226,8 @@ class FinetuneHead(Head):
 
     @property
     def chosen(self) -> dict:
-        seconds = self.info.get("epoch_seconds") or [float("nan")]
-        return {"cut": self.info.get("backbone", {}).get("cut"), "precision": self.info.get("precision"),
+        seconds = self.fitted.epoch_seconds or [float("nan")]
+        return {"cut": (self.fitted.backbone or {}).get("cut"), "precision": self.fitted.precision,
                 "seconds_per_epoch": round(float(np.mean(seconds)), 1)}
 
     def _batches(self, read, n: int, slice_rows: int, buffer_rows: int, generator):
@@ -261,7 +261,7 @@ class FinetuneHead(Head):
                 raise RuntimeError("FinetuneHead is not fitted")
             from pipeline.backbones import top_above_cut
 
-            top, _ = top_above_cut(self.info["backbone"], pretrained=False)
+            top, _ = top_above_cut(self.fitted.backbone, pretrained=False)
             shape = self.state["classifier.weight"].shape
             net = finetuned_module(top, shape[1], shape[0], self.params.tta_flip)
             net.load_state_dict({k: torch.as_tensor(v) for k, v in self.state.items()})

@@ -11,7 +11,7 @@ from pipeline.config import LinearParams, LogisticParams, NearestCentroidParams,
 from pipeline.device import torch_device
 from pipeline.errors import ConfigError
 from pipeline.features import fits_in_memory
-from pipeline.heads.base import FeatureNormalizer, PooledHead
+from pipeline.heads.base import FeatureNormalizer, FitRecord, PooledHead
 from pipeline.heads.shots import ShotFit, chooses_penalty, first_best
 
 if TYPE_CHECKING:
@@ -204,7 +204,7 @@ class SweptLinearHead(PenalisedHead):
 
     The sweep walks the grid from the strongest penalty to the weakest, warm-starting each fit from
     the previous solution (torch L-BFGS, on the GPU when there is one); ties go to the stronger
-    penalty. The chosen value and the validation curve are kept in ``info``.
+    penalty. The chosen value and the validation curve are kept in :attr:`fitted`.
     """
 
     @property
@@ -221,9 +221,9 @@ class SweptLinearHead(PenalisedHead):
 
         accuracies = problem.path(grid, self.params.sweep_max_iter, val_top1)
         best = first_best(accuracies)
-        self.info["sweep"] = {"l2": grid.tolist(), "val_top1": accuracies}
-        self.info["chosen_l2"] = float(grid[best])
-        self.info["chosen_val_top1"] = accuracies[best]  # held out: the final head is refit on train + val
+        self.fitted.sweep = {"l2": grid.tolist(), "val_top1": accuracies}
+        self.fitted.chosen_l2 = float(grid[best])
+        self.fitted.chosen_val_top1 = accuracies[best]  # held out: the final head is refit on train + val
 
     @classmethod
     def selection_rule(cls, curves: CurvesParams) -> str:
@@ -272,9 +272,9 @@ class LogisticHead(SweptLinearHead):
     def _fit(self, X: np.ndarray, y: np.ndarray, log: EpochLog | None = None) -> None:
         from sklearn.linear_model import LogisticRegression
 
-        chosen = self.info.get("chosen_l2")
+        chosen = self.fitted.chosen_l2
         C = self.params.C if chosen is None else c_from_l2(chosen, len(y), self.n_classes)
-        self.info["C"] = C
+        self.fitted.C = C
         model = LogisticRegression(C=C, max_iter=self.params.max_iter, tol=self.params.tol, random_state=self.seed)
         model.fit(X, y)
         coef = np.zeros((self.n_classes, X.shape[1]), np.float32)
@@ -292,7 +292,7 @@ class LogisticHead(SweptLinearHead):
         return params.model_copy(update={"C": c_from_l2(l2, n_rows, n_classes), "select": "fixed"})
 
     def penalty(self, n_rows: int) -> dict[str, float]:
-        return {"l2": c_from_l2(self.info["C"], n_rows, self.n_classes), "C": self.info["C"]}
+        return {"l2": c_from_l2(self.fitted.C, n_rows, self.n_classes), "C": self.fitted.C}
 
 
 class LinearHead(SweptLinearHead):
@@ -302,8 +302,8 @@ class LinearHead(SweptLinearHead):
     Params = LinearParams
 
     def _fit(self, X: np.ndarray, y: np.ndarray, log: EpochLog | None = None) -> None:
-        l2 = self.info.get("chosen_l2", self.params.weight_decay)
-        self.info["weight_decay"] = l2
+        l2 = self.fitted.chosen_l2 if self.fitted.chosen_l2 is not None else self.params.weight_decay
+        self.fitted.weight_decay = l2
         self.coef, self.intercept = SoftmaxRegression((X, y), self.n_classes).fit(l2, self.params.max_iter).solution()
 
     @classmethod
@@ -311,7 +311,7 @@ class LinearHead(SweptLinearHead):
         return params.model_copy(update={"weight_decay": l2, "select": "fixed"})
 
     def penalty(self, n_rows: int) -> dict[str, float]:
-        return {"l2": self.info["weight_decay"]}
+        return {"l2": self.fitted.weight_decay}
 
     def fit_store(self, store: FeatureStore, log: TrainingLog | None = None) -> LinearHead:
         """In memory when the training features fit; else read block by block on every L-BFGS pass
@@ -323,7 +323,8 @@ class LinearHead(SweptLinearHead):
         print(f"train features ({store.nbytes('train') / 2**30:.1f} GiB as float32) exceed the memory budget: "
               "streaming them in blocks")
         blocks = lambda: store.iter_blocks("train")  # noqa: E731
-        self.n_classes, self.info = len(store.spec.classes), {"weight_decay": self.params.weight_decay, "streamed": True}
+        self.n_classes = len(store.spec.classes)
+        self.fitted = FitRecord(weight_decay=self.params.weight_decay, streamed=True)
         self.normalizer.fit_blocks(blocks)
         normalised = lambda: ((self.normalizer.transform(X), y) for X, y in blocks())  # noqa: E731
         self.coef, self.intercept = SoftmaxRegression(normalised, self.n_classes).fit(
