@@ -14,6 +14,11 @@ def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, n_classes: int) 
     return np.bincount(labels * n_classes + predicted, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
 
+def top1(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The share of rows whose highest score is their label's."""
+    return float(np.mean(scores.argmax(axis=1) == labels))
+
+
 def top_k_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
     top = np.argpartition(-scores, kth=k - 1, axis=1)[:, :k]
     return float((top == labels[:, None]).any(axis=1).mean())

@@ -22,6 +22,7 @@ from pipeline.errors import ConfigError, PipelineError
 from pipeline.fileutil import atomic_path
 from pipeline.heads.calibration import TEMPERATURE_BOUNDS, fit_temperature, mean_nll
 from pipeline.heads.shots import ShotFit
+from pipeline.metrics import top1
 
 if TYPE_CHECKING:
     from torch import nn
@@ -45,11 +46,6 @@ def split_scores(head: Head, store: FeatureStore, split: str) -> tuple[np.ndarra
     if not blocks:
         return None
     return np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks])
-
-
-def top1(scores: np.ndarray, labels: np.ndarray) -> float:
-    """The share of rows whose highest score is their label's."""
-    return float(np.mean(scores.argmax(axis=1) == labels))
 
 
 def split_top1(head: Head, store: FeatureStore, split: str) -> float | None:

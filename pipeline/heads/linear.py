@@ -153,7 +153,8 @@ def c_from_l2(l2: float, n_rows: int, n_classes: int) -> float:
     """scikit-learn's C for the penalty l2 of mean cross-entropy + l2 / 2 ||W||^2 on ``n_rows`` rows.
 
     C = 1 / (l2 N); for two classes scikit-learn fits one weight vector w, the softmax weights are
-    (-w/2, w/2), whose penalty l2/2 ||W||^2 = l2/4 ||w||^2 matches C = 2 / (l2 N).
+    (-w/2, w/2), whose penalty l2/2 ||W||^2 = l2/4 ||w||^2 matches C = 2 / (l2 N). The map is its own
+    inverse: ``c_from_l2(C, N, classes)`` is the l2 of C.
     """
     return (2.0 if n_classes == 2 else 1.0) / (l2 * n_rows)
 

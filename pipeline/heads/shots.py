@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from pipeline.metrics import top1
+
 if TYPE_CHECKING:
     from pipeline.config import CurvesParams
 
@@ -61,7 +63,7 @@ class TestSplit:
         return self._normalised[mode]
 
     def accuracy(self, scores: np.ndarray) -> float:
-        return float((scores.argmax(axis=1) == self.y).mean())
+        return top1(scores, self.y)
 
     def exact_top1(self, head) -> float:
         """Test top-1 computed as the evaluate stage computes it (decision_function, block by block)."""
