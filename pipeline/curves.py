@@ -73,8 +73,8 @@ def shot_rows(order: list[np.ndarray], k: int) -> np.ndarray:
 
 
 def plan_draws(labels: np.ndarray, n_classes: int, curves: CurvesParams, seed: int,
-               log: Callable[[str], None] = print) -> tuple[list[Draw], list[list[np.ndarray]]]:
-    """Every k-shot set of the curve, in order of k then draw; and the class orders they come from."""
+               log: Callable[[str], None] = print) -> list[Draw]:
+    """Every k-shot set of the curve, in order of k then draw."""
     orders = class_orders(labels, n_classes, curves.draws, seed)
     largest = int(np.bincount(labels, minlength=n_classes).max()) if len(labels) else 0
     plan = []
@@ -85,7 +85,7 @@ def plan_draws(labels: np.ndarray, n_classes: int, curves: CurvesParams, seed: i
             log(f"k = {k}: every class has at most {largest} training images, so this is the whole split: left out")
         else:
             plan += [Draw(k, d, shot_rows(order, k)) for d, order in enumerate(orders)]
-    return plan, orders
+    return plan
 
 
 # -- one fit ------------------------------------------------------------------------------------
@@ -133,7 +133,7 @@ def learning_curve(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray,
     the test split: the k-shot sets through the head's own :meth:`~pipeline.heads.base.PooledHead.curve_fits`,
     k = all as the train stage fits it. ``block_rows``: rows per block when scoring at k = all (the
     evaluate stage's)."""
-    plan, _ = plan_draws(train[1], n_classes, curves, seed, log)
+    plan = plan_draws(train[1], n_classes, curves, seed, log)
     shots = [d for d in plan if d.shots != ALL_SHOTS]
     sets = [ShotSet(d.rows, fold_seed(seed, int(d.shots), d.draw)) for d in shots]
     scorer = TestSplit(*test, block_rows)

@@ -62,7 +62,7 @@ def test_draws_are_stratified_seeded_nested_and_inside_the_train_split(cache):
     out, params = cache
     (_, y), _, ids = load(out)
     curves = params.curves
-    plan, _ = C.plan_draws(y, 4, curves, seed=0, log=quiet)
+    plan = C.plan_draws(y, 4, curves, seed=0, log=quiet)
     assert [(d.shots, d.draw) for d in plan] == [(k, d) for k in (1, 2, 5, 10) for d in range(3)] + [(ALL_SHOTS, 0)]
     train_ids, others = np.array(ids["train"]), set(ids["val"]) | set(ids["test"])
     for d in plan:
@@ -77,8 +77,8 @@ def test_draws_are_stratified_seeded_nested_and_inside_the_train_split(cache):
     for draw in range(3):  # nested: the k-shot set of a draw holds its smaller ones
         assert by[1, draw] < by[2, draw] < by[5, draw] < by[10, draw]
     assert len({frozenset(by[5, d]) for d in range(3)}) == 3  # the draws differ
-    again, _ = C.plan_draws(y, 4, curves, seed=0, log=quiet)
-    other, _ = C.plan_draws(y, 4, curves, seed=1, log=quiet)
+    again = C.plan_draws(y, 4, curves, seed=0, log=quiet)
+    other = C.plan_draws(y, 4, curves, seed=1, log=quiet)
     assert all(np.array_equal(a.rows, b.rows) for a, b in zip(plan, again))  # seeded
     assert any(not np.array_equal(a.rows, b.rows) for a, b in zip(plan, other) if a.shots != ALL_SHOTS)
 
@@ -87,7 +87,7 @@ def test_a_k_as_large_as_every_class_is_left_out(cache):
     out, params = cache
     (_, y), _, _ = load(out)
     said = []
-    plan, _ = C.plan_draws(y, 4, with_curves(params, shots=[2, 30, 64, ALL_SHOTS]).curves, seed=0, log=said.append)
+    plan = C.plan_draws(y, 4, with_curves(params, shots=[2, 30, 64, ALL_SHOTS]).curves, seed=0, log=said.append)
     assert {d.shots for d in plan} == {2, ALL_SHOTS}
     assert said == [f"k = {k}: every class has at most 30 training images, so this is the whole split: left out"
                     for k in (30, 64)]
@@ -111,7 +111,7 @@ def test_the_penalty_is_chosen_on_the_k_shot_rows_only(cache, monkeypatch):
     monkeypatch.setattr(LogisticHead, "held_out_top1", classmethod(spy))
     params = with_curves(params, heads={"logistic": {"kind": "logistic"}})
     fits = C.learning_curve((X, y), test, 4, params.curves, seed=0, log=quiet)
-    plan, _ = C.plan_draws(y, 4, params.curves, seed=0, log=quiet)
+    plan = C.plan_draws(y, 4, params.curves, seed=0, log=quiet)
     expected = [d.rows for d in plan if d.shots != ALL_SHOTS and d.shots >= params.curves.min_shots_for_cv]
     assert len(seen) == len(expected) == 6
     assert all(np.array_equal(Xs, X[rows]) and np.array_equal(ys, y[rows]) for (Xs, ys), rows in zip(seen, expected))
@@ -126,7 +126,7 @@ def test_no_fit_reads_a_training_row_outside_its_k_shot_set(cache):
     (X, y), test, _ = load(out)
     kinds = ("logistic", "linear", "ridge", "knn", "nearest_centroid")
     params = with_curves(params, shots=[2, 5], heads={n: {"kind": n} for n in kinds})
-    plan, _ = C.plan_draws(y, 4, params.curves, seed=0, log=quiet)
+    plan = C.plan_draws(y, 4, params.curves, seed=0, log=quiet)
     used = np.unique(np.concatenate([d.rows for d in plan]))
     poisoned = np.full_like(X, np.nan)
     poisoned[used] = X[used]
@@ -162,7 +162,7 @@ def test_cross_validation_fits_every_fold_as_its_own_logistic_regression(cache):
     out, params = cache
     (X, y), _, _ = load(out)
     curves = with_curves(params, cv_max_iter=1000, grid={"low": 1e-2, "high": 10.0, "num": 4}).curves
-    plan, _ = C.plan_draws(y, 4, curves, seed=0, log=quiet)
+    plan = C.plan_draws(y, 4, curves, seed=0, log=quiet)
     rows = next(d.rows for d in plan if d.shots == 10 and d.draw == 1)
     Xk, yk = X[rows], y[rows]
     grid = curves.grid.values()[::-1]
@@ -186,7 +186,7 @@ def test_ridge_leave_one_out_is_the_ridge_head_fitted_without_each_image(cache, 
     out, params = cache
     (X, y), _, _ = load(out)
     curves = params.curves
-    plan, _ = C.plan_draws(y, 4, curves, seed=0, log=quiet)
+    plan = C.plan_draws(y, 4, curves, seed=0, log=quiet)
     rows = next(d.rows for d in plan if d.shots == 10 and d.draw == 2)
     Xk, yk = X[rows], y[rows]
     ridge = head_class("ridge")
@@ -247,7 +247,7 @@ def test_every_point_is_what_the_head_itself_scores(cache, heads):
     (X, y), (Xt, yt), _ = load(out)
     params = with_curves(params, heads=heads)
     fits = C.learning_curve((X, y), (Xt, yt), 4, params.curves, seed=0, log=quiet)
-    plan, _ = C.plan_draws(y, 4, params.curves, seed=0, log=quiet)
+    plan = C.plan_draws(y, 4, params.curves, seed=0, log=quiet)
     (config,) = params.curves.head_configs()
     assert len(fits) == len(plan)
     for fit, draw in zip(fits, plan):
