@@ -13,6 +13,7 @@ from pipeline.errors import ConfigError
 from pipeline.features import fits_in_memory
 from pipeline.heads.base import FeatureNormalizer, FitRecord, PooledHead
 from pipeline.heads.shots import ShotFit, chooses_penalty, first_best
+from pipeline.metrics import top1
 
 if TYPE_CHECKING:
     from pipeline.config import CurvesParams, PooledHeadParams
@@ -218,7 +219,7 @@ class SweptLinearHead(PenalisedHead):
 
         def val_top1() -> float:
             W, b = problem.solution()
-            return float(((X_val @ W.T + b).argmax(axis=1) == y_val).mean())
+            return top1(X_val @ W.T + b, y_val)
 
         accuracies = problem.path(grid, self.params.sweep_max_iter, val_top1)
         best = first_best(accuracies)
