@@ -215,7 +215,12 @@ class Head:
     @classmethod
     def from_saved(cls, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> Head:
         head = cls(cls.Params.model_validate(header["params"]), seed=header["seed"])
-        head.n_classes, head.fitted = header["n_classes"], FitRecord(**header.get("info", {}))
+        info = header.get("info", {})
+        unknown = sorted(set(info) - set(FitRecord.__dataclass_fields__))
+        if unknown:
+            raise PipelineError(f"saved {header['kind']} head: unknown fit record keys {unknown}; valid keys: "
+                                f"{sorted(FitRecord.__dataclass_fields__)} (saved by another version: train it again)")
+        head.n_classes, head.fitted = header["n_classes"], FitRecord(**info)
         head.temperature = header.get("temperature")
         head._load_arrays(arrays)
         return head
