@@ -4,7 +4,7 @@
                                         [--cut _blocks.12 [_blocks.14 ...]] [--only SETTING ...]
 
 Trains the real top above the cut (pretrained weights) through the fine-tuned head's own training loop
-(``FinetuneHead._train_epoch``) on random maps of the cut's shape, once per setting and round, the
+(``run_epochs`` with the head's loss and train mode) on random maps of the cut's shape, once per setting and round, the
 settings (and cuts, with several ``--cut``) alternating so that the machine's drift affects them alike.
 Prints images/s of each setting and its ratio to the first (by default: float32 with the depthwise kernels
 trained, batch 64, eager, at the first cut). bfloat16 (the dense layers in bfloat16) is marked "emulated"
@@ -28,6 +28,8 @@ import torch  # noqa: E402
 from pipeline.backbones import load_backbone  # noqa: E402
 from pipeline.config import FinetuneParams  # noqa: E402
 from pipeline.device import describe_cpu, native_bfloat16, torch_device  # noqa: E402
+from pipeline.heads.base import FitRecord  # noqa: E402
+from pipeline.heads.epochs import run_epochs  # noqa: E402
 from pipeline.heads.finetune import FinetuneHead  # noqa: E402
 
 SETTINGS = {  # name -> (FinetuneParams changes, compile the network)
@@ -43,17 +45,19 @@ SETTINGS = {  # name -> (FinetuneParams changes, compile the network)
 def epoch_rate(recipe: dict, maps: np.ndarray, labels: np.ndarray, changes: dict, compile: bool) -> float:
     """Images/s of one epoch of the head's training loop over ``maps``."""
     head = FinetuneHead(FinetuneParams(epochs=1, **changes), seed=0)
-    head.n_classes, head.info = 10, {"backbone": recipe, "precision": changes.get("precision", "float32")}
+    head.n_classes, head.fitted = 10, FitRecord(backbone=recipe, precision=changes.get("precision", "float32"))
     device = torch_device()
     net, opt, schedule = head._build(len(maps), device)
+    def one_epoch(n: int, seed: int) -> None:  # the head's own epoch loop, loss and train mode
+        batches = head._batches(lambda a, b: (maps[a:b], labels[a:b]), n, 256, 1 << 30, torch.Generator().manual_seed(seed))
+        run_epochs(net, opt, schedule, 1, lambda _: head._on_device(batches, device),
+                   head._loss(torch.Generator().manual_seed(seed), device), head._train_mode)
+
     if compile:
         net = torch.compile(net)
-        head._train_epoch(net, opt, schedule, head._batches(lambda a, b: (maps[a:b], labels[a:b]), 2 * head.params.batch_size,
-                                                            256, 1 << 30, torch.Generator().manual_seed(1)),
-                          2 * head.params.batch_size, torch.Generator(), device, 0)  # compiles before timing
-    batches = head._batches(lambda a, b: (maps[a:b], labels[a:b]), len(maps), 256, 1 << 30, torch.Generator().manual_seed(0))
+        one_epoch(2 * head.params.batch_size, 1)  # compiles before timing
     start = time.perf_counter()
-    head._train_epoch(net, opt, schedule, batches, len(maps), torch.Generator().manual_seed(0), device, 0)
+    one_epoch(len(maps), 0)
     return len(maps) / (time.perf_counter() - start)
 
 

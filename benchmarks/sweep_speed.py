@@ -39,7 +39,7 @@ def main() -> None:
         head.fit(X, y, validation=(Xv, yv))
         seconds = time.perf_counter() - start
         ours = float((head.predict(Xt) == yt).mean())
-        l2 = head.info["chosen_l2"]
+        l2 = head.fitted.chosen_l2
         C = 1.0 / (l2 * n_all)
         start = time.perf_counter()
         reference = LogisticRegression(C=C, max_iter=1000).fit(scaled.transform(X_all), y_all)

@@ -9,22 +9,20 @@ image or the backbone. The protocol (docs/learning-curves.md):
   k-shot set is the first k of each class, so the sets of one draw are nested (the 2-shot set holds the
   1-shot set). ``all`` is one draw: the whole train split. A k at least as large as every class is the
   whole split and is left out (it is ``all``).
-- **Selection inside the k-shot set.** Heads with an L2 penalty chosen by the curve (``logistic``,
-  ``linear``) choose it by stratified ``cv_folds``-fold cross-validation *inside the k-shot set*
-  (normalisation refitted on each fold's training part) when every class has at least
-  ``min_shots_for_cv`` images, else use ``fixed_l2``; then refit on the whole k-shot set. The
-  validation and test splits are never seen by a fit or a selection. At ``all`` every head is fitted
-  exactly as the train stage fits it, with its own params: the curve's ``all`` point is that head's
-  test top-1 from the evaluate stage.
+- **Selection inside the k-shot set.** A head with an L2 penalty (``logistic``, ``linear``, ``ridge``)
+  chooses it *inside the k-shot set* when every class has at least ``min_shots_for_cv`` images, else
+  uses ``fixed_l2``; then refits on the whole k-shot set. How it holds images out is the head's own
+  (:meth:`~pipeline.heads.linear.PenalisedHead.held_out_top1`): logistic and linear by stratified
+  ``cv_folds``-fold cross-validation (normalisation refitted on each fold's training part), ridge by
+  exact leave-one-out. The validation and test splits are never seen by a fit or a selection. At
+  ``all`` every head is fitted exactly as the train stage fits it, with its own params: the curve's
+  ``all`` point is that head's test top-1 from the evaluate stage.
 - **Scores.** Each fit is scored on the whole test split. Per k and head: the mean, the standard
   deviation (ddof = 1) and a t-interval (level ``confidence``) of test top-1 over the draws.
 
-The fast paths compute what the heads compute, without redundant work: the penalty's cross-validation
-fits all folds at once (one pass over the k-shot set per L-BFGS step for every fold, warm-started along
-the grid); ridge accumulates the moments of the nested k-shot sets once per draw and solves its normal
-equations for each k; k-NN computes the test-train similarities once per block of test rows and takes
-every draw's neighbours from them; linear heads score the test split through their normalisation folded
-into the weights.
+This module is the protocol only: the fits of the k-shot sets are each head's
+:meth:`~pipeline.heads.base.PooledHead.curve_fits`, whose default fits one head per set and which a
+kind overrides where it has a faster way (:mod:`pipeline.heads.shots`).
 """
 
 from __future__ import annotations
@@ -35,20 +33,18 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 
 from pipeline.config import ALL_SHOTS, CurvesParams, HeadConfig
 from pipeline.fileutil import atomic_path, write_json
 from pipeline.heads import head_class
-from pipeline.heads.base import FeatureNormalizer
-from pipeline.heads.linear import LinearModelHead, c_from_l2
+from pipeline.heads.shots import ShotFit, ShotSet, TestSplit
 
-PENALISED = ("logistic", "linear")
-"""Kinds whose L2 penalty the curve chooses inside the k-shot set."""
-KNN_BLOCK = 1024
-"""Test rows per block of similarities (as the knn head scores)."""
+if TYPE_CHECKING:
+    from pipeline.heads.base import PooledHead
+
 DRAW_STREAM = 0x6375  # "cu": keeps the draws' random stream apart from other uses of the seed
 
 
@@ -77,8 +73,8 @@ def shot_rows(order: list[np.ndarray], k: int) -> np.ndarray:
 
 
 def plan_draws(labels: np.ndarray, n_classes: int, curves: CurvesParams, seed: int,
-               log: Callable[[str], None] = print) -> tuple[list[Draw], list[list[np.ndarray]]]:
-    """Every k-shot set of the curve, in order of k then draw; and the class orders they come from."""
+               log: Callable[[str], None] = print) -> list[Draw]:
+    """Every k-shot set of the curve, in order of k then draw."""
     orders = class_orders(labels, n_classes, curves.draws, seed)
     largest = int(np.bincount(labels, minlength=n_classes).max()) if len(labels) else 0
     plan = []
@@ -89,13 +85,14 @@ def plan_draws(labels: np.ndarray, n_classes: int, curves: CurvesParams, seed: i
             log(f"k = {k}: every class has at most {largest} training images, so this is the whole split: left out")
         else:
             plan += [Draw(k, d, shot_rows(order, k)) for d, order in enumerate(orders)]
-    return plan, orders
+    return plan
 
 
 # -- one fit ------------------------------------------------------------------------------------
 @dataclass
 class Fit:
-    """A head fitted on one k-shot set and scored on the whole test split."""
+    """A head fitted on one k-shot set and scored on the whole test split: where, then the head's
+    :class:`~pipeline.heads.shots.ShotFit` (one row of curve_draws.csv)."""
 
     head: str
     kind: str
@@ -104,310 +101,51 @@ class Fit:
     n_train: int
     top1: float
     l2: float | None = None
-    """The L2 penalty of the fit (mean cross-entropy + l2 / 2 ||W||^2), for penalised kinds."""
+    """The L2 penalty of the fit (mean loss + l2 / 2 ||W||^2), for penalised kinds."""
     C: float | None = None
     """scikit-learn's C of the logistic fit: 1 / (l2 N)."""
     selection: str = "configured"
-    """How the penalty was set: ``cv`` (cross-validation in the k-shot set), ``fixed`` (``fixed_l2``,
+    """How the penalty was set: ``cv`` (chosen inside the k-shot set), ``fixed`` (``fixed_l2``,
     too few images per class for cv) or ``configured`` (the head's own params: k = all, and the kinds
     without a chosen penalty)."""
     cv_top1: float | None = None
-    """Cross-validated top-1 at the chosen penalty (inside the k-shot set)."""
+    """Held-out top-1 at the chosen penalty (inside the k-shot set)."""
     neighbours: int | None = None
     """k-NN: neighbours used, min(knn.k, training images)."""
 
 
-class TestSplit:
-    """The test features and labels, with what every fit's scoring shares."""
-
-    def __init__(self, X: np.ndarray, y: np.ndarray, block_rows: int):
-        self.X, self.y, self.block_rows = X, y, block_rows
-        self._l2: np.ndarray | None = None
-
-    def normalised(self, mode: str) -> np.ndarray:
-        """The test features under a per-row normalisation (``none``, ``l2``), computed once."""
-        if mode == "none":
-            return self.X
-        if self._l2 is None:
-            self._l2 = FeatureNormalizer("l2").transform(self.X)
-        return self._l2
-
-    def accuracy(self, scores: np.ndarray) -> float:
-        return float((scores.argmax(axis=1) == self.y).mean())
-
-    def top1(self, head) -> float:
-        """Test top-1 of a fitted head; a linear head's normalisation is folded into its weights
-        (no normalised copy of the test split per fit)."""
-        if not isinstance(head, LinearModelHead):
-            return self.accuracy(head.decision_function(self.X))
-        norm = head.normalizer
-        if norm.mode == "standardize":
-            coef = head.coef / norm.scale
-            return self.accuracy(self.X @ coef.T + (head.intercept - coef @ norm.mean))
-        return self.accuracy(self.normalised(norm.mode) @ head.coef.T + head.intercept)
-
-    def exact_top1(self, head) -> float:
-        """Test top-1 computed as the evaluate stage computes it (decision_function, block by block)."""
-        n, b = len(self.y), self.block_rows
-        scores = [head.decision_function(self.X[s : s + b]) for s in range(0, n, b)]
-        return self.accuracy(np.concatenate(scores))
-
-
-# -- the penalty, chosen inside the k-shot set -------------------------------------------------
-@dataclass(frozen=True)
-class Selection:
-    l2: float
-    grid: list[float]
-    """Penalties tried, strongest first."""
-    cv_top1: list[float]
-    """Cross-validated top-1 at each penalty: held-out predictions of every fold, pooled."""
-
-
 def fold_seed(seed: int, k: int, draw: int) -> int:
+    """The seed of the folds of a penalty chosen inside the k-shot set of (k, draw)."""
     return int(np.random.SeedSequence([seed, DRAW_STREAM, k, draw]).generate_state(1)[0])
 
 
-def select_l2(X: np.ndarray, y: np.ndarray, rows: np.ndarray, n_classes: int, curves: CurvesParams,
-              normalize: str, seed: int) -> Selection:
-    """Choose the L2 penalty of a softmax-regression head by stratified k-fold cross-validation on
-    the rows ``rows`` of (X, y) alone.
-
-    Every fold's model is fitted at once: the folds' weights W_f (in each fold's own normalisation,
-    fitted on the fold's training part) are stacked, so one product of the k-shot features with the
-    stacked weights serves every fold; the objective is the sum of the folds' objectives (mean
-    cross-entropy over the fold's training rows + l2 / 2 ||W_f||^2), which are independent. Full-batch
-    L-BFGS, ``cv_max_iter`` iterations per penalty, from the strongest penalty to the weakest, each
-    warm-started from the previous solution; ties go to the stronger penalty.
-    """
-    import torch
-    import torch.nn.functional as F
-    from sklearn.model_selection import StratifiedKFold
-
-    from pipeline.device import torch_device
-
-    Xk, yk = np.asarray(X[rows], dtype=np.float32), np.asarray(y[rows], dtype=np.int64)
-    n, dim = Xk.shape
-    folds = curves.cv_folds
-    fold_of = np.empty(n, np.int64)
-    for f, (_, held) in enumerate(StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(n), yk)):
-        fold_of[held] = f
-    mean, scale = np.zeros((folds, dim), np.float32), np.ones((folds, dim), np.float32)
-    if normalize == "l2":
-        Xk = FeatureNormalizer("l2").transform(Xk)
-    elif normalize == "standardize":  # moments of each fold's training part, as FeatureNormalizer fits them
-        sums = np.stack([Xk[fold_of == f].sum(axis=0, dtype=np.float64) for f in range(folds)])
-        squares = np.stack([np.square(Xk[fold_of == f], dtype=np.float64).sum(axis=0) for f in range(folds)])
-        counts = np.bincount(fold_of, minlength=folds)[:, None]
-        m = (sums.sum(axis=0) - sums) / (n - counts)
-        sd = np.sqrt(np.maximum((squares.sum(axis=0) - squares) / (n - counts) - m**2, 0.0))
-        mean, scale = m.astype(np.float32), np.where(sd > 1e-12, sd, 1.0).astype(np.float32)
-
-    device = torch_device()
-    features = torch.as_tensor(Xk, device=device)
-    labels = torch.as_tensor(yk, device=device)[:, None, None].expand(n, folds, 1)
-    training = torch.as_tensor(fold_of[:, None] != np.arange(folds), device=device)  # (n, folds)
-    weight = training.float() / training.sum(dim=0)  # mean over each fold's training rows
-    held_out = ~training
-    mean_t, inv_scale = torch.as_tensor(mean, device=device), torch.as_tensor(1.0 / scale, device=device)
-    W = torch.zeros(folds, n_classes, dim, device=device, requires_grad=True)
-    b = torch.zeros(folds, n_classes, device=device, requires_grad=True)
-
-    def logits() -> torch.Tensor:  # ((X - m_f) / s_f) W_f^T + b_f for every fold, in one product
-        V = W * inv_scale[:, None, :]
-        c = b - (V * mean_t[:, None, :]).sum(dim=2)
-        return (features @ V.reshape(folds * n_classes, dim).T).view(n, folds, n_classes) + c
-
-    grid = curves.grid.values()[::-1]
-    accuracies = []
-    for l2 in grid:
-        opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=curves.cv_max_iter, history_size=20, tolerance_grad=1e-5,
-                                tolerance_change=1e-7, line_search_fn="strong_wolfe")
-
-        def closure() -> torch.Tensor:
-            opt.zero_grad()
-            nll = -F.log_softmax(logits(), dim=2).gather(2, labels).squeeze(2)  # (n, folds)
-            loss = (nll * weight).sum() + 0.5 * float(l2) * W.pow(2).sum()
-            loss.backward()
-            return loss
-
-        opt.step(closure)
-        with torch.no_grad():
-            correct = (logits().argmax(dim=2) == labels[:, :, 0]) & held_out
-            accuracies.append(float(correct.sum()) / n)
-    best = int(np.argmax(accuracies))  # first maximum: the strongest penalty among ties
-    return Selection(float(grid[best]), grid.tolist(), accuracies)
-
-
-def penalised_params(config: HeadConfig, l2: float, n_rows: int, n_classes: int):
-    """The head's params with its penalty set to l2 (select: fixed)."""
-    if config.kind == "logistic":
-        return config.params.model_copy(update={"C": c_from_l2(l2, n_rows, n_classes), "select": "fixed"})
-    return config.params.model_copy(update={"weight_decay": l2, "select": "fixed"})
-
-
-# -- the curve of each kind ---------------------------------------------------------------------
-@dataclass
-class Curve:
-    X: np.ndarray
-    y: np.ndarray
-    test: TestSplit
-    n_classes: int
-    curves: CurvesParams
-    seed: int
-    plan: list[Draw]
-    orders: list[list[np.ndarray]]
-
-
-def _configured(data: Curve, config: HeadConfig, name: str, draw: Draw) -> Fit:
-    """A head fitted with its own params; at k = all exactly as the train stage fits it."""
-    head = head_class(config.kind)(config.params, seed=data.seed)
-    if draw.shots == ALL_SHOTS:
-        head.fit(data.X, data.y, n_classes=data.n_classes)
-        top1 = data.test.exact_top1(head)
-    else:
-        head.fit(data.X[draw.rows], data.y[draw.rows], n_classes=data.n_classes)
-        top1 = data.test.top1(head)
-    fit = Fit(name, config.kind, draw.shots, draw.draw, len(draw.rows), top1)
-    if config.kind == "logistic":
-        fit.C = head.info["C"]
-        fit.l2 = (2.0 if data.n_classes == 2 else 1.0) / (fit.C * len(draw.rows))
-    elif config.kind == "linear":
-        fit.l2 = head.info["weight_decay"]
-    elif config.kind == "knn":
-        fit.neighbours = min(config.params.k, len(draw.rows))
-    return fit
-
-
-def _penalised_curve(data: Curve, config: HeadConfig, name: str) -> list[Fit]:
-    curves, fits = data.curves, []
-    for draw in data.plan:
-        if draw.shots == ALL_SHOTS:
-            fits.append(_configured(data, config, name, draw))
-            continue
-        smallest = int(np.bincount(data.y[draw.rows], minlength=data.n_classes).min())
-        selection = None
-        if smallest >= curves.min_shots_for_cv:
-            selection = select_l2(data.X, data.y, draw.rows, data.n_classes, curves, config.params.normalize,
-                                  seed=fold_seed(data.seed, int(draw.shots), draw.draw))
-        l2 = selection.l2 if selection else curves.fixed_l2
-        params = penalised_params(config, l2, len(draw.rows), data.n_classes)
-        head = head_class(config.kind)(params, seed=data.seed)
-        head.fit(data.X[draw.rows], data.y[draw.rows], n_classes=data.n_classes)
-        fit = Fit(name, config.kind, draw.shots, draw.draw, len(draw.rows), data.test.top1(head), l2=l2,
-                  selection="cv" if selection else "fixed")
-        if selection:
-            fit.cv_top1 = selection.cv_top1[selection.grid.index(l2)]
-        if config.kind == "logistic":
-            fit.C = params.C
-        fits.append(fit)
-    return fits
-
-
-def _ridge_curve(data: Curve, config: HeadConfig, name: str) -> list[Fit]:
-    """Ridge on every draw's nested k-shot sets from moments accumulated once per draw.
-
-    For the k-shot set: G = sum x x^T, s = sum x, R = sum x y^T (one-hot y) in float64, updated with
-    the rows each larger k adds. Standardised and centred, the normal equations of the ridge head are
-    ((G - n m m^T) / (sd sd^T) + alpha I) W = (R - n m ybar^T) / sd, solved by Cholesky; the
-    scores on raw test features are X (W / sd) + ybar - (m / sd) W. (The head itself at k = all.)
-    """
-    from scipy.linalg import cho_factor, cho_solve
-
-    p, C = config.params, data.n_classes
-    mode = p.normalize
-    source = FeatureNormalizer("l2").transform(data.X) if mode == "l2" else data.X
-    test = data.test.normalised("none" if mode == "standardize" else mode)
-    numeric = sorted({d.shots for d in data.plan if d.shots != ALL_SHOTS})
-    result: dict[tuple, float] = {}
-    for d, order in enumerate(data.orders):
-        dim = source.shape[1]
-        G, s, R, counts, taken = np.zeros((dim, dim)), np.zeros(dim), np.zeros((dim, C)), np.zeros(C), 0
-        for k in numeric:
-            new = np.concatenate([o[taken:k] for o in order])
-            taken = k
-            Xi = source[new].astype(np.float64)
-            onehot = np.eye(C)[data.y[new]]
-            G += Xi.T @ Xi
-            s += Xi.sum(axis=0)
-            R += Xi.T @ onehot
-            counts += onehot.sum(axis=0)
-            n = counts.sum()
-            m, ybar = s / n, counts / n
-            if mode == "standardize":
-                sd = np.sqrt(np.maximum(np.diag(G) / n - m**2, 0.0))
-                sd = np.where(sd > 1e-12, sd, 1.0)
-            else:
-                sd = np.ones_like(m)
-            A = (G - n * np.outer(m, m)) / np.outer(sd, sd)
-            A[np.diag_indices_from(A)] += p.alpha
-            B = (R - n * np.outer(m, ybar)) / sd[:, None]
-            try:
-                W = cho_solve(cho_factor(A), B)
-            except np.linalg.LinAlgError:  # alpha = 0 and fewer images than dimensions
-                W = np.linalg.lstsq(A, B, rcond=None)[0]
-            coef = (W / sd[:, None]).T.astype(np.float32)
-            intercept = (ybar - (m / sd) @ W).astype(np.float32)
-            result[(k, d)] = data.test.accuracy(test @ coef.T + intercept)
-    fits = []
-    for draw in data.plan:
-        if draw.shots == ALL_SHOTS:
-            fits.append(_configured(data, config, name, draw))
-        else:
-            fits.append(Fit(name, config.kind, draw.shots, draw.draw, len(draw.rows), result[(draw.shots, draw.draw)]))
-    return fits
-
-
-def _knn_curve(data: Curve, config: HeadConfig, name: str) -> list[Fit]:
-    """k-NN for every draw from one product of the test features with all training features per block
-    of test rows, as the knn head computes it: its normalisation, its float16 feature bank, cosine
-    similarities, the top min(k, bank) neighbours, votes weighted by exp((s - max s) / temperature)."""
-    import torch
-
-    p, C = config.params, data.n_classes
-    norm = FeatureNormalizer(p.normalize)
-    bank = norm.transform(data.X).astype(np.float16).astype(np.float32)  # the knn head stores float16
-    test = norm.transform(data.test.X)
-    labels = torch.as_tensor(data.y)
-    columns = [None if d.shots == ALL_SHOTS else torch.as_tensor(d.rows) for d in data.plan]
-    correct = np.zeros(len(data.plan))
-    for start in range(0, len(test), KNN_BLOCK):
-        sims = torch.from_numpy(test[start : start + KNN_BLOCK] @ bank.T)
-        truth = torch.as_tensor(data.test.y[start : start + KNN_BLOCK])
-        for j, cols in enumerate(columns):
-            s = sims if cols is None else sims.index_select(1, cols)
-            near, idx = torch.topk(s, min(p.k, s.shape[1]), dim=1)  # sorted: the first is the largest
-            votes = torch.exp((near - near[:, :1]) / p.temperature)
-            idx = idx if cols is None else cols[idx]
-            scores = torch.zeros(len(s), C).scatter_add_(1, labels[idx], votes)
-            correct[j] += int((scores.argmax(dim=1) == truth).sum())
-    return [Fit(name, config.kind, d.shots, d.draw, len(d.rows), correct[j] / len(data.test.y),
-                neighbours=min(p.k, len(d.rows))) for j, d in enumerate(data.plan)]
-
-
-def _generic_curve(data: Curve, config: HeadConfig, name: str) -> list[Fit]:
-    return [_configured(data, config, name, draw) for draw in data.plan]
+def _whole_split(head_class_: type[PooledHead], config: HeadConfig, train: tuple[np.ndarray, np.ndarray],
+                 n_classes: int, test: TestSplit, seed: int) -> ShotFit:
+    """k = all: the head fitted exactly as the train stage fits it, scored as the evaluate stage scores it."""
+    head = head_class_(config.params, seed=seed).fit(*train, n_classes=n_classes)
+    return ShotFit(test.exact_top1(head), **head.penalty(len(train[1])))
 
 
 def learning_curve(train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], n_classes: int,
                    curves: CurvesParams, seed: int, block_rows: int = 1 << 16,
                    log: Callable[[str], None] = print) -> list[Fit]:
     """Fit every head of ``curves.heads`` on every k-shot set of the training split and score it on
-    the test split. ``block_rows``: rows per block when scoring at k = all (the evaluate stage's)."""
-    X, y = train
-    plan, orders = plan_draws(y, n_classes, curves, seed, log)
-    data = Curve(X, y, TestSplit(*test, block_rows), n_classes, curves, seed, plan, orders)
+    the test split: the k-shot sets through the head's own :meth:`~pipeline.heads.base.PooledHead.curve_fits`,
+    k = all as the train stage fits it. ``block_rows``: rows per block when scoring at k = all (the
+    evaluate stage's)."""
+    plan = plan_draws(train[1], n_classes, curves, seed, log)
+    shots = [d for d in plan if d.shots != ALL_SHOTS]
+    sets = [ShotSet(d.rows, fold_seed(seed, int(d.shots), d.draw)) for d in shots]
+    scorer = TestSplit(*test, block_rows)
     fits = []
     for config in curves.head_configs():
-        name = config.key.rsplit(".", 1)[1]
+        name, kind = config.key.rsplit(".", 1)[1], head_class(config.kind)
         start = time.perf_counter()
-        if config.kind in PENALISED:
-            head_fits = _penalised_curve(data, config, name)
-        elif config.kind == "ridge":
-            head_fits = _ridge_curve(data, config, name)
-        elif config.kind == "knn" and config.params.normalize != "standardize":
-            head_fits = _knn_curve(data, config, name)
-        else:
-            head_fits = _generic_curve(data, config, name)
+        numeric = iter(kind.curve_fits(config.params, seed, train, n_classes, sets, scorer, curves))
+        head_fits = [Fit(name, config.kind, d.shots, d.draw, len(d.rows),
+                         **asdict(_whole_split(kind, config, train, n_classes, scorer, seed)
+                                  if d.shots == ALL_SHOTS else next(numeric)))
+                     for d in plan]
         seconds = time.perf_counter() - start
         for line in describe(head_fits, curves.confidence):
             log(line)
@@ -444,8 +182,10 @@ def t_interval(values: list[float], confidence: float) -> tuple[float, float | N
     if len(v) < 2:
         return mean, None, None, None
     std = float(v.std(ddof=1))
-    half = float(t.ppf((1 + confidence) / 2, len(v) - 1)) * std / math.sqrt(len(v))
-    return mean, std, mean - half, mean + half
+    if std == 0:  # scipy's interval needs a positive scale
+        return mean, std, mean, mean
+    low, high = t.interval(confidence, len(v) - 1, loc=mean, scale=std / math.sqrt(len(v)))
+    return mean, std, float(low), float(high)
 
 
 def _penalty_text(fits: list[Fit]) -> str:
@@ -534,14 +274,16 @@ def markdown(points: list[Point], fits: list[Fit], curves: CurvesParams, seed: i
     heads = list(dict.fromkeys(p.head for p in points))
     shots = list(dict.fromkeys(p.shots for p in points))
     pct = round(100 * curves.confidence)
+    rules = [f"{f.head} ({head_class(f.kind).selection_rule(curves)})"
+             for f in {f.head: f for f in fits if f.selection != "configured"}.values()]
     lines = [
         "# Learning curve",
         "",
         f"Test top-1 against labelled training images per class (k), on the pooled feature cache. Each k: "
         f"{curves.draws} stratified draws from the train split (seeded from seed = {seed}, nested across k); k = all "
         f"is one draw, the whole train split, each head with its own params. Every fit is scored on the whole test "
-        f"split. Interval: {pct}% t-interval of the mean over the draws. Penalty of {', '.join(PENALISED)} heads: "
-        f"{curves.cv_folds}-fold stratified cross-validation inside the k-shot set over l2 in "
+        f"split. Interval: {pct}% t-interval of the mean over the draws. Penalty of the {', '.join(rules)} heads "
+        f"chosen inside the k-shot set over l2 in "
         f"[{curves.grid.low:g}, {curves.grid.high:g}] ({curves.grid.num} values) when every class has at least "
         f"{curves.min_shots_for_cv} images, else l2 = {curves.fixed_l2:g}; the validation and test splits are "
         "never used to choose. Protocol: docs/learning-curves.md.",

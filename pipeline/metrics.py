@@ -14,6 +14,11 @@ def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, n_classes: int) 
     return np.bincount(labels * n_classes + predicted, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
 
+def top1(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The share of rows whose highest score is their label's."""
+    return float(np.mean(scores.argmax(axis=1) == labels))
+
+
 def top_k_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
     top = np.argpartition(-scores, kth=k - 1, axis=1)[:, :k]
     return float((top == labels[:, None]).any(axis=1).mean())
@@ -23,15 +28,15 @@ Z95 = 1.959963984540054
 """The 97.5% quantile of the standard normal: 95% two-sided intervals."""
 
 
-def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
+def wilson_interval(correct: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson score interval of a proportion correct / n (95% by default): well-behaved near 0 and 1,
-    unlike the normal approximation."""
+    unlike the normal approximation (scipy's ``binomtest(...).proportion_ci(method="wilson")``)."""
+    from scipy.stats import binomtest
+
     if n == 0:
         return float("nan"), float("nan")
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return float(max(0.0, centre - half)), float(min(1.0, centre + half))
+    ci = binomtest(int(correct), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 def mean_of_proportions_interval(correct: np.ndarray, n: np.ndarray, z: float = Z95) -> tuple[float, float]:

@@ -20,7 +20,6 @@ or the backbone. The protocol (docs/seeds.md):
 from __future__ import annotations
 
 import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -30,7 +29,7 @@ import numpy as np
 from pipeline.config import HeadConfig, SeedsParams
 from pipeline.features import FeatureStore, SplitView
 from pipeline.fileutil import atomic_files, write_json
-from pipeline.heads import Head, build_head
+from pipeline.heads import build_head, fit_and_score
 from pipeline.layout import head_name
 from pipeline.splitting import validation_rows
 
@@ -55,15 +54,6 @@ def recarve(store: FeatureStore, val_fraction: float, seed: int) -> SplitView:
     })
 
 
-def top1_on_test(head: Head, store: FeatureStore) -> float:
-    """Top-1 of a fitted head on the whole test split, scored block by block as the evaluate stage does."""
-    right = n = 0
-    for X, y in store.iter_blocks("test"):
-        right += int((head.decision_function(X).argmax(axis=1) == y).sum())
-        n += len(y)
-    return right / n
-
-
 @dataclass
 class SeedFit:
     """One configuration fitted with one seed and scored on the test split."""
@@ -84,13 +74,10 @@ def seed_fits(stores: dict[str, FeatureStore], configs: list[HeadConfig], seeds:
     for config in configs:
         store = stores[config.params.input]
         for seed in seeds.values:
-            head = build_head(config, seed=seed)
             data = recarve(store, val_fraction, seed) if seeds.splits else store
-            start = time.perf_counter()
-            head.fit_store(data)
-            seconds = time.perf_counter() - start
-            fit = SeedFit(config.key, config.kind, seed, top1_on_test(head, store), seconds, data.n_rows("train"))
-            log(f"{config.key} ({config.kind}) seed {seed}: test top-1 {fit.top1:.4f}, fitted in {seconds:.1f} s")
+            fitted = fit_and_score(build_head(config, seed=seed), data, scored_on=store)
+            fit = SeedFit(config.key, config.kind, seed, fitted.top1["test"], fitted.fit_seconds, data.n_rows("train"))
+            log(f"{config.key} ({config.kind}) seed {seed}: test top-1 {fit.top1:.4f}, fitted in {fit.fit_seconds:.1f} s")
             fits.append(fit)
     return fits
 

@@ -62,7 +62,7 @@ def test_draws_are_stratified_seeded_nested_and_inside_the_train_split(cache):
     out, params = cache
     (_, y), _, ids = load(out)
     curves = params.curves
-    plan, _ = C.plan_draws(y, 4, curves, seed=0, log=quiet)
+    plan = C.plan_draws(y, 4, curves, seed=0, log=quiet)
     assert [(d.shots, d.draw) for d in plan] == [(k, d) for k in (1, 2, 5, 10) for d in range(3)] + [(ALL_SHOTS, 0)]
     train_ids, others = np.array(ids["train"]), set(ids["val"]) | set(ids["test"])
     for d in plan:
@@ -77,8 +77,8 @@ def test_draws_are_stratified_seeded_nested_and_inside_the_train_split(cache):
     for draw in range(3):  # nested: the k-shot set of a draw holds its smaller ones
         assert by[1, draw] < by[2, draw] < by[5, draw] < by[10, draw]
     assert len({frozenset(by[5, d]) for d in range(3)}) == 3  # the draws differ
-    again, _ = C.plan_draws(y, 4, curves, seed=0, log=quiet)
-    other, _ = C.plan_draws(y, 4, curves, seed=1, log=quiet)
+    again = C.plan_draws(y, 4, curves, seed=0, log=quiet)
+    other = C.plan_draws(y, 4, curves, seed=1, log=quiet)
     assert all(np.array_equal(a.rows, b.rows) for a, b in zip(plan, again))  # seeded
     assert any(not np.array_equal(a.rows, b.rows) for a, b in zip(plan, other) if a.shots != ALL_SHOTS)
 
@@ -87,7 +87,7 @@ def test_a_k_as_large_as_every_class_is_left_out(cache):
     out, params = cache
     (_, y), _, _ = load(out)
     said = []
-    plan, _ = C.plan_draws(y, 4, with_curves(params, shots=[2, 30, 64, ALL_SHOTS]).curves, seed=0, log=said.append)
+    plan = C.plan_draws(y, 4, with_curves(params, shots=[2, 30, 64, ALL_SHOTS]).curves, seed=0, log=said.append)
     assert {d.shots for d in plan} == {2, ALL_SHOTS}
     assert said == [f"k = {k}: every class has at most 30 training images, so this is the whole split: left out"
                     for k in (30, 64)]
@@ -95,24 +95,26 @@ def test_a_k_as_large_as_every_class_is_left_out(cache):
 
 # -- the few-shot protocol --------------------------------------------------------------------------
 def test_the_penalty_is_chosen_on_the_k_shot_rows_only(cache, monkeypatch):
-    """A spy on the selection: it is called once per draw for every k with at least min_shots_for_cv
-    images per class, with exactly that draw's k-shot rows; never below, never at k = all."""
+    """A spy on the head's selection: it is called once per draw for every k with at least
+    min_shots_for_cv images per class, with exactly that draw's k-shot rows; never below, never at k = all."""
+    from pipeline.heads.linear import LogisticHead
+
     out, params = cache
     (X, y), test, _ = load(out)
     seen = []
-    original = C.select_l2
+    original = LogisticHead.held_out_top1.__func__
 
-    def spy(X_, y_, rows, *args, **kwargs):
-        seen.append(np.array(rows))
-        return original(X_, y_, rows, *args, **kwargs)
+    def spy(cls, X_, y_, *args, **kwargs):
+        seen.append((np.array(X_), np.array(y_)))
+        return original(cls, X_, y_, *args, **kwargs)
 
-    monkeypatch.setattr(C, "select_l2", spy)
+    monkeypatch.setattr(LogisticHead, "held_out_top1", classmethod(spy))
     params = with_curves(params, heads={"logistic": {"kind": "logistic"}})
     fits = C.learning_curve((X, y), test, 4, params.curves, seed=0, log=quiet)
-    plan, _ = C.plan_draws(y, 4, params.curves, seed=0, log=quiet)
+    plan = C.plan_draws(y, 4, params.curves, seed=0, log=quiet)
     expected = [d.rows for d in plan if d.shots != ALL_SHOTS and d.shots >= params.curves.min_shots_for_cv]
     assert len(seen) == len(expected) == 6
-    assert all(np.array_equal(a, b) for a, b in zip(seen, expected))
+    assert all(np.array_equal(Xs, X[rows]) and np.array_equal(ys, y[rows]) for (Xs, ys), rows in zip(seen, expected))
     assert [f.selection for f in fits] == ["fixed"] * 6 + ["cv"] * 6 + ["configured"]
     assert all(f.l2 == params.curves.fixed_l2 for f in fits if f.selection == "fixed")
     assert all(f.l2 in params.curves.grid.values() and f.cv_top1 is not None for f in fits if f.selection == "cv")
@@ -124,7 +126,7 @@ def test_no_fit_reads_a_training_row_outside_its_k_shot_set(cache):
     (X, y), test, _ = load(out)
     kinds = ("logistic", "linear", "ridge", "knn", "nearest_centroid")
     params = with_curves(params, shots=[2, 5], heads={n: {"kind": n} for n in kinds})
-    plan, _ = C.plan_draws(y, 4, params.curves, seed=0, log=quiet)
+    plan = C.plan_draws(y, 4, params.curves, seed=0, log=quiet)
     used = np.unique(np.concatenate([d.rows for d in plan]))
     poisoned = np.full_like(X, np.nan)
     poisoned[used] = X[used]
@@ -160,12 +162,13 @@ def test_cross_validation_fits_every_fold_as_its_own_logistic_regression(cache):
     out, params = cache
     (X, y), _, _ = load(out)
     curves = with_curves(params, cv_max_iter=1000, grid={"low": 1e-2, "high": 10.0, "num": 4}).curves
-    plan, _ = C.plan_draws(y, 4, curves, seed=0, log=quiet)
+    plan = C.plan_draws(y, 4, curves, seed=0, log=quiet)
     rows = next(d.rows for d in plan if d.shots == 10 and d.draw == 1)
-    selection = C.select_l2(X, y, rows, 4, curves, "standardize", seed=7)
     Xk, yk = X[rows], y[rows]
+    grid = curves.grid.values()[::-1]
+    held_out = head_class("logistic").held_out_top1(Xk, yk, 4, params.head_config("head").params, grid, curves, 7)
     brute = []
-    for l2 in selection.grid:
+    for l2 in grid:
         correct = 0
         for fit_rows, held in StratifiedKFold(curves.cv_folds, shuffle=True, random_state=7).split(Xk, yk):
             norm = FeatureNormalizer("standardize").fit(Xk[fit_rows])
@@ -173,8 +176,36 @@ def test_cross_validation_fits_every_fold_as_its_own_logistic_regression(cache):
             model.fit(norm.transform(Xk[fit_rows]), yk[fit_rows])
             correct += int((model.predict(norm.transform(Xk[held])) == yk[held]).sum())
         brute.append(correct / len(rows))
-    np.testing.assert_allclose(selection.cv_top1, brute, atol=1.01 / len(rows))  # at most one image apart
-    assert selection.grid == sorted(selection.grid, reverse=True)  # strongest first: ties go to it
+    np.testing.assert_allclose(held_out, brute, atol=1.01 / len(rows))  # at most one image apart
+
+
+@pytest.mark.parametrize("normalize", ["standardize", "l2", "none"])
+def test_ridge_leave_one_out_is_the_ridge_head_fitted_without_each_image(cache, normalize):
+    """The leave-one-out top-1 from one SVD equals fitting the ridge head on every set of n - 1 images (on
+    the features normalised over the whole set, as the selection does) and predicting the image left out."""
+    out, params = cache
+    (X, y), _, _ = load(out)
+    curves = params.curves
+    plan = C.plan_draws(y, 4, curves, seed=0, log=quiet)
+    rows = next(d.rows for d in plan if d.shots == 10 and d.draw == 2)
+    Xk, yk = X[rows], y[rows]
+    ridge = head_class("ridge")
+    settings = ridge.Params(normalize=normalize)
+    grid = np.array([1e-3, 0.1, 10.0])
+    fast = ridge.held_out_top1(Xk, yk, 4, settings, grid, curves, 0)
+    Z = FeatureNormalizer(normalize).fit(Xk).transform(Xk)
+    brute = []
+    for l2 in grid:
+        alpha = ridge.with_l2(settings, l2, len(yk), 4).alpha
+        assert alpha == l2 * len(yk) / 2
+        right = 0
+        for i in range(len(yk)):
+            others = np.arange(len(yk)) != i
+            head = ridge(ridge.Params(normalize="none", alpha=alpha)).fit(Z[others], yk[others], n_classes=4)
+            right += int(head.predict(Z[i : i + 1])[0] == yk[i])
+        brute.append(right / len(yk))
+    assert fast == brute
+    assert len(set(brute)) > 1  # the penalty matters on these features: the check can tell them apart
 
 
 # -- k = all, and the fast paths ----------------------------------------------------------------------
@@ -216,12 +247,13 @@ def test_every_point_is_what_the_head_itself_scores(cache, heads):
     (X, y), (Xt, yt), _ = load(out)
     params = with_curves(params, heads=heads)
     fits = C.learning_curve((X, y), (Xt, yt), 4, params.curves, seed=0, log=quiet)
-    plan, _ = C.plan_draws(y, 4, params.curves, seed=0, log=quiet)
+    plan = C.plan_draws(y, 4, params.curves, seed=0, log=quiet)
     (config,) = params.curves.head_configs()
     assert len(fits) == len(plan)
     for fit, draw in zip(fits, plan):
-        head_params = config.params if fit.selection == "configured" else C.penalised_params(config, fit.l2, len(draw.rows), 4)
-        head = head_class(config.kind)(head_params, seed=0).fit(X[draw.rows], y[draw.rows], n_classes=4)
+        kind = head_class(config.kind)
+        head_params = config.params if fit.selection == "configured" else kind.with_l2(config.params, fit.l2, len(draw.rows), 4)
+        head = kind(head_params, seed=0).fit(X[draw.rows], y[draw.rows], n_classes=4)
         assert fit.top1 == float((head.predict(Xt) == yt).mean()), (fit, draw.shots)
         if config.kind == "knn":
             assert fit.neighbours == min(config.params.k, len(draw.rows))

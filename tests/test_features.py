@@ -256,7 +256,7 @@ def test_linear_head_streams_a_feature_file_too_large_for_memory(feature_file, s
     assert "streaming them in blocks" in capsys.readouterr().out
     assert max(block_sizes) == 5  # never more than one block of rows at a time
     streamed, _ = load_head(tmp_path / "streamed.npz")
-    assert streamed.info["streamed"]
+    assert streamed.fitted.streamed
 
     with FeatureStore(feature_file) as store:
         X, y = store.load("train")

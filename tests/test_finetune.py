@@ -16,6 +16,8 @@ from pipeline.images import decode_image
 from pipeline.sources import open_source
 from pipeline.errors import BackboneError, ConfigError, FeatureStoreError, PipelineError
 from pipeline.features import FeatureStore, PartialFeatures
+from pipeline.heads.base import FitRecord
+from pipeline.heads.epochs import run_epochs
 from pipeline.heads.finetune import FinetuneHead, depthwise_kernels
 from pipeline.heads import load_head
 from pipeline.model import export, load_exported, load_trained, predict
@@ -172,11 +174,13 @@ def test_dense_layers_in_bfloat16_stay_close_to_float32_with_float32_weights(rec
 def test_depthwise_setting_keeps_or_trains_the_depthwise_kernels(depthwise):
     recipe = lite0_recipe()
     head = FinetuneHead(FinetuneParams(epochs=1, batch_size=8, depthwise=depthwise, precision="float32"), seed=0)
-    head.n_classes, head.info = 10, {"backbone": recipe, "precision": "float32"}
+    head.n_classes, head.fitted = 10, FitRecord(backbone=recipe, precision="float32")
     net, opt, schedule = head._build(32, torch.device("cpu"))
     maps, labels = torch.randn(32, 192, 2, 2).half().numpy(), np.arange(32) % 10
     batches = head._batches(lambda a, b: (maps[a:b], labels[a:b]), 32, 8, 32, torch.Generator().manual_seed(0))
-    head._train_epoch(net, opt, schedule, batches, 32, torch.Generator().manual_seed(0), torch.device("cpu"), 0)
+    cpu = torch.device("cpu")
+    run_epochs(net, opt, schedule, 1, lambda _: head._on_device(batches, cpu), head._loss(torch.Generator().manual_seed(0), cpu),
+               head._train_mode)
     pretrained = top_above_cut(recipe)[0].state_dict()
     trained = {name: q.detach() for name, q in net.top.named_parameters()}
     kernels = [name for name, q in net.top.named_parameters() if q.ndim == 4 and q.shape[1] == 1]
@@ -252,9 +256,9 @@ def test_finetuned_head_is_evaluated_like_the_others(run):
                                     "mean_class_high", "ece", "on"}
     assert metrics["val"]["on"] == "val"  # the fine-tuned top trains on train only
     head, meta = load_head(out / "top.npz")
-    assert len(head.info["epoch_seconds"]) == 2 and meta["features"]["cut"] == "layer4"
+    assert len(head.fitted.epoch_seconds) == 2 and meta["features"]["cut"] == "layer4"
     # auto: bfloat16 where the CPU has it natively
-    assert metrics["chosen"]["precision"] == head.info["precision"] == resolve_precision("auto", torch.device("cpu"))
+    assert metrics["chosen"]["precision"] == head.fitted.precision == resolve_precision("auto", torch.device("cpu"))
 
 
 def test_each_training_precision_is_recorded_and_learns(run, tmp_path):
@@ -264,8 +268,8 @@ def test_each_training_precision_is_recorded_and_learns(run, tmp_path):
         changed = params.model_copy(update={"finetune": {"top": {**params.finetune["top"], "precision": precision}}})
         train.run(changed, out / "cut.h5", out / "splits.json", tmp_path / f"{precision}.npz", key="finetune.top")
         heads[precision] = head = load_head(tmp_path / f"{precision}.npz")[0]
-        assert head.info["precision"] == precision
-        assert head.info["train_loss"][-1] < head.info["train_loss"][0]
+        assert head.fitted.precision == precision
+        assert head.fitted.train_loss[-1] < head.fitted.train_loss[0]
     assert not np.array_equal(heads["float32"].state["classifier.weight"], heads["bfloat16"].state["classifier.weight"])
 
 
@@ -277,7 +281,7 @@ def test_compiled_training_follows_the_eager_one(run, tmp_path):
     train.run(compiled, out / "cut.h5", out / "splits.json", tmp_path / "compiled.npz", key="finetune.top")
     head, _ = load_head(tmp_path / "compiled.npz")
     eager, _ = load_head(out / "top.npz")
-    np.testing.assert_allclose(head.info["train_loss"], eager.info["train_loss"], rtol=1e-3)
+    np.testing.assert_allclose(head.fitted.train_loss, eager.fitted.train_loss, rtol=1e-3)
     np.testing.assert_allclose(head.state["classifier.weight"], eager.state["classifier.weight"], atol=1e-3)
     assert not np.array_equal(head.state["classifier.weight"], np.zeros_like(head.state["classifier.weight"]))
 
@@ -301,7 +305,7 @@ def test_training_is_reproducible_from_the_seed(run, tmp_path):
     assert a.state.keys() == b.state.keys()
     assert all(np.array_equal(a.state[k], b.state[k]) for k in a.state)
     # and training moved the weights away from the pretrained ones
-    pretrained = top_above_cut(a.info["backbone"])[0].state_dict()
+    pretrained = top_above_cut(a.fitted.backbone)[0].state_dict()
     assert not np.allclose(a.state["top.layer4.1.conv2.weight"], pretrained["layer4.1.conv2.weight"].numpy())
 
 

@@ -54,7 +54,7 @@ def test_saved_and_loaded_head_gives_identical_scores(trained, tmp_path):
     head, meta = load_head(head_path)
     head.save(tmp_path / "again.npz", metadata=meta)
     again, meta_again = load_head(tmp_path / "again.npz")
-    assert meta_again == meta and again.info == head.info and again.params == head.params
+    assert meta_again == meta and again.fitted == head.fitted and again.params == head.params
     with FeatureStore(features) as store:
         X, _ = store.load("test")
     np.testing.assert_array_equal(again.decision_function(X), head.decision_function(X))
@@ -127,12 +127,14 @@ def test_linear_head_minimises_the_same_objective_as_logistic_regression():
 
 
 def test_ridge_head_is_least_squares_on_one_hot_targets():
-    from sklearn.linear_model import Ridge
-
+    """The head against the normal equations of ||X W + b - Y||^2 + alpha ||W||^2 (b not penalised),
+    written out here: [X 1]^T [X 1] + diag(alpha, ..., alpha, 0)."""
     X, y = blobs(spread=3.0)
     head = head_class("ridge")(RidgeParams(alpha=5.0, normalize="none")).fit(X, y)
-    reference = Ridge(alpha=5.0).fit(X.astype(np.float64), np.eye(4)[y])
-    np.testing.assert_allclose(head.decision_function(X), reference.predict(X), atol=1e-3)
+    A = np.hstack([X.astype(np.float64), np.ones((len(y), 1))])
+    penalty = np.diag([5.0] * X.shape[1] + [0.0])
+    Wb = np.linalg.solve(A.T @ A + penalty, A.T @ np.eye(4)[y])
+    np.testing.assert_allclose(head.decision_function(X), A @ Wb, atol=1e-3)
 
 
 def test_the_seed_changes_what_a_stochastic_head_learns():
@@ -211,15 +213,15 @@ def test_sweep_chooses_the_brute_force_best_penalty_then_refits_on_train_and_val
     one_sample = 1 / len(yv)
     assert max(brute) - min(brute) > 10 * one_sample  # the problem discriminates between penalties
     assert 0 < int(np.argmax(brute)) < len(grid) - 1  # ... and its best penalty is inside the grid
-    np.testing.assert_allclose(head.info["sweep"]["val_top1"][::-1], brute, atol=2.5 * one_sample)  # swept high to low
-    chosen = head.info["chosen_l2"]
+    np.testing.assert_allclose(head.fitted.sweep["val_top1"][::-1], brute, atol=2.5 * one_sample)  # swept high to low
+    chosen = head.fitted.chosen_l2
     assert brute[int(np.argmin(np.abs(np.log(grid / chosen))))] >= max(brute) - 2.5 * one_sample
 
     # refit on train + val at the chosen penalty, with C = 1 / (l2 * N_train+val)
     X_all, y_all = np.concatenate([X, Xv]), np.concatenate([y, yv])
-    assert head.info["C"] == pytest.approx(1 / (chosen * len(y_all)))
+    assert head.fitted.C == pytest.approx(1 / (chosen * len(y_all)))
     scaler_all = StandardScaler().fit(X_all)
-    reference = LogisticRegression(C=head.info["C"], max_iter=10000).fit(scaler_all.transform(X_all), y_all)
+    reference = LogisticRegression(C=head.fitted.C, max_iter=10000).fit(scaler_all.transform(X_all), y_all)
     np.testing.assert_allclose(head.predict_proba(Xv), reference.predict_proba(scaler_all.transform(Xv)), atol=1e-3)
 
 
@@ -228,10 +230,10 @@ def test_linear_sweep_records_the_choice():
     Xv, yv = blobs(n_per_class=50, dim=40, spread=6.0, seed=1)
     params = LinearParams(select="sweep", grid={"low": 1e-3, "high": 1.0, "num": 4})
     head = head_class("linear")(params).fit(X, y, validation=(Xv, yv))
-    assert head.info["chosen_l2"] in head.info["sweep"]["l2"]
-    assert head.info["chosen_val_top1"] == max(head.info["sweep"]["val_top1"])
+    assert head.fitted.chosen_l2 in head.fitted.sweep["l2"]
+    assert head.fitted.chosen_val_top1 == max(head.fitted.sweep["val_top1"])
     # the final head is a fixed-penalty fit at the chosen value on train + val
-    fixed = head_class("linear")(LinearParams(weight_decay=head.info["chosen_l2"])).fit(np.concatenate([X, Xv]), np.concatenate([y, yv]))
+    fixed = head_class("linear")(LinearParams(weight_decay=head.fitted.chosen_l2)).fit(np.concatenate([X, Xv]), np.concatenate([y, yv]))
     np.testing.assert_allclose(head.decision_function(Xv), fixed.decision_function(Xv), atol=1e-4)
     with pytest.raises(ValueError, match="needs a validation split"):
         head_class("linear")(params).fit(X, y)
@@ -250,8 +252,8 @@ def test_two_class_sweep_refits_scikit_learn_at_the_matching_penalty():
     Xv, yv = correlated(100, sample_seed=2, n_classes=2)
     params = LogisticParams(select="sweep", grid={"low": 1e-3, "high": 1.0, "num": 4}, tol=1e-4)
     head = head_class("logistic")(params).fit(X, y, validation=(Xv, yv))
-    assert head.info["C"] == pytest.approx(2 / (head.info["chosen_l2"] * (len(y) + len(yv))))
-    linear = head_class("linear")(LinearParams(weight_decay=head.info["chosen_l2"], max_iter=1000))
+    assert head.fitted.C == pytest.approx(2 / (head.fitted.chosen_l2 * (len(y) + len(yv))))
+    linear = head_class("linear")(LinearParams(weight_decay=head.fitted.chosen_l2, max_iter=1000))
     linear.fit(np.concatenate([X, Xv]), np.concatenate([y, yv]))
     np.testing.assert_allclose(head.predict_proba(Xv), linear.predict_proba(Xv), atol=2e-3)
 

@@ -56,7 +56,7 @@ def test_no_figure_is_measured_on_images_the_head_was_fitted_on(caches, tmp_path
     train.run(swept, out / "pooled.h5", out / "splits.json", tmp_path / "sweep.npz", key="heads.sweep")
     head, _ = load_head(tmp_path / "sweep.npz")
     metrics = evaluate.run(out / "pooled.h5", tmp_path / "sweep.npz", tmp_path / "sweep")
-    assert metrics["val"] == {"top1": head.info["chosen_val_top1"], "on": "sweep: val before the refit on train + val"}
+    assert metrics["val"] == {"top1": head.fitted.chosen_val_top1, "on": "sweep: val before the refit on train + val"}
     assert metrics["test"]["on"] == "test" and metrics["test"]["n"] == 12
     train.run(params, out / "pooled.h5", out / "splits.json", tmp_path / "fixed.npz", key="heads.logistic")
     fixed = evaluate.run(out / "pooled.h5", tmp_path / "fixed.npz", tmp_path / "fixed")

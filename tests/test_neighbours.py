@@ -44,3 +44,19 @@ def test_ties_keep_the_lowest_index_and_a_small_base_pads():
     assert (small.index[:, 2:] == -1).all() and np.isneginf(small.similarity[:, 2:]).all()
     with pytest.raises(ValueError, match="k must be at least 1"):
         top_k_cosine(queries, base, 0)
+
+
+@pytest.mark.parametrize("block_rows", [5, 16, 1000])
+def test_subsets_are_searches_of_each_subset_alone_from_one_pass(block_rows):
+    """``subsets``: the nearest rows within each set of base rows (indices into the whole base), what brute
+    force on that set alone gives; a set smaller than k pads with -1."""
+    rng = np.random.default_rng(1)
+    base, queries = rng.normal(size=(80, 16)).astype(np.float32), rng.normal(size=(23, 16)).astype(np.float32)
+    subsets = [np.arange(80), np.sort(rng.choice(80, 9, replace=False)), np.array([3, 43]), np.arange(0, 80, 7)]
+    found = top_k_cosine(queries, base, 4, block_rows=block_rows, device="cpu", subsets=subsets)
+    assert len(found) == len(subsets)
+    for rows, near in zip(subsets, found):
+        k = min(4, len(rows))
+        index, sims = brute_top_k(queries, base[rows], k)
+        assert (near.index[:, :k] == rows[index]).all() and (near.index[:, k:] == -1).all()
+        np.testing.assert_allclose(near.similarity[:, :k], sims, atol=1e-5)

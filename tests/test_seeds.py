@@ -158,21 +158,23 @@ def test_the_test_split_is_never_used_for_fitting(caches, monkeypatch, tmp_path)
     (re-carved or not): the test split is read only to score."""
     out, params = caches
     log: list[str] = []
-    read, score = FeatureStore.read, S.top1_on_test
+    import pipeline.heads as H
+
+    read, score = FeatureStore.read, H.split_top1
 
     def spy_read(self, split, *args, **kwargs):
         log.append(split)
         return read(self, split, *args, **kwargs)
 
-    def spy_score(head, store):
+    def spy_score(*args):  # the scoring inside fit_and_score, after the fit
         log.append("<score>")
         try:
-            return score(head, store)
+            return score(*args)
         finally:
             log.append("</score>")
 
     monkeypatch.setattr(FeatureStore, "read", spy_read)
-    monkeypatch.setattr(S, "top1_on_test", spy_score)
+    monkeypatch.setattr(H, "split_top1", spy_score)
     for splits in (False, True):
         log.clear()
         configurations = ["heads.mlp", "finetune.top", "head"] if splits else ["heads.mlp"]

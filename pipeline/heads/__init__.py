@@ -14,14 +14,21 @@ top layers on the cut cache), ``live`` (training curves written with DVCLive by 
 from __future__ import annotations
 
 import importlib
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.config import HEAD_PARAMS, HeadConfig
 from pipeline.errors import PipelineError
-from pipeline.heads.base import Head, read_saved, softmax, split_scores
+from pipeline.heads.base import Head, read_saved, softmax, split_scores, split_top1
 
-__all__ = ["Head", "head_class", "build_head", "load_head", "head_header", "softmax", "split_scores"]
+if TYPE_CHECKING:
+    from pipeline.features import FeatureStore
+    from pipeline.heads.live import TrainingLog
+
+__all__ = ["Head", "head_class", "build_head", "fit_and_score", "Fitted", "load_head", "head_header", "softmax",
+           "split_scores", "split_top1"]
 
 
 def head_class(kind: str) -> type[Head]:
@@ -35,6 +42,29 @@ def head_class(kind: str) -> type[Head]:
 def build_head(config: HeadConfig, seed: int) -> Head:
     """An unfitted head of a resolved configuration."""
     return head_class(config.kind)(config.params, seed=seed)
+
+
+@dataclass
+class Fitted:
+    """A head fitted by :func:`fit_and_score`: how long ``fit_store`` took, and its top-1 per scored split."""
+
+    head: Head
+    fit_seconds: float
+    top1: dict[str, float]
+
+
+def fit_and_score(head: Head, store: FeatureStore, splits: tuple[str, ...] = ("test",),
+                  scored_on: FeatureStore | None = None, log: TrainingLog | None = None) -> Fitted:
+    """Fit ``head`` on ``store`` (``fit_store``, timed; ``log``: its training curves) and score its top-1
+    on each of ``splits`` of ``scored_on`` (default: the same store), block by block as the evaluate stage
+    scores, leaving out the splits it was fitted on and those without rows. What train, seeds and probe
+    do with a head."""
+    start = time.perf_counter()
+    head.fit_store(store, log)
+    seconds = time.perf_counter() - start
+    scored = scored_on if scored_on is not None else store
+    top1 = {s: split_top1(head, scored, s) for s in splits if s not in head.fitted_on}
+    return Fitted(head, seconds, {s: t for s, t in top1.items() if t is not None})
 
 
 def head_header(path: str | Path) -> dict[str, Any]:

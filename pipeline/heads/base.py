@@ -11,6 +11,7 @@ divide the scores by it. Pooled heads (:class:`PooledHead`) also take features i
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -20,17 +21,23 @@ from pipeline.config import HeadParamsBase, Normalize, PooledHeadParams
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.fileutil import atomic_path
 from pipeline.heads.calibration import TEMPERATURE_BOUNDS, fit_temperature, mean_nll
+from pipeline.heads.shots import ShotFit
+from pipeline.metrics import top1
 
 if TYPE_CHECKING:
     from torch import nn
 
+    from pipeline.config import CurvesParams
     from pipeline.features import FeatureStore
+    from pipeline.heads.live import TrainingLog
+    from pipeline.heads.shots import ShotSet, TestSplit
 
 
 def softmax(scores: np.ndarray) -> np.ndarray:
-    z = scores - scores.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+    """Row-wise softmax of scores (N, C)."""
+    from scipy.special import softmax as row_softmax
+
+    return row_softmax(scores, axis=1)
 
 
 def split_scores(head: Head, store: FeatureStore, split: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -41,24 +48,67 @@ def split_scores(head: Head, store: FeatureStore, split: str) -> tuple[np.ndarra
     return np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks])
 
 
+def split_top1(head: Head, store: FeatureStore, split: str) -> float | None:
+    """Top-1 of a fitted head on a split of the store, scored block by block as the evaluate stage scores
+    it; None when the split has no rows."""
+    scored = split_scores(head, store, split)
+    return None if scored is None else top1(*scored)
+
+
+@dataclass
+class FitRecord:
+    """What fitting chose or measured, saved with the head (the ``info`` of its file). A kind sets only
+    its own fields; the others stay None and are left out of the file and of :attr:`Head.chosen`."""
+
+    sweep: dict[str, list[float]] | None = None
+    """A penalty sweep on the validation split: ``l2`` (strongest first) and ``val_top1`` at each."""
+    chosen_l2: float | None = None
+    """The sweep's choice (the head is then refit on train + val)."""
+    chosen_val_top1: float | None = None
+    """Validation top-1 at the chosen penalty, measured before the refit."""
+    C: float | None = None
+    """logistic: scikit-learn's C of the fit."""
+    weight_decay: float | None = None
+    """linear: the L2 penalty of the fit."""
+    streamed: bool | None = None
+    """The training features were read block by block (larger than the memory budget)."""
+    backbone: dict[str, Any] | None = None
+    """finetune: the backbone recipe its top was cut from (rebuilt from it when the head is loaded)."""
+    precision: str | None = None
+    """finetune: the precision it trained in."""
+    train_loss: list[float] | None = None
+    """Mean training loss of each epoch."""
+    epoch_seconds: list[float] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass
+class EpochLog:
+    """Where a head that trains for epochs reports each epoch: the training log (DVCLive) and the
+    features and labels it scores after each epoch (the validation split, normalised as the head's
+    inputs), in eval mode: they are never used for fitting."""
+
+    log: TrainingLog
+    X: np.ndarray | None = None
+    y: np.ndarray | None = None
+
+
 class Head:
     """Base class of every head: what the stages, predict and export call."""
 
     kind: ClassVar[str]
     Params: ClassVar[type[HeadParamsBase]]
     logs_epochs: ClassVar[bool] = False
-    """True for heads that train for epochs: they log each epoch to :attr:`training_log` when it is set."""
+    """True for heads that train for epochs: they log each epoch to the training log given to :meth:`fit_store`."""
 
     def __init__(self, params: HeadParamsBase | None = None, seed: int = 0):
         self.params = params if params is not None else self.Params()
         self.seed = seed
         self.n_classes: int | None = None
-        self.info: dict[str, Any] = {}
+        self.fitted = FitRecord()
         """What fitting chose or measured (chosen penalty, sweep curve, epoch times); saved with the head."""
-        self.training_log: Any = None
-        """A :class:`pipeline.heads.live.TrainingLog`, set by the train stage: where a head that trains for
-        epochs logs its training curves (DVCLive).
-        Logging reads the validation split from the store and never changes what is learned."""
         self.temperature: float | None = None
         """The calibrated temperature T (set by :meth:`calibrate`): probabilities are softmax(scores / T)."""
 
@@ -75,10 +125,12 @@ class Head:
     @property
     def chosen(self) -> dict[str, Any]:
         """What fitting chose (penalty, held-out score at the choice), without curves."""
-        return {k: v for k, v in self.info.items() if k != "sweep"}
+        return {k: v for k, v in self.fitted.to_json().items() if k != "sweep"}
 
-    def fit_store(self, store: FeatureStore) -> Head:
-        """Fit on the training split of a feature store (the train stage's one call)."""
+    def fit_store(self, store: FeatureStore, log: TrainingLog | None = None) -> Head:
+        """Fit on the training split of a feature store (the train stage's one call). ``log``: where a head
+        that trains for epochs logs its training curves (DVCLive); logging reads the validation split from
+        the store and never changes what is learned."""
         raise NotImplementedError
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
@@ -155,7 +207,7 @@ class Head:
         if self.n_classes is None:
             raise PipelineError(f"{type(self).__name__} is not fitted")
         header = {"kind": self.kind, "params": self.params.model_dump(), "seed": self.seed,
-                  "n_classes": self.n_classes, "info": self.info, "temperature": self.temperature,
+                  "n_classes": self.n_classes, "info": self.fitted.to_json(), "temperature": self.temperature,
                   "metadata": metadata or {}}
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, header=np.array(json.dumps(header)), **self._arrays())
@@ -163,7 +215,12 @@ class Head:
     @classmethod
     def from_saved(cls, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> Head:
         head = cls(cls.Params.model_validate(header["params"]), seed=header["seed"])
-        head.n_classes, head.info = header["n_classes"], header.get("info", {})
+        info = header.get("info", {})
+        unknown = sorted(set(info) - set(FitRecord.__dataclass_fields__))
+        if unknown:
+            raise PipelineError(f"saved {header['kind']} head: unknown fit record keys {unknown}; valid keys: "
+                                f"{sorted(FitRecord.__dataclass_fields__)} (saved by another version: train it again)")
+        head.n_classes, head.fitted = header["n_classes"], FitRecord(**info)
         head.temperature = header.get("temperature")
         head._load_arrays(arrays)
         return head
@@ -198,16 +255,17 @@ class FeatureNormalizer:
         return self.fit_blocks(lambda: [(X, None)])
 
     def fit_blocks(self, blocks) -> FeatureNormalizer:
-        """Fit from a re-iterable of (features, labels) blocks; moments accumulate in float64."""
+        """Fit from a re-iterable of (features, labels) blocks: scikit-learn's ``StandardScaler.partial_fit``
+        on ``BLOCK_ROWS`` rows at a time (its moments accumulate in float64)."""
         if self.mode == "standardize":
-            n, total, squares = 0, 0.0, 0.0
+            from sklearn.preprocessing import StandardScaler
+
+            scaler = StandardScaler()
             for X, _ in blocks():
                 for start in range(0, len(X), self.BLOCK_ROWS):
-                    X64 = X[start : start + self.BLOCK_ROWS].astype(np.float64)
-                    n, total, squares = n + len(X64), total + X64.sum(axis=0), squares + np.square(X64).sum(axis=0)
-            mean = total / n
-            std = np.sqrt(np.maximum(squares / n - mean**2, 0.0))
-            self.mean = mean.astype(np.float32)
+                    scaler.partial_fit(X[start : start + self.BLOCK_ROWS])
+            std = np.sqrt(scaler.var_)
+            self.mean = scaler.mean_.astype(np.float32)
             self.scale = np.where(std > 1e-12, std, 1.0).astype(np.float32)
         return self
 
@@ -268,7 +326,7 @@ class PooledHead(Head):
     def fitted_on(self) -> tuple[str, ...]:
         return ("train", "val") if self.needs_validation else ("train",)
 
-    def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
+    def _fit(self, X: np.ndarray, y: np.ndarray, log: EpochLog | None = None) -> None:
         raise NotImplementedError
 
     def _select(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray, y_val: np.ndarray) -> None:
@@ -289,14 +347,13 @@ class PooledHead(Head):
 
     def fit(self, X: np.ndarray, y: np.ndarray, n_classes: int | None = None,
             validation: tuple[np.ndarray, np.ndarray] | None = None,
-            monitor: tuple[np.ndarray, np.ndarray] | None = None) -> PooledHead:
+            monitor: tuple[np.ndarray, np.ndarray] | None = None, log: TrainingLog | None = None) -> PooledHead:
         """Fit on (X, y). A head that selects a hyper-parameter does so on ``validation``, then
-        refits on train + validation (the linear-probe protocol). ``monitor``: features and labels
-        that a head training for epochs scores after each epoch for its :attr:`training_log`; never
-        used for fitting."""
+        refits on train + validation (the linear-probe protocol). A head that trains for epochs logs
+        each to ``log``, with its top-1 on ``monitor`` (features and labels; never used for fitting)."""
         X, y = _check_xy(X, y)
         self.n_classes = int(n_classes if n_classes is not None else y.max() + 1)
-        self.info, self.temperature = {}, None
+        self.fitted, self.temperature = FitRecord(), None
         if self.needs_validation:
             if validation is None or len(validation[1]) == 0:
                 raise ConfigError(f"head {self.kind} with select: sweep needs a validation split: set data.val_fraction > 0")
@@ -305,23 +362,44 @@ class PooledHead(Head):
             self._select(self.normalizer.transform(X), y, self.normalizer.transform(X_val), y_val)
             X, y = np.concatenate([X, X_val]), np.concatenate([y, y_val])
         X = self.normalizer.fit(X).transform(X)
-        self._monitor = None
-        if monitor is not None and len(monitor[1]):
-            X_mon, y_mon = _check_xy(*monitor)
-            self._monitor = (self.normalizer.transform(X_mon), y_mon)
-        try:
-            self._fit(X, y)
-        finally:
-            self._monitor = None
+        epochs = None
+        if log is not None and self.logs_epochs:
+            epochs = EpochLog(log)
+            if monitor is not None and len(monitor[1]):
+                X_mon, epochs.y = _check_xy(*monitor)
+                epochs.X = self.normalizer.transform(X_mon)
+        self._fit(X, y, epochs)
         return self
 
-    def fit_store(self, store: FeatureStore) -> PooledHead:
+    # -- many small fits: the learning curve -----------------------------------------------------
+    @classmethod
+    def curve_fits(cls, params: PooledHeadParams, seed: int, train: tuple[np.ndarray, np.ndarray], n_classes: int,
+                   sets: list[ShotSet], test: TestSplit, curves: CurvesParams) -> list[ShotFit]:
+        """Fit ``params`` on each training set (rows of ``train``) and score it on ``test``. This default
+        fits a head per set with its own params; a kind with a faster way to do it overrides it."""
+        X, y = train
+        fits = []
+        for s in sets:
+            head = cls(params, seed=seed).fit(X[s.rows], y[s.rows], n_classes=n_classes)
+            fits.append(ShotFit(head.curve_top1(test), **head.penalty(len(s.rows))))
+        return fits
+
+    def curve_top1(self, test: TestSplit) -> float:
+        """Top-1 of the fitted head on the curve's test split."""
+        return test.accuracy(self.decision_function(test.X))
+
+    def penalty(self, n_rows: int) -> dict[str, float | int]:
+        """What sets the fitted head's complexity, as the curve reports it (:class:`ShotFit`'s ``l2``,
+        ``C``, ``neighbours``), for a fit on ``n_rows`` images; none for a head without one."""
+        return {}
+
+    def fit_store(self, store: FeatureStore, log: TrainingLog | None = None) -> PooledHead:
         store.require_input(self.input)
         X, y = store.load("train")
         validation = store.load("val") if self.needs_validation else None
-        logging = self.logs_epochs and self.training_log is not None and "val" in store.splits
+        logging = self.logs_epochs and log is not None and "val" in store.splits
         monitor = store.load("val") if logging else None
-        return self.fit(X, y, n_classes=len(store.spec.classes), validation=validation, monitor=monitor)
+        return self.fit(X, y, n_classes=len(store.spec.classes), validation=validation, monitor=monitor, log=log)
 
     def decision_function(self, X: np.ndarray) -> np.ndarray:
         if self.n_classes is None:

@@ -24,24 +24,20 @@ def _as_float64(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.
     return scores, labels
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def mean_nll(scores: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
     """Mean negative log-likelihood of ``labels`` under softmax(scores / temperature)."""
+    from scipy.special import logsumexp
+
     scores, labels = _as_float64(scores, labels)
     z = scores / temperature
-    top = z.max(axis=1, keepdims=True)
-    log_norm = top[:, 0] + np.log(np.exp(z - top).sum(axis=1))
-    return float(np.mean(log_norm - z[np.arange(len(labels)), labels]))
+    return float(np.mean(logsumexp(z, axis=1) - z[np.arange(len(labels)), labels]))
 
 
 def _slope_and_curvature(scores: np.ndarray, label_scores: np.ndarray, beta: float) -> tuple[float, float]:
     """First and second derivatives of the mean NLL in beta = 1 / T."""
-    p = _softmax(beta * scores)
+    from scipy.special import softmax
+
+    p = softmax(beta * scores, axis=1)
     present = p > 0  # a score of -inf (a class the head never saw) has p = 0 and adds nothing
     s = np.where(present, scores, 0.0)
     expected = (p * s).sum(axis=1)

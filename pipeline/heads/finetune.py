@@ -18,7 +18,6 @@ graph with the same weights (see ``FeatureExtractor.cut_at``).
 from __future__ import annotations
 
 import math
-import time
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
@@ -26,7 +25,8 @@ import numpy as np
 from pipeline.config import FinetuneParams
 from pipeline.device import compile_if_possible, resolve_precision, torch_device
 from pipeline.errors import PipelineError
-from pipeline.heads.base import Head
+from pipeline.heads.base import FitRecord, Head
+from pipeline.heads.epochs import run_epochs
 
 BUFFER_BYTES = 256 << 20
 """Training rows gathered and shuffled at a time (in the cache's dtype)."""
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from pipeline.features import FeatureStore
+    from pipeline.heads.live import TrainingLog
 
 
 def finetuned_module(top: nn.Module, feature_dim: int, n_classes: int, tta_flip: bool) -> nn.Module:
@@ -78,7 +79,7 @@ class FinetuneHead(Head):
         self.state: dict[str, np.ndarray] = {}
         self._net = None
 
-    def fit_store(self, store: FeatureStore) -> FinetuneHead:
+    def fit_store(self, store: FeatureStore, log: TrainingLog | None = None) -> FinetuneHead:
         """Train on the ``train`` split of a cut cache (in memory when it fits, else read in
         shuffled buffers)."""
         import torch
@@ -88,12 +89,12 @@ class FinetuneHead(Head):
         if n == 0:
             raise PipelineError(f"{store.path} has no training images")
         self.n_classes = len(store.spec.classes)
-        self.info, self.temperature = {"backbone": store.spec.backbone_recipe()}, None
+        self.fitted, self.temperature = FitRecord(backbone=store.spec.backbone_recipe()), None
         read, streamed = self._reader(store)
         if streamed:
-            self.info["streamed"] = True
+            self.fitted.streamed = True
         device = torch_device()
-        self.info["precision"] = resolve_precision(self.params.precision, device)
+        self.fitted.precision = resolve_precision(self.params.precision, device)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(self.seed)
             generator = torch.Generator().manual_seed(self.seed)
@@ -102,17 +103,24 @@ class FinetuneHead(Head):
             trained = torch.compile(net) if compiled else net  # shares net's parameters
             slice_rows = store.chunk_rows("train")
             buffer_rows = max(1, BUFFER_BYTES // (store.spec.feature_dim * np.dtype(store.spec.storage_dtype).itemsize))
-            losses, seconds = [], []
-            for epoch in range(self.params.epochs):
-                start = time.perf_counter()
-                batches = self._batches(read, n, slice_rows, buffer_rows, generator)
-                losses.append(self._train_epoch(trained, opt, schedule, batches, n, generator, device, epoch))
-                seconds.append(time.perf_counter() - start)
-                print(f"finetune epoch {epoch + 1}/{self.params.epochs}: train loss {losses[-1]:.4f}, "
-                      f"{seconds[-1]:.1f} s ({n / seconds[-1]:.0f} images/s)", flush=True)
-                if self.training_log is not None:
-                    self.training_log.step({"train/loss": losses[-1], **self._val_top1(net, store, device)})
-        self.info |= {"train_loss": losses, "epoch_seconds": seconds}
+
+            def batches(epoch: int):
+                from tqdm import tqdm
+
+                with tqdm(total=n, unit="img", desc=f"finetune epoch {epoch + 1}/{self.params.epochs}", leave=False) as bar:
+                    for x, labels in self._on_device(self._batches(read, n, slice_rows, buffer_rows, generator), device):
+                        yield x, labels
+                        bar.update(len(x))
+
+            def end_epoch(epoch: int, loss: float, seconds: float) -> None:
+                print(f"finetune epoch {epoch + 1}/{self.params.epochs}: train loss {loss:.4f}, "
+                      f"{seconds:.1f} s ({n / seconds:.0f} images/s)", flush=True)
+                if log is not None:
+                    log.step({"train/loss": loss, **self._val_top1(net, store, device)})
+
+            losses, seconds = run_epochs(trained, opt, schedule, self.params.epochs, batches,
+                                         self._loss(generator, device), self._train_mode, end_epoch)
+        self.fitted.train_loss, self.fitted.epoch_seconds = losses, seconds
         self._net = net.cpu().eval()
         self.state = {k: v.detach().numpy() for k, v in self._net.state_dict().items()}
         return self
@@ -154,7 +162,7 @@ class FinetuneHead(Head):
         from pipeline.backbones import top_above_cut
 
         p = self.params
-        top, feature_dim = top_above_cut(self.info["backbone"], training=True, precision=self.info["precision"])
+        top, feature_dim = top_above_cut(self.fitted.backbone, training=True, precision=self.fitted.precision)
         top.requires_grad_(True)
         if p.depthwise == "frozen":
             for kernel in depthwise_kernels(top):
@@ -183,38 +191,43 @@ class FinetuneHead(Head):
 
         return net, opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
 
-    def _train_epoch(self, net, opt, schedule, batches, n: int, generator, device, epoch: int) -> float:
-        """One pass over the training batches; returns the mean training loss."""
+    @staticmethod
+    def _on_device(batches, device):
+        """Batches of (maps, labels) arrays as float32 and int64 tensors on ``device``."""
         import torch
-        import torch.nn.functional as F
-        from tqdm import tqdm
 
-        p = self.params
+        for X, labels in batches:
+            yield torch.as_tensor(X).to(device, non_blocking=True).float(), torch.as_tensor(labels).to(device)
+
+    def _train_mode(self, net) -> None:
+        """Train mode; batch norm layers keep ImageNet's statistics with ``batchnorm: frozen``."""
+        import torch
+
         net.train()
-        if p.batchnorm == "frozen":
+        if self.params.batchnorm == "frozen":
             for m in net.modules():
                 if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                     m.eval()
-        total_loss = 0.0
-        with tqdm(total=n, unit="img", desc=f"finetune epoch {epoch + 1}/{p.epochs}", leave=False) as bar:
-            for X, labels in batches:
-                x = torch.as_tensor(X).to(device, non_blocking=True).float()
-                if p.flip:
-                    mirror = (torch.rand(len(x), generator=generator) < 0.5).to(device)
-                    x = torch.where(mirror[:, None, None, None], x.flip(3), x)
-                loss = F.cross_entropy(net(x), torch.as_tensor(labels).to(device), label_smoothing=p.label_smoothing)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                schedule.step()
-                total_loss += loss.item() * len(x)
-                bar.update(len(x))
-        return total_loss / n
+
+    def _loss(self, generator, device):
+        """The training loss of a batch: maps mirrored left-right at random (``flip``), label smoothing."""
+        import torch
+        import torch.nn.functional as F
+
+        p = self.params
+
+        def loss(net, x, labels):
+            if p.flip:
+                mirror = (torch.rand(len(x), generator=generator) < 0.5).to(device)
+                x = torch.where(mirror[:, None, None, None], x.flip(3), x)
+            return F.cross_entropy(net(x), labels, label_smoothing=p.label_smoothing)
+
+        return loss
 
     @property
     def chosen(self) -> dict:
-        seconds = self.info.get("epoch_seconds") or [float("nan")]
-        return {"cut": self.info.get("backbone", {}).get("cut"), "precision": self.info.get("precision"),
+        seconds = self.fitted.epoch_seconds or [float("nan")]
+        return {"cut": (self.fitted.backbone or {}).get("cut"), "precision": self.fitted.precision,
                 "seconds_per_epoch": round(float(np.mean(seconds)), 1)}
 
     def _batches(self, read, n: int, slice_rows: int, buffer_rows: int, generator):
@@ -248,7 +261,7 @@ class FinetuneHead(Head):
                 raise RuntimeError("FinetuneHead is not fitted")
             from pipeline.backbones import top_above_cut
 
-            top, _ = top_above_cut(self.info["backbone"], pretrained=False)
+            top, _ = top_above_cut(self.fitted.backbone, pretrained=False)
             shape = self.state["classifier.weight"].shape
             net = finetuned_module(top, shape[1], shape[0], self.params.tta_flip)
             net.load_state_dict({k: torch.as_tensor(v) for k, v in self.state.items()})

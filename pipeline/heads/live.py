@@ -1,7 +1,7 @@
 """Training curves of a head, written with DVCLive into one folder per head configuration.
 
-The train stage opens a :class:`TrainingLog` in ``evaluation/live/<configuration>/`` and hands it to the
-head (``head.training_log``) before the one call ``head.fit_store(store)``. Heads that train for
+The train stage opens a :class:`TrainingLog` in ``evaluation/live/<configuration>/`` and passes it to the
+one call ``head.fit_store(store, log)``. Heads that train for
 epochs (mlp, finetune) log one step per epoch: ``train/loss`` (mean training loss of the epoch),
 ``val/top1`` (top-1 on the validation split, read from the store by the head itself, scored in eval mode
 without touching any random generator, so seeded results are identical with and without the log) and

@@ -6,7 +6,9 @@ import numpy as np
 
 from pipeline.config import MlpParams
 from pipeline.device import torch_device
-from pipeline.heads.base import PooledHead
+from pipeline.heads.base import EpochLog, PooledHead
+from pipeline.metrics import top1
+from pipeline.heads.epochs import run_epochs
 
 
 class MlpHead(PooledHead):
@@ -24,7 +26,7 @@ class MlpHead(PooledHead):
             torch.nn.Linear(dim, p.hidden), torch.nn.ReLU(), torch.nn.Dropout(p.dropout), torch.nn.Linear(p.hidden, self.n_classes)
         )
 
-    def _fit(self, X: np.ndarray, y: np.ndarray) -> None:
+    def _fit(self, X: np.ndarray, y: np.ndarray, log: EpochLog | None = None) -> None:
         import torch
         import torch.nn.functional as F
 
@@ -38,34 +40,33 @@ class MlpHead(PooledHead):
             opt = torch.optim.AdamW(net.parameters(), lr=p.lr, weight_decay=p.weight_decay)
             steps = p.epochs * -(-len(y) // p.batch_size)
             schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-            for _ in range(p.epochs):
-                net.train()
+
+            def batches(epoch: int):
                 order = torch.randperm(len(y))
-                total = torch.zeros((), device=device)
                 for start in range(0, len(y), p.batch_size):
                     idx = order[start : start + p.batch_size]
-                    loss = F.cross_entropy(net(features[idx].to(device)), labels[idx].to(device))
-                    opt.zero_grad()
-                    loss.backward()
-                    opt.step()
-                    schedule.step()
-                    total += loss.detach() * len(idx)
-                if self.training_log is not None:
-                    self.training_log.step({"train/loss": float(total) / len(y), **self._monitor_top1(net, device)})
+                    yield features[idx].to(device), labels[idx].to(device)
+
+            def end_epoch(epoch: int, loss: float, seconds: float) -> None:
+                if log is not None:
+                    log.log.step({"train/loss": loss, **self._monitor_top1(net, device, log)})
+
+            run_epochs(net, opt, schedule, p.epochs, batches, lambda net, x, y: F.cross_entropy(net(x), y),
+                       end_epoch=end_epoch)
         self.net_state = {k: v.detach().cpu().numpy() for k, v in net.state_dict().items()}
 
-    def _monitor_top1(self, net, device) -> dict[str, float]:
+    @staticmethod
+    def _monitor_top1(net, device, log: EpochLog) -> dict[str, float]:
         """Top-1 on the monitored (validation) features, in eval mode: no dropout, no random numbers."""
         import torch
 
-        if getattr(self, "_monitor", None) is None:
+        if log.X is None:
             return {}
-        X, y = self._monitor
         net.eval()
         with torch.inference_mode():
-            predicted = torch.cat([net(torch.as_tensor(X[s : s + 4096]).to(device)).argmax(dim=1).cpu()
-                                   for s in range(0, len(y), 4096)])
-        return {"val/top1": float((predicted.numpy() == y).mean())}
+            scores = torch.cat([net(torch.as_tensor(log.X[s : s + 4096]).to(device)).cpu()
+                                for s in range(0, len(log.y), 4096)])
+        return {"val/top1": top1(scores.numpy(), log.y)}
 
     def _scores_module(self):
         import torch

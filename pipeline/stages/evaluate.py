@@ -97,8 +97,8 @@ def run(features_path: str | Path, head_path: str | Path, out_dir: str | Path, n
         else:
             results[split]["ece"] = reliability[split]["ece"]
         results[split]["on"] = split
-    if "val" in head.fitted_on and "chosen_val_top1" in head.info:
-        results["val"] = {"top1": head.info["chosen_val_top1"], "on": "sweep: val before the refit on train + val"}
+    if "val" in head.fitted_on and head.fitted.chosen_val_top1 is not None:
+        results["val"] = {"top1": head.fitted.chosen_val_top1, "on": "sweep: val before the refit on train + val"}
     fitted_t = head.temperature if calibrated else temperature_on_val(scores)
     scaled = None if fitted_t is None else calibration(softmax(scores["test"][0] / fitted_t), scores["test"][1])
     if scaled is not None:
@@ -116,8 +116,8 @@ def run(features_path: str | Path, head_path: str | Path, out_dir: str | Path, n
             writer = csv.writer(f)
             writer.writerow(["class", "accuracy"])
             writer.writerows((c, a) for c, a in details["test"]["per_class_accuracy"].items() if a is not None)
-        if "sweep" in head.info:
-            sweep = head.info["sweep"]
+        if head.fitted.sweep is not None:
+            sweep = head.fitted.sweep
             write_json(staging / "sweep.json", [{"l2": l2, "val_top1": acc} for l2, acc in zip(sweep["l2"], sweep["val_top1"])])
         test_scores, test_labels = scores["test"]
         proba = head.probabilities(test_scores)

@@ -13,13 +13,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 from pipeline import layout
 from pipeline.config import Params
 from pipeline.features import FeatureStore, expected_spec
 from pipeline.fileutil import write_json
-from pipeline.heads import build_head, split_scores
+from pipeline.heads import build_head, fit_and_score
 
 
 def run(params: Params, name: str, features_path: str | Path, splits_path: str | Path, out_path: str | Path) -> dict:
@@ -38,14 +37,9 @@ def run(params: Params, name: str, features_path: str | Path, splits_path: str |
         del X
         results["heads"] = {}
         for config in params.backbones.head_configs():
-            head = build_head(config, seed=params.seed)
-            start = time.perf_counter()
-            head.fit_store(store)
-            figures: dict = {"fit_seconds": round(time.perf_counter() - start, 2)}
-            for split in ("val", "test"):
-                scored = None if split in head.fitted_on else split_scores(head, store, split)
-                if scored is not None:
-                    figures[f"{split}_top1"] = round(float(np.mean(scored[0].argmax(axis=1) == scored[1])), 6)
+            fitted = fit_and_score(build_head(config, seed=params.seed), store, splits=("val", "test"))
+            figures: dict = {"fit_seconds": round(fitted.fit_seconds, 2)}
+            figures |= {f"{split}_top1": round(t, 6) for split, t in fitted.top1.items()}
             results["heads"][config.key.rpartition(".")[2]] = figures
     write_json(out_path, results)
     scores = ", ".join(f"{h} test top-1 {f['test_top1']:.4f}" + (f" (val {f['val_top1']:.4f})" if "val_top1" in f else "")

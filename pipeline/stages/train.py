@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from pipeline import layout
 from pipeline.config import Params
 from pipeline.features import FeatureStore, expected_spec
-from pipeline.heads import build_head
+from pipeline.heads import build_head, fit_and_score
 
 if TYPE_CHECKING:
     from pipeline.heads.live import TrainingLog
@@ -36,11 +35,7 @@ def run(params: Params, features_path: str | Path, splits_path: str | Path, head
         identity, n_train = store.spec.identity(), store.n_rows("train")
         if config.params.calibrate:
             head.check_calibration(store, name=key)  # before a long fit
-        head.training_log = log
-        start = time.perf_counter()
-        head.fit_store(store)
-        fit_seconds = time.perf_counter() - start
-        head.training_log = None
+        fit_seconds = fit_and_score(head, store, splits=(), log=log).fit_seconds
         if log is not None and log.steps == 0:  # fitted in one go: one step
             log.step({})
         calibration = head.calibrate(store, name=key) if config.params.calibrate else {}
