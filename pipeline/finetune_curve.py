@@ -24,7 +24,7 @@ from pipeline.config import CurvesFinetuneParams, FinetuneParams, HeadConfig
 from pipeline.curves import class_orders, shot_rows
 from pipeline.features import FeatureStore, SplitView
 from pipeline.heads import build_head
-from pipeline.seeds import top1_on_test
+from pipeline.heads.base import split_top1
 
 
 def enough_steps(params: FinetuneParams, n_train: int, min_steps: int) -> FinetuneParams:
@@ -61,7 +61,7 @@ def finetune_curve(store: FeatureStore, config: HeadConfig, settings: CurvesFine
             start = time.perf_counter()
             head.fit_store(k_shot_view(store, rows))
             fitted = time.perf_counter()
-            top1 = top1_on_test(head, store)
+            top1 = split_top1(head, store, "test")
             scored = time.perf_counter()
             point = {"shots": k, "draw": d, "n_train": len(rows), "epochs": params.epochs,
                      "steps": params.epochs * math.ceil(len(rows) / params.batch_size), "top1": top1,
