@@ -25,14 +25,14 @@ import csv
 import html
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline import layout
 from pipeline.config import ALL_SHOTS, Params
 from pipeline.curves import Fit, Point, best_heads, labels_needed, plot as plot_curve, summarise, t_interval
 from pipeline.errors import PipelineError
-from pipeline.fileutil import atomic_files
+from pipeline.fileutil import atomic_files, sha256_json
 from pipeline.metrics import held_out_val_top1, holm, validation_order, wilson_interval
 
 ALPHA = 0.05
@@ -610,6 +610,28 @@ def build(inputs: Inputs) -> tuple[Doc, dict[str, str], list[Point]]:
     return doc, answers, inputs.curve_points + ctx.finetune
 
 
+def drawn_from(picture: Path) -> str | None:
+    """The fingerprint a picture of :func:`mark_drawn_from` records (None: no picture, or none recorded)."""
+    from PIL import Image
+
+    try:
+        with Image.open(picture) as image:
+            return image.text.get("fingerprint")
+    except (OSError, AttributeError):
+        return None
+
+
+def mark_drawn_from(picture: Path, fingerprint: str) -> None:
+    """Record in a PNG what it was drawn from (a text chunk), so that it need not be drawn again."""
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("fingerprint", fingerprint)
+    with Image.open(picture) as image:
+        image.load()
+        image.save(picture, pnginfo=info)
+
+
 def write(inputs: Inputs, evaluation: Path, stem: Path) -> dict[str, str]:
     """Write ``<stem>.md``, ``<stem>.html`` and the learning-curve picture beside them, as one set; the pictures
     are read from ``evaluation`` (the folder the Markdown's links are relative to). Returns the answers."""
@@ -620,9 +642,14 @@ def write(inputs: Inputs, evaluation: Path, stem: Path) -> dict[str, str]:
         raise PipelineError(f"the report shows pictures that do not exist: {', '.join(str(evaluation / p) for p in missing)}; "
                             "run the stages that draw them (dvc repro)")
     title = f"Report: {inputs.dataset}, {inputs.backbone}"
+    curve_title = f"test top-1 against labels per class ({inputs.backbone} features)"
+    fingerprint = sha256_json([[asdict(p) for p in points], curve_title])
     with atomic_files(stem.parent) as staging:
-        curve = staging / CURVE_PICTURE
-        plot_curve(points, curve, f"test top-1 against labels per class ({inputs.backbone} features)")
+        curve = stem.parent / CURVE_PICTURE
+        if drawn_from(curve) != fingerprint:  # a head swap leaves the curve as it is: not drawn again
+            curve = staging / CURVE_PICTURE
+            plot_curve(points, curve, curve_title)
+            mark_drawn_from(curve, fingerprint)
         pictures = {p: evaluation / p for p in wanted} | {CURVE_PICTURE: curve}
         (staging / f"{stem.name}.md").write_text(doc.markdown())
         (staging / f"{stem.name}.html").write_text(doc.html(pictures, title))

@@ -225,6 +225,32 @@ def test_markdown_links_every_picture_and_the_html_embeds_them(full_run):
     assert md.count("\n## ") == 5
 
 
+def test_the_curve_picture_is_drawn_again_only_when_its_points_change(full_run, tmp_path):
+    """A head swap re-runs the report, not the curve: the picture (a persistent output) stays as drawn."""
+    from pipeline.stages import report as report_stage
+
+    ev, params = full_run
+    picture = ev / "report_curve.png"
+    before = (picture.stat().st_ino, picture.read_bytes())
+    report_stage.run(params, ev, ev / layout.REPORT.name)
+    assert (picture.stat().st_ino, picture.read_bytes()) == before  # the same file: not drawn again
+    (ev / "report.md").unlink()
+    curve = ev / "curve_draws.csv"  # every fit of the curve: what the report's points are computed from
+    kept = curve.read_text()
+    fits = list(csv.DictReader(kept.splitlines()))
+    fits[0]["top1"] = str(float(fits[0]["top1"]) / 2)
+    with open(curve, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(fits[0]))
+        writer.writeheader()
+        writer.writerows(fits)
+    try:
+        report_stage.run(params, ev, ev / layout.REPORT.name)
+        assert picture.read_bytes() != before[1]  # a point moved: drawn again
+    finally:
+        curve.write_text(kept)
+        report_stage.run(params, ev, ev / layout.REPORT.name)
+
+
 def test_a_tie_is_reported_as_a_tie(cifar_folder, caches, tmp_path):
     """Three identical ridge heads: tied on validation, the cheaper fit chosen, and no difference claimed."""
     out, params = caches
