@@ -31,7 +31,8 @@ from tqdm import tqdm
 from pipeline.backbones import FeatureExtractor
 from pipeline.device import compile_if_possible, torch_device
 from pipeline.features import FeatureSpec, PartialFeatures
-from pipeline.images import BatchStream, prefetch
+from pipeline.images import BatchStream, image_size, prefetch
+from pipeline.preprocessing import recorded_decode
 from pipeline.sources import Source, Splits
 
 
@@ -117,15 +118,16 @@ class OnePass(torch.nn.Module):
 
 
 def feature_spec(splits: Splits, backbone: FeatureExtractor, weights: str | None, storage_dtype: str,
-                 init_seed: int, precision: str) -> FeatureSpec:
-    """What made the features: the one place a :class:`FeatureSpec` is assembled."""
+                 init_seed: int, precision: str, decode: str = "full") -> FeatureSpec:
+    """What made the features: the one place a :class:`FeatureSpec` is assembled; ``decode`` (how JPEGs
+    are decoded, ``data.decode``) is recorded in its preprocessing."""
     settings = splits.settings
     return FeatureSpec(
         backbone=backbone.name,
         weights="none" if weights is None else str(weights),
         weights_id=backbone.weights_id,
         input_size=backbone.preprocessing.geometry.crop_size,
-        preprocessing=backbone.preprocessing.to_json(),
+        preprocessing=backbone.preprocessing.decoding(decode).to_json(),
         dataset_fingerprint=splits.fingerprint,
         split_seed=int(settings.get("seed", 0)),
         init_seed=init_seed,
@@ -138,6 +140,24 @@ def feature_spec(splits: Splits, backbone: FeatureExtractor, weights: str | None
         cut=backbone.cut,
         feature_shape=backbone.feature_shape,
     )
+
+
+LARGE_IMAGE = 2
+"""On a CPU, images whose short side is at least this many times the resize decode in worker processes."""
+
+
+def auto_workers(device: torch.device, source: Source, splits: Splits, geometry, decode: str) -> int:
+    """``backbone.num_workers: null``: on CUDA 8 (at most the cores); on a CPU, one decoding process per core
+    when the images are large (the first image's short side at least :data:`LARGE_IMAGE` times the resize:
+    decoding then costs more than the forward pass), else 0, decoding between forward passes (for small
+    images a concurrent decoder takes more from the forward pass than decoding costs). Both measured on
+    2 cores in benchmarks/photo_speed.py and benchmarks/extract_speed.py."""
+    cores = os.cpu_count() or 1
+    if device.type == "cuda":
+        return min(8, cores)
+    first = next((s.keys[0] for s in splits.splits.values() if s.keys), None)
+    size = first and image_size(next(iter(source.stream([first])))[1])
+    return cores if size and min(size) >= LARGE_IMAGE * geometry.resize_size else 0
 
 
 def _plan(splits: Splits, partials: dict[str, PartialFeatures], shard: Shard, batch_size: int, part_batches: int
@@ -181,8 +201,10 @@ def extract_features(
     """
     shard = shard or Shard()
     device = device or torch_device()
+    geometry = model.backbone.preprocessing.geometry
+    decode = recorded_decode(next(iter(outputs.values()))[0].preprocessing)
     if num_workers is None:
-        num_workers = min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
+        num_workers = auto_workers(device, source, splits, geometry, decode)
     part_batches = max(1, commit_rows // batch_size)
     precision = next(iter(outputs.values()))[0].precision
     compile = compile_if_possible(compile, device, "extract")
@@ -195,7 +217,6 @@ def extract_features(
     if shard.rank != 0:
         partials = open_partials()
     name = model.backbone.name + (f" (and its input at {model.bottom.cut})" if model.bottom is not None else "")
-    geometry = model.backbone.preprocessing.geometry
     model = model.to(device).to(memory_format=torch.channels_last)
     if compile:
         model = torch.compile(model)
@@ -210,7 +231,7 @@ def extract_features(
                    disable=not progress or shard.rank != 0, smoothing=0.1)
         for split, batches in plan.items():
             if batches:
-                stream = BatchStream(source, splits.splits[split].keys, batch_size, batches, geometry, skip_bad)
+                stream = BatchStream(source, splits.splits[split].keys, batch_size, batches, geometry, skip_bad, decode)
                 images, seconds = _extract_split(split, stream, model, partials, device, num_workers, part_batches,
                                                  len(splits.splits[split]), compile, precision, bar)
                 if shard.rank == 0:
