@@ -61,11 +61,18 @@ def read_rgb(raw: object, cover: int | None = None):
         image = raw if isinstance(raw, Image.Image) else Image.open(io.BytesIO(raw))
     except Image.DecompressionBombError as err:
         raise BadImageError(f"too large to decode safely ({err}); Pillow's limit is PIL.Image.MAX_IMAGE_PIXELS") from None
-    if cover is not None and image.format == "JPEG" and min(image.size) >= 2 * cover:
-        w, h = image.size
-        image.draft(None, (-(-w * cover // min(w, h)), -(-h * cover // min(w, h))))
+    if cover is not None:
+        draft(image, cover)
     image = _to_8_bits(ImageOps.exif_transpose(image))
     return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
+
+
+def draft(image, cover: int) -> None:
+    """Set a JPEG not yet loaded to decode at the smallest DCT scale (1/2, 1/4, 1/8) whose short side is
+    still at least ``cover`` pixels (Pillow's ``draft``); other images, and JPEGs under twice that, as they are."""
+    w, h = image.size
+    if image.format == "JPEG" and min(w, h) >= 2 * cover:
+        image.draft(None, (1, cover) if h <= w else (cover, 1))  # the scale is set by the short side alone
 
 
 def image_size(raw: object) -> tuple[int, int] | None:
