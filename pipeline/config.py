@@ -490,7 +490,8 @@ class SeedsParams(_Section):
     configuration whose fit varies with the seed (the stochastic heads; every head when ``splits``)."""
     splits: bool = False
     """Each seed also re-carves train / val from the cached train + val rows (the prepare stage's rule, at
-    data.val_fraction), so that deterministic heads vary too."""
+    data.val_fraction), so that deterministic heads vary too. A given val split (a ``val/`` folder, a split
+    column) is pooled with train and re-carved like the rest."""
 
     @field_validator("values")
     @classmethod

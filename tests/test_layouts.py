@@ -235,6 +235,20 @@ def test_decode_mode_is_recorded_and_rebuilt_with_the_backbone(cifar_folder):
     assert "decode" not in old and load_recipe(recipe | {"preprocessing": old}).preprocessing.decode == "full"
 
 
+def test_a_partial_extraction_of_the_other_decode_mode_is_discarded_not_mixed(class_folder, tmp_path, capsys):
+    from pipeline.backbones import load_backbone
+    from pipeline.extract import feature_spec
+    from pipeline.features import PartialFeatures
+
+    splits, backbone = make_splits(open_source(class_folder), 0.0, None, seed=0), load_backbone("resnet18", None, 64)
+    spec, reduced = (feature_spec(splits, backbone, None, "float32", 0, "float32", decode) for decode in ("full", "reduced"))
+    assert '"decode": "reduced"' in reduced.preprocessing and "decode" not in spec.preprocessing
+    partial = PartialFeatures(tmp_path / "f.h5", spec, 8)
+    partial.write_part("train", 0, np.zeros((8, *spec.shape), spec.storage_dtype), np.ones(8, bool))
+    assert PartialFeatures(tmp_path / "f.h5", reduced, 8).done("train", 20) == set()
+    assert "discarding partial extraction" in capsys.readouterr().out
+
+
 # -- odd inputs ----------------------------------------------------------------------------------
 def test_heic_without_a_plugin_names_the_file_and_what_to_install(class_folder, tmp_path):
     root = tmp_path / "photos"
@@ -286,3 +300,47 @@ def test_unreadable_image_points_to_on_bad_image_skip(class_folder, tmp_path):
     keys = [k for k in source.files() if k.startswith("cat/")]
     with pytest.raises(BadImageError, match="'cat/broken.jpg'.*set backbone.on_bad_image: skip"):
         list(BatchStream(source, keys, 4, range(3), GEOMETRY))
+
+
+# -- end to end ------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_dvc_repro_on_class_folders_and_a_label_file(tmp_path):
+    """The whole pipeline on a class-folder tree (no split folders), then `dvc exp run` onto a CSV label
+    file with groups in the same folder: real images through the real network and every stage."""
+    import json
+
+    from tests.test_pipeline_dvc import commit, dvc, make_project, ran
+
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+    def edit(params):
+        params["data"] |= {"source": "my_photos", "subset_per_class": None, "test_fraction": 0.25}
+        params["backbone"] |= {"cut": None}
+        params["finetune"], params["heads"] = {}, {}
+
+    repo, env = make_project(tmp_path, edit)
+    write_cifar_folder(tmp_path / "src", classes, {"train": 12})
+    shutil.move(tmp_path / "src" / "train", repo / "my_photos")
+    commit(repo, env, "my photos: one folder per class")
+    out = dvc(repo, env, "repro")
+    assert {"prepare", "extract", "train", "evaluate", "compare", "mistakes", "leakage"} <= ran(out)
+    assert "layout: class folders (<root>/<class>/<image>); test carved: 0.25 of each class" in out, out
+    metrics = json.loads((repo / "evaluation" / "metrics.json").read_text())
+    assert metrics["test"]["n"] == 30 and metrics["val"]["n"] == 10  # 3 and 1 of 12 per class
+    assert metrics["test"]["top1"] > 0.3  # real ImageNet features on 10 classes (chance: 0.1)
+
+    lines = ["image,class,shot"] + [f"{p.relative_to(repo / 'my_photos').as_posix()},{p.parent.name},{p.parent.name}-{i // 3}"
+                                    for i, p in enumerate(sorted((repo / "my_photos").rglob("*.jpg")))]
+    (repo / "my_photos" / "labels.csv").write_text("\n".join(lines) + "\n")
+    commit(repo, env, "a label file")
+    out = dvc(repo, env, "exp", "run", "-S", "data.labels.file=labels.csv", "-S", "data.labels.path_column=image",
+              "-S", "data.labels.label_column=class", "-S", "data.labels.group_column=shot")
+    assert "layout: label file (labels.csv: columns path = 'image', label = 'class', group = 'shot')" in out, out
+    assert "groups ('shot') kept whole when carving" in out
+    splits = json.loads((repo / "data" / "prepared" / "splits.json").read_text())
+    sides = {}
+    for name, split in splits["splits"].items():
+        for key in split["keys"]:
+            sides.setdefault(lines[[ln.split(",")[0] for ln in lines].index(key)].split(",")[2], set()).add(name)
+    assert all(len(s) == 1 for s in sides.values()) and len(sides) == 40
+    assert json.loads((repo / "evaluation" / "metrics.json").read_text())["test"]["top1"] > 0.3
