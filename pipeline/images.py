@@ -57,6 +57,7 @@ def read_rgb(raw: object, cover: int | None = None):
 
     if isinstance(raw, Exception):  # the source could not read the file
         raise raw
+    image_extensions()  # registers the optional plugins (HEIC) in this process too; cached
     try:
         image = raw if isinstance(raw, Image.Image) else Image.open(io.BytesIO(raw))
     except Image.DecompressionBombError as err:

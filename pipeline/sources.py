@@ -41,9 +41,15 @@ ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 
 @functools.cache
 def image_extensions() -> frozenset[str]:
-    """File suffixes PIL can read (lower case, with the dot)."""
+    """File suffixes PIL can read (lower case, with the dot); HEIC / HEIF with pillow-heif installed."""
     from PIL import Image
 
+    try:  # an optional plugin: registers its opener with Pillow
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        pass
+    else:
+        register_heif_opener()
     return frozenset(ext.lower() for ext in Image.registered_extensions())
 
 
