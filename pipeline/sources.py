@@ -1,15 +1,16 @@
 """Where images come from and how they are split: the data side's listing of a dataset.
 
-A *source* lists the images of a dataset as ``(key, split, class)`` and streams their raw
-contents in its natural order. Three kinds:
+A *source* lists the files of a dataset and streams their raw contents in its natural order. Three kinds:
 
-- an image-folder directory ``<root>/<split>/<class>/<image>``, images at any depth below the class
-  folder (as torchvision's ``ImageFolder``); dot-files, dot-folders and ``__MACOSX`` are ignored;
+- a directory; dot-files, dot-folders and ``__MACOSX`` are ignored;
 - the same tree inside a ``.tar`` / ``.tar.gz`` / ``.tgz`` archive, streamed without unpacking;
 - the official CIFAR-10 python batches (``cifar-10-batches-py``, as torchvision downloads it).
 
-:func:`make_splits` turns a source into the train / val / test :class:`Splits` (written by the
-prepare stage as JSON). Decoding the streamed contents is :mod:`pipeline.images`'s job.
+:func:`find_layout` decides what a directory or archive's files mean (split folders
+``<root>/<split>/<class>/<image>``, class folders ``<root>/<class>/<image>``, or a CSV label file), and
+:func:`make_splits` turns it into the train / val / test :class:`Splits`, carving what the layout does
+not give (written by the prepare stage as JSON). Decoding the streamed contents is
+:mod:`pipeline.images`'s job.
 """
 
 from __future__ import annotations
