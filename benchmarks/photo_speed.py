@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from extract_speed import bare_forward  # noqa: E402
 
 from pipeline.backbones import load_backbone  # noqa: E402
-from pipeline.device import describe_cpu, torch_device  # noqa: E402
+from pipeline.device import describe_cpu, resolve_precision, torch_device  # noqa: E402
 from pipeline.extract import OnePass, auto_workers, extract_features, feature_spec, tune_allocator  # noqa: E402
 from pipeline.images import draft, read_rgb, reduced_to, resize_crop  # noqa: E402
 from pipeline.sources import Split, Splits, make_splits, open_source  # noqa: E402
@@ -105,7 +105,8 @@ def decode_floor(paths: list[Path], cover: int) -> float:
 
 def extract(splits: Splits, backbone, decode: str, workers: int | None, batch_size: int, device) -> tuple[float, np.ndarray]:
     """(images/s, features in split order) of one extraction of every image of ``splits``."""
-    spec = feature_spec(splits, backbone, "DEFAULT", "float32", init_seed=0, precision="float32", decode=decode)
+    precision = resolve_precision("auto", device)  # the pipeline's default
+    spec = feature_spec(splits, backbone, "DEFAULT", "float32", init_seed=0, precision=precision, decode=decode)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         extract_features(splits, open_source(splits.source), OnePass(backbone), {"pooled": (spec, Path(tmp) / "f.h5")},
@@ -193,11 +194,17 @@ def main() -> None:
         print(f"{what:<10}{decode:<10}{workers:<9}{rate:9.1f}{against}")
 
     keys = everything.splits["train"].keys[:: max(1, len(paths) // 24)]
-    forward = 1000 / bare_forward(backbone, args.batch_size, 3, device)
-    print(f"\nwhere the time goes (per image): decode + resize on one core: reduced "
-          f"{decode_ms(photo_src, keys, geometry, 'reduced'):.1f} ms, full {decode_ms(photo_src, keys, geometry, 'full'):.1f} ms, "
+    precision = resolve_precision("auto", device)
+    forward = 1000 / bare_forward(backbone, args.batch_size, 3, device, precision)
+    reduced, full = decode_ms(photo_src, keys, geometry, "reduced"), decode_ms(photo_src, keys, geometry, "full")
+    cores = os.cpu_count() or 1
+    bound = 1000 * cores / (reduced + cores * forward)
+    print(f"\nwhere the time goes (per image): decode + resize on one core: reduced {reduced:.1f} ms, full {full:.1f} ms, "
           f"CIFAR-10 {decode_ms(cifar_src, cifar.splits['train'].keys[:256], geometry, 'reduced'):.2f} ms; "
-          f"forward pass on {torch.get_num_threads()} threads {forward:.1f} ms")
+          f"forward pass ({precision}) on {torch.get_num_threads()} threads {forward:.1f} ms")
+    print(f"packing bound for the photos (every core busy: decode on one core plus the forward pass on all, per image): "
+          f"{bound:.1f} images/s = {bound / floor:.2f} of the floor; extraction (auto) reached "
+          f"{rates[('photos', 'reduced', 'auto')] / bound:.2f} of it" if ("photos", "reduced", "auto") in rates else "")
 
     a, b = features["reduced"], features["full"]
     cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)

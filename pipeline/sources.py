@@ -585,13 +585,13 @@ def make_splits(source: Source, val_fraction: float, subset_per_class: int | Non
     given = np.array([s or "" for _, s, _ in items])
     groups = None if layout.groups is None else np.array([layout.groups[k] for k in keys])
     settings = {"val_fraction": val_fraction, "subset_per_class": subset_per_class, "seed": seed, "layout": layout.name}
-    if not (given != "").any():  # no split given: carve test
+    depth = 2 if layout.name == SPLIT_LAYOUT else 1  # below a class folder
+    found = {s or "all": {"images": int((given == s).sum()), "in_sub_folders": int(sum(k.count("/") > depth for k in keys[given == s]))}
+             for s in ("", *SPLIT_NAMES) if (given == s).any()}
+    if "all" in found:  # no split given: carve test
         test = carve_rows(labels_, len(classes), test_fraction, np.random.default_rng(test_seed), groups)
         given = np.where(test, "test", "train")
         settings |= {"test_fraction": test_fraction, "test_seed": test_seed}
-    found = {s: {"images": int((given == s).sum()),
-                 "in_sub_folders": int(sum(k.count("/") > (2 if layout.name == SPLIT_LAYOUT else 1) for k in keys[given == s]))}
-             for s in SPLIT_NAMES if (given == s).any()}
     train_classes = set(labels_[given == "train"].tolist())
     if missing := sorted(classes[c] for c in set(labels_.tolist()) - train_classes):
         raise DatasetError(f"{source.location}: classes with test images but no training images: {missing}")

@@ -71,6 +71,7 @@ def test_prepare_says_which_layout_and_what_it_carved(class_folder, tmp_path, ca
     params = parse_params({"data": {"source": str(class_folder), "test_fraction": 0.3, "test_seed": 5}})
     counts = prepare.run(params, tmp_path / "splits.json")
     out = capsys.readouterr().out
+    assert f"prepared {class_folder}: found 30 images; 3 classes" in out, out
     assert "layout: class folders (<root>/<class>/<image>)" in out, out
     assert "test carved: 0.3 of each class (data.test_fraction), seeded by data.test_seed = 5" in out, out
     assert "val carved from train: 0.1 of each class" in out and counts == {"train": 18, "val": 3, "test": 9}, out

@@ -57,13 +57,14 @@ def _columns(labels: LabelFile | None) -> str:
 
 
 def _found(found: dict[str, dict[str, int]]) -> str:
-    """``found train: 120 images (20 in sub-folders of class folders), test: 40 images``."""
+    """``found train: 120 images (20 in sub-folders of class folders), test: 40 images``, or ``found 160
+    images`` when no split is given."""
     parts = []
     for split, n in found.items():
-        if split not in SPLIT_NAMES:
+        if split not in (*SPLIT_NAMES, "all"):
             continue
         deeper = f" ({n['in_sub_folders']} in sub-folders of class folders)" if n["in_sub_folders"] else ""
-        parts.append(f"{split}: {n['images']} images{deeper}")
+        parts.append(f"{'' if split == 'all' else split + ': '}{n['images']} images{deeper}")
     return "found " + ", ".join(parts)
 
 
