@@ -147,17 +147,31 @@ LARGE_IMAGE = 2
 
 
 def auto_workers(device: torch.device, source: Source, splits: Splits, geometry, decode: str) -> int:
-    """``backbone.num_workers: null``: on CUDA 8 (at most the cores); on a CPU, one decoding process per core
-    when the images are large (the first image's short side at least :data:`LARGE_IMAGE` times the resize:
-    decoding then costs more than the forward pass), else 0, decoding between forward passes (for small
-    images a concurrent decoder takes more from the forward pass than decoding costs). Both measured on
-    2 cores in benchmarks/photo_speed.py and benchmarks/extract_speed.py."""
+    """``backbone.num_workers: null``: on CUDA 8 (at most the cores); on a CPU, half the cores (at least one)
+    decode in worker processes when the images are large (the first image's short side at least
+    :data:`LARGE_IMAGE` times the resize: decoding then costs about as much as the forward pass), else 0,
+    decoding between forward passes (for small images a concurrent decoder takes more from the forward
+    pass than decoding costs). Measured on 2 cores in benchmarks/photo_speed.py and extract_speed.py."""
     cores = os.cpu_count() or 1
     if device.type == "cuda":
         return min(8, cores)
     first = next((s.keys[0] for s in splits.splits.values() if s.keys), None)
     size = first and image_size(next(iter(source.stream([first])))[1])
-    return cores if size and min(size) >= LARGE_IMAGE * geometry.resize_size else 0
+    return max(1, cores // 2) if size and min(size) >= LARGE_IMAGE * geometry.resize_size else 0
+
+
+@contextlib.contextmanager
+def forward_threads(device: torch.device, num_workers: int) -> Iterator[None]:
+    """On a CPU with decoding workers, the forward pass takes the cores they leave (at least one thread):
+    a forward pass spread over cores a decoder also uses waits on its slowest thread (measured on 2 cores:
+    1 worker and 1 forward thread extract photos 1.5 to 2 times as fast as 1 or 2 workers beside 2 threads)."""
+    threads = torch.get_num_threads()
+    if device.type == "cpu" and num_workers:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - num_workers))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _plan(splits: Splits, partials: dict[str, PartialFeatures], shard: Shard, batch_size: int, part_batches: int
@@ -239,7 +253,8 @@ def extract_features(
                               + (" (rank 0)" if shard.world_size > 1 else ""))
         bar.close()
 
-    compute(plan, total)
+    with forward_threads(device, num_workers):
+        compute(plan, total)
     shard.barrier()  # every rank's parts are committed
     if shard.rank != 0:
         return None
@@ -247,7 +262,8 @@ def extract_features(
     plan, total, _ = _plan(splits, partials, Shard(), batch_size, part_batches)
     if total:
         print(f"computing again {total} images whose parts went missing", flush=True)
-        compute(plan, total)
+        with forward_threads(device, num_workers):
+            compute(plan, total)
     rows = {n: (s.keys, s.labels) for n, s in splits.splits.items()}
     return {name: partials[name].assemble(spec, rows) for name, (spec, _) in outputs.items()}
 

@@ -345,3 +345,35 @@ def test_dvc_repro_on_class_folders_and_a_label_file(tmp_path):
             sides.setdefault(lines[[ln.split(",")[0] for ln in lines].index(key)].split(",")[2], set()).add(name)
     assert all(len(s) == 1 for s in sides.values()) and len(sides) == 40
     assert json.loads((repo / "evaluation" / "metrics.json").read_text())["test"]["top1"] > 0.3
+
+
+def test_large_images_decode_in_workers_beside_a_narrower_forward_pass(class_folder, tmp_path):
+    """Auto workers: none for CIFAR-10's 32 x 32, half the cores for photos (short side at least twice the
+    resize); the features do not depend on it (within float rounding), and the thread count is restored."""
+    import os
+
+    import h5py
+
+    from pipeline.backbones import load_backbone
+    from pipeline.device import torch_device
+    from pipeline.extract import OnePass, auto_workers, extract_features, feature_spec
+
+    root = tmp_path / "photos"
+    for path in sorted(class_folder.rglob("*.jpg"))[::5]:  # 6 real images, upscaled to 320 x 240
+        (root / path.parent.name).mkdir(parents=True, exist_ok=True)
+        Image.open(path).resize((320, 240), Image.BICUBIC).save(root / path.parent.name / path.name, quality=90)
+    backbone, device = load_backbone("resnet18", None, 64), torch_device()
+    geometry = backbone.preprocessing.geometry  # resize 73: 240 >= 2 x 73
+    small, photos = (make_splits(open_source(p), 0.0, None, seed=0) for p in (class_folder, root))
+    assert auto_workers(torch.device("cpu"), open_source(class_folder), small, geometry, "reduced") == 0
+    assert auto_workers(torch.device("cpu"), open_source(root), photos, geometry, "reduced") == max(1, (os.cpu_count() or 1) // 2)
+    threads, features = torch.get_num_threads(), {}
+    for workers in (0, None):
+        spec = feature_spec(photos, backbone, None, "float32", 0, "float32", "reduced")
+        extract_features(photos, open_source(root), OnePass(backbone), {"pooled": (spec, tmp_path / f"{workers}.h5")},
+                         batch_size=4, num_workers=workers, device=device, progress=False)
+        with h5py.File(tmp_path / f"{workers}.h5") as h5:
+            features[workers] = np.concatenate([h5[s]["features"][:] for s in ("train", "test")])
+            assert '"decode": "reduced"' in h5.attrs["preprocessing"]
+    assert torch.get_num_threads() == threads
+    np.testing.assert_allclose(features[0], features[None], rtol=1e-4, atol=1e-5)
