@@ -1,7 +1,7 @@
 """Full-size photos against CIFAR-10's 32 x 32 JPEGs through the extraction, in one run.
 
-    python benchmarks/photo_speed.py [--per-class 24] [--classes 10] [--cifar 640] [--folder DIR]
-                                     [--workers auto 0 1 2] [--no-probe]
+    python benchmarks/photo_speed.py [--per-class 20] [--classes 10] [--cifar 640] [--folder DIR]
+                                     [--workers auto 0 2] [--rounds 3] [--no-probe]
 
 The photo folder (made once, kept in ``--folder``): the first ``--per-class`` CIFAR-10 training JPEGs of
 each class, upscaled to 4000 x 3000 (bicubic) with monochrome film-grain noise (sigma 4 levels), saved as
@@ -10,10 +10,11 @@ layout (``<folder>/<class>/<image>``, no split folders), so prepare carves its t
 
 Prints, all measured in this run:
 - the floor: the rate at which all cores decode the photos with Pillow's ``draft`` to the smallest DCT
-  scale whose short side still covers the resize (256 px for Lite0), one process per core, measured
-  before and after the extractions (their mean is the floor);
+  scale whose short side still covers the resize (256 px for Lite0), one process per core;
 - extraction images/s on the photos (``data.decode: reduced`` with each ``--workers``; ``full`` with the
-  workers ``auto`` picks) and on ``--cifar`` CIFAR-10 JPEGs, and the photos' rate against the floor;
+  workers ``auto`` picks, in the first round only) and on ``--cifar`` CIFAR-10 JPEGs, and the photos' rate
+  against the floor. The floor and the extractions alternate in ``--rounds`` rounds (this machine's speed
+  drifts); the figures are over the totals;
 - where the time goes: decode + resize per photo on one core (reduced and full), the forward pass per
   image on all cores;
 - the cosine between each photo's features from the reduced and the full decode, and (unless
@@ -150,12 +151,13 @@ def only(splits: Splits, n: int | None = None) -> Splits:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--per-class", type=int, default=24)
+    parser.add_argument("--per-class", type=int, default=20)
     parser.add_argument("--classes", type=int, default=10)
     parser.add_argument("--cifar", type=int, default=640, help="CIFAR-10 JPEGs extracted in the same run")
     parser.add_argument("--folder", type=Path, default=Path(tempfile.gettempdir()) / "fg-transfer-photos")
     parser.add_argument("--workers", nargs="+", default=["auto", "0", "2"], help="decoding processes; auto: the pipeline's choice")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=3, help="alternations of the floor and the extractions")
     parser.add_argument("--no-probe", action="store_true")
     args = parser.parse_args()
 
@@ -174,22 +176,34 @@ def main() -> None:
     cifar_src, photo_src = open_source(ARCHIVE), open_source(args.folder)
     extract(only(photos, args.batch_size), backbone, "reduced", 0, args.batch_size, device)  # warm-up
 
-    floors = [decode_floor(paths, geometry.resize_size)]
-    rates, features = {}, {}
-    for workers in args.workers:
-        n_workers = None if workers == "auto" else int(workers)
-        rates[("photos", "reduced", workers)], features["reduced"] = extract(everything, backbone, "reduced", n_workers, args.batch_size, device)
-        rates[("cifar", "reduced", workers)], _ = extract(cifar, backbone, "reduced", n_workers, args.batch_size, device)
-    rates[("photos", "full", "auto")], features["full"] = extract(everything, backbone, "full", None, args.batch_size, device)
-    floors.append(decode_floor(paths, geometry.resize_size))
-    floor = float(np.mean(floors))
+    # this machine's speed drifts: the floor and each extraction alternate in rounds, figures over the totals
+    floor_time, floor_images = 0.0, 0
+    seconds: dict[tuple[str, str, str], float] = {}
+    images: dict[tuple[str, str, str], int] = {}
+    features = {}
+    runs = [("photos", everything, "reduced", w) for w in args.workers] + [("cifar", cifar, "reduced", w) for w in args.workers]
+    for r in range(args.rounds):
+        rate = decode_floor(paths, geometry.resize_size)
+        floor_time, floor_images = floor_time + len(paths) / rate, floor_images + len(paths)
+        line = [f"round {r + 1}: floor {rate:.1f}"]
+        for what, splits, decode, workers in runs + ([("photos", everything, "full", "auto")] if r == 0 else []):
+            rate, feats = extract(splits, backbone, decode, None if workers == "auto" else int(workers), args.batch_size, device)
+            n = len(splits.splits["train"])
+            seconds[what, decode, workers] = seconds.get((what, decode, workers), 0.0) + n / rate
+            images[what, decode, workers] = images.get((what, decode, workers), 0) + n
+            if what == "photos" and workers == "auto":
+                features[decode] = feats
+            line.append(f"{what} {decode} {workers}: {rate:.1f}")
+        print(", ".join(line) + " images/s", flush=True)
+    floor = floor_images / floor_time
 
     print(f"\nthe floor: all {os.cpu_count()} cores decoding the photos with draft (short side >= {geometry.resize_size}): "
-          f"{floors[0]:.1f} and {floors[1]:.1f} images/s (before, after): {floor:.1f}")
+          f"{floor:.1f} images/s")
     print(f"auto workers: photos {auto_workers(device, photo_src, photos, geometry, 'reduced')}, "
           f"CIFAR-10 {auto_workers(device, cifar_src, cifar, geometry, 'reduced')}")
     print(f"\n{'images':<10}{'decode':<10}{'workers':<9}{'images/s':>9}{'/ floor':>9}")
-    for (what, decode, workers), rate in rates.items():
+    for (what, decode, workers), t in seconds.items():
+        rate = images[what, decode, workers] / t
         against = f"{rate / floor:9.2f}" if what == "photos" else ""
         print(f"{what:<10}{decode:<10}{workers:<9}{rate:9.1f}{against}")
 
@@ -197,14 +211,9 @@ def main() -> None:
     precision = resolve_precision("auto", device)
     forward = 1000 / bare_forward(backbone, args.batch_size, 3, device, precision)
     reduced, full = decode_ms(photo_src, keys, geometry, "reduced"), decode_ms(photo_src, keys, geometry, "full")
-    cores = os.cpu_count() or 1
-    bound = 1000 * cores / (reduced + cores * forward)
     print(f"\nwhere the time goes (per image): decode + resize on one core: reduced {reduced:.1f} ms, full {full:.1f} ms, "
           f"CIFAR-10 {decode_ms(cifar_src, cifar.splits['train'].keys[:256], geometry, 'reduced'):.2f} ms; "
           f"forward pass ({precision}) on {torch.get_num_threads()} threads {forward:.1f} ms")
-    print(f"packing bound for the photos (every core busy: decode on one core plus the forward pass on all, per image): "
-          f"{bound:.1f} images/s = {bound / floor:.2f} of the floor; extraction (auto) reached "
-          f"{rates[('photos', 'reduced', 'auto')] / bound:.2f} of it" if ("photos", "reduced", "auto") in rates else "")
 
     a, b = features["reduced"], features["full"]
     cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
