@@ -15,16 +15,17 @@ import numpy as np
 
 from pipeline.errors import BadImageError, PipelineError
 from pipeline.preprocessing import ImageGeometry
-from pipeline.sources import Source, image_extensions, is_ignored
+from pipeline.sources import Source, check_readable_kinds, image_extensions, is_ignored
 
 
 def image_paths(paths: list[str | Path]) -> list[Path]:
     """Files as given; folders searched recursively for images (sorted), dot-files, dot-folders and
-    ``__MACOSX`` left out."""
+    ``__MACOSX`` left out; a HEIC / AVIF file Pillow cannot read here stops it, saying what to install."""
     extensions = image_extensions()
     out = []
     for p in map(Path, paths):
         if p.is_dir():
+            check_readable_kinds(str(p), (str(f) for f in p.rglob("*")))
             out += sorted(
                 f for f in p.rglob("*")
                 if f.is_file() and f.suffix.lower() in extensions and not any(map(is_ignored, f.relative_to(p).parts))

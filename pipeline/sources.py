@@ -459,10 +459,10 @@ def find_layout(source: Source, labels: LabelFile | None = None) -> Layout:
         if labels is not None:
             raise DatasetError(f"{source.location} is the CIFAR-10 python batches: data.labels.file does not apply")
         return Layout(SPLIT_LAYOUT, [(k, split, cls) for k, split, cls in source.entries()])
+    check_readable_kinds(source.location, source.all_files())
     if labels is not None:
         return _label_file_layout(source, labels)
     keys = source.files()
-    _check_readable_kinds(source, keys)
     tops = {PurePosixPath(k).parts[0] for k in keys if len(PurePosixPath(k).parts) > 1}
     tops |= {f for f in source.folders() if "/" not in f}
     if tops & set(SPLIT_NAMES):
@@ -512,15 +512,15 @@ UNREADABLE_KINDS = {".heic": "pillow-heif", ".heif": "pillow-heif", ".avif": "pi
 """Phone formats Pillow reads only with a plugin: suffix -> the package to install."""
 
 
-def _check_readable_kinds(source: Source, keys: list[str]) -> None:
-    """Refuse HEIC / AVIF files Pillow cannot read here (no plugin), naming them and what to install;
+def check_readable_kinds(location: str, names: Iterable[str]) -> None:
+    """Refuse HEIC / AVIF files Pillow cannot read here (no plugin), naming one and what to install;
     without this they would be left out silently (not an image suffix Pillow knows)."""
     known = image_extensions()
-    unread = [k for k in source.all_files() if (s := PurePosixPath(k).suffix.lower()) in UNREADABLE_KINDS and s not in known]
+    unread = [n for n in names if (s := PurePosixPath(n).suffix.lower()) in UNREADABLE_KINDS and s not in known]
     if unread:
-        packages = sorted({UNREADABLE_KINDS[PurePosixPath(k).suffix.lower()] for k in unread})
+        packages = sorted({UNREADABLE_KINDS[PurePosixPath(n).suffix.lower()] for n in unread})
         raise DatasetError(
-            f"{source.location}: {len(unread)} images Pillow cannot read without a plugin, e.g. {unread[0]!r}: "
+            f"{location}: {len(unread)} images Pillow cannot read without a plugin, e.g. {unread[0]!r}: "
             f"install {' / '.join(packages)} (pip install {' '.join(packages)}), or convert them to JPEG"
         )
 

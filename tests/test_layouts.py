@@ -261,6 +261,10 @@ def test_heic_without_a_plugin_names_the_file_and_what_to_install(class_folder, 
         pytest.skip("a HEIF plugin is installed: HEIC files are read")
     with pytest.raises(DatasetError, match="cannot read without a plugin, e.g. 'cat/IMG_0001.HEIC': install pillow-heif"):
         make_splits(open_source(root), 0.1, None, seed=0)
+    from pipeline.images import image_paths
+
+    with pytest.raises(DatasetError, match="IMG_0001.HEIC'.*install pillow-heif"):  # predict's listing of a folder
+        image_paths([root])
 
 
 def test_avif_is_read_when_pillow_has_it(class_folder, tmp_path):
