@@ -17,7 +17,9 @@ Prints, all measured in this run:
   drifts); the figures are over the totals;
 - where the time goes: decode + resize per photo on one core (reduced and full), the forward pass per
   image on all cores;
-- the cosine between each photo's features from the reduced and the full decode, and (unless
+- the cosine between each photo's features from the reduced and the full decode (in the pipeline's
+  precision; in float32 on a sample, beside float32 against bfloat16 on the same pixels for scale), the
+  difference of the network's input pixels, and (unless
   ``--no-probe``) the linear-probe accuracy both ways (5-fold cross-validated logistic regression on the
   same folds; the photos are upscaled CIFAR-10 images, the only real images available offline);
 - the current leakage pixel check (``pipeline.stages.leakage.read_images``) and the mistakes pictures'
@@ -47,7 +49,7 @@ from extract_speed import bare_forward  # noqa: E402
 from pipeline.backbones import load_backbone  # noqa: E402
 from pipeline.device import describe_cpu, resolve_precision, torch_device  # noqa: E402
 from pipeline.extract import OnePass, auto_workers, extract_features, feature_spec, tune_allocator  # noqa: E402
-from pipeline.images import draft, read_rgb, reduced_to, resize_crop  # noqa: E402
+from pipeline.images import decode_image, draft, read_rgb, reduced_to, resize_crop  # noqa: E402
 from pipeline.sources import Split, Splits, make_splits, open_source  # noqa: E402
 
 ARCHIVE = Path("data/cifar10-jpeg.tar.gz")
@@ -129,6 +131,10 @@ def decode_ms(source, keys: list[str], geometry, decode: str) -> float:
         return 1000 * (time.perf_counter() - start) / len(keys)
     finally:
         torch.set_num_threads(os.cpu_count() or 1)
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
 def probe_accuracy(features: np.ndarray, labels: np.ndarray, seed: int = 0) -> float:
@@ -216,9 +222,20 @@ def main() -> None:
           f"forward pass ({precision}) on {torch.get_num_threads()} threads {forward:.1f} ms")
 
     a, b = features["reduced"], features["full"]
-    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-    print(f"\nfeatures, reduced against full decode, cosine per photo: min {cosine.min():.4f}, "
+    cosine = cosines(a, b)
+    print(f"\nfeatures ({precision}), reduced against full decode, cosine per photo: min {cosine.min():.4f}, "
           f"median {np.median(cosine):.4f}, mean {cosine.mean():.4f} ({len(cosine)} photos)")
+    inputs = {mode: torch.stack([decode_image(raw, geometry, mode) for _, raw in photo_src.stream(keys)]) for mode in ("full", "reduced")}
+    gap = (inputs["full"].float() - inputs["reduced"].float()).abs()
+    print(f"the network's input (224 x 224 x 3), reduced against full decode: mean absolute difference {gap.mean():.2f} "
+          f"levels of 255, largest {gap.max():.0f} ({len(keys)} photos)")
+    with torch.inference_mode():
+        exact = {mode: backbone(x.contiguous(memory_format=torch.channels_last)).numpy() for mode, x in inputs.items()}
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            rounded = backbone(inputs["full"].contiguous(memory_format=torch.channels_last)).float().numpy()
+    for label, c in (("float32, reduced against full decode", cosines(exact["reduced"], exact["full"])),
+                     ("for scale: the same full-decode pixels in bfloat16 against float32", cosines(rounded, exact["full"]))):
+        print(f"features, {label}: cosine min {c.min():.4f}, median {np.median(c):.4f} ({len(keys)} photos)")
     if not args.no_probe:
         labels = np.array(everything.splits["train"].labels)
         print(f"linear probe (5-fold cross-validated logistic, {len(labels)} photos, {args.classes} classes): "
