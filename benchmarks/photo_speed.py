@@ -205,8 +205,8 @@ def main() -> None:
 
     print(f"\nthe floor: all {os.cpu_count()} cores decoding the photos with draft (short side >= {geometry.resize_size}): "
           f"{floor:.1f} images/s")
-    print(f"auto workers: photos {auto_workers(device, photo_src, photos, geometry, 'reduced')}, "
-          f"CIFAR-10 {auto_workers(device, cifar_src, cifar, geometry, 'reduced')}")
+    print(f"auto workers: photos {auto_workers(device, photo_src, photos, geometry)}, "
+          f"CIFAR-10 {auto_workers(device, cifar_src, cifar, geometry)}")
     print(f"\n{'images':<10}{'decode':<10}{'workers':<9}{'images/s':>9}{'/ floor':>9}")
     for (what, decode, workers), t in seconds.items():
         rate = images[what, decode, workers] / t

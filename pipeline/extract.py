@@ -146,7 +146,7 @@ LARGE_IMAGE = 2
 """On a CPU, images whose short side is at least this many times the resize decode in worker processes."""
 
 
-def auto_workers(device: torch.device, source: Source, splits: Splits, geometry, decode: str) -> int:
+def auto_workers(device: torch.device, source: Source, splits: Splits, geometry) -> int:
     """``backbone.num_workers: null``: on CUDA 8 (at most the cores); on a CPU, half the cores (at least one)
     decode in worker processes when the images are large (the first image's short side at least
     :data:`LARGE_IMAGE` times the resize: decoding then costs about as much as the forward pass), else 0,
@@ -218,7 +218,7 @@ def extract_features(
     geometry = model.backbone.preprocessing.geometry
     decode = recorded_decode(next(iter(outputs.values()))[0].preprocessing)
     if num_workers is None:
-        num_workers = auto_workers(device, source, splits, geometry, decode)
+        num_workers = auto_workers(device, source, splits, geometry)
     part_batches = max(1, commit_rows // batch_size)
     precision = next(iter(outputs.values()))[0].precision
     compile = compile_if_possible(compile, device, "extract")

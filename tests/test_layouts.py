@@ -369,8 +369,8 @@ def test_large_images_decode_in_workers_beside_a_narrower_forward_pass(class_fol
     backbone, device = load_backbone("resnet18", None, 64), torch_device()
     geometry = backbone.preprocessing.geometry  # resize 73: 240 >= 2 x 73
     small, photos = (make_splits(open_source(p), 0.0, None, seed=0) for p in (class_folder, root))
-    assert auto_workers(torch.device("cpu"), open_source(class_folder), small, geometry, "reduced") == 0
-    assert auto_workers(torch.device("cpu"), open_source(root), photos, geometry, "reduced") == max(1, (os.cpu_count() or 1) // 2)
+    assert auto_workers(torch.device("cpu"), open_source(class_folder), small, geometry) == 0
+    assert auto_workers(torch.device("cpu"), open_source(root), photos, geometry) == max(1, (os.cpu_count() or 1) // 2)
     threads, features = torch.get_num_threads(), {}
     for workers in (0, None):
         spec = feature_spec(photos, backbone, None, "float32", 0, "float32", "reduced")
