@@ -33,7 +33,7 @@ from torch import fx, nn
 
 from pipeline.errors import BackboneError
 from pipeline.fileutil import sha256_file
-from pipeline.preprocessing import ImageGeometry, Preprocessing
+from pipeline.preprocessing import ImageGeometry, Preprocessing, recorded_decode
 
 class FeatureExtractor(nn.Module):
     """Frozen f: uint8 images (B, 3, H, W) -> features (B, D), normalisation included.
@@ -572,6 +572,7 @@ def _rebuild(recipe: dict, pretrained: bool) -> FeatureExtractor:
             f"the {recipe['backbone']} weights loaded now ({backbone.weights_id}) are not those the features were "
             f"made with ({recipe['weights_id']}): checkpoint replaced since extraction? re-run the extraction (dvc repro)"
         )
+    backbone.preprocessing = backbone.preprocessing.decoding(recorded_decode(recipe["preprocessing"]))  # data side's
     if backbone.preprocessing.to_json() != recipe["preprocessing"]:
         raise BackboneError(
             f"the preprocessing of {recipe['backbone']} is now {backbone.preprocessing.to_json()}, the features were "

@@ -233,11 +233,34 @@ class HeadSection(_Section):
 
 
 # -- data and backbone --------------------------------------------------------------------------
+class LabelsParams(_Section):
+    """A CSV label file in the source (folder or archive) instead of class folders (see docs/data.md)."""
+
+    file: str | None = None
+    """Its path inside the source; None: no label file (split or class folders)."""
+    path_column: str = "path"
+    """The image's path, relative to the label file's folder."""
+    label_column: str = "label"
+    split_column: str | None = None
+    """train / val / test per image; None: test (and val) carved."""
+    group_column: str | None = None
+    """Images of one group (a burst of near-identical shots) are never split between train, val and test."""
+
+
 class DataParams(_Section):
     source: str = "data/cifar10-jpeg.tar.gz"
     """Image-folder directory, .tar/.tar.gz archive of one, or a CIFAR-10 python-batches directory."""
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    """Of train, carved as val; not used when the source gives a val split (a val/ folder, a split column)."""
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    """Of each class, carved as test when the source gives no test split (class folders, a label file)."""
+    test_seed: int = Field(0, ge=0, lt=SEED_LIMIT)
+    """Seeds that carving alone: changing ``seed`` does not change the test set."""
     subset_per_class: int | None = Field(None, gt=0)
+    labels: LabelsParams = LabelsParams()
+    decode: Literal["reduced", "full"] = "reduced"
+    """reduced: JPEGs decoded at the smallest DCT scale (1/2, 1/4, 1/8) whose short side still covers the
+    resize, then resized; full: decoded at full size. Recorded in the feature file's preprocessing."""
 
 
 Precision = Literal["auto", "float32", "bfloat16"]
@@ -490,7 +513,8 @@ class SeedsParams(_Section):
     configuration whose fit varies with the seed (the stochastic heads; every head when ``splits``)."""
     splits: bool = False
     """Each seed also re-carves train / val from the cached train + val rows (the prepare stage's rule, at
-    data.val_fraction), so that deterministic heads vary too."""
+    data.val_fraction), so that deterministic heads vary too. A given val split (a ``val/`` folder, a split
+    column) is pooled with train and re-carved like the rest."""
 
     @field_validator("values")
     @classmethod

@@ -31,7 +31,8 @@ from tqdm import tqdm
 from pipeline.backbones import FeatureExtractor
 from pipeline.device import compile_if_possible, torch_device
 from pipeline.features import FeatureSpec, PartialFeatures
-from pipeline.images import BatchStream, prefetch
+from pipeline.images import BatchStream, image_size, prefetch
+from pipeline.preprocessing import recorded_decode
 from pipeline.sources import Source, Splits
 
 
@@ -117,15 +118,16 @@ class OnePass(torch.nn.Module):
 
 
 def feature_spec(splits: Splits, backbone: FeatureExtractor, weights: str | None, storage_dtype: str,
-                 init_seed: int, precision: str) -> FeatureSpec:
-    """What made the features: the one place a :class:`FeatureSpec` is assembled."""
+                 init_seed: int, precision: str, decode: str = "full") -> FeatureSpec:
+    """What made the features: the one place a :class:`FeatureSpec` is assembled; ``decode`` (how JPEGs
+    are decoded, ``data.decode``) is recorded in its preprocessing."""
     settings = splits.settings
     return FeatureSpec(
         backbone=backbone.name,
         weights="none" if weights is None else str(weights),
         weights_id=backbone.weights_id,
         input_size=backbone.preprocessing.geometry.crop_size,
-        preprocessing=backbone.preprocessing.to_json(),
+        preprocessing=backbone.preprocessing.decoding(decode).to_json(),
         dataset_fingerprint=splits.fingerprint,
         split_seed=int(settings.get("seed", 0)),
         init_seed=init_seed,
@@ -138,6 +140,38 @@ def feature_spec(splits: Splits, backbone: FeatureExtractor, weights: str | None
         cut=backbone.cut,
         feature_shape=backbone.feature_shape,
     )
+
+
+LARGE_IMAGE = 2
+"""On a CPU, images whose short side is at least this many times the resize decode in worker processes."""
+
+
+def auto_workers(device: torch.device, source: Source, splits: Splits, geometry) -> int:
+    """``backbone.num_workers: null``: on CUDA 8 (at most the cores); on a CPU, half the cores (at least one)
+    decode in worker processes when the images are large (the first image's short side at least
+    :data:`LARGE_IMAGE` times the resize: decoding then costs about as much as the forward pass), else 0,
+    decoding between forward passes (for small images a concurrent decoder takes more from the forward
+    pass than decoding costs). Measured on 2 cores in benchmarks/photo_speed.py and extract_speed.py."""
+    cores = os.cpu_count() or 1
+    if device.type == "cuda":
+        return min(8, cores)
+    first = next((s.keys[0] for s in splits.splits.values() if s.keys), None)
+    size = first and image_size(next(iter(source.stream([first])))[1])
+    return max(1, cores // 2) if size and min(size) >= LARGE_IMAGE * geometry.resize_size else 0
+
+
+@contextlib.contextmanager
+def forward_threads(device: torch.device, num_workers: int) -> Iterator[None]:
+    """On a CPU with decoding workers, the forward pass takes the cores they leave (at least one thread):
+    a forward pass spread over cores a decoder also uses waits on its slowest thread (measured on 2 cores:
+    1 worker and 1 forward thread extract photos 1.5 to 2 times as fast as 1 or 2 workers beside 2 threads)."""
+    threads = torch.get_num_threads()
+    if device.type == "cpu" and num_workers:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - num_workers))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _plan(splits: Splits, partials: dict[str, PartialFeatures], shard: Shard, batch_size: int, part_batches: int
@@ -181,8 +215,10 @@ def extract_features(
     """
     shard = shard or Shard()
     device = device or torch_device()
+    geometry = model.backbone.preprocessing.geometry
+    decode = recorded_decode(next(iter(outputs.values()))[0].preprocessing)
     if num_workers is None:
-        num_workers = min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
+        num_workers = auto_workers(device, source, splits, geometry)
     part_batches = max(1, commit_rows // batch_size)
     precision = next(iter(outputs.values()))[0].precision
     compile = compile_if_possible(compile, device, "extract")
@@ -195,7 +231,6 @@ def extract_features(
     if shard.rank != 0:
         partials = open_partials()
     name = model.backbone.name + (f" (and its input at {model.bottom.cut})" if model.bottom is not None else "")
-    geometry = model.backbone.preprocessing.geometry
     model = model.to(device).to(memory_format=torch.channels_last)
     if compile:
         model = torch.compile(model)
@@ -210,7 +245,7 @@ def extract_features(
                    disable=not progress or shard.rank != 0, smoothing=0.1)
         for split, batches in plan.items():
             if batches:
-                stream = BatchStream(source, splits.splits[split].keys, batch_size, batches, geometry, skip_bad)
+                stream = BatchStream(source, splits.splits[split].keys, batch_size, batches, geometry, skip_bad, decode)
                 images, seconds = _extract_split(split, stream, model, partials, device, num_workers, part_batches,
                                                  len(splits.splits[split]), compile, precision, bar)
                 if shard.rank == 0:
@@ -218,7 +253,8 @@ def extract_features(
                               + (" (rank 0)" if shard.world_size > 1 else ""))
         bar.close()
 
-    compute(plan, total)
+    with forward_threads(device, num_workers):
+        compute(plan, total)
     shard.barrier()  # every rank's parts are committed
     if shard.rank != 0:
         return None
@@ -226,7 +262,8 @@ def extract_features(
     plan, total, _ = _plan(splits, partials, Shard(), batch_size, part_batches)
     if total:
         print(f"computing again {total} images whose parts went missing", flush=True)
-        compute(plan, total)
+        with forward_threads(device, num_workers):
+            compute(plan, total)
     rows = {n: (s.keys, s.labels) for n, s in splits.splits.items()}
     return {name: partials[name].assemble(spec, rows) for name, (spec, _) in outputs.items()}
 

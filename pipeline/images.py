@@ -15,16 +15,17 @@ import numpy as np
 
 from pipeline.errors import BadImageError, PipelineError
 from pipeline.preprocessing import ImageGeometry
-from pipeline.sources import Source, image_extensions, is_ignored
+from pipeline.sources import Source, check_readable_kinds, image_extensions, is_ignored
 
 
 def image_paths(paths: list[str | Path]) -> list[Path]:
     """Files as given; folders searched recursively for images (sorted), dot-files, dot-folders and
-    ``__MACOSX`` left out."""
+    ``__MACOSX`` left out; a HEIC / AVIF file Pillow cannot read here stops it, saying what to install."""
     extensions = image_extensions()
     out = []
     for p in map(Path, paths):
         if p.is_dir():
+            check_readable_kinds(str(p), (str(f) for f in p.rglob("*")))
             out += sorted(
                 f for f in p.rglob("*")
                 if f.is_file() and f.suffix.lower() in extensions and not any(map(is_ignored, f.relative_to(p).parts))
@@ -36,22 +37,57 @@ def image_paths(paths: list[str | Path]) -> list[Path]:
     return out
 
 
-def decode_image(raw: object, geometry: ImageGeometry):
+def decode_image(raw: object, geometry: ImageGeometry, decode: str = "full"):
     """Bytes (any format PIL reads) or a PIL image -> uint8 tensor (3, crop, crop), RGB."""
-    return resize_crop([read_rgb(raw)], geometry)[0]
+    return resize_crop([read_rgb(raw, reduced_to(geometry, decode))], geometry)[0]
 
 
-def read_rgb(raw: object):
+def reduced_to(geometry: ImageGeometry, decode: str) -> int | None:
+    """The short side a ``reduced`` decode must still cover (the resize's), None for a full decode."""
+    return geometry.resize_size if decode == "reduced" else None
+
+
+def read_rgb(raw: object, cover: int | None = None):
     """Bytes (any format PIL reads) or a PIL image -> uint8 tensor (3, H, W), RGB, stored (H, W, 3);
-    turned upright by its EXIF orientation, 16-bit values scaled to 8 bits."""
+    turned upright by its EXIF orientation, 16-bit values scaled to 8 bits. With ``cover``, a JPEG is
+    decoded at the smallest DCT scale (1/2, 1/4, 1/8) whose short side is still at least ``cover``
+    pixels (libjpeg's scaled decoding: the entropy decoding stays, the inverse DCT and colour conversion
+    shrink); other formats, and JPEGs not twice that size, are decoded at full size."""
     import torch
     from PIL import Image, ImageOps
 
     if isinstance(raw, Exception):  # the source could not read the file
         raise raw
-    image = raw if isinstance(raw, Image.Image) else Image.open(io.BytesIO(raw))
+    image_extensions()  # registers the optional plugins (HEIC) in this process too; cached
+    try:
+        image = raw if isinstance(raw, Image.Image) else Image.open(io.BytesIO(raw))
+    except Image.DecompressionBombError as err:
+        raise BadImageError(f"too large to decode safely ({err}); Pillow's limit is PIL.Image.MAX_IMAGE_PIXELS") from None
+    if cover is not None:
+        draft(image, cover)
     image = _to_8_bits(ImageOps.exif_transpose(image))
     return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
+
+
+def draft(image, cover: int) -> None:
+    """Set a JPEG not yet loaded to decode at the smallest DCT scale (1/2, 1/4, 1/8) whose short side is
+    still at least ``cover`` pixels (Pillow's ``draft``); other images, and JPEGs under twice that, as they are."""
+    w, h = image.size
+    if image.format == "JPEG" and min(w, h) >= 2 * cover:
+        image.draft(None, (1, cover) if h <= w else (cover, 1))  # the scale is set by the short side alone
+
+
+def image_size(raw: object) -> tuple[int, int] | None:
+    """(width, height) from an image's header (nothing decoded); None when it cannot be read."""
+    from PIL import Image
+
+    if isinstance(raw, Image.Image):
+        return raw.size
+    try:
+        with Image.open(io.BytesIO(raw)) as image:
+            return image.size
+    except Exception:  # unreadable: extraction reports it, or skips it
+        return None
 
 
 def _to_8_bits(image):
@@ -165,9 +201,10 @@ class BatchStream:
     """
 
     def __init__(self, source: Source, keys: Sequence[str], batch_size: int, batches: Sequence[int],
-                 geometry: ImageGeometry, skip_bad: bool = False):
+                 geometry: ImageGeometry, skip_bad: bool = False, decode: str = "full"):
         self.source, self.keys, self.batch_size = source, list(keys), batch_size
         self.batches, self.geometry, self.skip_bad = list(batches), geometry, skip_bad
+        self.cover = reduced_to(geometry, decode)
 
     def __iter__(self):
         import torch
@@ -184,10 +221,12 @@ class BatchStream:
             decoded, valid = [], torch.ones(len(keys), dtype=torch.bool)
             for i, (key, raw) in enumerate(zip(keys, raws)):
                 try:
-                    decoded.append(read_rgb(raw))
+                    decoded.append(read_rgb(raw, self.cover))
                 except Exception as err:  # PIL raises many types for corrupt data
                     if not self.skip_bad:
-                        raise BadImageError.of(key, self.source.location, f"{type(err).__name__}: {err}") from None
+                        reason = str(err) if isinstance(err, BadImageError) else f"{type(err).__name__}: {err}"
+                        raise BadImageError.of(key, self.source.location, f"{reason}; to leave unreadable images out "
+                                               "(listed in the feature file), set backbone.on_bad_image: skip") from None
                     decoded.append(torch.zeros((3, size, size), dtype=torch.uint8))
                     valid[i] = False
             images = resize_crop(decoded, self.geometry)

@@ -70,7 +70,7 @@ def predict(model: TrainedModel, paths: list[Path], top_k: int = 5, batch_size: 
     others go on)."""
     if top_k < 1 or batch_size < 1:
         raise PipelineError(f"top_k and batch_size must be positive integers, got {top_k} and {batch_size}")
-    geometry = model.backbone.preprocessing.geometry
+    geometry, decode = model.backbone.preprocessing.geometry, model.backbone.preprocessing.decode
     k = min(top_k, len(model.classes))
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]
@@ -78,7 +78,7 @@ def predict(model: TrainedModel, paths: list[Path], top_k: int = 5, batch_size: 
         images: dict[int, torch.Tensor] = {}
         for i, p in enumerate(chunk):
             try:
-                images[i] = decode_image(p.read_bytes(), geometry)
+                images[i] = decode_image(p.read_bytes(), geometry, decode)  # as extract decoded
                 results.append({"path": str(p)})
             except Exception as err:  # PIL raises many types for corrupt data
                 results.append({"path": str(p), "error": f"cannot read image: {type(err).__name__}: {err}"})

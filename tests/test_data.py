@@ -242,7 +242,6 @@ def test_images_in_sub_folders_of_class_folders_are_taken(tmp_path, kind):
     source = open_source(location)
     assert sorted(k for k, _, _ in source.entries()) == NESTED_KEYS
     assert {k: (s, c) for k, s, c in source.entries()}["train/b/deep/er/0.png"] == ("train", "b")
-    assert source.empty_class_dirs() == []
     splits = make_splits(source, 0.0, None, seed=0)
     assert splits.classes == ["a", "b"]
     assert sorted(splits.splits["train"].keys + splits.splits["test"].keys) == NESTED_KEYS
@@ -365,7 +364,7 @@ def test_layout_not_found_lists_what_the_top_levels_hold(cifar_folder, tmp_path,
     with pytest.raises(DatasetError) as err:
         make_splits(open_source(location), 0.0, None, seed=0)
     message = str(err.value)
-    assert "split 'train' has no images" in message
+    assert "no layout recognised" in message and "fewer than two class folders" in message
     holds = "top/data/cifar/" if kind == "tar" else "data/cifar/"
     assert holds in message and "README.md" in message, message
 

@@ -66,7 +66,8 @@ def run(params: Params, splits_path: str | Path, pooled_path: str | Path, cut_pa
     start = time.perf_counter()
     with distributed() as (shard, device):
         precision = resolve_precision(b.precision, device)
-        outputs = {name: (feature_spec(splits, extractor, b.weights, dtypes[name], params.seed, precision), features[name])
+        outputs = {name: (feature_spec(splits, extractor, b.weights, dtypes[name], params.seed, precision, params.data.decode),
+                          features[name])
                    for name, extractor in model.extractors.items()}
         out = extract_features(
             splits, open_source(splits.source), model, outputs,
