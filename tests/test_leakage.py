@@ -263,3 +263,31 @@ def test_compare_scores_every_head_without_the_near_copies(tmp_path):
     write_pairs([Pair("test-train", "test/other.jpg", "train/0.jpg", 1, 0.99, 1.0, False, True)], tmp_path / "stale.csv")
     with pytest.raises(PipelineError, match="re-run the leakage and evaluate stages"):
         compare.run([a, b], tmp_path / "comparison", tmp_path / "stale.csv")
+
+
+# -- the planted benchmark, small ---------------------------------------------------------------------
+def test_planted_benchmark_small(tmp_path):
+    """benchmarks/leakage_recall.py on 3 classes of 30 real CIFAR-10 training images (and 6 airplanes on a
+    plain sky): one copy per family
+    (and one combined), four hard negatives (two on a plain background), real features: every copy found and
+    confirmed, no negative confirmed; the mirrored copy is not one for the unaligned grey correlation."""
+    import importlib.util
+
+    from tests.conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("leakage_recall", ROOT / "benchmarks" / "leakage_recall.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    source = write_cifar_folder(tmp_path / "cifar", ["airplane", "cat", "ship"], {"train": 30})
+    plain = [f"train/airplane/{n}.jpg" for n in ("0115", "0207", "0225", "0249", "0302", "0449")]  # sky only
+    for key, raw in _cifar_bytes(*plain).items():
+        (source / key).write_bytes(raw)
+    result = bench.main(["--source", str(source), "--per-family", "1", "--negatives", "4", "--plain", "2",
+                         "--base", "30", "--work", str(tmp_path / "work")])
+    truth = result["truth"]
+    assert sum(t["kind"] == "copy" for t in truth.values()) == len(bench.PLANTED) == 8
+    assert sum(t["kind"] == "plain" for t in truth.values()) == 2
+    row = bench.recall_table(result, "match (the stage)", result["threshold"])
+    assert row == {**{family: 1.0 for family in bench.PLANTED}, "negative": 0.0, "plain": 0.0}
+    mirror = next(k for k, t in truth.items() if t["family"] == "mirror" and t["kind"] == "copy")
+    assert result["per_image"]["grey correlation, unaligned"][mirror] < 0.9 < result["per_image"]["match (the stage)"][mirror]
