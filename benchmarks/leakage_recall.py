@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import shutil
 import sys
 import time
@@ -112,6 +113,14 @@ def combined(image, rng):
 
 PLANTED = {**FAMILIES, "combined": combined}
 
+SCREENED = {  # hard negatives B with a near-copy in the CIFAR-10 train split, seen by eye (seed 0, the defaults)
+    "train/dog/2449.jpg", "train/cat/1411.jpg", "train/bird/2834.jpg", "train/ship/2564.jpg", "train/frog/2209.jpg",
+    "train/frog/0141.jpg", "train/automobile/4517.jpg", "train/cat/0537.jpg", "train/cat/1183.jpg",
+    "train/airplane/3441.jpg", "train/airplane/1715.jpg",
+}
+"""Left out of the negatives' counts: the training image the stage confirmed for them is the same photograph
+(``--pictures`` draws every confirmed negative); CIFAR-10 holds near-copies inside its own train split."""
+
 
 # -- the alternatives -----------------------------------------------------------------------------
 def grey_correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -187,7 +196,7 @@ def build(source: str, work: Path, per_family: int, negatives: int, plain: int, 
         kind = "plain" if n >= len(b_random) else "negative"
         name = f"test/{classes[b]}/{kind}-{family}-{n:04d}.png"
         _save(folder / name, PLANTED[family](images[keys[b]], rng))
-        truth[name] = {"kind": kind, "family": family, "hard": f"train/{classes[a]}/{Path(keys[a]).stem}.png"}
+        truth[name] = {"kind": kind, "family": family, "of": keys[b], "hard": f"train/{classes[a]}/{Path(keys[a]).stem}.png"}
     return truth
 
 
@@ -198,8 +207,9 @@ def _save(path: Path, image: np.ndarray) -> None:
 
 
 # -- measuring ------------------------------------------------------------------------------------
-def evaluate(work: Path, truth: dict, pictures: Path | None = None) -> dict:
-    """Prepare, extract and check the planted folder; recall, negatives confirmed and the trade-offs."""
+def evaluate(work: Path, truth: dict, pictures: Path | None = None, reuse: bool = False) -> dict:
+    """Prepare, extract (``reuse``: unless done before) and check the planted folder; recall, negatives
+    confirmed and the trade-offs."""
     from pipeline.config import parse_params
     from pipeline.features import FeatureStore
     from pipeline.leakage import candidates
@@ -210,9 +220,10 @@ def evaluate(work: Path, truth: dict, pictures: Path | None = None) -> dict:
     params = parse_params({"data": {"source": str(work / "images"), "val_fraction": 0.0},
                            "backbone": {"batch_size": 32, "cut": None}, "heads": {}, "finetune": {}})
     lk = params.leakage
-    prepare.run(params, work / "splits.json")
     start = time.perf_counter()
-    extract.run(params, work / "splits.json", work / "pooled.h5", progress=False)
+    if not (reuse and (work / "pooled.h5").exists()):
+        prepare.run(params, work / "splits.json")
+        extract.run(params, work / "splits.json", work / "pooled.h5", progress=False)
     extract_s = time.perf_counter() - start
     with FeatureStore(work / "pooled.h5") as store:
         test_ids, train_ids = store.ids("test"), store.ids("train")
@@ -260,7 +271,7 @@ def recall_table(result: dict, method: str, threshold: float) -> dict:
         copies = [k for k, t in truth.items() if t["kind"] == "copy" and t["family"] == family]
         out[family] = sum(scores.get(k, -np.inf) >= threshold for k in copies) / len(copies)
     for kind in ("negative", "plain"):
-        negs = [k for k, t in truth.items() if t["kind"] == kind]
+        negs = [k for k, t in truth.items() if t["kind"] == kind and t.get("of") not in SCREENED]
         out[kind] = sum(scores.get(k, -np.inf) >= threshold for k in negs) / max(len(negs), 1)
     return out
 
@@ -272,7 +283,7 @@ def _draw(pairs, scores, mirrored, truth, rgb, threshold, pictures: Path) -> Non
                for p, s, m in zip(pairs, np.nan_to_num(scores, nan=-1.0), mirrored)]
     wrong = [p for p in checked if p.confirmed and truth[p.id]["kind"] != "copy"]
     missed_ids = {k for k, t in truth.items() if t["kind"] == "copy"} - {
-        p.id for p in checked if p.confirmed and p.nearest_id == truth[p.id]["source"]}
+        p.id for p in checked if p.confirmed and p.nearest_id == truth[p.id].get("source")}
     missed = [p for p in checked if p.id in missed_ids and p.nearest_id == truth[p.id]["source"]]
     thumbs = {k: np.asarray(Image.fromarray(v).resize((64, 64), Image.NEAREST)) for k, v in rgb.items()}
     pictures.mkdir(parents=True, exist_ok=True)
@@ -294,24 +305,31 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=Path("/tmp/leakage-recall"))
     parser.add_argument("--pictures", type=Path, default=None)
+    parser.add_argument("--reuse", action="store_true", help="the planted folder and features of the last run in --work")
     args = parser.parse_args(argv)
     from pipeline.device import describe_cpu
 
     print(f"CPU: {describe_cpu()}")
     start = time.perf_counter()
-    truth = build(args.source, args.work, args.per_family, args.negatives, args.plain, args.base, args.seed)
+    if args.reuse and (args.work / "truth.json").exists():
+        truth = json.loads((args.work / "truth.json").read_text())
+    else:
+        truth = build(args.source, args.work, args.per_family, args.negatives, args.plain, args.base, args.seed)
+        (args.work / "truth.json").write_text(json.dumps(truth))
     print(f"planted {len(truth)} test images into {args.work / 'images'} ({time.perf_counter() - start:.0f} s)")
-    result = evaluate(args.work, truth, args.pictures)
+    result = evaluate(args.work, truth, args.pictures, args.reuse)
     ranks = result["rank_of_source"]
     print(f"extract {result['extract_s']:.0f} s; pixel check of {result['pairs']} candidate pairs {result['check_s']:.1f} s")
     print("copies whose source is among their k nearest by the features: " + ", ".join(
         f"k={k}: {sum(r is not None and r <= k for r in ranks.values()) / len(ranks):.1%}" for k in (1, 3, 5, 10)))
     at = recall_table(result, "match (the stage)", result["threshold"])
     n = {kind: sum(t["kind"] == kind for t in truth.values()) for kind in ("copy", "negative", "plain")}
+    screened = sum(t.get("of") in SCREENED for t in truth.values())
     print(f"\nat the default threshold {result['threshold']}: recall per family ({args.per_family} copies each), "
-          f"and the share of hard negatives confirmed ({n['negative']} + {n['plain']} with a plain background)")
+          f"and the share of hard negatives confirmed ({n['negative']} + {n['plain']} with a plain background, "
+          f"less {screened} screened by eye)")
     print("  " + "  ".join(f"{k}: {v:.1%}" for k, v in at.items()))
-    grids = {"match (the stage)": [0.70, 0.75, 0.80, 0.85, 0.88, 0.90, 0.93],
+    grids = {"match (the stage)": [0.70, 0.75, 0.80, 0.83, 0.85, 0.87, 0.88, 0.90, 0.93],
              "grey correlation, unaligned": [0.5, 0.7, 0.8, 0.9, 0.95, 0.98],
              "old: -mean |grey diff| at 16 px": [-40, -24, -16, -12, -8, -4]}
     print("\nthe trade-off over the threshold: recall of all copies (worst family) / hard negatives confirmed "

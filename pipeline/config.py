@@ -448,7 +448,7 @@ class LeakageParams(_Section):
     pixel_size: int = Field(32, ge=16, le=128)
     """Both images of a candidate are compared in grey at pixel_size x pixel_size pixels (a coarse pass
     at half that)."""
-    threshold: float = Field(0.85, gt=0, le=1)
+    threshold: float = Field(0.87, gt=0, le=1)
     """A candidate is confirmed when the cosine similarity of the two images' gradient fields, at their
     best alignment (shifts, scales, mirror), is at least this."""
     block_rows: int = Field(4096, gt=0)

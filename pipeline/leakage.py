@@ -134,15 +134,17 @@ def grey_square(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def _blur(x, sigma: float):
-    """Gaussian blur of (N, 1, H, W), separable, edges replicated."""
+    """Gaussian blur of (N, 1, S, S), edges replicated: K x K^T with K the (S, S) blur matrix (cheaper
+    than a convolution on images this small)."""
     import torch
-    import torch.nn.functional as F
 
-    r = max(1, math.ceil(2.5 * sigma))
-    k = torch.exp(-torch.arange(-r, r + 1.0) ** 2 / (2 * sigma**2))
-    k = k / k.sum()
-    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
-    return F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
+    size, r = x.shape[-1], max(1, math.ceil(2.5 * sigma))
+    weights = torch.exp(-torch.arange(-r, r + 1.0) ** 2 / (2 * sigma**2))
+    weights = weights / weights.sum()
+    k = torch.zeros(size, size)
+    for offset, w in zip(range(-r, r + 1), weights):
+        k[torch.arange(size), (torch.arange(size) + offset).clamp(0, size - 1)] += w  # beyond the edge: the edge
+    return k @ x @ k.T
 
 
 def _gradients(x):
@@ -181,7 +183,7 @@ def _best_alignment(queries, bases):
     q = _gradients(_blur(queries, sigma))
     window = q.shape[-1] - 2 * margin
     q = q[..., margin : margin + window, margin : margin + window]  # (P, 2, w, w)
-    g = _gradients(_blur(_versions(bases, reach), sigma))
+    g = _gradients(_versions(_blur(bases, sigma), reach))
     g = g[..., margin : margin + window + 2 * reach, margin : margin + window + 2 * reach]  # (P V, 2, w + 2r, ..)
     V, side = len(g) // P, g.shape[-1]
     dots = F.conv2d(g.view(P, V, 2, side, side).transpose(0, 1).reshape(V, 2 * P, side, side), q, groups=P)
