@@ -18,7 +18,7 @@ from pipeline.config import parse_params
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.leakage import (FIELDS, Pair, candidates, check_pairs, grey_square, match, near_copies, read_pairs, summarise,
                               write_pairs)
-from pipeline.neighbours import Neighbours
+from pipeline.neighbours import Neighbours, top_k_cosine
 from tests.conftest import write_cifar_folder
 
 
@@ -39,6 +39,35 @@ def _moved(image: np.ndarray, scale: float, dx: float, dy: float) -> np.ndarray:
     a = 1 / scale
     return np.asarray(big.transform((w, h), Image.AFFINE, (a, 0, w / 2 + 8 - a * (w / 2 + dx), 0, a,
                                                            h / 2 + 8 - a * (h / 2 + dy)), resample=Image.BILINEAR))
+
+
+def in_blocks(array: np.ndarray, sizes: list[int]):
+    """A re-readable stream of ``array`` in blocks of uneven sizes (cycling through ``sizes``), as
+    :func:`pipeline.leakage.store_blocks` streams a feature file."""
+    def blocks():
+        start, i = 0, 0
+        while start < len(array):
+            yield array[start : start + sizes[i % len(sizes)]]
+            start, i = start + sizes[i % len(sizes)], i + 1
+    return blocks
+
+
+@pytest.mark.parametrize("sizes", [[7], [3, 11, 1], [200]])
+def test_the_search_over_streamed_blocks_is_the_one_over_arrays(sizes):
+    """The leakage search streams the feature file in blocks of any size: the same k nearest as on whole
+    arrays (tests/test_neighbours.py: those are brute force's)."""
+    rng = np.random.default_rng(len(sizes))
+    queries, base = rng.normal(size=(60, 16)).astype(np.float32), rng.normal(size=(95, 16)).astype(np.float32)
+    for q, b, within in ((queries, base, False), (base, base, True)):
+        whole = top_k_cosine(q, b, 3, exclude_self=within, device="cpu")
+        streamed = top_k_cosine(in_blocks(q, sizes), in_blocks(b, sizes[::-1]), 3, exclude_self=within, device="cpu")
+        assert (streamed.index == whole.index).all()
+        np.testing.assert_allclose(streamed.similarity, whole.similarity, atol=1e-6)
+    x = np.eye(3, dtype=np.float32)
+    assert (top_k_cosine(x, np.zeros((0, 3), np.float32), 2, device="cpu").index == -1).all()
+    assert top_k_cosine(x[:1], x[:1], 1, exclude_self=True, device="cpu").index.tolist() == [[-1]]  # alone
+    with pytest.raises(ValueError, match="values per row"):
+        top_k_cosine(x, np.eye(4, dtype=np.float32), device="cpu")
 
 
 def test_candidates_are_the_k_nearest_above_the_floor_once_within_a_split():

@@ -20,7 +20,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from pipeline import layout
-from pipeline.config import Params
+from pipeline.config import LeakageParams, Params
 from pipeline.errors import BadImageError, DatasetError
 from pipeline.features import FeatureStore, expected_spec
 from pipeline.fileutil import atomic_files, write_json
@@ -73,6 +73,31 @@ def boundary(pairs: list[Pair], shown: int = SHOWN) -> list[tuple[str, list[Pair
     return [("confirmed,\nnearest the\nthreshold", confirmed), ("rejected,\nnearest the\nthreshold", rejected)]
 
 
+def find(store: FeatureStore, source: str, lk: LeakageParams, device=None) -> tuple[list[Pair], dict, dict]:
+    """Search the feature file, read the candidates' images from ``source`` and check them: (the checked
+    pairs, split pair -> (query images searched, candidates), the seconds of each step)."""
+    start = time.perf_counter()
+    ids = {s: store.ids(s) for s in store.splits}
+    found = search(store, lk.neighbours, lk.block_rows, device)
+    seconds = {"search": time.perf_counter() - start}
+    listed, searched = [], {}
+    for (query, base), neighbours in found.items():
+        name = split_pair_name(query, base)
+        mine = candidates(ids[query], ids[base], neighbours, name, lk.min_cosine)
+        listed += mine
+        searched[name] = (len(ids[query]), len(mine))
+    del found
+    start = time.perf_counter()
+    grey = {key: grey_square(image, lk.pixel_size)
+            for key, image in decoded(source, {k for p in listed for k in (p.id, p.nearest_id)})}
+    seconds["reading"] = time.perf_counter() - start
+    start = time.perf_counter()
+    checked = check_pairs(listed, grey, lk.threshold)
+    checked.sort(key=lambda p: (p.split_pair, -p.match, p.id, p.nearest_id))
+    seconds["pixel check"] = time.perf_counter() - start
+    return checked, searched, seconds
+
+
 def run(params: Params, features_path: str | Path, splits_path: str | Path, out_dir: str | Path = layout.LEAKAGE,
         device=None) -> dict:
     """Search, check and write the outputs; returns the summary."""
@@ -80,26 +105,11 @@ def run(params: Params, features_path: str | Path, splits_path: str | Path, out_
 
     lk = params.leakage
     start = time.perf_counter()
+    source = Splits.load(splits_path).source
     with FeatureStore(features_path) as store:
         store.check(expected_spec(params, splits_path, "pooled"))
-        ids = {s: store.ids(s) for s in store.splits}
         backbone = store.spec.backbone
-        found = search(store, lk.neighbours, lk.block_rows, device)
-    searched_s = time.perf_counter() - start
-    listed, searched = [], {}
-    for (query, base), neighbours in found.items():
-        name = split_pair_name(query, base)
-        mine = candidates(ids[query], ids[base], neighbours, name, lk.min_cosine)
-        listed += mine
-        searched[name] = (len(ids[query]), len(mine))
-    source = Splits.load(splits_path).source
-    grey = {key: grey_square(image, lk.pixel_size)
-            for key, image in decoded(source, {k for p in listed for k in (p.id, p.nearest_id)})}
-    read_s = time.perf_counter() - start - searched_s
-    checked = check_pairs(listed, grey, lk.threshold)
-    del grey
-    checked.sort(key=lambda p: (p.split_pair, -p.match, p.id, p.nearest_id))
-    check_s = time.perf_counter() - start - searched_s - read_s
+        checked, searched, seconds = find(store, source, lk, device)
     summary = summarise(checked, searched, {"neighbours": lk.neighbours, "min_cosine": lk.min_cosine,
                                             "pixel_size": lk.pixel_size, "threshold": lk.threshold})
     shown = boundary(checked)
@@ -117,7 +127,7 @@ def run(params: Params, features_path: str | Path, splits_path: str | Path, out_
               f"aligned at full size, {counts['confirmed']} confirmed ({counts['mirrored']} mirrored)")
     print(f"test images with a near-copy in train: {summary['test_with_near_copy_in_train']}; in train or val "
           f"(left out of compare's second test figure): {summary['test_removed']}")
-    print(f"leakage: search {searched_s:.1f} s, reading {read_s:.1f} s, pixel check {check_s:.1f} s, all "
+    print(f"leakage: {', '.join(f'{step} {s:.1f} s' for step, s in seconds.items())}, all "
           f"{time.perf_counter() - start:.1f} s -> {out_dir}")
     return summary
 
