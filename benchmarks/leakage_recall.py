@@ -17,8 +17,9 @@ Prints the share of copies whose source is among their k nearest by the features
 recall per family (source among the candidates and confirmed), the share of negatives with a confirmed
 pair, and the trade-off over the decision threshold for the stage's check and two alternatives on the
 same candidates: the grey correlation of the two images as they are (no alignment), and the old check
-(mean absolute grey difference at 16 px). ``--pictures`` draws the confirmed negatives and the missed
-copies (``leakage-recall-*.png``): look at them, CIFAR-10 holds near-copies inside its train split.
+(mean absolute grey difference at 16 px). ``--pictures`` draws the confirmed negatives, the rejected
+ones scoring highest, and the copies missed among the candidates (``leakage-recall-*.png``): look at
+them, CIFAR-10 holds near-copies inside its own train split (:data:`SCREENED`).
 """
 
 from __future__ import annotations
@@ -281,18 +282,21 @@ def _draw(pairs, scores, mirrored, truth, rgb, threshold, pictures: Path) -> Non
 
     checked = [replace(p, match=float(s), mirrored=bool(m), confirmed=bool(s >= threshold))
                for p, s, m in zip(pairs, np.nan_to_num(scores, nan=-1.0), mirrored)]
-    wrong = [p for p in checked if p.confirmed and truth[p.id]["kind"] != "copy"]
+    negatives = sorted((p for p in checked if truth[p.id]["kind"] != "copy"), key=lambda p: -p.match)
     missed_ids = {k for k, t in truth.items() if t["kind"] == "copy"} - {
         p.id for p in checked if p.confirmed and p.nearest_id == truth[p.id].get("source")}
-    missed = [p for p in checked if p.id in missed_ids and p.nearest_id == truth[p.id]["source"]]
+    missed = sorted((p for p in checked if p.id in missed_ids and p.nearest_id == truth[p.id]["source"]),
+                    key=lambda p: -p.match)
     thumbs = {k: np.asarray(Image.fromarray(v).resize((64, 64), Image.NEAREST)) for k, v in rgb.items()}
     pictures.mkdir(parents=True, exist_ok=True)
-    for name, shown, what in (("negatives", wrong, "hard negatives confirmed (a different photo: a false positive)"),
-                              ("missed", missed, "planted copies not confirmed against their source")):
-        shown = sorted(shown, key=lambda p: -p.match)[:24]
-        if shown:
-            plot_pairs([(name, shown)], thumbs, pictures / f"leakage-recall-{name}.png",
-                       f"planted benchmark: {what}; top: the planted test image, bottom: the training image")
+    groups = [("confirmed", [p for p in negatives if p.confirmed][:24]),
+              ("rejected,\nhighest", [p for p in negatives if not p.confirmed][:12])]
+    plot_pairs(groups, thumbs, pictures / "leakage-recall-negatives.png",
+               "planted benchmark, hard negatives: the planted test image (top), a training image among its nearest "
+               "(bottom)\nthe same photograph: a duplicate inside CIFAR-10's train split; another one: a false positive")
+    if missed:
+        plot_pairs([("missed", missed[:24])], thumbs, pictures / "leakage-recall-missed.png",
+                   "planted benchmark: copies not confirmed against their source (top: the copy, bottom: the source)")
 
 
 def main(argv: list[str] | None = None) -> dict:
