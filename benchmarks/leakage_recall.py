@@ -197,7 +197,8 @@ def build(source: str, work: Path, per_family: int, negatives: int, plain: int, 
         kind = "plain" if n >= len(b_random) else "negative"
         name = f"test/{classes[b]}/{kind}-{family}-{n:04d}.png"
         _save(folder / name, PLANTED[family](images[keys[b]], rng))
-        truth[name] = {"kind": kind, "family": family, "of": keys[b], "hard": f"train/{classes[a]}/{Path(keys[a]).stem}.png"}
+        truth[name] = {"kind": kind, "family": family, "of": keys[b],
+                       "hard": f"train/{classes[a]}/{Path(keys[a]).stem}.png"}
     return truth
 
 
@@ -245,7 +246,8 @@ def evaluate(work: Path, truth: dict, pictures: Path | None = None, reuse: bool 
     scores, mirrored = match(np.stack([grey[p.id] for p in pairs]), np.stack([grey[p.nearest_id] for p in pairs]))
     check_s = time.perf_counter() - start
     methods = {"match (the stage)": np.nan_to_num(scores, nan=-1.0),
-               "grey correlation, unaligned": np.array([grey_correlation(grey[p.id], grey[p.nearest_id]) for p in pairs]),
+               "grey correlation, unaligned": np.array([grey_correlation(grey[p.id], grey[p.nearest_id])
+                                                        for p in pairs]),
                "old: -mean |grey diff| at 16 px": np.array([old_check(rgb[p.id], rgb[p.nearest_id]) for p in pairs])}
     # per planted image: the score of its source (copies) or its best candidate (negatives)
     per_image = {name: {} for name in methods}
@@ -293,7 +295,8 @@ def _draw(pairs, scores, mirrored, truth, rgb, threshold, pictures: Path) -> Non
               ("rejected,\nhighest", [p for p in negatives if not p.confirmed][:12])]
     plot_pairs(groups, thumbs, pictures / "leakage-recall-negatives.png",
                "planted benchmark, hard negatives: the planted test image (top), a training image among its nearest "
-               "(bottom)\nthe same photograph: a duplicate inside CIFAR-10's train split; another one: a false positive")
+               "(bottom)\nthe same photograph: a duplicate inside CIFAR-10's train split; another one: "
+               "a false positive")
     if missed:
         plot_pairs([("missed", missed[:24])], thumbs, pictures / "leakage-recall-missed.png",
                    "planted benchmark: copies not confirmed against their source (top: the copy, bottom: the source)")
@@ -309,7 +312,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=Path("/tmp/leakage-recall"))
     parser.add_argument("--pictures", type=Path, default=None)
-    parser.add_argument("--reuse", action="store_true", help="the planted folder and features of the last run in --work")
+    parser.add_argument("--reuse", action="store_true",
+                        help="the planted folder and features of the last run in --work")
     args = parser.parse_args(argv)
     from pipeline.device import describe_cpu
 
@@ -323,7 +327,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"planted {len(truth)} test images into {args.work / 'images'} ({time.perf_counter() - start:.0f} s)")
     result = evaluate(args.work, truth, args.pictures, args.reuse)
     ranks = result["rank_of_source"]
-    print(f"extract {result['extract_s']:.0f} s; pixel check of {result['pairs']} candidate pairs {result['check_s']:.1f} s")
+    print(f"extract {result['extract_s']:.0f} s; pixel check of {result['pairs']} candidate pairs "
+          f"{result['check_s']:.1f} s")
     print("copies whose source is among their k nearest by the features: " + ", ".join(
         f"k={k}: {sum(r is not None and r <= k for r in ranks.values()) / len(ranks):.1%}" for k in (1, 3, 5, 10)))
     at = recall_table(result, "match (the stage)", result["threshold"])

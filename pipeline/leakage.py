@@ -109,9 +109,11 @@ LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 SCALES = tuple(math.exp(0.06 * i) for i in range(-3, 4))
 """The scales the base image of a pair is tried at, 0.835 to 1.197 in steps of 6%: rescaled copies (0.9
 to 1.1) and crops keeping 85% of each side (a zoom of up to 1.18), each also mirrored."""
+COARSE_SCALES = SCALES[1::2]
+"""The scales of the coarse pass: 0.887, 1 and 1.127."""
 COARSE_BAR = 0.7
-"""A pair scoring below this in the coarse pass (both images at half the size) is rejected without the
-full-size check: planted copies of every family score 0.79 or more there (benchmarks/leakage_recall.py)."""
+"""A pair scoring below this in the coarse pass (both images at half the size, :data:`COARSE_SCALES`) is
+rejected without the full-size check: planted copies of every family score 0.77 or more there."""
 CHUNK = 256
 """Pairs aligned at once (memory: about 0.2 MiB per pair at 32 pixels)."""
 
@@ -154,64 +156,81 @@ def _gradients(x):
     return torch.cat([x[..., 1:-1, 2:] - x[..., 1:-1, :-2], x[..., 2:, 1:-1] - x[..., :-2, 1:-1]], 1)
 
 
-def _versions(bases, reach: int):
-    """(P, 1, S, S) -> (P * V, 1, S + 2 reach, S + 2 reach): each base image at every scale of
-    :data:`SCALES` about its centre, upright then mirrored (V = 2 x scales), on a canvas ``reach`` pixels
-    wider on each side (edges replicated beyond the image)."""
+def _versions(bases, reach: int, scales: Sequence[float]):
+    """(P, 1, S, S) -> (P * V, 1, S + 2 reach, S + 2 reach): each base image at every one of ``scales``
+    about its centre, upright then mirrored (V = 2 x scales), on a canvas ``reach`` pixels wider on each
+    side (edges replicated beyond the image)."""
     import torch
     import torch.nn.functional as F
 
     P, size = len(bases), bases.shape[-1]
     canvas = size + 2 * reach
     wider = canvas / size
-    theta = torch.tensor([[[flip * wider / s, 0.0, 0.0], [0.0, wider / s, 0.0]] for flip in (1.0, -1.0) for s in SCALES])
+    theta = torch.tensor([[[flip * wider / s, 0.0, 0.0], [0.0, wider / s, 0.0]]
+                          for flip in (1.0, -1.0) for s in scales])
     grid = F.affine_grid(theta, [len(theta), 1, canvas, canvas], align_corners=False)
     return F.grid_sample(bases.repeat_interleave(len(theta), 0), grid.repeat(P, 1, 1, 1), mode="bilinear",
                          padding_mode="border", align_corners=False)
 
 
-def _best_alignment(queries, bases):
-    """The cosine similarity of the gradient fields of each query (P, 1, S, S) and its base at their best
-    alignment: the base at every version of :func:`_versions` and every shift of up to 15% of the side,
-    against the query's central window (all but a tenth of the side at each edge). Returns (score (P,),
-    mirrored (P,))."""
-    import torch
+def _box_sums(x, w: int):
+    """Sums of ``x`` (..., H, W) over every w x w window (integral image): (..., H - w + 1, W - w + 1)."""
     import torch.nn.functional as F
 
+    c = F.pad(x, (1, 0, 1, 0)).cumsum(-1).cumsum(-2)
+    return c[..., w:, w:] - c[..., :-w, w:] - c[..., w:, :-w] + c[..., :-w, :-w]
+
+
+def _best_alignment(queries, bases, scales: Sequence[float] = SCALES):
+    """The cosine similarity of the gradient fields of each query (P, 1, S, S) and its base at their best
+    alignment: the base at each of ``scales``, upright and mirrored, at every shift of up to 15% of the
+    side, against the query's central window (all but a tenth of the side at each edge). The products of
+    all shifts at once by FFT, the base windows' norms by an integral image. Returns (score (P,),
+    mirrored (P,))."""
+    import torch
+
     P, size = len(queries), queries.shape[-1]
-    reach, margin, sigma = math.ceil(0.15 * size), max(1, size // 10), 0.7 * size / 32
+    reach, margin, sigma = math.ceil(0.15 * size), max(1, size // 10), 0.35 + 0.35 * size / 32
     q = _gradients(_blur(queries, sigma))
     window = q.shape[-1] - 2 * margin
     q = q[..., margin : margin + window, margin : margin + window]  # (P, 2, w, w)
-    g = _gradients(_versions(_blur(bases, sigma), reach))
-    g = g[..., margin : margin + window + 2 * reach, margin : margin + window + 2 * reach]  # (P V, 2, w + 2r, ..)
-    V, side = len(g) // P, g.shape[-1]
-    dots = F.conv2d(g.view(P, V, 2, side, side).transpose(0, 1).reshape(V, 2 * P, side, side), q, groups=P)
-    energy = F.avg_pool2d(g.square().sum(1, keepdim=True), window, stride=1) * window**2  # (P V, 1, 2r+1, 2r+1)
-    norms = energy.clamp_min(1e-12).sqrt().view(P, V, -1) * q.flatten(1).norm(dim=1).clamp_min(1e-6)[:, None, None]
-    cos = dots.transpose(0, 1).reshape(P, V, -1) / norms
+    side = window + 2 * reach
+    g = _gradients(_versions(_blur(bases, sigma), reach, scales))
+    g = g[..., margin : margin + side, margin : margin + side]
+    g = g.reshape(P, -1, 2, side, side)  # (P, V, 2, w + 2r, w + 2r)
+    spectra = torch.fft.rfft2(g) * torch.fft.rfft2(q, s=(side, side)).conj()[:, None]
+    dots = torch.fft.irfft2(spectra.sum(2), s=(side, side))[..., : 2 * reach + 1, : 2 * reach + 1]
+    norms = _box_sums(g.square().sum(2), window).clamp_min(1e-12).sqrt()
+    cos = dots / (norms * q.flatten(1).norm(dim=1).clamp_min(1e-6)[:, None, None, None])
     best, where = cos.flatten(1).max(dim=1)
-    return best, where // cos.shape[-1] >= len(SCALES)
+    return best, where // cos[0, 0].numel() >= len(scales)
 
 
 def match(queries: np.ndarray, bases: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pairs of grey images ``queries[i]``, ``bases[i]`` (P, S, S) uint8 (:func:`grey_square`): the
     cosine similarity of their gradient fields at their best alignment (scales, shifts, mirror), and
-    whether that alignment is the mirror. The pairs whose coarse score (both images halved) is below
-    :data:`COARSE_BAR` are not aligned at full size: their score is NaN."""
+    whether that alignment is the mirror. The pairs whose coarse score (both images halved, the scales
+    of :data:`COARSE_SCALES`) is below :data:`COARSE_BAR` are not aligned at full size: their score is
+    NaN. Runs on one thread: these operations are too small to gain from more (on 2 busy cores, 2
+    threads took twice as long)."""
     import torch
     import torch.nn.functional as F
 
     scores, mirrored = np.full(len(queries), np.nan, np.float32), np.zeros(len(queries), bool)
-    for start in range(0, len(queries), CHUNK):
-        q = torch.from_numpy(np.ascontiguousarray(queries[start : start + CHUNK], np.float32))[:, None]
-        b = torch.from_numpy(np.ascontiguousarray(bases[start : start + CHUNK], np.float32))[:, None]
-        coarse, _ = _best_alignment(F.avg_pool2d(q, 2), F.avg_pool2d(b, 2))
-        keep = torch.nonzero(coarse >= COARSE_BAR)[:, 0]
-        if len(keep):
-            best, mirror = _best_alignment(q[keep], b[keep])
-            scores[start + keep.numpy()] = best.numpy()
-            mirrored[start + keep.numpy()] = mirror.numpy()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for start in range(0, len(queries), CHUNK):
+            q = torch.from_numpy(np.ascontiguousarray(queries[start : start + CHUNK], np.float32))[:, None]
+            b = torch.from_numpy(np.ascontiguousarray(bases[start : start + CHUNK], np.float32))[:, None]
+            coarse, _ = _best_alignment(F.avg_pool2d(q, 2), F.avg_pool2d(b, 2), COARSE_SCALES)
+            keep = torch.nonzero(coarse >= COARSE_BAR)[:, 0]
+            if len(keep):
+                best, mirror = _best_alignment(q[keep], b[keep])
+                scores[start + keep.numpy()] = best.numpy()
+                mirrored[start + keep.numpy()] = mirror.numpy()
+    finally:
+        torch.set_num_threads(threads)
     return scores, mirrored
 
 
@@ -302,8 +321,8 @@ def plot_pairs(groups: Sequence[tuple[str, Sequence[Pair]]], images: dict[str, n
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [(label, list(pairs[i : i + COLUMNS])) for label, pairs in groups for i in range(0, max(len(pairs), 1), COLUMNS)
-            if pairs]
+    rows = [(label, list(pairs[i : i + COLUMNS])) for label, pairs in groups if pairs
+            for i in range(0, len(pairs), COLUMNS)]
     columns = max((len(pairs) for _, pairs in rows), default=1)
     fig, axes = plt.subplots(max(1, 2 * len(rows)), columns, figsize=(1.25 * columns + 0.8, 2.95 * max(1, len(rows))),
                              squeeze=False)

@@ -16,8 +16,8 @@ from PIL import Image
 
 from pipeline.config import parse_params
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.leakage import (FIELDS, Pair, candidates, check_pairs, grey_square, match, near_copies, read_pairs, summarise,
-                              write_pairs)
+from pipeline.leakage import (FIELDS, Pair, candidates, check_pairs, grey_square, match, near_copies, read_pairs,
+                              summarise, write_pairs)
 from pipeline.neighbours import Neighbours, top_k_cosine
 from tests.conftest import write_cifar_folder
 
@@ -103,7 +103,7 @@ def test_the_pixel_check_confirms_moved_recoloured_mirrored_copies_not_other_pho
               np.clip(cat * 1.2 - 20, 0, 255).astype(np.uint8), np.asarray(Image.fromarray(hsv, "HSV").convert("RGB")),
               np.asarray(Image.fromarray(cat).resize((32, 32), box=(2, 4, 30, 31))),  # a crop of 87% x 84%
               cat[:, ::-1], np.asarray(Image.fromarray(cat).resize((160, 160)))]  # a full-size photo
-    queries = np.stack([grey_square(c, 32) for c in copies] + [grey_square(other_cat, 32), grey_square(other_plane, 32)])
+    queries = np.stack([grey_square(c, 32) for c in [*copies, other_cat, other_plane]])
     bases = np.stack([grey_square(cat, 32)] * len(copies) + [grey_square(cat, 32), grey_square(plane, 32)])
     scores, mirrored = match(queries, bases)
     assert (scores[: len(copies)] >= 0.9).all(), scores
@@ -289,7 +289,8 @@ def test_compare_scores_every_head_without_the_near_copies(tmp_path):
     assert [(r["test_without_near_copies"]["top1"], r["test_without_near_copies"]["removed"]) for r in rows] == [
         (0.7, 0), (0.5, 0)]
     # pairs of other test images than those evaluated: stale
-    write_pairs([Pair("test-train", "test/other.jpg", "train/0.jpg", 1, 0.99, 1.0, False, True)], tmp_path / "stale.csv")
+    write_pairs([Pair("test-train", "test/other.jpg", "train/0.jpg", 1, 0.99, 1.0, False, True)],
+                tmp_path / "stale.csv")
     with pytest.raises(PipelineError, match="re-run the leakage and evaluate stages"):
         compare.run([a, b], tmp_path / "comparison", tmp_path / "stale.csv")
 
@@ -319,4 +320,5 @@ def test_planted_benchmark_small(tmp_path):
     row = bench.recall_table(result, "match (the stage)", result["threshold"])
     assert row == {**{family: 1.0 for family in bench.PLANTED}, "negative": 0.0, "plain": 0.0}
     mirror = next(k for k, t in truth.items() if t["family"] == "mirror" and t["kind"] == "copy")
-    assert result["per_image"]["grey correlation, unaligned"][mirror] < 0.9 < result["per_image"]["match (the stage)"][mirror]
+    scores = result["per_image"]
+    assert scores["grey correlation, unaligned"][mirror] < 0.9 < scores["match (the stage)"][mirror]

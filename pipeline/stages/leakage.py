@@ -1,4 +1,4 @@
-"""Stage leakage (data side): near-copies between the splits, candidates found on the pooled features, confirmed on the pixels.
+"""Stage leakage (data side): near-copies between the splits, found on the pooled features, confirmed on the pixels.
 
 For every test image its ``leakage.neighbours`` nearest training images, validation images and other test
 images, and for every validation image its nearest training images, by cosine similarity of the cached
