@@ -483,17 +483,20 @@ class MistakesParams(_Section):
 
 # -- leakage between splits ------------------------------------------------------------------------
 class LeakageParams(_Section):
-    """The leakage stage: near-copies between splits, found on the pooled features and confirmed on the
-    pixels (see docs/leakage.md)."""
+    """The leakage stage: near-copies between splits, candidates found on the pooled features, confirmed by
+    aligning their pixels (see docs/leakage.md)."""
 
-    threshold: float = Field(0.85, gt=0, le=1)
-    """Cosine similarity of the pooled features at or above which an image and its nearest neighbour in
-    another split (or the same) are a candidate near-copy (chosen on CIFAR-10, EfficientNet-Lite0 features)."""
-    pixel_size: int = Field(16, ge=2, le=256)
-    """Both images of a candidate are reduced to pixel_size x pixel_size grey pixels for the pixel check."""
-    pixel_tolerance: float = Field(12.0, ge=0, le=255)
-    """A candidate is confirmed when the mean absolute difference of its reduced images is at most this
-    many grey levels (0-255)."""
+    neighbours: int = Field(5, ge=1, le=100)
+    """Candidates per query image: its this many nearest images of the other split by cosine similarity of
+    the pooled features (rank decides, not one backbone's cosine scale)."""
+    min_cosine: float = Field(0.5, ge=-1, lt=1)
+    """A permissive floor: a neighbour less similar than this is not a candidate (saves pixel checks only)."""
+    pixel_size: int = Field(32, ge=16, le=128)
+    """Both images of a candidate are compared in grey at pixel_size x pixel_size pixels (a coarse pass
+    at half that)."""
+    threshold: float = Field(0.87, gt=0, le=1)
+    """A candidate is confirmed when the cosine similarity of the two images' gradient fields, at their
+    best alignment (shifts, scales, mirror), is at least this."""
     block_rows: int = Field(4096, gt=0)
     """Rows of the query and base blocks of the similarity search: its memory grows with block_rows, not with the
     number of images (blocks and their product: 4 * block_rows * (2 * D + block_rows) bytes, plus copies made

@@ -1,15 +1,19 @@
-"""Leakage between splits: near-copies of one image in two splits, found on the cached pooled features.
+"""Leakage between splits: near-copies of one image in two splits, found on the cached pooled features,
+confirmed on the pixels the way a person compares two pictures.
 
-Web-gathered datasets often hold the same picture more than once; a test image whose copy is in the
+Web-gathered datasets often hold the same picture more than once, and rarely byte for byte: shifted by a
+few pixels, cropped, rescaled, recoloured, re-encoded, mirrored. A test image whose copy is in the
 training images measures memory, not generalisation. Three steps:
 
-1. :func:`nearest_neighbours`: for every image of a query split, its nearest image of a base split by
-   cosine similarity of the pooled features f(x). Exact and blockwise: query blocks x base blocks, a
-   running top-1 per query, so memory is a few blocks whatever the dataset size (never an N x M matrix).
-2. :func:`candidates`: the pairs at or above a cosine threshold.
-3. :func:`pixel_distance`: a cheap check on the pixels: both images in grey, reduced to a few pixels a
-   side by area averaging, their mean absolute difference in grey levels; a candidate within the
-   tolerance is *confirmed*.
+1. :func:`search`: for every image of a query split, its ``k`` nearest images of a base split by cosine
+   similarity of the pooled features f(x) (:func:`pipeline.neighbours.top_k_cosine`, exact and blockwise).
+2. :func:`candidates`: every one of those k neighbours (rank, not a cosine scale, decides), above a
+   permissive cosine floor.
+3. :func:`match`: the two images of each candidate, grey, brought to ``size`` x ``size`` pixels, are
+   aligned over a grid of scales, shifts and the mirror, and compared by the cosine similarity of their
+   gradient fields (which ignores brightness and contrast, and weighs edges, not plain backgrounds); a
+   coarse pass at half the size drops the clearly different pairs first. A pair whose best alignment
+   scores at least the threshold is *confirmed*; ``mirrored`` when its best alignment is the mirror.
 
 The pairs are a table (:func:`write_pairs` / :func:`read_pairs`, ``evaluation/leakage/pairs.csv``) that
 the compare stage reads to score every head without the test images that have a confirmed near-copy in
@@ -20,7 +24,8 @@ leakage stage); this module only sees features, ids and pixel arrays.
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass, replace
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -28,7 +33,7 @@ import numpy as np
 
 from pipeline.errors import PipelineError
 from pipeline.fileutil import atomic_path
-from pipeline.neighbours import Blocks, top_k_cosine
+from pipeline.neighbours import Neighbours, top_k_cosine
 
 SPLIT_PAIRS: tuple[tuple[str, str], ...] = (("test", "train"), ("test", "val"), ("val", "train"), ("test", "test"))
 """(query split, base split) searched by the leakage stage: test and val against the images heads are
@@ -37,54 +42,42 @@ FITTED_ON = ("train", "val")
 """The splits a head may be fitted on: a test image with a confirmed near-copy in one of them is left
 out of the test figure "without near-copies"."""
 
-@dataclass(frozen=True)
-class Nearest:
-    """For each query row: the index of its nearest base row (-1 when there is none) and their cosine
-    similarity (-inf when there is none)."""
-
-    index: np.ndarray
-    similarity: np.ndarray
-
 
 def store_blocks(store, split: str, rows: int) -> Callable[[], Iterator[np.ndarray]]:
     """The features of ``split`` of a :class:`~pipeline.features.FeatureStore`, as blocks of ``rows``."""
     return lambda: (X for X, _ in store.iter_blocks(split, rows))
 
 
-def nearest_neighbours(queries: Blocks, base: Blocks, *, exclude_self: bool = False, block_rows: int = 4096,
-                       device=None) -> Nearest:
-    """The nearest base row of every query row by cosine similarity, exactly, in blocks
-    (:func:`pipeline.neighbours.top_k_cosine` with k = 1). ``exclude_self``: queries and base are the
-    same rows in the same order, and a row is never its own neighbour."""
-    found = top_k_cosine(queries, base, 1, exclude_self=exclude_self, block_rows=block_rows, device=device)
-    return Nearest(found.index[:, 0], found.similarity[:, 0])
-
-
-def search(store, block_rows: int, device=None) -> dict[tuple[str, str], Nearest]:
-    """The nearest neighbours of every split pair of :data:`SPLIT_PAIRS` that a
-    :class:`~pipeline.features.FeatureStore` has images for, its features read in blocks of ``block_rows``."""
+def search(store, k: int, block_rows: int, device=None) -> dict[tuple[str, str], Neighbours]:
+    """The ``k`` nearest base images of every query image, for every split pair of :data:`SPLIT_PAIRS`
+    that a :class:`~pipeline.features.FeatureStore` has images for (within one split, never itself), its
+    features read in blocks of ``block_rows``."""
     sizes = {s: store.n_rows(s) for s in store.splits}
     found = {}
     for query, base in SPLIT_PAIRS:
         if sizes.get(query, 0) and sizes.get(base, 0) > (query == base):
-            found[query, base] = nearest_neighbours(store_blocks(store, query, block_rows),
-                                                    store_blocks(store, base, block_rows),
-                                                    exclude_self=query == base, device=device)
+            found[query, base] = top_k_cosine(store_blocks(store, query, block_rows),
+                                              store_blocks(store, base, block_rows), k,
+                                              exclude_self=query == base, block_rows=block_rows, device=device)
     return found
 
 
 # -- pairs -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Pair:
-    """A query image and its nearest image in the base split, with their cosine similarity; the pixel
-    check fills ``pixel_distance`` (mean absolute grey-level difference, 0-255) and ``confirmed``."""
+    """A query image and one of its k nearest images in the base split: its ``rank`` there (1: the
+    nearest) and their cosine similarity; the pixel check fills ``match`` (the cosine similarity of the
+    gradient fields at the best alignment, -1 to 1), ``mirrored`` (that alignment is the mirror image) and
+    ``confirmed`` (``match`` at or above the threshold)."""
 
     split_pair: str
     """``<query split>-<base split>``: ``test-train``, ``test-val``, ``val-train``, ``test-test``."""
     id: str
     nearest_id: str
+    rank: int
     cosine: float
-    pixel_distance: float = float("nan")
+    match: float = float("nan")
+    mirrored: bool = False
     confirmed: bool = False
 
 
@@ -92,69 +85,172 @@ def split_pair_name(query: str, base: str) -> str:
     return f"{query}-{base}"
 
 
-def pairs_of(query_ids: Sequence[str], base_ids: Sequence[str], found: Nearest, split_pair: str,
-             min_cosine: float = -np.inf, limit: int | None = None) -> list[Pair]:
-    """The pairs (query, its nearest base image) with cosine >= ``min_cosine``, closest first (ties by
-    id), at most ``limit``. Within one split (``test-test``) the pair of a and b is listed once, as
-    (the smaller id, the larger id), however many of the two found the other."""
-    order = np.lexsort((np.asarray(query_ids, dtype=object).astype(str), -found.similarity))
+def candidates(query_ids: Sequence[str], base_ids: Sequence[str], found: Neighbours, split_pair: str,
+               min_cosine: float = -1.0) -> list[Pair]:
+    """Every query image with each of its k nearest base images whose cosine is at least ``min_cosine``,
+    by query then rank. Within one split (``test-test``) the pair of a and b is listed once, as (the
+    smaller id, the larger id), at the better rank of the two searches that found it."""
     within = split_pair.split("-")[0] == split_pair.split("-")[1]
-    out, seen = [], set()
-    for i in order:
-        cosine = float(found.similarity[i])
-        if found.index[i] < 0 or not cosine >= min_cosine or (limit is not None and len(out) >= limit):
-            break
-        a, b = query_ids[i], base_ids[found.index[i]]
-        if within:
-            a, b = sorted((a, b))
-            if (a, b) in seen:
+    out: dict[tuple[str, str], Pair] = {}
+    for i, q in enumerate(query_ids):
+        for r in range(found.index.shape[1]):
+            j, cosine = int(found.index[i, r]), float(found.similarity[i, r])
+            if j < 0 or not cosine >= min_cosine:
                 continue
-            seen.add((a, b))
-        out.append(Pair(split_pair, a, b, cosine))
-    return out
-
-
-def candidates(query_ids: Sequence[str], base_ids: Sequence[str], found: Nearest, split_pair: str,
-               threshold: float) -> list[Pair]:
-    """The candidate near-copies: pairs at or above the cosine ``threshold``, closest first."""
-    return pairs_of(query_ids, base_ids, found, split_pair, min_cosine=threshold)
+            a, b = (min(q, base_ids[j]), max(q, base_ids[j])) if within else (q, base_ids[j])
+            if (a, b) not in out or out[a, b].rank > r + 1:
+                out[a, b] = Pair(split_pair, a, b, r + 1, cosine)
+    return list(out.values())
 
 
 # -- the pixel check -----------------------------------------------------------------------------
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 """ITU-R 601 luma weights: RGB to grey."""
+SCALES = tuple(math.exp(0.06 * i) for i in range(-3, 4))
+"""The scales the base image of a pair is tried at, 0.835 to 1.197 in steps of 6%: rescaled copies (0.9
+to 1.1) and crops keeping 85% of each side (a zoom of up to 1.18), each also mirrored."""
+COARSE_SCALES = SCALES[1::2]
+"""The scales of the coarse pass: 0.887, 1 and 1.127."""
+COARSE_BAR = 0.7
+"""A pair scoring below this in the coarse pass (both images at half the size, :data:`COARSE_SCALES`) is
+rejected without the full-size check: planted copies of every family score 0.77 or more there."""
+CHUNK = 256
+"""Pairs aligned at once (memory: about 0.2 MiB per pair at 32 pixels)."""
 
 
-def small_grey(image: np.ndarray, size: int) -> np.ndarray:
-    """An image (H, W, 3) RGB or (H, W) grey, uint8 -> (size, size) float32 grey levels 0-255: luma, then
-    the mean over each of size x size areas (adaptive average pooling: equal areas when size divides
-    the sides; the aspect ratio is not kept)."""
+def grey_square(image: np.ndarray, size: int) -> np.ndarray:
+    """An image (H, W, 3) RGB or (H, W) grey, uint8 -> (size, size) uint8 grey levels: luma, then the mean
+    over areas (adaptive average pooling) down to ``size``, bilinear up to it (the aspect ratio is not kept)."""
     import torch
     import torch.nn.functional as F
 
     image = np.asarray(image)
     grey = image.astype(np.float32) @ LUMA if image.ndim == 3 else image.astype(np.float32)
-    return F.adaptive_avg_pool2d(torch.from_numpy(np.ascontiguousarray(grey))[None, None], size)[0, 0].numpy()
+    if grey.shape != (size, size):
+        t = torch.from_numpy(np.ascontiguousarray(grey))[None, None]
+        if min(grey.shape) < size:
+            t = F.interpolate(t, (max(size, grey.shape[0]), max(size, grey.shape[1])), mode="bilinear",
+                              align_corners=False)
+        grey = F.adaptive_avg_pool2d(t, size)[0, 0].numpy()
+    return np.clip(np.rint(grey), 0, 255).astype(np.uint8)
 
 
-def pixel_distance(a: np.ndarray, b: np.ndarray, size: int) -> float:
-    """Mean absolute difference (grey levels, 0-255) of two images reduced by :func:`small_grey`."""
-    return float(np.abs(small_grey(a, size) - small_grey(b, size)).mean())
+def _blur(x, sigma: float):
+    """Gaussian blur of (N, 1, S, S), edges replicated: K x K^T with K the (S, S) blur matrix (cheaper
+    than a convolution on images this small)."""
+    import torch
+
+    size, r = x.shape[-1], max(1, math.ceil(2.5 * sigma))
+    weights = torch.exp(-torch.arange(-r, r + 1.0) ** 2 / (2 * sigma**2))
+    weights = weights / weights.sum()
+    k = torch.zeros(size, size)
+    for offset, w in zip(range(-r, r + 1), weights):
+        k[torch.arange(size), (torch.arange(size) + offset).clamp(0, size - 1)] += w  # beyond the edge: the edge
+    return k @ x @ k.T
 
 
-def check_pixels(pairs: Iterable[Pair], small: dict[str, np.ndarray], tolerance: float, threshold: float) -> list[Pair]:
-    """The pairs with their pixel distance, the mean absolute difference of their reduced images (``small``:
-    id -> :func:`small_grey` of the image), each confirmed when its cosine is at least ``threshold`` and
-    its pixel distance at most ``tolerance``."""
+def _gradients(x):
+    """(N, 1, H, W) -> (N, 2, H - 2, W - 2): central differences along x and y."""
+    import torch
+
+    return torch.cat([x[..., 1:-1, 2:] - x[..., 1:-1, :-2], x[..., 2:, 1:-1] - x[..., :-2, 1:-1]], 1)
+
+
+def _versions(bases, reach: int, scales: Sequence[float]):
+    """(P, 1, S, S) -> (P * V, 1, S + 2 reach, S + 2 reach): each base image at every one of ``scales``
+    about its centre, upright then mirrored (V = 2 x scales), on a canvas ``reach`` pixels wider on each
+    side (edges replicated beyond the image)."""
+    import torch
+    import torch.nn.functional as F
+
+    P, size = len(bases), bases.shape[-1]
+    canvas = size + 2 * reach
+    wider = canvas / size
+    theta = torch.tensor([[[flip * wider / s, 0.0, 0.0], [0.0, wider / s, 0.0]]
+                          for flip in (1.0, -1.0) for s in scales])
+    grid = F.affine_grid(theta, [len(theta), 1, canvas, canvas], align_corners=False)
+    return F.grid_sample(bases.repeat_interleave(len(theta), 0), grid.repeat(P, 1, 1, 1), mode="bilinear",
+                         padding_mode="border", align_corners=False)
+
+
+def _box_sums(x, w: int):
+    """Sums of ``x`` (..., H, W) over every w x w window (integral image): (..., H - w + 1, W - w + 1)."""
+    import torch.nn.functional as F
+
+    c = F.pad(x, (1, 0, 1, 0)).cumsum(-1).cumsum(-2)
+    return c[..., w:, w:] - c[..., :-w, w:] - c[..., w:, :-w] + c[..., :-w, :-w]
+
+
+def _best_alignment(queries, bases, scales: Sequence[float] = SCALES):
+    """The cosine similarity of the gradient fields of each query (P, 1, S, S) and its base at their best
+    alignment: the base at each of ``scales``, upright and mirrored, at every shift of up to 15% of the
+    side, against the query's central window (all but a tenth of the side at each edge). The products of
+    all shifts at once by FFT, the base windows' norms by an integral image. Returns (score (P,),
+    mirrored (P,))."""
+    import torch
+
+    P, size = len(queries), queries.shape[-1]
+    reach, margin, sigma = math.ceil(0.15 * size), max(1, size // 10), 0.35 + 0.35 * size / 32
+    q = _gradients(_blur(queries, sigma))
+    window = q.shape[-1] - 2 * margin
+    q = q[..., margin : margin + window, margin : margin + window]  # (P, 2, w, w)
+    side = window + 2 * reach
+    g = _gradients(_versions(_blur(bases, sigma), reach, scales))
+    g = g[..., margin : margin + side, margin : margin + side]
+    g = g.reshape(P, -1, 2, side, side)  # (P, V, 2, w + 2r, w + 2r)
+    spectra = torch.fft.rfft2(g) * torch.fft.rfft2(q, s=(side, side)).conj()[:, None]
+    dots = torch.fft.irfft2(spectra.sum(2), s=(side, side))[..., : 2 * reach + 1, : 2 * reach + 1]
+    norms = _box_sums(g.square().sum(2), window).clamp_min(1e-12).sqrt()
+    cos = dots / (norms * q.flatten(1).norm(dim=1).clamp_min(1e-6)[:, None, None, None])
+    best, where = cos.flatten(1).max(dim=1)
+    return best, where // cos[0, 0].numel() >= len(scales)
+
+
+def match(queries: np.ndarray, bases: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs of grey images ``queries[i]``, ``bases[i]`` (P, S, S) uint8 (:func:`grey_square`): the
+    cosine similarity of their gradient fields at their best alignment (scales, shifts, mirror), and
+    whether that alignment is the mirror. The pairs whose coarse score (both images halved, the scales
+    of :data:`COARSE_SCALES`) is below :data:`COARSE_BAR` are not aligned at full size: their score is
+    NaN. Runs on one thread: these operations are too small to gain from more (on 2 busy cores, 2
+    threads took twice as long)."""
+    import torch
+    import torch.nn.functional as F
+
+    scores, mirrored = np.full(len(queries), np.nan, np.float32), np.zeros(len(queries), bool)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for start in range(0, len(queries), CHUNK):
+            q = torch.from_numpy(np.ascontiguousarray(queries[start : start + CHUNK], np.float32))[:, None]
+            b = torch.from_numpy(np.ascontiguousarray(bases[start : start + CHUNK], np.float32))[:, None]
+            coarse, _ = _best_alignment(F.avg_pool2d(q, 2), F.avg_pool2d(b, 2), COARSE_SCALES)
+            keep = torch.nonzero(coarse >= COARSE_BAR)[:, 0]
+            if len(keep):
+                best, mirror = _best_alignment(q[keep], b[keep])
+                scores[start + keep.numpy()] = best.numpy()
+                mirrored[start + keep.numpy()] = mirror.numpy()
+    finally:
+        torch.set_num_threads(threads)
+    return scores, mirrored
+
+
+def check_pairs(pairs: Sequence[Pair], grey: dict[str, np.ndarray], threshold: float) -> list[Pair]:
+    """The pairs that pass the coarse pass of :func:`match` (``grey``: id -> :func:`grey_square` of the
+    image), with their ``match`` and ``mirrored``, each confirmed when its match is at least ``threshold``."""
+    from dataclasses import replace
+
     out = []
-    for p in pairs:
-        distance = float(np.abs(small[p.id] - small[p.nearest_id]).mean())
-        out.append(replace(p, pixel_distance=distance, confirmed=p.cosine >= threshold and distance <= tolerance))
+    for start in range(0, len(pairs), 16 * CHUNK):  # the stacked images of a few chunks at a time
+        some = pairs[start : start + 16 * CHUNK]
+        scores, mirrored = match(np.stack([grey[p.id] for p in some]), np.stack([grey[p.nearest_id] for p in some]))
+        out += [replace(p, match=float(s), mirrored=bool(m), confirmed=bool(s >= threshold))
+                for p, s, m in zip(some, scores, mirrored) if not np.isnan(s)]
     return out
 
 
 # -- the table and its summary ----------------------------------------------------------------------
-FIELDS = ["split_pair", "id", "nearest_id", "cosine", "pixel_distance", "confirmed"]
+FIELDS = ["split_pair", "id", "nearest_id", "rank", "cosine", "match", "mirrored", "confirmed"]
+_BOOL = {"true": True, "false": False}
 
 
 def write_pairs(pairs: Iterable[Pair], path: str | Path) -> None:
@@ -162,8 +258,8 @@ def write_pairs(pairs: Iterable[Pair], path: str | Path) -> None:
         writer = csv.writer(f)
         writer.writerow(FIELDS)
         for p in pairs:
-            writer.writerow([p.split_pair, p.id, p.nearest_id, f"{p.cosine:.6f}", f"{p.pixel_distance:.3f}",
-                             "true" if p.confirmed else "false"])
+            writer.writerow([p.split_pair, p.id, p.nearest_id, p.rank, f"{p.cosine:.6f}", f"{p.match:.4f}",
+                             str(p.mirrored).lower(), str(p.confirmed).lower()])
 
 
 def read_pairs(path: str | Path) -> list[Pair]:
@@ -176,8 +272,8 @@ def read_pairs(path: str | Path) -> list[Pair]:
             raise PipelineError(f"{path} has the columns {reader.fieldnames}, expected {FIELDS}: "
                                 "run the leakage stage again (dvc repro)")
         try:
-            return [Pair(r["split_pair"], r["id"], r["nearest_id"], float(r["cosine"]), float(r["pixel_distance"]),
-                         {"true": True, "false": False}[r["confirmed"]]) for r in reader]
+            return [Pair(r["split_pair"], r["id"], r["nearest_id"], int(r["rank"]), float(r["cosine"]),
+                         float(r["match"]), _BOOL[r["mirrored"]], _BOOL[r["confirmed"]]) for r in reader]
         except (ValueError, KeyError) as err:
             raise PipelineError(f"{path} line {reader.line_num}: not a pair ({err}); "
                                 "run the leakage stage again (dvc repro)") from None
@@ -189,48 +285,52 @@ def near_copies(pairs: Iterable[Pair], query: str = "test", bases: Sequence[str]
     return {p.id for p in pairs if p.confirmed and p.split_pair in wanted}
 
 
-def summarise(pairs: Sequence[Pair], searched: dict[str, int], threshold: float, size: int,
-              tolerance: float) -> dict:
-    """Counts per split pair (``searched``: split pair -> query images searched): candidates, confirmed
-    pairs, and the images of the query split in a confirmed pair; the headline numbers first."""
+def summarise(pairs: Sequence[Pair], searched: dict[str, tuple[int, int]], settings: dict) -> dict:
+    """Counts per split pair (``searched``: split pair -> (query images searched, candidate pairs)): the
+    candidates, the pairs ``checked`` at full size (listed in the table), the ``confirmed`` ones, of which
+    ``mirrored``, and the images of the query split in a confirmed pair; the headline numbers first, then
+    ``settings`` (the params)."""
     per_pair = {}
-    for name, n in searched.items():
+    for name, (n, listed) in searched.items():
         mine = [p for p in pairs if p.split_pair == name]
         confirmed = [p for p in mine if p.confirmed]
         within = name.split("-")[0] == name.split("-")[1]
         images = {p.id for p in confirmed} | ({p.nearest_id for p in confirmed} if within else set())
-        per_pair[name] = {"searched": n, "candidates": len(mine), "confirmed": len(confirmed), "images": len(images)}
+        per_pair[name] = {"searched": n, "candidates": listed, "checked": len(mine), "confirmed": len(confirmed),
+                          "mirrored": sum(p.mirrored for p in confirmed), "images": len(images)}
     return {
         "test_with_near_copy_in_train": len(near_copies(pairs, "test", ["train"])),
         "test_removed": len(near_copies(pairs)),
-        "threshold": threshold,
-        "pixel_size": size,
-        "pixel_tolerance": tolerance,
+        **settings,
         "pairs": per_pair,
     }
 
 
 # -- the picture ----------------------------------------------------------------------------------
+COLUMNS = 12
+"""Pairs per row of the picture."""
+
+
 def plot_pairs(groups: Sequence[tuple[str, Sequence[Pair]]], images: dict[str, np.ndarray], path: str | Path,
-               title: str, threshold: float) -> None:
-    """Pairs side by side: for each group (a label and its pairs), a row of query images above a row of
-    their nearest images, each pair captioned with its cosine and pixel distance; green: confirmed,
-    orange: at or above the threshold but not confirmed by the pixels, grey: below the threshold."""
+               title: str) -> None:
+    """Pairs side by side: for each group (a label and its pairs), rows of query images above rows of
+    their candidate images, :data:`COLUMNS` pairs a row, each pair captioned with its split pair, the
+    candidate's rank and cosine, and its match (``M``: mirrored); green: confirmed, orange: not."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = [(label, list(pairs)) for label, pairs in groups if pairs]
-    columns = max((len(pairs) for _, pairs in groups), default=1)
-    fig, axes = plt.subplots(max(1, 2 * len(groups)), columns, figsize=(1.3 * columns + 0.6, 2.9 * max(1, len(groups))),
+    rows = [(label, list(pairs[i : i + COLUMNS])) for label, pairs in groups if pairs
+            for i in range(0, len(pairs), COLUMNS)]
+    columns = max((len(pairs) for _, pairs in rows), default=1)
+    fig, axes = plt.subplots(max(1, 2 * len(rows)), columns, figsize=(1.25 * columns + 0.8, 2.95 * max(1, len(rows))),
                              squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
-    for g, (label, pairs) in enumerate(groups):
-        query, base = label.split("-", 1) if "-" in label else (label, "")
+    for g, (label, pairs) in enumerate(rows):
         for c, p in enumerate(pairs):
-            colour = "tab:green" if p.confirmed else "tab:orange" if p.cosine >= threshold else "0.45"
+            colour = "tab:green" if p.confirmed else "tab:orange"
             for r, key in enumerate((p.id, p.nearest_id)):
                 ax = axes[2 * g + r, c]
                 ax.imshow(images[key], interpolation="nearest")
@@ -240,9 +340,9 @@ def plot_pairs(groups: Sequence[tuple[str, Sequence[Pair]]], images: dict[str, n
                 for spine in ax.spines.values():
                     spine.set_edgecolor(colour)
                     spine.set_linewidth(2.5)
-            axes[2 * g, c].set_title(f"cos {p.cosine:.3f}\npx {p.pixel_distance:.1f}", fontsize=7, color=colour)
-        axes[2 * g, 0].set_ylabel(f"{label}\n{query}", fontsize=8)
-        axes[2 * g + 1, 0].set_ylabel(base, fontsize=8)
+            axes[2 * g, c].set_title(f"{p.split_pair}\n#{p.rank} cos {p.cosine:.2f}\nmatch {p.match:.3f}"
+                                     f"{' M' if p.mirrored else ''}", fontsize=6.5, color=colour)
+        axes[2 * g, 0].set_ylabel(label, fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:

@@ -16,23 +16,34 @@ from PIL import Image
 
 from pipeline.config import parse_params
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.leakage import (Nearest, Pair, candidates, check_pixels, near_copies, nearest_neighbours, pairs_of,
-                              pixel_distance, read_pairs, small_grey, summarise, write_pairs)
+from pipeline.leakage import (FIELDS, Pair, candidates, check_pairs, grey_square, match, near_copies, read_pairs,
+                              summarise, write_pairs)
+from pipeline.neighbours import Neighbours, top_k_cosine
 from tests.conftest import write_cifar_folder
 
 
-def brute_force(queries: np.ndarray, base: np.ndarray, exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """The whole similarity matrix in float64; the first maximum of each row."""
-    q = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
-    b = base / np.maximum(np.linalg.norm(base, axis=1, keepdims=True), 1e-12)
-    sims = q.astype(np.float64) @ b.astype(np.float64).T
-    if exclude_self:
-        np.fill_diagonal(sims, -np.inf)
-    return sims.argmax(axis=1), sims.max(axis=1)
+def _photo(raw: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(raw)).convert("RGB"))
+
+
+def _jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
+    return _photo(buffer.getvalue())
+
+
+def _moved(image: np.ndarray, scale: float, dx: float, dy: float) -> np.ndarray:
+    """``image`` rescaled by ``scale`` about its centre and shifted by (dx, dy) pixels, edges reflected."""
+    h, w = image.shape[:2]
+    big = Image.fromarray(np.pad(image, ((8, 8), (8, 8), (0, 0)), mode="reflect"))
+    a = 1 / scale
+    return np.asarray(big.transform((w, h), Image.AFFINE, (a, 0, w / 2 + 8 - a * (w / 2 + dx), 0, a,
+                                                           h / 2 + 8 - a * (h / 2 + dy)), resample=Image.BILINEAR))
 
 
 def in_blocks(array: np.ndarray, sizes: list[int]):
-    """A re-readable stream of ``array`` in blocks of uneven sizes (cycling through ``sizes``)."""
+    """A re-readable stream of ``array`` in blocks of uneven sizes (cycling through ``sizes``), as
+    :func:`pipeline.leakage.store_blocks` streams a feature file."""
     def blocks():
         start, i = 0, 0
         while start < len(array):
@@ -41,88 +52,69 @@ def in_blocks(array: np.ndarray, sizes: list[int]):
     return blocks
 
 
-@pytest.mark.parametrize("block_rows", [3, 16, 1000])
-def test_blockwise_search_is_the_brute_force_one(block_rows):
-    rng = np.random.default_rng(block_rows)
-    queries, base = rng.normal(size=(53, 24)).astype(np.float32), rng.normal(size=(71, 24)).astype(np.float32)
-    index, sims = brute_force(queries, base)
-    found = nearest_neighbours(queries, base, block_rows=block_rows, device="cpu")
-    np.testing.assert_allclose(found.similarity, sims, atol=1e-5)
-    assert (found.index == index).all()
-    # within one set: never itself
-    index, sims = brute_force(base, base, exclude_self=True)
-    found = nearest_neighbours(base, base, exclude_self=True, block_rows=block_rows, device="cpu")
-    np.testing.assert_allclose(found.similarity, sims, atol=1e-5)
-    assert (found.index == index).all() and (found.index != np.arange(len(base))).all()
-
-
 @pytest.mark.parametrize("sizes", [[7], [3, 11, 1], [200]])
-def test_ties_go_to_the_lowest_index_in_any_blocking(sizes):
-    """Rows of +-1 in 16 dimensions: unit rows of +-1/4, every similarity a multiple of 1/16, exact in float32
-    in any order of summation, so ties are real ties; duplicated base rows tie exactly too."""
+def test_the_search_over_streamed_blocks_is_the_one_over_arrays(sizes):
+    """The leakage search streams the feature file in blocks of any size: the same k nearest as on whole
+    arrays (tests/test_neighbours.py: those are brute force's)."""
     rng = np.random.default_rng(len(sizes))
-    queries = np.sign(rng.normal(size=(60, 16))).astype(np.float32)
-    base = np.sign(rng.normal(size=(45, 16))).astype(np.float32)
-    base = np.concatenate([base, base[::-1], 3 * base])  # each row three times, later copies scaled
-    index, sims = brute_force(queries, base)
-    cosines = queries @ base.T / (4 * np.linalg.norm(base, axis=1))
-    assert ((cosines == sims[:, None]).sum(axis=1) >= 3).all()  # each maximum at least three times
-    found = nearest_neighbours(in_blocks(queries, sizes), in_blocks(base, sizes[::-1]), device="cpu")
-    assert (found.index == index).all() and (found.similarity == sims).all()
-    index, sims = brute_force(base, base, exclude_self=True)
-    found = nearest_neighbours(in_blocks(base, sizes), in_blocks(base, sizes[::-1]), exclude_self=True, device="cpu")
-    assert (found.index == index).all() and (found.similarity == sims).all()
-    assert (found.similarity == 1).all()  # every row has a copy elsewhere
-
-
-def test_search_edge_cases():
+    queries, base = rng.normal(size=(60, 16)).astype(np.float32), rng.normal(size=(95, 16)).astype(np.float32)
+    for q, b, within in ((queries, base, False), (base, base, True)):
+        whole = top_k_cosine(q, b, 3, exclude_self=within, device="cpu")
+        streamed = top_k_cosine(in_blocks(q, sizes), in_blocks(b, sizes[::-1]), 3, exclude_self=within, device="cpu")
+        assert (streamed.index == whole.index).all()
+        np.testing.assert_allclose(streamed.similarity, whole.similarity, atol=1e-6)
     x = np.eye(3, dtype=np.float32)
-    found = nearest_neighbours(x, np.zeros((0, 3), np.float32), device="cpu")
-    assert (found.index == -1).all() and np.isneginf(found.similarity).all()
-    found = nearest_neighbours(x[:1], x[:1], exclude_self=True, device="cpu")  # alone: no other row
-    assert found.index.tolist() == [-1]
-    assert nearest_neighbours(x[:0], x, device="cpu").index.shape == (0,)
-    zero = nearest_neighbours(np.zeros((1, 3), np.float32), x, device="cpu")  # a zero row: similarity 0, first row
-    assert zero.index.tolist() == [0] and zero.similarity.tolist() == [0.0]
-    with pytest.raises(ValueError, match="same rows"):
-        nearest_neighbours(x, x[:2], exclude_self=True, device="cpu")
+    assert (top_k_cosine(x, np.zeros((0, 3), np.float32), 2, device="cpu").index == -1).all()
+    assert top_k_cosine(x[:1], x[:1], 1, exclude_self=True, device="cpu").index.tolist() == [[-1]]  # alone
     with pytest.raises(ValueError, match="values per row"):
-        nearest_neighbours(x, np.eye(4, dtype=np.float32), device="cpu")
+        top_k_cosine(x, np.eye(4, dtype=np.float32), device="cpu")
 
 
-def test_pairs_above_a_threshold_closest_first_and_once_within_a_split():
-    ids = ["t/a", "t/b", "t/c", "t/d"]
-    found = Nearest(np.array([1, 0, 3, 0]), np.array([0.99, 0.99, 0.90, 0.97], np.float32))
-    within = candidates(ids, ids, found, "test-test", threshold=0.95)
-    assert [(p.id, p.nearest_id) for p in within] == [("t/a", "t/b"), ("t/a", "t/d")]  # a-b found twice: once
-    across = candidates(ids, ["r/0", "r/1", "r/2", "r/3"], found, "test-train", threshold=0.95)
-    assert [(p.id, p.nearest_id, round(p.cosine, 2)) for p in across] == [
-        ("t/a", "r/1", 0.99), ("t/b", "r/0", 0.99), ("t/d", "r/0", 0.97)]
-    assert len(pairs_of(ids, ids, found, "test-train", limit=2)) == 2
-    assert len(pairs_of(ids, ids, found, "test-train")) == 4  # no threshold: all, for the picture
+def test_candidates_are_the_k_nearest_above_the_floor_once_within_a_split():
+    ids = ["t/a", "t/b", "t/c"]
+    found = Neighbours(np.array([[1, 2], [0, 2], [1, -1]]),
+                       np.array([[0.99, 0.40], [0.99, 0.80], [0.80, -np.inf]], np.float32))
+    within = candidates(ids, ids, found, "test-test", min_cosine=0.5)
+    assert [(p.id, p.nearest_id, p.rank) for p in within] == [("t/a", "t/b", 1), ("t/b", "t/c", 1)]  # b-c: rank 1 of c
+    across = candidates(ids, ["r/0", "r/1", "r/2"], found, "test-train")
+    assert [(p.id, p.nearest_id, p.rank, round(p.cosine, 2)) for p in across] == [
+        ("t/a", "r/1", 1, 0.99), ("t/a", "r/2", 2, 0.4), ("t/b", "r/0", 1, 0.99), ("t/b", "r/2", 2, 0.8),
+        ("t/c", "r/1", 1, 0.8)]  # -1: no second neighbour
 
 
-def test_pixel_check():
+def test_grey_square():
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
     grey = image.astype(np.float64) @ [0.299, 0.587, 0.114]
-    np.testing.assert_allclose(small_grey(image, 16), grey.reshape(16, 2, 16, 2).mean(axis=(1, 3)), atol=1e-3)
-    np.testing.assert_allclose(small_grey(image, 1), [[grey.mean()]], atol=1e-3)
-    assert pixel_distance(image, image, 16) == 0
-    assert pixel_distance(image, np.clip(image.astype(int) + 10, 0, 255).astype(np.uint8), 16) == pytest.approx(
-        10, abs=0.5)  # brighter by 10 levels (a few clip at 255)
-    raw = _cifar_bytes("train/cat/0000.jpg", "train/cat/0001.jpg")
-    photo = np.asarray(Image.open(io.BytesIO(raw["train/cat/0000.jpg"])).convert("RGB"))
-    buffer = io.BytesIO()
-    Image.fromarray(photo).save(buffer, format="JPEG", quality=40)
-    recoded = np.asarray(Image.open(buffer).convert("RGB"))
-    other = np.asarray(Image.open(io.BytesIO(raw["train/cat/0001.jpg"])).convert("RGB"))
-    assert pixel_distance(photo, recoded, 16) < 3 < 20 < pixel_distance(photo, other, 16)
-    assert pixel_distance(photo, photo[:, ::-1], 16) > 20  # mirrored: not the same pixels
-    small = {"a": small_grey(photo, 16), "b": small_grey(recoded, 16), "c": small_grey(other, 16)}
-    pairs = [Pair("test-train", "a", "b", 0.99), Pair("test-train", "a", "c", 0.99), Pair("test-train", "b", "a", 0.9)]
-    checked = check_pixels(pairs, small, tolerance=12, threshold=0.95)
-    assert [p.confirmed for p in checked] == [True, False, False]  # the last: pixels agree, cosine below
+    assert np.abs(grey_square(image, 32).astype(float) - grey).max() <= 0.5  # luma, rounded
+    assert grey_square(image[:, :, 0], 32).tolist() == image[:, :, 0].tolist()  # grey stays as it is
+    big = np.kron(image, np.ones((4, 3, 1), np.uint8))  # 128 x 96: each pixel a 4 x 3 block
+    assert np.abs(grey_square(big, 32).astype(float) - grey).max() <= 1  # area-like averaging
+
+
+def test_the_pixel_check_confirms_moved_recoloured_mirrored_copies_not_other_photos():
+    raw = _cifar_bytes("train/cat/0000.jpg", "train/cat/0001.jpg", "train/airplane/0003.jpg",
+                       "train/airplane/0007.jpg")
+    cat, other_cat = _photo(raw["train/cat/0000.jpg"]), _photo(raw["train/cat/0001.jpg"])
+    plane, other_plane = _photo(raw["train/airplane/0003.jpg"]), _photo(raw["train/airplane/0007.jpg"])
+    hsv = np.asarray(Image.fromarray(cat).convert("HSV")).copy()
+    hsv[..., 0] += 12  # hue shifted by 0.047
+    copies = [_moved(cat, 1.0, 3, -2), _moved(cat, 1.1, 0, 0), _moved(cat, 0.9, 1, 1), _jpeg(cat, 30),
+              np.clip(cat * 1.2 - 20, 0, 255).astype(np.uint8), np.asarray(Image.fromarray(hsv, "HSV").convert("RGB")),
+              np.asarray(Image.fromarray(cat).resize((32, 32), box=(2, 4, 30, 31))),  # a crop of 87% x 84%
+              cat[:, ::-1], np.asarray(Image.fromarray(cat).resize((160, 160)))]  # a full-size photo
+    queries = np.stack([grey_square(c, 32) for c in [*copies, other_cat, other_plane]])
+    bases = np.stack([grey_square(cat, 32)] * len(copies) + [grey_square(cat, 32), grey_square(plane, 32)])
+    scores, mirrored = match(queries, bases)
+    assert (scores[: len(copies)] >= 0.9).all(), scores
+    assert mirrored.tolist() == [False] * 7 + [True] + [False] * 3
+    assert not (np.nan_to_num(scores[len(copies):], nan=0) >= 0.8).any(), scores  # other photos of the class
+    assert match(queries[:1], queries[:1])[0][0] == pytest.approx(1, abs=1e-5)
+    blank = np.full((2, 32, 32), 128, np.uint8)
+    assert np.isnan(match(blank, blank)[0]).all()  # no structure: nothing to confirm
+    pairs = [Pair("test-train", "a", "b", 1, 0.9), Pair("test-train", "a", "c", 2, 0.8)]
+    checked = check_pairs(pairs, {"a": queries[0], "b": bases[0], "c": queries[-1]}, threshold=0.85)
+    assert [(p.nearest_id, p.confirmed, p.match > 0.9) for p in checked] == [("b", True, True)]  # c: dropped
 
 
 def _cifar_bytes(*members: str) -> dict[str, bytes]:
@@ -141,23 +133,29 @@ def _cifar_bytes(*members: str) -> dict[str, bytes]:
 
 
 def test_pairs_table_round_trip_and_near_copies(tmp_path):
-    pairs = [Pair("test-train", "test/a.jpg", "train/x.jpg", 0.991, 1.5, True),
-             Pair("test-train", "test/b.jpg", "train/y.jpg", 0.962, 40.0, False),
-             Pair("test-val", "test/c.jpg", "train/z.jpg", 0.97, 3.0, True),
-             Pair("val-train", "train/z.jpg", "train/x.jpg", 0.99, 2.0, True),
-             Pair("test-test", "test/a.jpg", "test/d.jpg", 0.99, 2.0, True)]
+    pairs = [Pair("test-train", "test/a.jpg", "train/x.jpg", 1, 0.991, 0.95, False, True),
+             Pair("test-train", "test/b.jpg", "train/y.jpg", 2, 0.962, 0.71, False, False),
+             Pair("test-val", "test/c.jpg", "train/z.jpg", 1, 0.97, 0.9, True, True),
+             Pair("val-train", "train/z.jpg", "train/x.jpg", 1, 0.99, 0.99, False, True),
+             Pair("test-test", "test/a.jpg", "test/d.jpg", 3, 0.99, 0.93, False, True)]
     write_pairs(pairs, tmp_path / "pairs.csv")
+    assert read_pairs(tmp_path / "pairs.csv") == pairs
     back = read_pairs(tmp_path / "pairs.csv")
-    assert [(p.split_pair, p.id, p.nearest_id, p.confirmed) for p in back] == [
-        (p.split_pair, p.id, p.nearest_id, p.confirmed) for p in pairs]
     assert near_copies(back) == {"test/a.jpg", "test/c.jpg"}  # confirmed, of test, in train or val
     assert near_copies(back, "test", ["train"]) == {"test/a.jpg"}
-    summary = summarise(back, {"test-train": 10, "test-val": 10, "val-train": 5, "test-test": 10}, 0.95, 16, 12)
+    summary = summarise(back, {"test-train": (10, 50), "test-val": (10, 50), "val-train": (5, 25),
+                               "test-test": (10, 40)}, {"threshold": 0.85})
     assert summary["test_with_near_copy_in_train"] == 1 and summary["test_removed"] == 2
-    assert summary["pairs"]["test-train"] == {"searched": 10, "candidates": 2, "confirmed": 1, "images": 1}
+    assert summary["threshold"] == 0.85
+    assert summary["pairs"]["test-train"] == {"searched": 10, "candidates": 50, "checked": 2, "confirmed": 1,
+                                              "mirrored": 0, "images": 1}
+    assert summary["pairs"]["test-val"]["mirrored"] == 1
     assert summary["pairs"]["test-test"]["images"] == 2  # both images of a pair within test
     (tmp_path / "bad.csv").write_text("split_pair,id\ntest-train,a\n")
     with pytest.raises(PipelineError, match="columns"):
+        read_pairs(tmp_path / "bad.csv")
+    (tmp_path / "bad.csv").write_text(",".join(FIELDS) + "\ntest-train,a,b,1,0.9,0.9,maybe,true\n")
+    with pytest.raises(PipelineError, match="line 2: not a pair"):
         read_pairs(tmp_path / "bad.csv")
     with pytest.raises(FileNotFoundError, match="run the leakage stage"):
         read_pairs(tmp_path / "none.csv")
@@ -166,10 +164,11 @@ def test_pairs_table_round_trip_and_near_copies(tmp_path):
 @pytest.mark.parametrize("bad, message", [
     ({"threshold": 0}, "leakage.threshold: Input should be greater than 0"),
     ({"threshold": 1.2}, "leakage.threshold: Input should be less than or equal to 1 (got 1.2)"),
-    ({"pixel_size": 1}, "leakage.pixel_size: Input should be greater than or equal to 2"),
-    ({"pixel_tolerance": -1}, "leakage.pixel_tolerance: Input should be greater than or equal to 0"),
+    ({"neighbours": 0}, "leakage.neighbours: Input should be greater than or equal to 1"),
+    ({"min_cosine": 1}, "leakage.min_cosine: Input should be less than 1"),
+    ({"pixel_size": 8}, "leakage.pixel_size: Input should be greater than or equal to 16"),
     ({"block_rows": 0}, "leakage.block_rows: Input should be greater than 0"),
-    ({"treshold": 0.9}, "leakage.treshold: Extra inputs are not permitted"),
+    ({"pixel_tolerance": 12}, "leakage.pixel_tolerance: Extra inputs are not permitted"),
 ])
 def test_leakage_params_are_validated(bad, message):
     with pytest.raises(ConfigError) as err:
@@ -185,19 +184,11 @@ def test_params_yaml_shows_the_leakage_defaults():
 
 
 # -- the stage on real images and features -----------------------------------------------------------
-PLANTED = {  # test image -> what it is a copy of
-    "test/cat/planted-copy.jpg": "a training cat, byte for byte",
-    "test/airplane/planted-recoded.jpg": "a training airplane, JPEG re-encoded at quality 75",
-    "test/ship/planted-val.jpg": "a validation ship, byte for byte",
-    "test/ship/zz-copy.jpg": "another test ship, byte for byte",
-}
-
-
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
-    """3 CIFAR-10 classes (6 train, 3 test images each), with near-copies planted into the test folder,
-    and a mirrored training cat (the same picture for the features, other pixels); pooled features of the
-    real EfficientNet-Lite0 (the default backbone, ImageNet weights), then the leakage stage."""
+    """3 CIFAR-10 classes (6 train, 3 test images each), with near-copies planted into the test folder:
+    byte for byte, re-encoded, moved and rescaled, mirrored; pooled features of the real
+    EfficientNet-Lite0 (the default backbone, ImageNet weights), then the leakage stage."""
     from pipeline.stages import extract, leakage, prepare
 
     root = tmp_path_factory.mktemp("leakage")
@@ -208,10 +199,13 @@ def planted(tmp_path_factory):
     prepare.run(params, root / "splits.json")  # which training images land in val (the test images do not matter)
     splits = json.loads((root / "splits.json").read_text())["splits"]
     train, val = splits["train"]["keys"], splits["val"]["keys"]
-    cat, airplane = next(k for k in train if "/cat/" in k), next(k for k in train if "/airplane/" in k)
+    cat = next(k for k in train if "/cat/" in k)
+    airplane, airplane2 = [k for k in train if "/airplane/" in k][:2]
     ship = next(k for k in val if "/ship/" in k)
     shutil.copy(images / cat, images / "test/cat/planted-copy.jpg")
-    Image.open(images / airplane).save(images / "test/airplane/planted-recoded.jpg", quality=75)
+    Image.open(images / airplane).save(images / "test/airplane/planted-recoded.jpg", quality=40)
+    moved = _moved(np.asarray(Image.open(images / airplane2).convert("RGB")), 1.08, 3, -2)
+    Image.fromarray(moved).save(images / "test/airplane/planted-moved.jpg", quality=90)
     shutil.copy(images / ship, images / "test/ship/planted-val.jpg")
     shutil.copy(images / "test/ship/0000.jpg", images / "test/ship/zz-copy.jpg")
     Image.open(images / cat).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(images / "test/cat/planted-mirror.jpg",
@@ -220,39 +214,35 @@ def planted(tmp_path_factory):
     assert json.loads((root / "splits.json").read_text())["splits"]["val"]["keys"] == val
     extract.run(params, root / "splits.json", root / "pooled.h5", progress=False)
     summary = leakage.run(params, root / "pooled.h5", root / "splits.json", root / "out", device="cpu")
-    with open(root / "out" / "pairs.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    return {"summary": summary, "rows": rows, "out": root / "out", "sources": {
-        "test/cat/planted-copy.jpg": cat, "test/airplane/planted-recoded.jpg": airplane,
-        "test/ship/planted-val.jpg": ship, "test/ship/zz-copy.jpg": "test/ship/0000.jpg"}, "params": params}
+    return {"summary": summary, "pairs": read_pairs(root / "out" / "pairs.csv"), "out": root / "out",
+            "params": params, "sources": {"cat": cat, "airplane": airplane, "airplane2": airplane2, "ship": ship}}
 
 
 def test_planted_near_copies_are_found_and_confirmed(planted):
-    confirmed = {(r["split_pair"], r["id"], r["nearest_id"]) for r in planted["rows"] if r["confirmed"] == "true"}
     src = planted["sources"]
+    confirmed = {(p.split_pair, p.id, p.nearest_id, p.mirrored) for p in planted["pairs"] if p.confirmed}
     assert confirmed == {
-        ("test-train", "test/cat/planted-copy.jpg", src["test/cat/planted-copy.jpg"]),
-        ("test-train", "test/airplane/planted-recoded.jpg", src["test/airplane/planted-recoded.jpg"]),
-        ("test-val", "test/ship/planted-val.jpg", src["test/ship/planted-val.jpg"]),
-        ("test-test", "test/ship/0000.jpg", "test/ship/zz-copy.jpg"),
+        ("test-train", "test/cat/planted-copy.jpg", src["cat"], False),
+        ("test-train", "test/airplane/planted-recoded.jpg", src["airplane"], False),
+        ("test-train", "test/airplane/planted-moved.jpg", src["airplane2"], False),
+        ("test-train", "test/cat/planted-mirror.jpg", src["cat"], True),
+        ("test-val", "test/ship/planted-val.jpg", src["ship"], False),
+        ("test-test", "test/ship/0000.jpg", "test/ship/zz-copy.jpg", False),
+        ("test-test", "test/cat/planted-copy.jpg", "test/cat/planted-mirror.jpg", True),  # two copies of one cat
     }
-    by_id = {(r["split_pair"], r["id"]): r for r in planted["rows"]}
-    exact = by_id["test-train", "test/cat/planted-copy.jpg"]
-    assert float(exact["cosine"]) > 0.9999 and float(exact["pixel_distance"]) == 0
-    recoded = by_id["test-train", "test/airplane/planted-recoded.jpg"]
-    assert 0 < float(recoded["pixel_distance"]) <= planted["params"].leakage.pixel_tolerance
-    # every listed pair is at or above the threshold; the unrelated test images are not confirmed
-    assert all(float(r["cosine"]) >= planted["params"].leakage.threshold for r in planted["rows"])
-    assert not {r["id"] for r in planted["rows"] if r["confirmed"] == "true"} & {
-        f"test/{c}/000{i}.jpg" for c in ("airplane", "cat") for i in range(3)}
-    # the mirrored cat: the features call it the same picture, the pixels do not
-    mirror = by_id.get(("test-train", "test/cat/planted-mirror.jpg"))
-    assert mirror is None or (mirror["confirmed"] == "false" and float(mirror["pixel_distance"]) > 20)
+    exact = next(p for p in planted["pairs"] if p.id == "test/cat/planted-copy.jpg" and p.split_pair == "test-train")
+    assert exact.cosine > 0.9999 and exact.match > 0.9999 and exact.rank == 1
+    # every other pair the pixel check looked at is rejected, clearly
+    threshold = planted["params"].leakage.threshold
+    assert all(p.match < threshold - 0.05 for p in planted["pairs"] if not p.confirmed)
     summary = json.loads((planted["out"] / "summary.json").read_text())
     assert summary == planted["summary"]
-    assert summary["test_with_near_copy_in_train"] == 2 and summary["test_removed"] == 3
-    assert summary["pairs"]["test-train"]["searched"] == 14 and summary["pairs"]["val-train"]["searched"] == 6
-    assert summary["pairs"]["test-test"]["confirmed"] == 1 and summary["pairs"]["test-test"]["images"] == 2
+    assert summary["test_with_near_copy_in_train"] == 4 and summary["test_removed"] == 5
+    test_train = summary["pairs"]["test-train"]
+    assert test_train["searched"] == 15 and test_train["mirrored"] == 1
+    assert test_train["checked"] < test_train["candidates"] <= 15 * planted["params"].leakage.neighbours
+    assert summary["pairs"]["val-train"]["searched"] == 6
+    assert summary["pairs"]["test-test"]["confirmed"] == 2 and summary["pairs"]["test-test"]["images"] == 4
     assert Image.open(planted["out"] / "pairs.png").size[0] > 400
     assert sorted(p.name for p in planted["out"].iterdir()) == ["pairs.csv", "pairs.png", "summary.json"]
 
@@ -277,12 +267,12 @@ def test_compare_scores_every_head_without_the_near_copies(tmp_path):
     ids = [f"test/{i}.jpg" for i in range(10)]
     a = _evaluated(tmp_path / "a", "a", {i: n < 7 for n, i in enumerate(ids)})  # right on 0-6
     b = _evaluated(tmp_path / "b", "b", {i: n % 2 == 0 for n, i in enumerate(ids)})  # right on 0, 2, 4, 6, 8
-    pairs = [Pair("test-train", ids[0], "train/0.jpg", 0.99, 0.5, True),
-             Pair("test-val", ids[8], "train/5.jpg", 0.98, 2.0, True),
-             Pair("test-train", ids[9], "train/1.jpg", 0.99, 1.0, True),
-             Pair("test-train", ids[1], "train/2.jpg", 0.97, 60.0, False),  # the pixels differ: kept
-             Pair("test-test", ids[2], ids[3], 0.99, 0.0, True),  # within test: kept
-             Pair("val-train", "train/5.jpg", "train/6.jpg", 0.99, 0.0, True)]
+    pairs = [Pair("test-train", ids[0], "train/0.jpg", 1, 0.99, 0.99, False, True),
+             Pair("test-val", ids[8], "train/5.jpg", 2, 0.98, 0.95, True, True),
+             Pair("test-train", ids[9], "train/1.jpg", 1, 0.99, 0.97, False, True),
+             Pair("test-train", ids[1], "train/2.jpg", 1, 0.97, 0.60, False, False),  # the pixels differ: kept
+             Pair("test-test", ids[2], ids[3], 1, 0.99, 1.0, False, True),  # within test: kept
+             Pair("val-train", "train/5.jpg", "train/6.jpg", 1, 0.99, 1.0, False, True)]
     write_pairs(pairs, tmp_path / "pairs.csv")
     rows = compare.run([a, b], tmp_path / "comparison", tmp_path / "pairs.csv")
     clean = {r["name"]: r["test_without_near_copies"] for r in rows}
@@ -299,6 +289,36 @@ def test_compare_scores_every_head_without_the_near_copies(tmp_path):
     assert [(r["test_without_near_copies"]["top1"], r["test_without_near_copies"]["removed"]) for r in rows] == [
         (0.7, 0), (0.5, 0)]
     # pairs of other test images than those evaluated: stale
-    write_pairs([Pair("test-train", "test/other.jpg", "train/0.jpg", 0.99, 0.0, True)], tmp_path / "stale.csv")
+    write_pairs([Pair("test-train", "test/other.jpg", "train/0.jpg", 1, 0.99, 1.0, False, True)],
+                tmp_path / "stale.csv")
     with pytest.raises(PipelineError, match="re-run the leakage and evaluate stages"):
         compare.run([a, b], tmp_path / "comparison", tmp_path / "stale.csv")
+
+
+# -- the planted benchmark, small ---------------------------------------------------------------------
+def test_planted_benchmark_small(tmp_path):
+    """benchmarks/leakage_recall.py on 3 classes of 30 real CIFAR-10 training images (and 6 airplanes on a
+    plain sky): one copy per family
+    (and one combined), four hard negatives (two on a plain background), real features: every copy found and
+    confirmed, no negative confirmed; the mirrored copy is not one for the unaligned grey correlation."""
+    import importlib.util
+
+    from tests.conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("leakage_recall", ROOT / "benchmarks" / "leakage_recall.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    source = write_cifar_folder(tmp_path / "cifar", ["airplane", "cat", "ship"], {"train": 30})
+    plain = [f"train/airplane/{n}.jpg" for n in ("0115", "0207", "0225", "0249", "0302", "0449")]  # sky only
+    for key, raw in _cifar_bytes(*plain).items():
+        (source / key).write_bytes(raw)
+    result = bench.main(["--source", str(source), "--per-family", "1", "--negatives", "4", "--plain", "2",
+                         "--base", "30", "--work", str(tmp_path / "work")])
+    truth = result["truth"]
+    assert sum(t["kind"] == "copy" for t in truth.values()) == len(bench.PLANTED) == 8
+    assert sum(t["kind"] == "plain" for t in truth.values()) == 2
+    row = bench.recall_table(result, "match (the stage)", result["threshold"])
+    assert row == {**{family: 1.0 for family in bench.PLANTED}, "negative": 0.0, "plain": 0.0}
+    mirror = next(k for k, t in truth.items() if t["family"] == "mirror" and t["kind"] == "copy")
+    scores = result["per_image"]
+    assert scores["grey correlation, unaligned"][mirror] < 0.9 < scores["match (the stage)"][mirror]

@@ -169,7 +169,7 @@ def test_dvc_repro_then_each_change_reruns_only_what_it_touches(tmp_path):
     assert {"curves"} <= after("+curves.heads.knn.knn.k=3") <= {"curves", "report"}  # + adds a key
     # a setting of the leakage search: that stage (and compare and mistakes, when the pairs it finds change);
     # its block size: nothing
-    rerun = after("leakage.pixel_size=8")
+    rerun = after("leakage.pixel_size=24")
     assert "leakage" in rerun and rerun <= {"leakage", "compare", "mistakes", "report"}
     assert after("leakage.block_rows=7") == set()
     # a compared head's setting: only that head's stages, seeds, compare and mistakes

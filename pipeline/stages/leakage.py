@@ -1,13 +1,13 @@
 """Stage leakage (data side): near-copies between the splits, found on the pooled features, confirmed on the pixels.
 
-For every test image its nearest training image, validation image and other test image, and for every
-validation image its nearest training image, by cosine similarity of the cached pooled features
-(exact, in blocks: :func:`pipeline.leakage.nearest_neighbours`). The pairs at or above
-``leakage.threshold`` are candidates; the images of each candidate are read from the dataset and
-compared at ``leakage.pixel_size`` pixels a side, which confirms it or not. Writes, as one set,
-evaluation/leakage/pairs.csv (every candidate), summary.json (counts, a DVC metric) and pairs.png (the
-closest pairs of each split pair, side by side). It reads images, so it is data side: no head-side
-module imports it; the compare stage reads only the ids in pairs.csv.
+For every test image its ``leakage.neighbours`` nearest training images, validation images and other test
+images, and for every validation image its nearest training images, by cosine similarity of the cached
+pooled features (exact, in blocks: :func:`pipeline.leakage.search`). The images of these candidates are
+read from the dataset and aligned in grey at ``leakage.pixel_size`` pixels (:func:`pipeline.leakage.match`),
+which confirms a pair or not. Writes, as one set, evaluation/leakage/pairs.csv (every candidate checked
+at full size), summary.json (counts) and pairs.png (the test pairs nearest the threshold on both sides).
+It reads images, so it is data side: no head-side module imports it; the compare stage reads only the
+ids in pairs.csv.
 """
 
 from __future__ import annotations
@@ -15,51 +15,87 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 
 from pipeline import layout
-from pipeline.config import Params
+from pipeline.config import LeakageParams, Params
 from pipeline.errors import BadImageError, DatasetError
 from pipeline.features import FeatureStore, expected_spec
 from pipeline.fileutil import atomic_files, write_json
-from pipeline.leakage import (candidates, check_pixels, pairs_of, plot_pairs, search, small_grey, split_pair_name,
+from pipeline.leakage import (Pair, candidates, check_pairs, grey_square, plot_pairs, search, split_pair_name,
                               summarise, write_pairs)
 
-SHOWN = 8
-"""Closest pairs of each split pair in the picture, above the threshold or not."""
+SHOWN = 24
+"""Test pairs (against train or val) in the picture on each side of the threshold: the confirmed ones with
+the lowest match, the rejected ones with the highest."""
 THUMBNAIL = 96
 """Largest side of an image in the picture, in pixels."""
 
 
-def read_images(source_location: str, keys: Iterable[str], size: int,
-                thumbnails: Iterable[str] = ()) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Decode the images ``keys`` of the dataset (one pass over it): (id -> the reduced grey image of the
-    pixel check, id -> an RGB thumbnail for the picture, for the ids of ``thumbnails``)."""
-    from PIL import Image
-
+def decoded(source_location: str, keys: Iterable[str]) -> Iterator[tuple[str, np.ndarray]]:
+    """(id, RGB (H, W, 3) uint8) of the images ``keys`` of the dataset, in the dataset's order (one pass)."""
     from pipeline.images import read_rgb
     from pipeline.sources import open_source
 
     source = open_source(source_location)
-    wanted, shown = set(keys) | set(thumbnails), set(thumbnails)
+    wanted = set(keys)
     order = [key for key, _, _ in source.entries() if key in wanted]
     if missing := wanted - set(order):
         raise DatasetError(f"{source_location} no longer holds {len(missing)} images of the feature file "
                            f"({sorted(missing)[:5]}): run the prepare and extract stages again (dvc repro)")
-    small, thumbs = {}, {}
     for key, raw in source.stream(order):
         try:
-            image = read_rgb(raw).permute(1, 2, 0).numpy()
+            yield key, read_rgb(raw).permute(1, 2, 0).numpy()
         except Exception as err:  # PIL raises many types for corrupt data
             raise BadImageError.of(key, source_location, f"{type(err).__name__}: {err}") from None
-        small[key] = small_grey(image, size)
-        if key in shown:
-            thumb = Image.fromarray(image)
-            thumb.thumbnail((THUMBNAIL, THUMBNAIL))
-            thumbs[key] = np.asarray(thumb)
-    return small, thumbs
+
+
+def thumbnails(source_location: str, keys: Iterable[str]) -> dict[str, np.ndarray]:
+    """id -> the image, its largest side at most :data:`THUMBNAIL` pixels, for the picture."""
+    from PIL import Image
+
+    out = {}
+    for key, image in decoded(source_location, keys):
+        thumb = Image.fromarray(image)
+        thumb.thumbnail((THUMBNAIL, THUMBNAIL))
+        out[key] = np.asarray(thumb)
+    return out
+
+
+def boundary(pairs: list[Pair], shown: int = SHOWN) -> list[tuple[str, list[Pair]]]:
+    """The test pairs against train or val nearest the threshold: the ``shown`` confirmed ones with the
+    lowest match, the ``shown`` rejected ones with the highest, each nearest the threshold first."""
+    tested = [p for p in pairs if p.split_pair in ("test-train", "test-val")]
+    confirmed = sorted((p for p in tested if p.confirmed), key=lambda p: (p.match, p.id))[:shown]
+    rejected = sorted((p for p in tested if not p.confirmed), key=lambda p: (-p.match, p.id))[:shown]
+    return [("confirmed,\nnearest the\nthreshold", confirmed), ("rejected,\nnearest the\nthreshold", rejected)]
+
+
+def find(store: FeatureStore, source: str, lk: LeakageParams, device=None) -> tuple[list[Pair], dict, dict]:
+    """Search the feature file, read the candidates' images from ``source`` and check them: (the checked
+    pairs, split pair -> (query images searched, candidates), the seconds of each step)."""
+    start = time.perf_counter()
+    ids = {s: store.ids(s) for s in store.splits}
+    found = search(store, lk.neighbours, lk.block_rows, device)
+    seconds = {"search": time.perf_counter() - start}
+    listed, searched = [], {}
+    for (query, base), neighbours in found.items():
+        name = split_pair_name(query, base)
+        mine = candidates(ids[query], ids[base], neighbours, name, lk.min_cosine)
+        listed += mine
+        searched[name] = (len(ids[query]), len(mine))
+    del found
+    start = time.perf_counter()
+    grey = {key: grey_square(image, lk.pixel_size)
+            for key, image in decoded(source, {k for p in listed for k in (p.id, p.nearest_id)})}
+    seconds["reading"] = time.perf_counter() - start
+    start = time.perf_counter()
+    checked = check_pairs(listed, grey, lk.threshold)
+    checked.sort(key=lambda p: (p.split_pair, -p.match, p.id, p.nearest_id))
+    seconds["pixel check"] = time.perf_counter() - start
+    return checked, searched, seconds
 
 
 def run(params: Params, features_path: str | Path, splits_path: str | Path, out_dir: str | Path = layout.LEAKAGE,
@@ -69,37 +105,30 @@ def run(params: Params, features_path: str | Path, splits_path: str | Path, out_
 
     lk = params.leakage
     start = time.perf_counter()
+    source = Splits.load(splits_path).source
     with FeatureStore(features_path) as store:
         store.check(expected_spec(params, splits_path, "pooled"))
-        ids = {s: store.ids(s) for s in store.splits}
-        found = search(store, lk.block_rows, device)
-    searched_s = time.perf_counter() - start
-    listed, shown = [], []
-    for (query, base), nearest in found.items():
-        name = split_pair_name(query, base)
-        listed += candidates(ids[query], ids[base], nearest, name, lk.threshold)
-        shown.append((name, pairs_of(ids[query], ids[base], nearest, name, limit=SHOWN)))
-    shown_ids = {k for _, pairs in shown for p in pairs for k in (p.id, p.nearest_id)}
-    small, thumbs = read_images(Splits.load(splits_path).source, {k for p in listed for k in (p.id, p.nearest_id)},
-                                lk.pixel_size, shown_ids)
-    listed = check_pixels(listed, small, lk.pixel_tolerance, lk.threshold)
-    shown = [(name, check_pixels(pairs, small, lk.pixel_tolerance, lk.threshold)) for name, pairs in shown]
-    summary = summarise(listed, {split_pair_name(q, b): len(ids[q]) for q, b in found}, lk.threshold,
-                        lk.pixel_size, lk.pixel_tolerance)
-    title = (f"closest pairs of each split pair: cosine of the pooled features ({store.spec.backbone}), pixel "
-             f"distance at {lk.pixel_size} px\ngreen: near-copy (cos >= {lk.threshold}, px <= {lk.pixel_tolerance:g}); "
-             "orange: cos above, pixels differ; grey: below the threshold")
+        backbone = store.spec.backbone
+        checked, searched, seconds = find(store, source, lk, device)
+    summary = summarise(checked, searched, {"neighbours": lk.neighbours, "min_cosine": lk.min_cosine,
+                                            "pixel_size": lk.pixel_size, "threshold": lk.threshold})
+    shown = boundary(checked)
+    thumbs = thumbnails(source, {k for _, pairs in shown for p in pairs for k in (p.id, p.nearest_id)})
+    title = (f"test images (top) and a candidate near-copy (bottom): one of its {lk.neighbours} nearest by the pooled "
+             f"features ({backbone}), #rank, cosine\nmatch: gradient fields' cosine at the best alignment at "
+             f"{lk.pixel_size} px (M: mirrored); green: confirmed (>= {lk.threshold}), orange: rejected")
     out_dir = Path(out_dir)
     with atomic_files(out_dir) as staging:
-        write_pairs(listed, staging / layout.LEAKAGE_PAIRS.name)
+        write_pairs(checked, staging / layout.LEAKAGE_PAIRS.name)
         write_json(staging / layout.LEAKAGE_SUMMARY.name, summary)
-        plot_pairs(shown, thumbs, staging / layout.LEAKAGE_PICTURE.name, title, lk.threshold)
+        plot_pairs(shown, thumbs, staging / layout.LEAKAGE_PICTURE.name, title)
     for name, counts in summary["pairs"].items():
-        print(f"{name}: {counts['searched']} images searched, {counts['candidates']} candidates at cosine >= "
-              f"{lk.threshold}, {counts['confirmed']} confirmed by the pixels")
+        print(f"{name}: {counts['searched']} images searched, {counts['candidates']} candidates, {counts['checked']} "
+              f"aligned at full size, {counts['confirmed']} confirmed ({counts['mirrored']} mirrored)")
     print(f"test images with a near-copy in train: {summary['test_with_near_copy_in_train']}; in train or val "
           f"(left out of compare's second test figure): {summary['test_removed']}")
-    print(f"leakage: search {searched_s:.1f} s, all {time.perf_counter() - start:.1f} s -> {out_dir}")
+    print(f"leakage: {', '.join(f'{step} {s:.1f} s' for step, s in seconds.items())}, all "
+          f"{time.perf_counter() - start:.1f} s -> {out_dir}")
     return summary
 
 
