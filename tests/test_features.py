@@ -287,6 +287,7 @@ def test_torchrun_two_processes_give_the_single_process_features(splits, backbon
         # float32 as the reference file and the interrupted run (auto would be bfloat16 on a CPU with AMX)
         "backbone": {"name": "resnet18", "weights": None, "input_size": 32, "batch_size": 4, "commit_rows": 8,
                      "precision": "float32"},
+        "data": {"decode": "full"},  # as run() above records it: the same settings, so the ranks resume its part
     }))
     out = tmp_path / "data" / "features" / "pooled.h5"
     assert interrupt_run(1, splits, backbone, out, monkeypatch) == [("train", 0)]
