@@ -295,12 +295,13 @@ def which_head_answer(choice: Choice, n_heads: int) -> str:
     clauses = []
     for t in choice.tests:
         evidence = f"{pct(t['top1'])}, McNemar {p_text(t['p_holm'])} after Holm's correction"
+        who = f"{t['role']} {t['name']}" if t["name"] != t["role"].split()[-1] else t["role"]  # not "the main head head"
         if not t["differs"]:
-            clauses.append(f"not distinguishable from {t['role']} {t['name']} ({evidence}, alpha {ALPHA})")
+            clauses.append(f"not distinguishable from {who} ({evidence}, alpha {ALPHA})")
         elif test["top1"] > t["top1"]:
-            clauses.append(f"above {t['role']} {t['name']} ({evidence})")
+            clauses.append(f"above {who} ({evidence})")
         else:
-            clauses.append(f"but below {t['role']} {t['name']} on the test set ({evidence}): the choice on validation "
+            clauses.append(f"but below {who} on the test set ({evidence}): the choice on validation "
                            "did not hold on test")
     main = ", the main head" if h["name"] == "head" else ""
     return (f"Use **{h['name']}** ({h['head']}{main}): it has the highest validation top-1 "
