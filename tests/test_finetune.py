@@ -253,7 +253,7 @@ def test_finetuned_head_is_evaluated_like_the_others(run):
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     assert metrics["head"] == "finetune" and metrics["test"]["n"] == 12
     assert set(metrics["test"]) == {"n", "top1", "top1_low", "top1_high", "mean_class_accuracy", "mean_class_low",
-                                    "mean_class_high", "ece", "on"}
+                                    "mean_class_high", "ece", "ece_calibrated", "on"}  # ece_calibrated: a temperature fitted on val
     assert metrics["val"]["on"] == "val"  # the fine-tuned top trains on train only
     head, meta = load_head(out / "top.npz")
     assert len(head.fitted.epoch_seconds) == 2 and meta["features"]["cut"] == "layer4"
