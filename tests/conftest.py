@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,25 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+"""Headless Chromium, for the pages the project writes (.ci/run installs it; the tests that need it skip
+without it)."""
+
+
+def chromium_dom(page: Path, profile: Path, screenshot: Path | None = None, height: int = 2200) -> str:
+    """The DOM of ``page`` after headless Chromium ran its scripts, with every host name unresolvable (no
+    network: nothing can load from a server); with ``screenshot``, also a PNG of it, 1280 px wide."""
+    import subprocess
+
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+             "--virtual-time-budget=10000", "--host-resolver-rules=MAP * ~NOTFOUND", "--hide-scrollbars"]
+    if screenshot is not None:
+        subprocess.run([*flags, f"--window-size=1280,{height}", f"--screenshot={screenshot}", page.as_uri()],
+                       capture_output=True, timeout=120, check=True)
+    result = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
 CIFAR_ARCHIVE = ROOT / "data" / "cifar10-jpeg.tar.gz"
 
 

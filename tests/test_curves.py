@@ -27,7 +27,7 @@ from pipeline.heads.base import FeatureNormalizer
 from pipeline.heads.linear import c_from_l2
 from pipeline.stages import curves as curves_stage
 from pipeline.stages import evaluate, train
-from tests.conftest import ROOT, small_pooled_cache, with_section
+from tests.conftest import CHROMIUM, ROOT, chromium_dom, small_pooled_cache, with_section
 
 CLASSES = ["airplane", "cat", "ship", "truck"]
 RAW = {  # 40 training images per class (30 train + 10 val), 15 test images per class
@@ -331,21 +331,11 @@ def test_the_default_params_are_the_shipped_ones():
 
 
 # -- the plots page, rendered offline ------------------------------------------------------------------
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def render(page: Path, profile: Path, screenshot: Path | None = None) -> str:
-    """The DOM of ``page`` after headless Chromium ran its scripts, with every host name unresolvable
-    (no network: a script from a CDN cannot load)."""
-    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-             "--virtual-time-budget=10000", "--host-resolver-rules=MAP * ~NOTFOUND", "--hide-scrollbars"]
-    if screenshot is not None:
-        subprocess.run([*flags, "--window-size=1280,2200", f"--screenshot={screenshot}", page.as_uri()],
-                       capture_output=True, timeout=120, check=True)
-    result = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout
+    """The DOM of ``page`` after headless Chromium ran its scripts, offline."""
+    return chromium_dom(page, profile, screenshot)
 
 
 def charts(dom: str) -> dict[str, bool]:

@@ -8,7 +8,6 @@ import json
 import math
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +17,8 @@ from scipy.stats import binomtest
 
 from pipeline import layout
 from pipeline.report import seconds_text
-from tests.conftest import with_section
+from tests.conftest import CHROMIUM, chromium_dom, with_section
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 QUICK_CURVE = {"shots": [2, 4], "draws": 1, "min_steps": 4}
 
 
@@ -344,16 +342,11 @@ def probe(page: Path, profile: Path, screenshot: Path | None = None) -> dict:
     return which images loaded and which requests the page made."""
     probed = page.with_name(page.stem + ".probed.html")
     probed.write_text(page.read_text().replace("</body>", PROBE + "</body>"))
-    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-             "--virtual-time-budget=10000", "--host-resolver-rules=MAP * ~NOTFOUND", "--hide-scrollbars"]
     if screenshot is not None:
-        subprocess.run([*flags, "--window-size=1280,4000", f"--screenshot={screenshot}", page.as_uri()],
-                       capture_output=True, timeout=120, check=True)
-    result = subprocess.run([*flags, "--dump-dom", probed.as_uri()], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    found = re.search(r'<pre id="probe">(.*?)</pre>', result.stdout, flags=re.S)
-    assert found, result.stdout[-2000:]
+        chromium_dom(page, profile, screenshot, height=4000)
+    dom = chromium_dom(probed, profile)
+    found = re.search(r'<pre id="probe">(.*?)</pre>', dom, flags=re.S)
+    assert found, dom[-2000:]
     return json.loads(found.group(1).replace("&quot;", '"'))
 
 
