@@ -48,12 +48,19 @@ def reduced_to(geometry: ImageGeometry, decode: str) -> int | None:
 
 
 def read_rgb(raw: object, cover: int | None = None):
-    """Bytes (any format PIL reads) or a PIL image -> uint8 tensor (3, H, W), RGB, stored (H, W, 3);
-    turned upright by its EXIF orientation, 16-bit values scaled to 8 bits. With ``cover``, a JPEG is
-    decoded at the smallest DCT scale (1/2, 1/4, 1/8) whose short side is still at least ``cover``
-    pixels (libjpeg's scaled decoding: the entropy decoding stays, the inverse DCT and colour conversion
-    shrink); other formats, and JPEGs not twice that size, are decoded at full size."""
+    """Bytes (any format PIL reads) or a PIL image -> uint8 tensor (3, H, W), RGB, stored (H, W, 3): the
+    image of :func:`open_rgb` (``cover`` as there)."""
     import torch
+
+    return torch.from_numpy(np.array(open_rgb(raw, cover))).permute(2, 0, 1)
+
+
+def open_rgb(raw: object, cover: int | None = None):
+    """Bytes (any format PIL reads) or a PIL image -> an RGB PIL image, turned upright by its EXIF
+    orientation, 16-bit values scaled to 8 bits (no torch: the pictures of the mistakes use it too). With
+    ``cover``, a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) whose short side is still at
+    least ``cover`` pixels (libjpeg's scaled decoding: the entropy decoding stays, the inverse DCT and
+    colour conversion shrink); other formats, and JPEGs not twice that size, are decoded at full size."""
     from PIL import Image, ImageOps
 
     if isinstance(raw, Exception):  # the source could not read the file
@@ -65,8 +72,7 @@ def read_rgb(raw: object, cover: int | None = None):
         raise BadImageError(f"too large to decode safely ({err}); Pillow's limit is PIL.Image.MAX_IMAGE_PIXELS") from None
     if cover is not None:
         draft(image, cover)
-    image = _to_8_bits(ImageOps.exif_transpose(image))
-    return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
+    return _to_8_bits(ImageOps.exif_transpose(image)).convert("RGB")
 
 
 def draft(image, cover: int) -> None:

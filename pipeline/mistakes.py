@@ -143,11 +143,7 @@ def head_mistakes(role: str, config: str, evaluation_dir: str | Path, classes: l
 def load_thumbnails(splits: Splits, ids: set[str], size: int = THUMBNAIL) -> dict[str, np.ndarray]:
     """The test images ``ids`` as uint8 arrays (H, W, 3), at most ``size`` pixels on a side, read from the
     source of ``splits`` in one pass (in the source's order)."""
-    import io
-
-    from PIL import Image, ImageOps
-
-    from pipeline.images import _to_8_bits
+    from pipeline.images import open_rgb
 
     keys = splits.splits["test"].keys
     missing = sorted(ids - set(keys))
@@ -157,12 +153,7 @@ def load_thumbnails(splits: Splits, ids: set[str], size: int = THUMBNAIL) -> dic
     position = {k: i for i, k in enumerate(keys)}
     out = {}
     for key, raw in open_source(splits.source).stream(sorted(ids, key=position.__getitem__)):
-        if isinstance(raw, Exception):  # the source could not read the file
-            raise raw
-        image = Image.open(io.BytesIO(raw))
-        image.draft("RGB", (size, size))  # a JPEG decodes at the smallest scale that still covers the thumbnail
-        image = ImageOps.exif_transpose(image)
-        image = _to_8_bits(image).convert("RGB")
+        image = open_rgb(raw, cover=size)  # a large JPEG decodes at the smallest scale that still covers the thumbnail
         image.thumbnail((size, size))
         out[key] = np.asarray(image)
     return out
