@@ -35,8 +35,8 @@ LEAKAGE_PAIRS = LEAKAGE / "pairs.csv"
 LEAKAGE_SUMMARY = LEAKAGE / "summary.json"
 LEAKAGE_PICTURE = LEAKAGE / "pairs.png"
 SEEDS = EVALUATION / "seeds"
-"""Stem of the spread over seeds: per configuration, test top-1 per seed, mean and sd (.json,
-read by compare) and the table (.md)."""
+"""Stem of the spread over seeds, written by compare from every seed's fits: per configuration, test top-1
+per seed, mean and sd (.json, read by the report) and the table (.md)."""
 LIVE = EVALUATION / "live"
 """Training curves written by DVCLive, one folder per head configuration (see :func:`live_dir`)."""
 
@@ -83,6 +83,15 @@ heads/ and finetune/ folders."""
 TOP1 = EVALUATION / "top1.json"
 """The DVC metric (written by compare): the test top-1 of every trained head, keyed by its name, so that
 ``dvc metrics show`` is one line and ``dvc exp show`` has one short column per head."""
+
+
+SEED_FITS = SUMMARY / "seeds"
+"""One file per seed of seeds.values (stage seeds@<seed>): that seed's fits, each scored on the test split.
+Inside the summary folder, which compare depends on, so that no seed (the default) needs no folder."""
+
+
+def seed_fits_file(seed: int) -> Path:
+    return SEED_FITS / f"{seed}.json"
 
 
 def summary_file(key: str) -> Path:

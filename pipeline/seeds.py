@@ -19,8 +19,9 @@ or the backbone. The protocol (docs/seeds.md):
 
 from __future__ import annotations
 
+import json
 import statistics
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -66,25 +67,34 @@ class SeedFit:
     n_train: int
 
 
-def seed_fits(stores: dict[str, FeatureStore], configs: list[HeadConfig], seeds: SeedsParams, val_fraction: float,
+def seed_fits(stores: dict[str, FeatureStore], configs: list[HeadConfig], seed: int, splits: bool, val_fraction: float,
               log: Callable[[str], None] = print) -> list[SeedFit]:
-    """Fit every configuration with every seed (on re-carved splits when ``seeds.splits``); ``stores``:
-    the open feature file of each input a configuration reads (``pooled``, ``cut``)."""
+    """Fit every configuration with ``seed`` (on a re-carved split when ``splits``); ``stores``: the open
+    feature file of each input a configuration reads (``pooled``, ``cut``)."""
     fits = []
     for config in configs:
         store = stores[config.params.input]
-        for seed in seeds.values:
-            data = recarve(store, val_fraction, seed) if seeds.splits else store
-            fitted = fit_and_score(build_head(config, seed=seed), data, scored_on=store)
-            fit = SeedFit(config.key, config.kind, seed, fitted.top1["test"], fitted.fit_seconds, data.n_rows("train"))
-            log(f"{config.key} ({config.kind}) seed {seed}: test top-1 {fit.top1:.4f}, fitted in {fit.fit_seconds:.1f} s")
-            fits.append(fit)
+        data = recarve(store, val_fraction, seed) if splits else store
+        fitted = fit_and_score(build_head(config, seed=seed), data, scored_on=store)
+        fit = SeedFit(config.key, config.kind, seed, fitted.top1["test"], fitted.fit_seconds, data.n_rows("train"))
+        log(f"{config.key} ({config.kind}) seed {seed}: test top-1 {fit.top1:.4f}, fitted in {fit.fit_seconds:.1f} s")
+        fits.append(fit)
     return fits
+
+
+def write_fits(fits: list[SeedFit], path: str | Path) -> None:
+    """One seed's fits (the file of stage seeds@<seed>)."""
+    write_json(path, [asdict(f) for f in fits])
+
+
+def read_fits(path: str | Path) -> list[SeedFit]:
+    return [SeedFit(**f) for f in json.loads(Path(path).read_text())]
 
 
 def summarise(fits: list[SeedFit], seeds: SeedsParams, val_fraction: float) -> dict:
     """What seeds.json holds: per configuration, the test top-1 of each seed, their mean, standard
-    deviation (ddof = 1), smallest and largest, and the fit times."""
+    deviation (ddof = 1), smallest and largest, and the fit times (``fits``: every seed's, in the order of
+    ``seeds.values``)."""
     out: dict = {"seeds": list(seeds.values), "splits": seeds.splits, "configurations": {}}
     if seeds.splits:
         out["val_fraction"] = val_fraction

@@ -24,16 +24,11 @@ CODE = {  # stage -> the modules it runs: its entry point, and the head implemen
     "prepare": ["pipeline.stages.prepare"],
     "weights": ["pipeline.stages.weights"],
     "extract": ["pipeline.stages.extract"],
-    "train": ["pipeline.stages.train", *POOLED_HEADS],
-    "train-heads": ["pipeline.stages.train", *POOLED_HEADS],
-    "evaluate": ["pipeline.stages.evaluate", *POOLED_HEADS],
-    "evaluate-heads": ["pipeline.stages.evaluate", *POOLED_HEADS],
-    "finetune": ["pipeline.stages.train", "pipeline.heads.finetune"],
-    "evaluate-finetune": ["pipeline.stages.evaluate", "pipeline.heads.finetune"],
+    "train": ["pipeline.stages.train", "pipeline.stages.evaluate", *POOLED_HEADS],
+    "train-heads": ["pipeline.stages.train", "pipeline.stages.evaluate", *POOLED_HEADS],
+    "finetune": ["pipeline.stages.train", "pipeline.stages.evaluate", "pipeline.heads.finetune"],
     "leakage": ["pipeline.stages.leakage"],
     "seeds": ["pipeline.stages.seeds", *POOLED_HEADS, "pipeline.heads.finetune"],
-    "compare": ["pipeline.stages.compare"],
-    "mistakes": ["pipeline.stages.mistakes"],
     "curves": ["pipeline.stages.curves", *POOLED_HEADS],
     "weights-backbone": ["pipeline.stages.weights"],
     "extract-backbone": ["pipeline.stages.extract"],
@@ -42,7 +37,7 @@ CODE = {  # stage -> the modules it runs: its entry point, and the head implemen
     "plan-backbones": ["pipeline.stages.compare_backbones"],
     "compare-backbones": ["pipeline.stages.compare_backbones"],
     "curves-finetune": ["pipeline.stages.curves_finetune", "pipeline.heads.finetune"],
-    "report": ["pipeline.stages.report"],
+    "report": ["pipeline.stages.compare", "pipeline.stages.mistakes", "pipeline.stages.report"],
 }
 DVC_YAML = ROOT / "dvc.yaml"
 _STAGE = re.compile(r"^  ([A-Za-z0-9_-]+):\s*$")

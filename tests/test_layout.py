@@ -36,13 +36,17 @@ def test_every_stage_lists_exactly_the_code_it_runs(stages):
 
 
 def test_the_head_side_does_not_run_the_backbone_or_the_image_code():
-    """The f/g rule on the import graph: the pooled heads' stages and compare never reach the frozen backbone,
-    the images, the sources or the leakage stage (compare reads only ids from its pairs.csv); a fine-tuned
-    head reaches the backbone module, for its top only."""
+    """The f/g rule on the import graph: the pooled heads' stages, compare and the report page never reach the
+    frozen backbone, the images, the sources or the leakage stage (compare reads only ids from its pairs.csv);
+    a fine-tuned head reaches the backbone module, for its top only. The report stage's mistakes command is
+    the data side (it reads the test images it pictures)."""
     data_side = {"pipeline.backbones", "pipeline.images", "pipeline.sources", "pipeline.extract",
                  "pipeline.preprocessing", "pipeline.stages.leakage"}
-    for stage in ("train", "evaluate", "curves", "compare", "probe-backbone", "curves-backbone", "compare-backbones", "report"):
+    for stage in ("train", "curves", "probe-backbone", "curves-backbone", "compare-backbones"):
         assert not closure(*CODE[stage]) & data_side, stage
+    for command in ("pipeline.stages.compare", "pipeline.stages.report"):
+        assert not closure(command) & data_side, command
+    assert closure("pipeline.stages.mistakes") & data_side
     assert not closure("pipeline.stages.seeds", *POOLED_HEADS) & data_side  # the backbone's top: only for finetune
     assert closure("pipeline.heads.finetune") & data_side == {"pipeline.backbones", "pipeline.preprocessing"}
 
@@ -59,48 +63,45 @@ def test_dvc_yaml_uses_the_paths_of_the_layout(stages):
     assert outs("weights") == [layout.WEIGHTS.as_posix()]
     assert outs("extract") == [layout.FEATURES["pooled"].as_posix(), layout.FEATURES["cut"].as_posix()]
     for stage, key in [("train", "head"), ("train-heads", f"heads.{KEY}"), ("finetune", f"finetune.{KEY}")]:
-        live = layout.live_dir(key)
-        assert paths(stages[stage]["outs"]) == [layout.head_file(key).as_posix(), (live / layout.LIVE_METRICS).as_posix()]
-        assert "metrics" not in stages[stage], stage  # the training log is not a row of dvc metrics show
-        assert paths(stages[stage]["plots"]) == [(live / layout.LIVE_PLOTS).as_posix()], stage
-        assert stages[stage]["plots"][0][(live / layout.LIVE_PLOTS).as_posix()]["title"], stage
-        assert stages[stage]["cmd"].endswith(f"--config {key}"), stage
+        # two commands: fit the head, then evaluate the saved head
+        live, folder = layout.live_dir(key), layout.evaluation_dir(key).as_posix()
+        assert paths(stages[stage]["outs"]) == [
+            layout.head_file(key).as_posix(), (live / layout.LIVE_METRICS).as_posix(), f"{folder}/confusion.png",
+            f"{folder}/reliability.png", f"{folder}/{layout.METRICS}", layout.summary_file(key).as_posix()], stage
+        assert "metrics" not in stages[stage], stage  # compare writes the one DVC metric, every head's top-1
+        assert paths(stages[stage]["plots"]) == [(live / layout.LIVE_PLOTS).as_posix(), f"{folder}/test_predictions.csv",
+                                                 f"{folder}/per_class.csv"], stage
+        assert all(next(iter(p.values()))["title"] for p in stages[stage]["plots"]), stage
+        assert [c.split()[2:] for c in stages[stage]["cmd"]] == [
+            ["pipeline.stages.train", "--config", key], ["pipeline.stages.evaluate", "--config", key]], stage
         features = layout.FEATURES["cut" if stage == "finetune" else "pooled"].as_posix()
         assert {features, layout.SPLITS.as_posix()} <= set(paths(stages[stage]["deps"])), stage
-    for stage, key in [("evaluate", "head"), ("evaluate-heads", f"heads.{KEY}"), ("evaluate-finetune", f"finetune.{KEY}")]:
-        folder = layout.evaluation_dir(key).as_posix()
-        assert "metrics" not in stages[stage], stage  # compare writes the one DVC metric, every head's top-1
-        assert paths(stages[stage]["outs"]) == [f"{folder}/confusion.png", f"{folder}/reliability.png",
-                                                f"{folder}/{layout.METRICS}", layout.summary_file(key).as_posix()], stage
-        assert all(next(iter(p.values()))["title"] for p in stages[stage]["plots"]), stage
-        assert paths(stages[stage]["plots"]) == [f"{folder}/test_predictions.csv", f"{folder}/per_class.csv"], stage
-        assert layout.head_file(key).as_posix() in paths(stages[stage]["deps"]), stage
-        assert stages[stage]["cmd"].endswith(f"--config {key}"), stage
-    assert outs("compare") == [f"{layout.COMPARISON}.md", f"{layout.COMPARISON}.png", f"{layout.COMPARISON}.json",
-                               layout.TOP1.as_posix()]
+    report = stages["report"]
+    assert [c.split()[2] for c in report["cmd"]] == ["pipeline.stages.compare", "pipeline.stages.mistakes",
+                                                     "pipeline.stages.report"]
+    seeds = layout.SEEDS.as_posix()
+    assert outs("report") == [f"{layout.COMPARISON}.md", f"{layout.COMPARISON}.png", f"{layout.COMPARISON}.json",
+                              f"{seeds}.md", f"{seeds}.json", *(p.as_posix() for p in layout.mistakes_files().values()),
+                              f"{layout.REPORT}.md", f"{layout.REPORT}.html", f"{layout.REPORT.parent}/report_curve.png",
+                              layout.TOP1.as_posix()]
     metrics = [name for name, stage in stages.items() if "metrics" in stage]
-    assert metrics == ["compare"] and paths(stages["compare"]["metrics"]) == [layout.TOP1.as_posix()]
+    assert metrics == ["report"] and paths(report["metrics"]) == [layout.TOP1.as_posix()]
     assert outs("curves-finetune") == [layout.CURVES_FINETUNE.as_posix()]
-    assert outs("report") == [f"{layout.REPORT}.md", f"{layout.REPORT}.html", f"{layout.REPORT.parent}/report_curve.png"]
-    evaluated = {(layout.evaluation_dir("head") / layout.METRICS).as_posix(), layout.SUMMARY.as_posix()}
-    assert evaluated <= set(paths(stages["compare"]["deps"]))
+    report_deps = set(paths(report["deps"]))
+    assert {(layout.evaluation_dir("head") / layout.METRICS).as_posix(), layout.SUMMARY.as_posix(),
+            (layout.evaluation_dir("head") / layout.TEST_PREDICTIONS).as_posix(), layout.SPLITS.as_posix(),
+            "${data.source}", layout.LEAKAGE_PAIRS.as_posix()} <= report_deps
     # a folder dep is one some stage always writes into: the summary folder (the main head's), not heads/ or finetune/
-    assert not {layout.evaluation_dir("heads.x").parent.as_posix(), layout.evaluation_dir("finetune.x").parent.as_posix()} & (
-        set(paths(stages["compare"]["deps"])) | set(paths(stages["mistakes"]["deps"])))
-    assert outs("mistakes") == [p.as_posix() for p in layout.mistakes_files().values()]
-    mistakes_deps = set(paths(stages["mistakes"]["deps"]))
-    assert evaluated | {(layout.evaluation_dir("head") / layout.TEST_PREDICTIONS).as_posix(), layout.SPLITS.as_posix(),
-                        "${data.source}"} <= mistakes_deps
-    assert not {p for p in mistakes_deps if p.startswith(("data/", "models/"))} - {layout.SPLITS.as_posix()}  # no cache
-    assert stages["mistakes"]["params"] == ["mistakes", "heads", "finetune"]
+    assert not {layout.evaluation_dir("heads.x").parent.as_posix(), layout.evaluation_dir("finetune.x").parent.as_posix()} & report_deps
+    assert not {p for p in report_deps if p.startswith(("data/", "models/"))} - {layout.SPLITS.as_posix()}  # no cache
+    assert {"mistakes", "heads", "finetune", "seeds.values"} <= set(report["params"])
     leakage = [layout.LEAKAGE_PAIRS.as_posix(), layout.LEAKAGE_PICTURE.as_posix()]
     assert paths(stages["leakage"]["outs"]) == leakage + [layout.LEAKAGE_SUMMARY.as_posix()]
     assert {layout.FEATURES["pooled"].as_posix(), layout.SPLITS.as_posix(), "${data.source}"} <= set(
         paths(stages["leakage"]["deps"]))
-    assert layout.LEAKAGE_PAIRS.as_posix() in paths(stages["compare"]["deps"])
-    seeds = layout.SEEDS.as_posix()
-    assert paths(stages["seeds"]["outs"]) == [f"{seeds}.md", f"{seeds}.json"]
-    assert f"{seeds}.json" in paths(stages["compare"]["deps"])
+    assert stages["seeds"]["cmd"].endswith(f"--seed {ITEM}")  # one stage per seed of seeds.values
+    assert paths(stages["seeds"]["outs"]) == [layout.seed_fits_file(ITEM).as_posix()]
+    assert layout.seed_fits_file(ITEM).parent.parent == layout.SUMMARY  # inside the folder the report stage reads
     assert {p for p in paths(stages["seeds"]["deps"]) if p.startswith(("data/", "models/"))} == {
         *(f.as_posix() for f in layout.FEATURES.values()), layout.SPLITS.as_posix()}  # the caches only: no images
     curves = layout.CURVES.as_posix()

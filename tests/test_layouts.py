@@ -328,7 +328,7 @@ def test_dvc_repro_on_class_folders_and_a_label_file(tmp_path):
     shutil.move(tmp_path / "src" / "train", repo / "my_photos")
     commit(repo, env, "my photos: one folder per class")
     out = dvc(repo, env, "repro")
-    assert {"prepare", "extract", "train", "evaluate", "compare", "mistakes", "leakage"} <= ran(out)
+    assert {"prepare", "extract", "train", "report", "leakage"} <= ran(out)
     assert "layout: class folders (<root>/<class>/<image>); test carved: 0.25 of each class" in out, out
     metrics = json.loads((repo / "evaluation" / "metrics.json").read_text())
     assert metrics["test"]["n"] == 30 and metrics["val"]["n"] == 10  # 3 and 1 of 12 per class

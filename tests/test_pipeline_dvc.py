@@ -92,13 +92,11 @@ def test_dvc_repro_then_each_change_reruns_only_what_it_touches(tmp_path):
 
     repo, env = make_project(tmp_path, edit)
     out = dvc(repo, env, "repro")
-    assert ran(out) == {"prepare", "extract", "train", "evaluate", "train-heads@ridge", "train-heads@knn",
-                        "evaluate-heads@ridge", "evaluate-heads@knn", "finetune@top",
-                        "evaluate-finetune@top", "leakage", "seeds", "compare", "mistakes", "curves", "plan-backbones",
-                        "compare-backbones", "curves-finetune", "report"}
+    assert ran(out) == {"prepare", "extract", "train", "train-heads@ridge", "train-heads@knn", "finetune@top", "leakage",
+                        "curves", "plan-backbones", "compare-backbones", "curves-finetune", "report"}  # seeds off: no stage
     order = [line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")]
     # results early: the main head's metrics come right after the one extraction pass, before the other heads
-    assert order[order.index("extract") + 1 : order.index("extract") + 3] == ["train", "evaluate"]
+    assert order[order.index("extract") + 1] == "train"
     features, cut_cache = repo / "data" / "features" / "pooled.h5", repo / "data" / "features" / "cut.h5"
     digests = {features: sha256(features), cut_cache: sha256(cut_cache)}
     extract_lock = lock_entry(repo, "extract")
@@ -141,13 +139,13 @@ def test_dvc_repro_then_each_change_reruns_only_what_it_touches(tmp_path):
     def after(*settings: str) -> set[str]:
         return ran(dvc(repo, env, "exp", "run", *(a for s in settings for a in ("-S", s))))
 
-    # another main head: only its train and evaluate, seeds (it may repeat the main head), compare and mistakes
-    assert after("head.kind=ridge") == {"train", "evaluate", "seeds", "compare", "mistakes", "report"}
+    # another main head: only its train stage (fit, evaluate) and the report stage (compare, mistakes, report);
+    # no seed stage while seeds.values is empty
+    assert after("head.kind=ridge") == {"train", "report"}
     assert json.loads((repo / "evaluation" / "metrics.json").read_text())["head"] == "ridge"
     # two experiments, then the README's comparison command: one row per experiment, within 200 columns, with
     # the params each changed and the test top-1 of every head
-    assert after("finetune.top.epochs=2") == {"finetune@top", "evaluate-finetune@top", "seeds", "compare", "mistakes",
-                                              "curves-finetune", "report"}
+    assert after("finetune.top.epochs=2") == {"finetune@top", "curves-finetune", "report"}
     shown = dvc(repo, {**env, "COLUMNS": "400"}, *readme_exp_show()[1:], "--no-pager")
     lines = shown.splitlines()
     assert max(map(len, lines)) <= 200, shown
@@ -160,26 +158,25 @@ def test_dvc_repro_then_each_change_reruns_only_what_it_touches(tmp_path):
     assert after("head.knn.k=5") == set()
     # a setting of the learning curve: the curve only (and the report, which shows it)
     assert after("curves.draws=2") == {"curves", "report"}
-    # a setting of the pictures of the mistakes: that stage only (and the report)
-    assert after("mistakes.grid_size=4") == {"mistakes", "report"}
-    # calibrating the main head: its train and evaluate (never extract), compare and mistakes
-    assert after("head.ridge.calibrate=true") == {"train", "evaluate", "seeds", "compare", "mistakes", "report"}
+    # a setting of the pictures of the mistakes: the report stage only
+    assert after("mistakes.grid_size=4") == {"report"}
+    # calibrating the main head: its train stage (never extract) and the report stage
+    assert after("head.ridge.calibrate=true") == {"train", "report"}
     calibrated = json.loads((repo / "evaluation" / "metrics.json").read_text())
     assert calibrated["chosen"]["temperature"] > 0 and "ece_uncalibrated" in calibrated["test"]
     assert {"curves"} <= after("+curves.heads.knn.knn.k=3") <= {"curves", "report"}  # + adds a key
-    # a setting of the leakage search: that stage (and compare and mistakes, when the pairs it finds change);
+    # a setting of the leakage search: that stage (and the report stage, when the pairs it finds change);
     # its block size: nothing
     rerun = after("leakage.pixel_size=24")
-    assert "leakage" in rerun and rerun <= {"leakage", "compare", "mistakes", "report"}
+    assert "leakage" in rerun and rerun <= {"leakage", "report"}
     assert after("leakage.block_rows=7") == set()
-    # a compared head's setting: only that head's stages, seeds, compare and mistakes
-    assert after("+heads.knn.knn.k=5") == {"train-heads@knn", "evaluate-heads@knn", "seeds", "compare", "mistakes", "report"}  # + adds a key
+    # a compared head's setting: only that head's stage and the report stage
+    assert after("+heads.knn.knn.k=5") == {"train-heads@knn", "report"}  # + adds a key
     # a fine-tune setting: only that head; a new cut: the one extraction pass again (writing pooled.h5
     # byte for byte as it was, so no pooled head re-runs) and what is trained on the cut cache
-    assert after("finetune.top.lr_top=0.001") == {"finetune@top", "evaluate-finetune@top", "curves-finetune", "seeds", "compare",
-                                                  "mistakes", "report"}
-    # seeds on: the seeds stage and compare (and mistakes, which follows compare) only
-    assert after("seeds.values=[0,1]", "seeds.configurations=[heads.knn]", "seeds.splits=true") <= {"seeds", "compare", "mistakes",
+    assert after("finetune.top.lr_top=0.001") == {"finetune@top", "curves-finetune", "report"}
+    # seeds on: one stage per seed, and the report stage
+    assert after("seeds.values=[0,1]", "seeds.configurations=[heads.knn]", "seeds.splits=true") == {"seeds@0", "seeds@1",
                                                                                                      "report"}
     spread = json.loads((repo / "evaluation" / "seeds.json").read_text())["configurations"]["heads.knn"]
     assert spread["n"] == 2 and spread["n_train"] == 50
@@ -187,7 +184,7 @@ def test_dvc_repro_then_each_change_reruns_only_what_it_touches(tmp_path):
     assert lock_entry(repo, "extract") == extract_lock  # DVC's own record of extract is unchanged
     assert all(sha256(path) == digest for path, digest in digests.items())
     out = dvc(repo, env, "exp", "run", "-S", "backbone.cut=_blocks.14")
-    assert ran(out) == {"extract", "finetune@top", "evaluate-finetune@top", "curves-finetune", "seeds", "compare", "mistakes", "report"}
+    assert ran(out) == {"extract", "finetune@top", "curves-finetune", "seeds@0", "seeds@1", "report"}
     assert "cut cache at the input of _blocks.14: 120 images x 192x7x7 float16 = 0.00 GiB" in out  # said before extracting
     assert sha256(features) == digests[features]
 
@@ -240,7 +237,7 @@ def test_documented_ways_to_turn_parts_off_run(tmp_path, switch):
 
     repo, env = make_project(tmp_path, edit)
     out = dvc(repo, env, "repro")
-    assert "compare" in ran(out)
+    assert "report" in ran(out)
     with h5py.File(repo / "data" / "features" / "cut.h5") as h5:  # extract writes a placeholder cut cache
         assert list(h5) == [] and "backbone.cut is null" in h5.attrs["placeholder"]
     assert not any(s.startswith("finetune@") for s in ran(out))
@@ -251,7 +248,7 @@ def test_documented_ways_to_turn_parts_off_run(tmp_path, switch):
     shutil.rmtree(repo / "evaluation")
     shutil.rmtree(repo / "models")
     again = ran(dvc(repo, env, "repro"))
-    assert {"train", "evaluate", "compare", "mistakes", "report", "plan-backbones", "compare-backbones"} <= again
+    assert {"train", "report", "plan-backbones", "compare-backbones"} <= again
     assert "extract" not in again  # the caches were not touched
     assert (repo / "evaluation" / "report.html").exists() and (repo / "evaluation" / "top1.json").exists()
 
@@ -276,4 +273,4 @@ def test_a_checkpoint_changed_in_place_reruns_the_extraction(tmp_path):
     assert ran(dvc(repo, env, "repro")) == set()  # up to date
     torch.manual_seed(1)
     torch.save(EfficientNet.from_name("efficientnet-lite0").state_dict(), checkpoint)
-    assert {"extract", "train", "evaluate", "compare"} <= ran(dvc(repo, env, "repro"))
+    assert {"extract", "train", "report"} <= ran(dvc(repo, env, "repro"))

@@ -45,7 +45,12 @@ def with_seeds(params, **seeds):
 
 
 def run_stage(out, params, stem):
-    return seeds_stage.run(params, {"pooled": out / "pooled.h5", "cut": out / "cut.h5"}, out / "splits.json", stem)
+    """Every seeds@<seed> stage of ``params``, then compare's gathering of their files into ``stem``.json / .md."""
+    fits_dir = stem.parent / f"{stem.name}-fits"
+    for seed in params.seeds.values:
+        seeds_stage.run(params, {"pooled": out / "pooled.h5", "cut": out / "cut.h5"}, out / "splits.json", seed,
+                        fits_dir / f"{seed}.json")
+    return compare.gather_seeds(params, fits_dir, stem)
 
 
 def evaluated_top1(out, params, key: str, seed: int, tmp_path) -> float:
@@ -107,9 +112,10 @@ def test_mean_and_sd_are_numpys_and_the_outputs_say_so(cache, tmp_path):
     assert f"| mlp | mlp | {c['mean']:.4f} | {c['sd']:.4f} |" in table and "ddof = 1" in table
 
 
-def test_off_writes_a_placeholder_without_opening_a_feature_file(tmp_path):
-    summary = seeds_stage.run(parse_params({}), {"pooled": tmp_path / "none.h5", "cut": tmp_path / "none.h5"},
-                              tmp_path / "none.json", tmp_path / "seeds")
+def test_off_no_seed_stage_and_a_placeholder(tmp_path):
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert stages["seeds"]["foreach"] == "${seeds.values}"  # no value, no stage: a head swap never waits for it
+    summary = compare.gather_seeds(parse_params({}), tmp_path / "none", tmp_path / "seeds")
     assert summary == {"seeds": [], "splits": False, "configurations": {}}
     assert json.loads((tmp_path / "seeds.json").read_text()) == summary
     assert "Off: `seeds.values` is empty" in (tmp_path / "seeds.md").read_text()

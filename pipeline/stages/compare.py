@@ -1,11 +1,13 @@
-"""Stage compare: one table (Markdown) and one chart (PNG) of every evaluated head configuration.
+"""Stage report, its first command (compare): one table (Markdown) and one chart (PNG) of every evaluated head
+configuration.
 
 Each head is tested against the best one (highest test top-1) on the same test images, with the exact
 McNemar test on their test predictions (the test_predictions.csv beside each metrics.json). Beside the
 test top-1 of every head stands its top-1 on the test images that have no confirmed near-copy in the
 images heads are fitted on (train, val), read from the ids of the leakage stage's pairs.csv.
-A head that the seeds stage refit with several seeds shows their mean and standard deviation beside its
-own figure. The chart marks the head chosen on validation (highest held-out val top-1). comparison.json
+A head that the seeds stages refit with several seeds shows their mean and standard deviation beside its
+own figure: compare first gathers the fits of every seed of ``seeds.values`` (evaluation/summary/seeds/) into
+evaluation/seeds.json and seeds.md (:func:`gather_seeds`). The chart marks the head chosen on validation (highest held-out val top-1). comparison.json
 holds the rows, that choice and the exact McNemar test of every pair of heads, for the report stage. Also writes evaluation/top1.json, the DVC metric: every head's test top-1
 by name.
 """
@@ -25,6 +27,21 @@ from pipeline.fileutil import atomic_files, write_json
 from pipeline.errors import PipelineError
 from pipeline.leakage import near_copies, read_pairs
 from pipeline.metrics import chosen_on_validation, comparison_table, mcnemar_exact, plot_comparison, wilson_interval
+from pipeline.seeds import read_fits, summarise, write_outputs
+
+
+def gather_seeds(params: Params, fits_dir: str | Path = layout.SEED_FITS, stem: str | Path = layout.SEEDS) -> dict:
+    """The spread over seeds from the file of each seed of ``seeds.values`` in ``fits_dir``, written to
+    ``<stem>.json`` and ``.md`` (with no seed: a summary and a page saying it is off)."""
+    fits = []
+    for seed in params.seeds.values:
+        path = Path(fits_dir) / f"{seed}.json"
+        if not path.exists():
+            raise PipelineError(f"no fits for seed {seed} ({path}): run its stage, dvc repro seeds@{seed}")
+        fits += read_fits(path)
+    summary = summarise(fits, params.seeds, params.data.val_fraction)
+    write_outputs(summary, stem)
+    return summary
 
 
 def correct_by_id(predictions_csv: Path) -> dict[str, bool]:
@@ -99,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser(__doc__).parse_args(argv)
 
     def stage(params: Params, _) -> list[dict]:
+        gather_seeds(params)
         return run([layout.evaluation_dir(k) / layout.METRICS for k in params.head_keys()], layout.COMPARISON,
                    layout.LEAKAGE_PAIRS, layout.SEEDS.with_suffix(".json"))
 

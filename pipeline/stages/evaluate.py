@@ -1,4 +1,5 @@
-"""Stage evaluate (head side): metrics and plots of one trained head on the val and test splits.
+"""The train stages' second command, evaluate (head side): metrics and plots of one trained head on the val
+and test splits (a command of its own: a head is evaluated from its saved file, as predict and export load it).
 
 Writes, as one set (all of them or none): metrics.json (every figure of the head, each split's saying
 which images it was measured on), details.json (per-class accuracy, confusion matrices),

@@ -1,4 +1,4 @@
-"""Stage mistakes (data side): the test images the main head and the best head get wrong, in pictures.
+"""Stage report, its second command (mistakes; data side): the test images the main head and the best head get wrong, in pictures.
 
 Reads each evaluated configuration's metrics.json (to find the best head: highest test top-1, the main
 head on a tie), the test_predictions.csv of the main and the best head, and the test images by id from

@@ -1,4 +1,4 @@
-"""Stage report: one page that answers the five questions of the run (which head, how many labels, which
+"""Stage report, its last command (after compare and mistakes): one page that answers the five questions of the run (which head, how many labels, which
 backbone, how far to trust it, where it fails), each section opening with a sentence computed from the figures.
 
 Reads only the other stages' outputs (no image, no backbone, no fitting; see :mod:`pipeline.report`) and

@@ -1,4 +1,5 @@
-"""Stage train (head side): fit one head configuration on the cached features.
+"""Stage train (head side), its first command: fit one head configuration on the cached features; the second,
+evaluate (:mod:`pipeline.stages.evaluate`), scores the saved head.
 
 ``--config`` names it: ``head`` (the main head), ``heads.<name>`` or ``finetune.<name>``. Every kind is
 trained by the same call, ``head.fit_store(store)``; the head reads only the feature store. Its training
