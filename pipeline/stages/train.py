@@ -37,8 +37,6 @@ def run(params: Params, features_path: str | Path, splits_path: str | Path, head
         if config.params.calibrate:
             head.check_calibration(store, name=key)  # before a long fit
         fit_seconds = fit_and_score(head, store, splits=(), log=log).fit_seconds
-        if log is not None and log.steps == 0:  # fitted in one go: one step
-            log.step({})
         calibration = head.calibrate(store, name=key) if config.params.calibrate else {}
     head.save(head_path, metadata={"features": identity, "fit_seconds": fit_seconds, "n_train": n_train})
     shape = "x".join(map(str, identity["feature_shape"]))
