@@ -50,7 +50,8 @@ before = peak(); start = time.perf_counter()
 with FeatureStore(features) as store:
     pairs, searched, seconds = find(store, source, LeakageParams(), device="cpu")
 t = time.perf_counter()
-thumbnails(source, {k for _, shown in boundary(pairs) for p in shown for k in (p.id, p.nearest_id)})
+lk = LeakageParams()
+thumbnails(source, {k for _, shown in boundary(pairs, lk.threshold, lk.min_detail) for p in shown for k in (p.id, p.nearest_id)})
 seconds["picture's images"] = time.perf_counter() - t
 print(json.dumps({"seconds": seconds, "total": time.perf_counter() - start, "before_mib": before, "peak_mib": peak(),
                   "candidates": sum(c for _, c in searched.values()), "checked": len(pairs),

@@ -494,9 +494,13 @@ class LeakageParams(_Section):
     pixel_size: int = Field(32, ge=16, le=128)
     """Both images of a candidate are compared in grey at pixel_size x pixel_size pixels (a coarse pass
     at half that)."""
-    threshold: float = Field(0.87, gt=0, le=1)
+    threshold: float = Field(0.8, gt=0, le=1)
     """A candidate is confirmed when the cosine similarity of the two images' gradient fields, at their
-    best alignment (shifts, scales, mirror), is at least this."""
+    best alignment (shifts, scales, mirror), is at least this (and its detail at least min_detail)."""
+    min_detail: float = Field(0.75, ge=-1, le=1)
+    """... and when the cosine of their gradient directions at that alignment (faint structure counting
+    as much as outlines) is at least this: two photographs of one outline on a plain background differ
+    there. -1: the match alone decides."""
     block_rows: int = Field(4096, gt=0)
     """Rows of the query and base blocks of the similarity search: its memory grows with block_rows, not with the
     number of images (blocks and their product: 4 * block_rows * (2 * D + block_rows) bytes, plus copies made

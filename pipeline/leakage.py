@@ -12,8 +12,12 @@ training images measures memory, not generalisation. Three steps:
 3. :func:`match`: the two images of each candidate, grey, brought to ``size`` x ``size`` pixels, are
    aligned over a grid of scales, shifts and the mirror, and compared by the cosine similarity of their
    gradient fields (which ignores brightness and contrast, and weighs edges, not plain backgrounds); a
-   coarse pass at half the size drops the clearly different pairs first. A pair whose best alignment
-   scores at least the threshold is *confirmed*; ``mirrored`` when its best alignment is the mirror.
+   coarse pass at half the size drops the clearly different pairs first. At that best alignment a second
+   measure, the ``detail``: the cosine of the gradient *directions* (each gradient scaled to about unit
+   length, so faint structure such as clouds, water or the texture inside an object counts as much as
+   the outline). Two different photographs of one outline on a plain background share their outline
+   (a high match) but not their faint structure (a low detail). A pair is *confirmed* when its match
+   and its detail both reach their thresholds; ``mirrored`` when its best alignment is the mirror.
 
 The pairs are a table (:func:`write_pairs` / :func:`read_pairs`, ``evaluation/leakage/pairs.csv``) that
 the compare stage reads to score every head without the test images that have a confirmed near-copy in
@@ -67,8 +71,9 @@ def search(store, k: int, block_rows: int, device=None) -> dict[tuple[str, str],
 class Pair:
     """A query image and one of its k nearest images in the base split: its ``rank`` there (1: the
     nearest) and their cosine similarity; the pixel check fills ``match`` (the cosine similarity of the
-    gradient fields at the best alignment, -1 to 1), ``mirrored`` (that alignment is the mirror image) and
-    ``confirmed`` (``match`` at or above the threshold)."""
+    gradient fields at the best alignment, -1 to 1), ``detail`` (the cosine of the gradient directions at
+    that alignment, -1 to 1), ``mirrored`` (that alignment is the mirror image) and ``confirmed``
+    (``match`` and ``detail`` at or above their thresholds)."""
 
     split_pair: str
     """``<query split>-<base split>``: ``test-train``, ``test-val``, ``val-train``, ``test-test``."""
@@ -77,6 +82,7 @@ class Pair:
     rank: int
     cosine: float
     match: float = float("nan")
+    detail: float = float("nan")
     mirrored: bool = False
     confirmed: bool = False
 
@@ -114,6 +120,10 @@ COARSE_SCALES = SCALES[1::2]
 COARSE_BAR = 0.7
 """A pair scoring below this in the coarse pass (both images at half the size, :data:`COARSE_SCALES`) is
 rejected without the full-size check: planted copies of every family score 0.77 or more there."""
+DETAIL_FLOOR = 2.0
+"""The gradients of the ``detail`` measure are scaled to g / (|g| + DETAIL_FLOOR) (grey levels per pixel,
+after the blur): about unit length where the image has structure, faint structure counting nearly in
+full, flat pixels (|g| well below the floor) hardly at all."""
 CHUNK = 256
 """Pairs aligned at once (memory: about 0.2 MiB per pair at 32 pixels)."""
 
@@ -203,53 +213,79 @@ def _best_alignment(queries, bases, scales: Sequence[float] = SCALES):
     norms = _box_sums(g.square().sum(2), window).clamp_min(1e-12).sqrt()
     cos = dots / (norms * q.flatten(1).norm(dim=1).clamp_min(1e-6)[:, None, None, None])
     best, where = cos.flatten(1).max(dim=1)
-    return best, where // cos[0, 0].numel() >= len(scales)
+    shifts = 2 * reach + 1
+    version, dy, dx = where // shifts**2, where % shifts**2 // shifts, where % shifts
+    pairs, offsets = torch.arange(P), torch.arange(window)
+    rows, columns = (dy[:, None] + offsets)[:, None, :, None], (dx[:, None] + offsets)[:, None, None, :]
+    aligned = g[pairs, version][pairs[:, None, None, None], torch.arange(2)[None, :, None, None], rows, columns]
+    q, aligned = (x / (x.norm(dim=1, keepdim=True) + DETAIL_FLOOR) for x in (q, aligned))
+    norms = q.flatten(1).norm(dim=1) * aligned.flatten(1).norm(dim=1)
+    detail = (q * aligned).flatten(1).sum(1) / norms.clamp_min(1e-6)
+    return best, version >= len(scales), detail
 
 
-def match(queries: np.ndarray, bases: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def match(queries: np.ndarray, bases: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs of grey images ``queries[i]``, ``bases[i]`` (P, S, S) uint8 (:func:`grey_square`): the
-    cosine similarity of their gradient fields at their best alignment (scales, shifts, mirror), and
-    whether that alignment is the mirror. The pairs whose coarse score (both images halved, the scales
-    of :data:`COARSE_SCALES`) is below :data:`COARSE_BAR` are not aligned at full size: their score is
-    NaN. Runs on one thread: these operations are too small to gain from more (on 2 busy cores, 2
-    threads took twice as long)."""
+    cosine similarity of their gradient fields at their best alignment (scales, shifts, mirror), whether
+    that alignment is the mirror, and the ``detail`` there (:func:`_best_alignment`). The pairs whose
+    coarse score (both images halved, the scales of :data:`COARSE_SCALES`) is below :data:`COARSE_BAR`
+    are not aligned at full size: their score and detail are NaN. Runs on one thread: these operations
+    are too small to gain from more (on 2 busy cores, 2 threads took twice as long)."""
     import torch
     import torch.nn.functional as F
 
     scores, mirrored = np.full(len(queries), np.nan, np.float32), np.zeros(len(queries), bool)
+    details = np.full(len(queries), np.nan, np.float32)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         for start in range(0, len(queries), CHUNK):
             q = torch.from_numpy(np.ascontiguousarray(queries[start : start + CHUNK], np.float32))[:, None]
             b = torch.from_numpy(np.ascontiguousarray(bases[start : start + CHUNK], np.float32))[:, None]
-            coarse, _ = _best_alignment(F.avg_pool2d(q, 2), F.avg_pool2d(b, 2), COARSE_SCALES)
+            coarse, _, _ = _best_alignment(F.avg_pool2d(q, 2), F.avg_pool2d(b, 2), COARSE_SCALES)
             keep = torch.nonzero(coarse >= COARSE_BAR)[:, 0]
             if len(keep):
-                best, mirror = _best_alignment(q[keep], b[keep])
+                best, mirror, detail = _best_alignment(q[keep], b[keep])
                 scores[start + keep.numpy()] = best.numpy()
                 mirrored[start + keep.numpy()] = mirror.numpy()
+                details[start + keep.numpy()] = detail.numpy()
     finally:
         torch.set_num_threads(threads)
-    return scores, mirrored
+    return scores, mirrored, details
 
 
-def check_pairs(pairs: Sequence[Pair], grey: dict[str, np.ndarray], threshold: float) -> list[Pair]:
+def confirm(score, detail, threshold: float, min_detail: float):
+    """The decision, on numbers or arrays: a match of at least ``threshold`` and a detail of at least
+    ``min_detail``."""
+    return (score >= threshold) & (detail >= min_detail)
+
+
+def margin(p: Pair, threshold: float, min_detail: float) -> float:
+    """How far a checked pair is from the decision: min(match - threshold, detail - min_detail) (both
+    cosines); at least 0: confirmed."""
+    return min(p.match - threshold, p.detail - min_detail)
+
+
+def check_pairs(pairs: Sequence[Pair], grey: dict[str, np.ndarray], threshold: float,
+                min_detail: float) -> list[Pair]:
     """The pairs that pass the coarse pass of :func:`match` (``grey``: id -> :func:`grey_square` of the
-    image), with their ``match`` and ``mirrored``, each confirmed when its match is at least ``threshold``."""
+    image), with their ``match``, ``detail`` and ``mirrored``, each confirmed when its match is at least
+    ``threshold`` and its detail at least ``min_detail`` (:func:`confirm`)."""
     from dataclasses import replace
 
     out = []
     for start in range(0, len(pairs), 16 * CHUNK):  # the stacked images of a few chunks at a time
         some = pairs[start : start + 16 * CHUNK]
-        scores, mirrored = match(np.stack([grey[p.id] for p in some]), np.stack([grey[p.nearest_id] for p in some]))
-        out += [replace(p, match=float(s), mirrored=bool(m), confirmed=bool(s >= threshold))
-                for p, s, m in zip(some, scores, mirrored) if not np.isnan(s)]
+        scores, mirrored, details = match(np.stack([grey[p.id] for p in some]),
+                                          np.stack([grey[p.nearest_id] for p in some]))
+        out += [replace(p, match=float(s), detail=float(d), mirrored=bool(m),
+                        confirmed=bool(confirm(s, d, threshold, min_detail)))
+                for p, s, m, d in zip(some, scores, mirrored, details) if not np.isnan(s)]
     return out
 
 
 # -- the table and its summary ----------------------------------------------------------------------
-FIELDS = ["split_pair", "id", "nearest_id", "rank", "cosine", "match", "mirrored", "confirmed"]
+FIELDS = ["split_pair", "id", "nearest_id", "rank", "cosine", "match", "detail", "mirrored", "confirmed"]
 _BOOL = {"true": True, "false": False}
 
 
@@ -259,7 +295,7 @@ def write_pairs(pairs: Iterable[Pair], path: str | Path) -> None:
         writer.writerow(FIELDS)
         for p in pairs:
             writer.writerow([p.split_pair, p.id, p.nearest_id, p.rank, f"{p.cosine:.6f}", f"{p.match:.4f}",
-                             str(p.mirrored).lower(), str(p.confirmed).lower()])
+                             f"{p.detail:.4f}", str(p.mirrored).lower(), str(p.confirmed).lower()])
 
 
 def read_pairs(path: str | Path) -> list[Pair]:
@@ -273,7 +309,8 @@ def read_pairs(path: str | Path) -> list[Pair]:
                                 "run the leakage stage again (dvc repro)")
         try:
             return [Pair(r["split_pair"], r["id"], r["nearest_id"], int(r["rank"]), float(r["cosine"]),
-                         float(r["match"]), _BOOL[r["mirrored"]], _BOOL[r["confirmed"]]) for r in reader]
+                         float(r["match"]), float(r["detail"]), _BOOL[r["mirrored"]], _BOOL[r["confirmed"]])
+                    for r in reader]
         except (ValueError, KeyError) as err:
             raise PipelineError(f"{path} line {reader.line_num}: not a pair ({err}); "
                                 "run the leakage stage again (dvc repro)") from None
@@ -315,7 +352,7 @@ def plot_pairs(groups: Sequence[tuple[str, Sequence[Pair]]], images: dict[str, n
                title: str) -> None:
     """Pairs side by side: for each group (a label and its pairs), rows of query images above rows of
     their candidate images, :data:`COLUMNS` pairs a row, each pair captioned with its split pair, the
-    candidate's rank and cosine, and its match (``M``: mirrored); green: confirmed, orange: not."""
+    candidate's rank and cosine, its match (``M``: mirrored) and detail; green: confirmed, orange: not."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -340,8 +377,8 @@ def plot_pairs(groups: Sequence[tuple[str, Sequence[Pair]]], images: dict[str, n
                 for spine in ax.spines.values():
                     spine.set_edgecolor(colour)
                     spine.set_linewidth(2.5)
-            axes[2 * g, c].set_title(f"{p.split_pair}\n#{p.rank} cos {p.cosine:.2f}\nmatch {p.match:.3f}"
-                                     f"{' M' if p.mirrored else ''}", fontsize=6.5, color=colour)
+            axes[2 * g, c].set_title(f"{p.split_pair} #{p.rank} cos {p.cosine:.2f}\nmatch {p.match:.3f}"
+                                     f"{' M' if p.mirrored else ''}\ndetail {p.detail:.3f}", fontsize=6.5, color=colour)
         axes[2 * g, 0].set_ylabel(label, fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()

@@ -16,8 +16,8 @@ from PIL import Image
 
 from pipeline.config import parse_params
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.leakage import (FIELDS, Pair, candidates, check_pairs, grey_square, match, near_copies, read_pairs,
-                              summarise, write_pairs)
+from pipeline.leakage import (FIELDS, Pair, candidates, check_pairs, grey_square, margin, match, near_copies,
+                              read_pairs, summarise, write_pairs)
 from pipeline.neighbours import Neighbours, top_k_cosine
 from tests.conftest import write_cifar_folder
 
@@ -105,16 +105,19 @@ def test_the_pixel_check_confirms_moved_recoloured_mirrored_copies_not_other_pho
               cat[:, ::-1], np.asarray(Image.fromarray(cat).resize((160, 160)))]  # a full-size photo
     queries = np.stack([grey_square(c, 32) for c in [*copies, other_cat, other_plane]])
     bases = np.stack([grey_square(cat, 32)] * len(copies) + [grey_square(cat, 32), grey_square(plane, 32)])
-    scores, mirrored = match(queries, bases)
+    scores, mirrored, details = match(queries, bases)
     assert (scores[: len(copies)] >= 0.9).all(), scores
+    assert (details[: len(copies)] >= 0.7).all(), details
     assert mirrored.tolist() == [False] * 7 + [True] + [False] * 3
     assert not (np.nan_to_num(scores[len(copies):], nan=0) >= 0.8).any(), scores  # other photos of the class
     assert match(queries[:1], queries[:1])[0][0] == pytest.approx(1, abs=1e-5)
     blank = np.full((2, 32, 32), 128, np.uint8)
     assert np.isnan(match(blank, blank)[0]).all()  # no structure: nothing to confirm
     pairs = [Pair("test-train", "a", "b", 1, 0.9), Pair("test-train", "a", "c", 2, 0.8)]
-    checked = check_pairs(pairs, {"a": queries[0], "b": bases[0], "c": queries[-1]}, threshold=0.85)
+    checked = check_pairs(pairs, {"a": queries[0], "b": bases[0], "c": queries[-1]}, threshold=0.85, min_detail=0.7)
     assert [(p.nearest_id, p.confirmed, p.match > 0.9) for p in checked] == [("b", True, True)]  # c: dropped
+    strict = check_pairs(pairs[:1], {"a": queries[0], "b": bases[0]}, threshold=0.85, min_detail=1.0)
+    assert [(p.confirmed, p.detail < 1) for p in strict] == [(False, True)]  # the detail decides too
 
 
 def _cifar_bytes(*members: str) -> dict[str, bytes]:
@@ -133,11 +136,11 @@ def _cifar_bytes(*members: str) -> dict[str, bytes]:
 
 
 def test_pairs_table_round_trip_and_near_copies(tmp_path):
-    pairs = [Pair("test-train", "test/a.jpg", "train/x.jpg", 1, 0.991, 0.95, False, True),
-             Pair("test-train", "test/b.jpg", "train/y.jpg", 2, 0.962, 0.71, False, False),
-             Pair("test-val", "test/c.jpg", "train/z.jpg", 1, 0.97, 0.9, True, True),
-             Pair("val-train", "train/z.jpg", "train/x.jpg", 1, 0.99, 0.99, False, True),
-             Pair("test-test", "test/a.jpg", "test/d.jpg", 3, 0.99, 0.93, False, True)]
+    pairs = [Pair("test-train", "test/a.jpg", "train/x.jpg", 1, 0.991, 0.95, 0.9, False, True),
+             Pair("test-train", "test/b.jpg", "train/y.jpg", 2, 0.962, 0.71, 0.5, False, False),
+             Pair("test-val", "test/c.jpg", "train/z.jpg", 1, 0.97, 0.9, 0.8, True, True),
+             Pair("val-train", "train/z.jpg", "train/x.jpg", 1, 0.99, 0.99, 0.95, False, True),
+             Pair("test-test", "test/a.jpg", "test/d.jpg", 3, 0.99, 0.93, 0.85, False, True)]
     write_pairs(pairs, tmp_path / "pairs.csv")
     assert read_pairs(tmp_path / "pairs.csv") == pairs
     back = read_pairs(tmp_path / "pairs.csv")
@@ -154,7 +157,7 @@ def test_pairs_table_round_trip_and_near_copies(tmp_path):
     (tmp_path / "bad.csv").write_text("split_pair,id\ntest-train,a\n")
     with pytest.raises(PipelineError, match="columns"):
         read_pairs(tmp_path / "bad.csv")
-    (tmp_path / "bad.csv").write_text(",".join(FIELDS) + "\ntest-train,a,b,1,0.9,0.9,maybe,true\n")
+    (tmp_path / "bad.csv").write_text(",".join(FIELDS) + "\ntest-train,a,b,1,0.9,0.9,0.9,maybe,true\n")
     with pytest.raises(PipelineError, match="line 2: not a pair"):
         read_pairs(tmp_path / "bad.csv")
     with pytest.raises(FileNotFoundError, match="run the leakage stage"):
@@ -167,6 +170,7 @@ def test_pairs_table_round_trip_and_near_copies(tmp_path):
     ({"neighbours": 0}, "leakage.neighbours: Input should be greater than or equal to 1"),
     ({"min_cosine": 1}, "leakage.min_cosine: Input should be less than 1"),
     ({"pixel_size": 8}, "leakage.pixel_size: Input should be greater than or equal to 16"),
+    ({"min_detail": 1.5}, "leakage.min_detail: Input should be less than or equal to 1"),
     ({"block_rows": 0}, "leakage.block_rows: Input should be greater than 0"),
     ({"pixel_tolerance": 12}, "leakage.pixel_tolerance: Extra inputs are not permitted"),
 ])
@@ -233,8 +237,8 @@ def test_planted_near_copies_are_found_and_confirmed(planted):
     exact = next(p for p in planted["pairs"] if p.id == "test/cat/planted-copy.jpg" and p.split_pair == "test-train")
     assert exact.cosine > 0.9999 and exact.match > 0.9999 and exact.rank == 1
     # every other pair the pixel check looked at is rejected, clearly
-    threshold = planted["params"].leakage.threshold
-    assert all(p.match < threshold - 0.05 for p in planted["pairs"] if not p.confirmed)
+    lk = planted["params"].leakage
+    assert all(margin(p, lk.threshold, lk.min_detail) < -0.05 for p in planted["pairs"] if not p.confirmed)
     summary = json.loads((planted["out"] / "summary.json").read_text())
     assert summary == planted["summary"]
     assert summary["test_with_near_copy_in_train"] == 4 and summary["test_removed"] == 5
@@ -267,12 +271,12 @@ def test_compare_scores_every_head_without_the_near_copies(tmp_path):
     ids = [f"test/{i}.jpg" for i in range(10)]
     a = _evaluated(tmp_path / "a", "a", {i: n < 7 for n, i in enumerate(ids)})  # right on 0-6
     b = _evaluated(tmp_path / "b", "b", {i: n % 2 == 0 for n, i in enumerate(ids)})  # right on 0, 2, 4, 6, 8
-    pairs = [Pair("test-train", ids[0], "train/0.jpg", 1, 0.99, 0.99, False, True),
-             Pair("test-val", ids[8], "train/5.jpg", 2, 0.98, 0.95, True, True),
-             Pair("test-train", ids[9], "train/1.jpg", 1, 0.99, 0.97, False, True),
-             Pair("test-train", ids[1], "train/2.jpg", 1, 0.97, 0.60, False, False),  # the pixels differ: kept
-             Pair("test-test", ids[2], ids[3], 1, 0.99, 1.0, False, True),  # within test: kept
-             Pair("val-train", "train/5.jpg", "train/6.jpg", 1, 0.99, 1.0, False, True)]
+    pairs = [Pair("test-train", ids[0], "train/0.jpg", 1, 0.99, 0.99, 0.9, False, True),
+             Pair("test-val", ids[8], "train/5.jpg", 2, 0.98, 0.95, 0.9, True, True),
+             Pair("test-train", ids[9], "train/1.jpg", 1, 0.99, 0.97, 0.9, False, True),
+             Pair("test-train", ids[1], "train/2.jpg", 1, 0.97, 0.60, 0.9, False, False),  # the pixels differ: kept
+             Pair("test-test", ids[2], ids[3], 1, 0.99, 1.0, 0.9, False, True),  # within test: kept
+             Pair("val-train", "train/5.jpg", "train/6.jpg", 1, 0.99, 1.0, 0.9, False, True)]
     write_pairs(pairs, tmp_path / "pairs.csv")
     rows = compare.run([a, b], tmp_path / "comparison", tmp_path / "pairs.csv")
     clean = {r["name"]: r["test_without_near_copies"] for r in rows}
@@ -289,7 +293,7 @@ def test_compare_scores_every_head_without_the_near_copies(tmp_path):
     assert [(r["test_without_near_copies"]["top1"], r["test_without_near_copies"]["removed"]) for r in rows] == [
         (0.7, 0), (0.5, 0)]
     # pairs of other test images than those evaluated: stale
-    write_pairs([Pair("test-train", "test/other.jpg", "train/0.jpg", 1, 0.99, 1.0, False, True)],
+    write_pairs([Pair("test-train", "test/other.jpg", "train/0.jpg", 1, 0.99, 1.0, 0.9, False, True)],
                 tmp_path / "stale.csv")
     with pytest.raises(PipelineError, match="re-run the leakage and evaluate stages"):
         compare.run([a, b], tmp_path / "comparison", tmp_path / "stale.csv")
@@ -315,10 +319,10 @@ def test_planted_benchmark_small(tmp_path):
     result = bench.main(["--source", str(source), "--per-family", "1", "--negatives", "4", "--plain", "2",
                          "--base", "30", "--work", str(tmp_path / "work")])
     truth = result["truth"]
-    assert sum(t["kind"] == "copy" for t in truth.values()) == len(bench.PLANTED) == 8
+    assert sum(t["kind"] == "copy" for t in truth.values()) == len(bench.PLANTED) + len(bench.BEYOND) == 10
     assert sum(t["kind"] == "plain" for t in truth.values()) == 2
-    row = bench.recall_table(result, "match (the stage)", result["threshold"])
-    assert row == {**{family: 1.0 for family in bench.PLANTED}, "negative": 0.0, "plain": 0.0}
+    row = bench.recall_table(result, "match (the stage)", result["threshold"], result["min_detail"])
+    assert row == {**{family: 1.0 for family in [*bench.PLANTED, *bench.BEYOND]}, "negative": 0.0, "plain": 0.0}
     mirror = next(k for k, t in truth.items() if t["family"] == "mirror" and t["kind"] == "copy")
     scores = result["per_image"]
     assert scores["grey correlation, unaligned"][mirror] < 0.9 < scores["match (the stage)"][mirror]

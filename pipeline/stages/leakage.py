@@ -24,8 +24,8 @@ from pipeline.config import LeakageParams, Params
 from pipeline.errors import BadImageError, DatasetError
 from pipeline.features import FeatureStore, expected_spec
 from pipeline.fileutil import atomic_files, write_json
-from pipeline.leakage import (Pair, candidates, check_pairs, grey_square, plot_pairs, search, split_pair_name,
-                              summarise, write_pairs)
+from pipeline.leakage import (Pair, candidates, check_pairs, grey_square, margin, plot_pairs, search,
+                              split_pair_name, summarise, write_pairs)
 
 SHOWN = 24
 """Test pairs (against train or val) in the picture on each side of the threshold: the confirmed ones with
@@ -64,12 +64,15 @@ def thumbnails(source_location: str, keys: Iterable[str]) -> dict[str, np.ndarra
     return out
 
 
-def boundary(pairs: list[Pair], shown: int = SHOWN) -> list[tuple[str, list[Pair]]]:
-    """The test pairs against train or val nearest the threshold: the ``shown`` confirmed ones with the
-    lowest match, the ``shown`` rejected ones with the highest, each nearest the threshold first."""
-    tested = [p for p in pairs if p.split_pair in ("test-train", "test-val")]
-    confirmed = sorted((p for p in tested if p.confirmed), key=lambda p: (p.match, p.id))[:shown]
-    rejected = sorted((p for p in tested if not p.confirmed), key=lambda p: (-p.match, p.id))[:shown]
+def boundary(pairs: list[Pair], threshold: float, min_detail: float,
+             shown: int = SHOWN) -> list[tuple[str, list[Pair]]]:
+    """The test pairs against train or val nearest the decision (:func:`pipeline.leakage.margin`): the
+    ``shown`` confirmed ones with the lowest margin, the ``shown`` rejected ones with the highest, each
+    nearest the decision first."""
+    tested = [(margin(p, threshold, min_detail), p) for p in pairs if p.split_pair in ("test-train", "test-val")]
+    confirmed = [p for _, p in sorted((x for x in tested if x[1].confirmed), key=lambda x: (x[0], x[1].id))]
+    rejected = [p for _, p in sorted((x for x in tested if not x[1].confirmed), key=lambda x: (-x[0], x[1].id))]
+    confirmed, rejected = confirmed[:shown], rejected[:shown]
     return [("confirmed,\nnearest the\nthreshold", confirmed), ("rejected,\nnearest the\nthreshold", rejected)]
 
 
@@ -92,7 +95,7 @@ def find(store: FeatureStore, source: str, lk: LeakageParams, device=None) -> tu
             for key, image in decoded(source, {k for p in listed for k in (p.id, p.nearest_id)})}
     seconds["reading"] = time.perf_counter() - start
     start = time.perf_counter()
-    checked = check_pairs(listed, grey, lk.threshold)
+    checked = check_pairs(listed, grey, lk.threshold, lk.min_detail)
     checked.sort(key=lambda p: (p.split_pair, -p.match, p.id, p.nearest_id))
     seconds["pixel check"] = time.perf_counter() - start
     return checked, searched, seconds
@@ -111,12 +114,14 @@ def run(params: Params, features_path: str | Path, splits_path: str | Path, out_
         backbone = store.spec.backbone
         checked, searched, seconds = find(store, source, lk, device)
     summary = summarise(checked, searched, {"neighbours": lk.neighbours, "min_cosine": lk.min_cosine,
-                                            "pixel_size": lk.pixel_size, "threshold": lk.threshold})
-    shown = boundary(checked)
+                                            "pixel_size": lk.pixel_size, "threshold": lk.threshold,
+                                            "min_detail": lk.min_detail})
+    shown = boundary(checked, lk.threshold, lk.min_detail)
     thumbs = thumbnails(source, {k for _, pairs in shown for p in pairs for k in (p.id, p.nearest_id)})
     title = (f"test images (top) and a candidate near-copy (bottom): one of its {lk.neighbours} nearest by the pooled "
              f"features ({backbone}), #rank, cosine\nmatch: gradient fields' cosine at the best alignment at "
-             f"{lk.pixel_size} px (M: mirrored); green: confirmed (>= {lk.threshold}), orange: rejected")
+             f"{lk.pixel_size} px (M: mirrored), detail: gradient directions' cosine there\ngreen: confirmed (match >= "
+             f"{lk.threshold} and detail >= {lk.min_detail}), orange: rejected")
     out_dir = Path(out_dir)
     with atomic_files(out_dir) as staging:
         write_pairs(checked, staging / layout.LEAKAGE_PAIRS.name)
