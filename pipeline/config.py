@@ -1,239 +1,73 @@
 """Typed, validated configuration, loaded from ``params.yaml`` in one place.
 
 Every stage calls :func:`load_params`; a wrong type, an unknown key or a value outside its valid
-choices stops there with a message naming the key. The params of every head kind are defined here
-too (their defaults are the documented ones: a test checks that params.yaml shows the same values),
-with the registry :data:`HEAD_PARAMS` that maps a kind to its params and to where it is implemented.
+choices stops there with a message naming the key. A head is configured by :class:`HeadSection`
+wherever it is configured; the params of each head kind live with the heads (:mod:`pipeline.heads.params`,
+registered in :data:`pipeline.heads.KINDS`). Each field's docstring is the one description of its key:
+``python -m tests.params_reference`` writes them into params.yaml's comments and docs/parameters.md.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
-import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ConfigError
+from pipeline.heads import KINDS, HeadConfig, kinds
+from pipeline.heads.params import Grid, HeadParamsBase, Precision, Section
 
 SEED_LIMIT = 2**32
 """Seeds are 0 <= seed < 2**32: what numpy, torch and scikit-learn all accept."""
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
 # -- heads -------------------------------------------------------------------------------------
-Normalize = Literal["none", "standardize", "l2"]
+DEFAULT_KIND = {"pooled": "logistic", "cut": "finetune"}
+"""The kind of a head configuration that leaves ``kind`` out, by what it trains on."""
 
 
-class HeadParamsBase(_Section):
-    """Params every head kind has; subclasses add their own and name their implementation."""
+class HeadSection(Section):
+    """A head configuration, one shape wherever a head is configured (``head``, ``heads.<name>``,
+    ``finetune.<name>``, ``curves.heads.<name>``, ``backbones.heads.<name>``): ``kind`` picks the head and a
+    ``<kind>:`` sub-section holds its settings (built-in defaults where absent). ``head`` keeps a sub-section
+    for every kind, so that switching kinds (``dvc exp run -S head.kind=ridge``) is one change; only the
+    selected kind's settings are used, the others are validated too."""
 
-    implementation: ClassVar[str]
-    """``module:Class`` of the head, imported only when a head of this kind is built."""
-    input: ClassVar[Literal["pooled", "cut"]] = "pooled"
-    """What the head trains on: pooled features f(x), or the activations at backbone.cut."""
-    calibrate: bool = False
-    """Temperature scaling: after fitting, the train stage fits one temperature T on the validation split
-    (minimising the negative log-likelihood of softmax(scores / T)); probabilities, predict and export use
-    it. The predicted classes do not change."""
-    stochastic: ClassVar[bool] = False
-    """Whether a fit depends on the seed (random initialisation, shuffling, dropout): the seeds stage
-    repeats these heads by default. A deterministic fit varies only with the data it is given."""
+    model_config = ConfigDict(extra="allow")
+    kind: str | None = None
+    """The head; left out: ``logistic`` (``finetune`` under ``finetune:``)."""
 
-
-class PooledHeadParams(HeadParamsBase):
-    normalize: Normalize = "standardize"
-    """Feature normalisation fitted on the training features: none, standardize (zero mean,
-    unit variance per dimension) or l2 (each feature vector scaled to unit length)."""
-
-
-class Grid(_Section):
-    low: float = Field(1e-6, gt=0)
-    high: float = Field(1e5, gt=0)
-    num: int = Field(45, ge=1)
-
-    def values(self) -> np.ndarray:
-        return np.logspace(np.log10(self.low), np.log10(self.high), self.num)
-
-
-class SweepParams(PooledHeadParams):
-    select: Literal["fixed", "sweep"] = "fixed"
-    """fixed: use the given penalty. sweep: choose the L2 penalty l2 (in mean cross-entropy +
-    l2 / 2 ||W||^2) from ``grid`` by validation top-1, then refit on train + val."""
-    grid: Grid = Grid()
-    sweep_max_iter: int = Field(30, gt=0)
-    """L-BFGS iterations per grid value; each value starts from the previous one's solution."""
-
-    @model_validator(mode="after")
-    def _calibrated_on_held_out_images(self) -> SweepParams:
-        if self.calibrate and self.select == "sweep":
-            raise ValueError("calibrate: true cannot be combined with select: sweep: a swept head is refit on train "
-                             "+ val, so no held-out split is left to fit the temperature on; use select: fixed "
-                             "(with the penalty the sweep chose) or calibrate: false")
-        return self
-
-
-class LogisticParams(SweepParams):
-    implementation = "pipeline.heads.linear:LogisticHead"
-    C: float = Field(0.001, gt=0)
-    """Inverse L2 penalty as in scikit-learn (select: fixed); a swept l2 becomes C = 1 / (l2 * N)."""
-    max_iter: int = Field(1000, gt=0)
-    tol: float = Field(1e-3, gt=0)
-    """1e-4 (scikit-learn's default) costs 11.4 s instead of 6.6 s on the default run for +0.08 points."""
-
-
-class LinearParams(SweepParams):
-    implementation = "pipeline.heads.linear:LinearHead"
-    weight_decay: float = Field(0.01, ge=0)
-    """L2 penalty (select: fixed): loss = mean cross-entropy + weight_decay / 2 * ||W||^2."""
-    max_iter: int = Field(300, gt=0)
-
-
-class RidgeParams(PooledHeadParams):
-    implementation = "pipeline.heads.linear:RidgeHead"
-    alpha: float = Field(10.0, ge=0)
-    """L2 penalty: minimises ||X W + b - Y||^2 + alpha ||W||^2 with Y the one-hot targets."""
-
-
-class NearestCentroidParams(PooledHeadParams):
-    implementation = "pipeline.heads.linear:NearestCentroidHead"
-    normalize: Normalize = "l2"
-
-
-class KnnParams(PooledHeadParams):
-    implementation = "pipeline.heads.knn:KnnHead"
-    normalize: Normalize = "l2"
-    k: int = Field(20, gt=0)
-    temperature: float = Field(0.07, gt=0)
-    """Neighbour i votes for its class with weight exp(cosine similarity / temperature)."""
-
-    @model_validator(mode="after")
-    def _not_calibrated(self) -> KnnParams:
-        if self.calibrate:
-            raise ValueError("calibrate: true is refused for knn: its probabilities are already the vote shares, and "
-                             "its scores, the log of each class's vote mass, are log(1e-30) = -69 for a class with no "
-                             "vote among the k neighbours; the few images whose class got none dominate the validation "
-                             "likelihood and the fitted temperature flattens every prediction (on CIFAR-10: T = 11.6, "
-                             "test ECE 0.066 -> 0.345)")
-        return self
-
-
-class MlpParams(PooledHeadParams):
-    implementation = "pipeline.heads.mlp:MlpHead"
-    stochastic = True
-    hidden: int = Field(1024, gt=0)
-    dropout: float = Field(0.2, ge=0, lt=1)
-    epochs: int = Field(20, gt=0)
-    batch_size: int = Field(256, gt=0)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-
-
-class FinetuneParams(HeadParamsBase):
-    """The backbone's layers above ``backbone.cut`` and a new classifier, trained on the cut cache."""
-
-    implementation = "pipeline.heads.finetune:FinetuneHead"
-    input = "cut"
-    stochastic = True
-    epochs: int = Field(4, gt=0)
-    batch_size: int = Field(64, gt=0)
-    lr_top: float = Field(3e-4, gt=0)
-    """Peak learning rate of the pretrained layers above the cut."""
-    lr_classifier: float = Field(3e-3, gt=0)
-    """Peak learning rate of the new linear classifier."""
-    weight_decay: float = Field(0.05, ge=0)
-    """AdamW weight decay, on weight matrices and kernels only (not on biases and norm scales)."""
-    warmup_epochs: float = Field(0.25, ge=0)
-    """Linear warm-up of both learning rates from 0, then the schedule."""
-    schedule: Literal["cosine", "constant"] = "cosine"
-    label_smoothing: float = Field(0.1, ge=0, lt=1)
-    flip: bool = True
-    """Mirror each training map left-right with probability 1/2: a cheap stand-in for mirroring the
-    image (the map of a mirrored image is close to, not equal to, the mirrored map)."""
-    tta_flip: bool = True
-    """Scores are the mean of the scores of the map and of its mirror image."""
-    batchnorm: Literal["train", "frozen"] = "train"
-    """train: batch norm layers above the cut update their statistics; frozen: keep ImageNet's."""
-    depthwise: Literal["train", "frozen"] = "frozen"
-    """frozen: depthwise convolutions keep their ImageNet kernels (a few percent of the weights, about a
-    quarter of a training step's time on a CPU); train: they are trained like the other layers."""
-    precision: Precision = "auto"
-    """Of the training passes: bfloat16 computes the dense convolutions and linear layers in bfloat16
-    (weights, batch norm and the rest stay float32); scores are computed in float32, as predict and export
-    compute them. The one used is recorded in the head's info."""
-    compile: bool = False
-    """torch.compile the network for training (scores are computed by the eager network), after a
-    one-time compilation; on a CPU it needs a C++ compiler and measured 0.91x to 1.09x the eager speed."""
-
-
-FINETUNE = "finetune"
-HEAD_PARAMS: dict[str, type[HeadParamsBase]] = {
-    "logistic": LogisticParams,
-    "linear": LinearParams,
-    "ridge": RidgeParams,
-    "nearest_centroid": NearestCentroidParams,
-    "knn": KnnParams,
-    "mlp": MlpParams,
-    FINETUNE: FinetuneParams,
-}
-"""The head registry: kind -> its params (which name the class that implements it)."""
-POOLED_KINDS = sorted(k for k, p in HEAD_PARAMS.items() if p.input == "pooled")
-"""The kinds that fit pooled features: the choices of ``head.kind`` and ``heads.<name>.kind``."""
-
-
-@dataclass(frozen=True)
-class HeadConfig:
-    """One head configuration, resolved: its key in params.yaml, its kind and its validated params."""
-
-    key: str
-    """``head``, ``heads.<name>`` or ``finetune.<name>``."""
-    kind: str
-    params: HeadParamsBase
-
-
-class HeadSection(_Section):
-    """``head`` or ``heads.<name>``: ``kind`` picks a pooled head; ``<kind>:`` sub-sections hold params."""
-
-    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
-    kind: str = "logistic"
-
-    @field_validator("kind")
-    @classmethod
-    def _known_kind(cls, kind: str) -> str:
-        if kind == FINETUNE:
-            raise ValueError("'finetune' trains on the cut cache, not on pooled features; configure it under "
-                             "finetune: (and set backbone.cut)")
-        if kind not in POOLED_KINDS:
-            raise ValueError(f"{kind!r} is not a known head; valid choices: {POOLED_KINDS}")
-        return kind
-
-    @model_validator(mode="after")
-    def _known_sections(self) -> HeadSection:
-        for name in self.model_extra or {}:
-            if name not in POOLED_KINDS:
-                raise ValueError(f"unknown key {name!r}; valid keys: kind, {', '.join(POOLED_KINDS)}")
-        return self
-
-    def params_of(self, kind: str, where: str) -> HeadParamsBase:
+    def params_of(self, kind: str, key: str) -> HeadParamsBase:
         """The validated params of ``kind`` from its sub-section (defaults where absent)."""
-        return _validate(HEAD_PARAMS[kind], (self.model_extra or {}).get(kind) or {}, f"{where}.{kind}")
+        return _validate(KINDS[kind].params, (self.model_extra or {}).get(kind) or {}, f"{key}.{kind}")
 
-    def config(self, key: str) -> HeadConfig:
-        """The configuration at ``key`` (where this section is in params.yaml), every ``<kind>:``
-        sub-section validated, the unused ones too."""
-        for kind in {self.kind, *(self.model_extra or {})}:
-            self.params_of(kind, key)
-        return HeadConfig(key, self.kind, self.params_of(self.kind, key))
+    def config(self, key: str, input: Literal["pooled", "cut"] = "pooled") -> HeadConfig:
+        """The configuration at ``key`` (where this section is in params.yaml), whose heads train on
+        ``input``, every ``<kind>:`` sub-section validated, the unused ones too."""
+        kind, valid = self.kind or DEFAULT_KIND[input], kinds(input)
+        if kind not in valid:
+            if kind not in KINDS:
+                reason = f"{kind!r} is not a known head; valid choices: {valid}"
+            elif input == "pooled":
+                reason = (f"{kind!r} trains on the cut cache, not on pooled features; configure it under "
+                          "finetune: (and set backbone.cut)")
+            else:
+                reason = f"{kind!r} trains on pooled features: configure it under heads:; valid choices here: {valid}"
+            raise ConfigError(f"params: {key}.kind: {reason}")
+        extra = self.model_extra or {}
+        for name in extra:
+            if name not in valid:
+                raise ConfigError(f"params: {key}: unknown key {name!r}; valid keys: kind, {', '.join(valid)}")
+        for other in sorted({kind, *extra}):
+            self.params_of(other, key)
+        return HeadConfig(key, kind, self.params_of(kind, key))
 
 
 # -- data and backbone --------------------------------------------------------------------------
-class LabelsParams(_Section):
+class LabelsParams(Section):
     """A CSV label file in the source (folder or archive) instead of class folders (see docs/data.md)."""
 
     file: str | None = None
@@ -247,7 +81,7 @@ class LabelsParams(_Section):
     """Images of one group (a burst of near-identical shots) are never split between train, val and test."""
 
 
-class DataParams(_Section):
+class DataParams(Section):
     source: str = "data/cifar10-jpeg.tar.gz"
     """Image-folder directory, .tar/.tar.gz archive of one, or a CIFAR-10 python-batches directory."""
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
@@ -263,12 +97,7 @@ class DataParams(_Section):
     resize, then resized; full: decoded at full size. Recorded in the feature file's preprocessing."""
 
 
-Precision = Literal["auto", "float32", "bfloat16"]
-"""float32, bfloat16 (autocast: matrix products and convolutions in bfloat16), or auto: bfloat16 where
-the device computes it natively (a CPU with AVX-512 BF16 or AMX, a GPU with bf16), float32 elsewhere."""
-
-
-class BackboneParams(_Section):
+class BackboneParams(Section):
     name: str = "efficientnet_lite0"
     weights: str | None = "DEFAULT"
     input_size: int | None = Field(224, ge=32, le=1024)
@@ -300,17 +129,11 @@ ALL_SHOTS = "all"
 """The k of ``curves.shots`` that stands for every training image (one draw: the whole train split)."""
 
 
-class CurveHeadSection(HeadSection):
-    """A head of the learning curve: ``kind`` (required) and ``<kind>:`` settings, as ``heads.<name>``."""
-
-    kind: str
+def _default_curve_heads() -> dict[str, HeadSection]:
+    return {kind: HeadSection(kind=kind) for kind in ("logistic", "ridge", "nearest_centroid", "knn")}
 
 
-def _default_curve_heads() -> dict[str, CurveHeadSection]:
-    return {kind: CurveHeadSection(kind=kind) for kind in ("logistic", "ridge", "nearest_centroid", "knn")}
-
-
-class CurvesParams(_Section):
+class CurvesParams(Section):
     """The learning-curve stage: test top-1 against labelled training images per class (see
     docs/learning-curves.md)."""
 
@@ -320,7 +143,7 @@ class CurvesParams(_Section):
     """Random k-shot sets per k (stratified, nested, seeded from ``seed``)."""
     confidence: float = Field(0.95, gt=0, lt=1)
     """Level of the t-interval over the draws."""
-    heads: dict[str, CurveHeadSection] = Field(default_factory=_default_curve_heads)
+    heads: dict[str, HeadSection] = Field(default_factory=_default_curve_heads)
     cv_folds: int = Field(5, ge=2)
     """Stratified folds of the cross-validation that chooses the L2 penalty inside the k-shot set."""
     min_shots_for_cv: int = Field(5, ge=2)
@@ -371,18 +194,18 @@ class CurvesParams(_Section):
             config = section.config(key)
             params = config.params
             if getattr(params, "select", "fixed") != "fixed":
-                raise ConfigError(f"params: {key}.{section.kind}.select: must be 'fixed' in a learning curve: "
+                raise ConfigError(f"params: {key}.{config.kind}.select: must be 'fixed' in a learning curve: "
                                   "the curve chooses the penalty by cross-validation inside the k-shot set, never "
                                   "on the validation split")
             if params.calibrate:
-                raise ConfigError(f"params: {key}.{section.kind}.calibrate: must be false in a learning curve: it "
+                raise ConfigError(f"params: {key}.{config.kind}.calibrate: must be false in a learning curve: it "
                                   "measures top-1, which a temperature does not change, and fits on no validation "
                                   "split")
             configs.append(config)
         return configs
 
 
-class CurvesFinetuneParams(_Section):
+class CurvesFinetuneParams(Section):
     """The fine-tuned top's learning curve (stage curves-finetune, from the cut cache; see docs/report.md):
     one configuration of ``finetune:`` trained on k labelled images per class and scored on the test split."""
 
@@ -425,18 +248,18 @@ class ComparedBackbone(BackboneParams):
         return cut
 
 
-def _default_compared_heads() -> dict[str, CurveHeadSection]:
-    return {"linear-probe": CurveHeadSection(kind="logistic", logistic={"select": "sweep"}),
-            "knn": CurveHeadSection(kind="knn")}
+def _default_compared_heads() -> dict[str, HeadSection]:
+    return {"linear-probe": HeadSection(kind="logistic", logistic={"select": "sweep"}),
+            "knn": HeadSection(kind="knn")}
 
 
-class BackbonesParams(_Section):
+class BackbonesParams(Section):
     """The backbone comparison (stages extract-backbone, probe-backbone, compare-backbones; see
     docs/backbones.md): every configuration named in ``compare`` extracted into its own cache and probed."""
 
     compare: list[str] = []
     """Names of ``configurations`` to compare, in order; empty: no comparison (the stages do not exist)."""
-    heads: dict[str, CurveHeadSection] = Field(default_factory=_default_compared_heads)
+    heads: dict[str, HeadSection] = Field(default_factory=_default_compared_heads)
     """Heads fitted on each compared cache, as ``heads.<name>``."""
     reference: str = "linear-probe"
     """The head of ``heads`` whose test top-1 the transferability estimates are ranked against."""
@@ -469,7 +292,7 @@ class BackbonesParams(_Section):
 
 
 # -- the mistakes report ------------------------------------------------------------------------
-class MistakesParams(_Section):
+class MistakesParams(Section):
     """The mistakes stage: pictures of the test images the main head and the best head get wrong (see
     docs/evaluation.md)."""
 
@@ -482,7 +305,7 @@ class MistakesParams(_Section):
 
 
 # -- leakage between splits ------------------------------------------------------------------------
-class LeakageParams(_Section):
+class LeakageParams(Section):
     """The leakage stage: near-copies between splits, candidates found on the pooled features, confirmed by
     aligning their pixels (see docs/leakage.md)."""
 
@@ -504,7 +327,7 @@ class LeakageParams(_Section):
 
 
 # -- seeds ----------------------------------------------------------------------------------------
-class SeedsParams(_Section):
+class SeedsParams(Section):
     """The seeds stage: head configurations refit with several seeds, their spread over the seeds (see
     docs/seeds.md)."""
 
@@ -538,15 +361,15 @@ class SeedsParams(_Section):
         return configurations
 
 
-class Params(_Section):
+class Params(Section):
     seed: int = Field(0, ge=0, lt=SEED_LIMIT)
     data: DataParams = DataParams()
     backbone: BackboneParams = BackboneParams()
     head: HeadSection = HeadSection()
     heads: dict[str, HeadSection] = {}
     """Named head configurations compared on the same features (one DVC stage each)."""
-    finetune: dict[str, dict | None] = {}
-    """Named fine-tune configurations (params of the ``finetune`` head), trained on the cut cache."""
+    finetune: dict[str, HeadSection] = {}
+    """Named fine-tuned heads (kind ``finetune``), trained on the cut cache."""
     curves: CurvesParams = CurvesParams()
     """The learning curve (stage curves): head side, from the pooled feature file."""
     mistakes: MistakesParams = MistakesParams()
@@ -587,7 +410,7 @@ class Params(_Section):
     def curve_finetune_config(self) -> HeadConfig | None:
         """The fine-tune configuration whose learning curve stage curves-finetune draws; None: none configured."""
         name = self.curves_finetune.config or next(iter(self.finetune), None)
-        return None if name is None else self.head_config(f"{FINETUNE}.{name}")
+        return None if name is None else self.head_config(f"finetune.{name}")
 
     def with_backbone(self, name: str) -> Params:
         """These params with ``backbone:`` replaced by the compared configuration ``name``: what its
@@ -607,8 +430,8 @@ class Params(_Section):
             return self.head.config(key)
         if section == "heads" and name in self.heads:
             return self.heads[name].config(key)
-        if section == FINETUNE and name in self.finetune:
-            return HeadConfig(key, FINETUNE, _validate(FinetuneParams, self.finetune[name] or {}, key))
+        if section == "finetune" and name in self.finetune:
+            return self.finetune[name].config(key, input="cut")
         raise ConfigError(f"no head configuration {key!r}; valid: {self.head_keys()}")
 
     def seed_configs(self) -> list[HeadConfig]:
@@ -624,7 +447,7 @@ class Params(_Section):
             if seeds.splits or config.params.stochastic:
                 configs.append(config)
             elif seeds.configurations is not None:
-                stochastic = sorted(k for k, p in HEAD_PARAMS.items() if p.stochastic)
+                stochastic = sorted(k for k, kind in KINDS.items() if kind.params.stochastic)
                 raise ConfigError(f"params: seeds.configurations: {key} ({config.kind}) fits the same head whatever the "
                                   f"seed, so its figures would all be equal; repeat a stochastic kind ({', '.join(stochastic)}) "
                                   "or set seeds.splits: true to re-carve train / val per seed")
