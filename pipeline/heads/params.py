@@ -34,9 +34,9 @@ class HeadParamsBase(Section):
     input: ClassVar[Literal["pooled", "cut"]] = "pooled"
     """What the head trains on: pooled features f(x), or the activations at backbone.cut."""
     calibrate: bool = False
-    """Temperature scaling: after fitting, the train stage fits one temperature T on the validation split
-    (minimising the negative log-likelihood of softmax(scores / T)); probabilities, predict and export use
-    it. The predicted classes do not change."""
+    """temperature scaling fitted on val (not with select: sweep); every kind has it
+
+    temperature scaling fitted on the validation split; refused with `select: sweep`"""
     stochastic: ClassVar[bool] = False
     """Whether a fit depends on the seed (random initialisation, shuffling, dropout): the seeds stage
     repeats these heads by default. A deterministic fit varies only with the data it is given."""
@@ -44,14 +44,18 @@ class HeadParamsBase(Section):
 
 class PooledHeadParams(HeadParamsBase):
     normalize: Normalize = "standardize"
-    """Feature normalisation fitted on the training features: none, standardize (zero mean,
-    unit variance per dimension) or l2 (each feature vector scaled to unit length)."""
+    """none | standardize | l2
+
+    `none`, `standardize` or `l2`"""
 
 
 class Grid(Section):
     low: float = Field(1e-6, gt=0)
+    """smallest penalty of the sweep"""
     high: float = Field(1e5, gt=0)
+    """largest penalty of the sweep"""
     num: int = Field(45, ge=1)
+    """number of penalties"""
 
     def values(self) -> np.ndarray:
         return np.logspace(np.log10(self.low), np.log10(self.high), self.num)
@@ -59,11 +63,18 @@ class Grid(Section):
 
 class SweepParams(PooledHeadParams):
     select: Literal["fixed", "sweep"] = "fixed"
-    """fixed: use the given penalty. sweep: choose the L2 penalty l2 (in mean cross-entropy +
-    l2 / 2 ||W||^2) from ``grid`` by validation top-1, then refit on train + val."""
+    """fixed: use C. sweep: choose the L2 penalty on val from grid, refit on train+val
+
+    `fixed`: use `C`; `sweep`: choose the L2 penalty on the validation split from `grid`, then refit on train + val
+    (the linear-probe protocol, see [heads.md](heads.md))"""
     grid: Grid = Grid()
+    """L2 penalties l2 (mean CE + l2/2 |W|^2); C = 1/(l2 N)
+
+    the L2 penalties of the sweep, log-spaced; penalty l2 in mean cross-entropy + l2/2 ‖W‖², and C = 1 / (l2 N)"""
     sweep_max_iter: int = Field(30, gt=0)
-    """L-BFGS iterations per grid value; each value starts from the previous one's solution."""
+    """L-BFGS iterations per grid value (warm-started along the path)
+
+    L-BFGS iterations per grid value (each fit warm-started from the previous one)"""
 
     @model_validator(mode="after")
     def _calibrated_on_held_out_images(self) -> SweepParams:
@@ -76,32 +87,50 @@ class SweepParams(PooledHeadParams):
 
 class LogisticParams(SweepParams):
     C: float = Field(0.001, gt=0)
-    """Inverse L2 penalty as in scikit-learn (select: fixed); a swept l2 becomes C = 1 / (l2 * N)."""
+    """inverse L2 penalty (scikit-learn); best of 0.001/0.01/0.1 on val here
+
+    inverse L2 penalty as in scikit-learn, used with `select: fixed`"""
     max_iter: int = Field(1000, gt=0)
+    """solver iterations of the final fit"""
     tol: float = Field(1e-3, gt=0)
-    """1e-4 (scikit-learn's default) costs 11.4 s instead of 6.6 s on the default run for +0.08 points."""
+    """1e-4 (scikit-learn's default) costs 11.4 s instead of 6.6 s here for +0.08 points
+
+    solver tolerance; scikit-learn's default, 1e-4, took 11.4 s instead of 6.6 s on the default run for +0.08 points
+    of test top-1"""
 
 
 class LinearParams(SweepParams):
     weight_decay: float = Field(0.01, ge=0)
-    """L2 penalty (select: fixed): loss = mean cross-entropy + weight_decay / 2 * ||W||^2."""
+    """L2 penalty: mean cross-entropy + weight_decay / 2 * ||W||^2
+
+    L2 penalty: loss = mean cross-entropy + weight_decay / 2 ‖W‖², used with `select: fixed`"""
     max_iter: int = Field(300, gt=0)
+    """L-BFGS iterations"""
 
 
 class RidgeParams(PooledHeadParams):
     alpha: float = Field(10.0, ge=0)
-    """L2 penalty: minimises ||X W + b - Y||^2 + alpha ||W||^2 with Y the one-hot targets."""
+    """L2 penalty of least squares on one-hot targets
+
+    L2 penalty"""
 
 
 class NearestCentroidParams(PooledHeadParams):
     normalize: Normalize = "l2"
+    """cosine similarity to each class's mean feature
+
+    `none`, `standardize` or `l2`"""
 
 
 class KnnParams(PooledHeadParams):
     normalize: Normalize = "l2"
+    """`none`, `standardize` or `l2`"""
     k: int = Field(20, gt=0)
+    """neighbours by cosine similarity, votes weighted by exp(similarity / temperature)
+
+    number of neighbours"""
     temperature: float = Field(0.07, gt=0)
-    """Neighbour i votes for its class with weight exp(cosine similarity / temperature)."""
+    """temperature of the vote weights"""
 
     @model_validator(mode="after")
     def _not_calibrated(self) -> KnnParams:
@@ -117,11 +146,19 @@ class KnnParams(PooledHeadParams):
 class MlpParams(PooledHeadParams):
     stochastic = True
     hidden: int = Field(1024, gt=0)
+    """one hidden layer, ReLU, dropout; AdamW with a cosine schedule
+
+    width of the hidden layer"""
     dropout: float = Field(0.2, ge=0, lt=1)
+    """dropout after the hidden layer"""
     epochs: int = Field(20, gt=0)
+    """passes over the training features"""
     batch_size: int = Field(256, gt=0)
+    """rows per step"""
     lr: float = Field(1e-3, gt=0)
+    """initial learning rate, decayed to 0 along a cosine"""
     weight_decay: float = Field(1e-4, ge=0)
+    """AdamW weight decay"""
 
 
 class FinetuneParams(HeadParamsBase):
@@ -130,31 +167,59 @@ class FinetuneParams(HeadParamsBase):
     input = "cut"
     stochastic = True
     epochs: int = Field(4, gt=0)
+    """passes over the cut cache"""
     batch_size: int = Field(64, gt=0)
+    """cached maps per step"""
     lr_top: float = Field(3e-4, gt=0)
-    """Peak learning rate of the pretrained layers above the cut."""
+    """pretrained layers above the cut
+
+    AdamW peak learning rate of the pretrained layers above the cut"""
     lr_classifier: float = Field(3e-3, gt=0)
-    """Peak learning rate of the new linear classifier."""
+    """the new linear classifier (starts at zero)
+
+    AdamW peak learning rate of the new linear classifier (initialised at zero)"""
     weight_decay: float = Field(0.05, ge=0)
-    """AdamW weight decay, on weight matrices and kernels only (not on biases and norm scales)."""
+    """AdamW, on weights only
+
+    AdamW weight decay, on weights only (not on biases or normalisation scales)"""
     warmup_epochs: float = Field(0.25, ge=0)
-    """Linear warm-up of both learning rates from 0, then the schedule."""
+    """linear warm-up, then cosine decay to 0 (schedule: cosine | constant)
+
+    linear warm-up from 0 to the peak learning rates, in epochs"""
     schedule: Literal["cosine", "constant"] = "cosine"
+    """after the warm-up: `cosine` (decay to 0) or `constant`"""
     label_smoothing: float = Field(0.1, ge=0, lt=1)
+    """label smoothing of the cross-entropy"""
     flip: bool = True
-    """Mirror each training map left-right with probability 1/2: a cheap stand-in for mirroring the
-    image (the map of a mirrored image is close to, not equal to, the mirrored map)."""
+    """mirror training maps left-right at random
+
+    Mirror each training map left-right with probability 1/2: a cheap stand-in for mirroring the image (the map of a
+    mirrored image is close to, not equal to, the mirrored map)."""
     tta_flip: bool = True
-    """Scores are the mean of the scores of the map and of its mirror image."""
+    """average the scores of each map and its mirror image
+
+    at prediction, average the scores of each map and of its mirror image"""
     batchnorm: Literal["train", "frozen"] = "train"
-    """train: batch norm layers above the cut update their statistics; frozen: keep ImageNet's."""
+    """train | frozen (keep ImageNet's running statistics)
+
+    `train`: batch norm layers above the cut train; `frozen`: keep ImageNet's running statistics"""
     depthwise: Literal["train", "frozen"] = "frozen"
-    """frozen: depthwise convolutions keep their ImageNet kernels (a few percent of the weights, about a
-    quarter of a training step's time on a CPU); train: they are trained like the other layers."""
+    """frozen (keep ImageNet's depthwise kernels: 1.2x to 1.4x faster on a CPU) | train
+
+    `frozen`: the depthwise convolutions above the cut keep their ImageNet kernels (4% of Lite0's trained weights
+    above `_blocks.12`, about a quarter of a training step on a CPU); `train`: they train like the other layers. No
+    effect on networks without depthwise convolutions (ResNets)"""
     precision: Precision = "auto"
-    """Of the training passes: bfloat16 computes the dense convolutions and linear layers in bfloat16
-    (weights, batch norm and the rest stay float32); scores are computed in float32, as predict and export
-    compute them. The one used is recorded in the head's info."""
+    """of training: auto | float32 | bfloat16 (the dense layers); auto = bfloat16 where native
+
+    the training passes' arithmetic: `float32`, or `bfloat16`: the dense convolutions and linear layers compute in
+    bfloat16 (AMX on a CPU, tensor cores on a GPU) while the weights, batch norm, activations and depthwise
+    convolutions stay float32; `auto`: bfloat16 where the device has it natively, as for `backbone.precision`
+    ([benchmarks.md](benchmarks.md#fine-tuning-speed)). Scores (evaluate, predict, export) are computed in float32.
+    The precision used is in the head's metrics (`chosen.precision`)"""
     compile: bool = False
-    """torch.compile the network for training (scores are computed by the eager network), after a
-    one-time compilation; on a CPU it needs a C++ compiler and measured 0.91x to 1.09x the eager speed."""
+    """torch.compile the trained network (on a CPU: 0.91x to 1.09x, measured)
+
+    train through `torch.compile` of the top and the classifier: the same training up to float rounding, after a
+    one-time compilation; on a CPU, 0.91x to 1.09x the eager speed (needs a C++ compiler there, else it trains
+    eagerly and says so; [benchmarks.md](benchmarks.md#fine-tuning-speed)). Scores are computed by the eager network"""
