@@ -86,6 +86,8 @@ class SweepParams(PooledHeadParams):
 
 
 class LogisticParams(SweepParams):
+    """scikit-learn logistic regression (`LogisticRegression`, L-BFGS, multinomial)."""
+
     C: float = Field(0.001, gt=0)
     """inverse L2 penalty (scikit-learn); best of 0.001/0.01/0.1 on val here
 
@@ -100,6 +102,8 @@ class LogisticParams(SweepParams):
 
 
 class LinearParams(SweepParams):
+    """A torch `nn.Linear`, cross-entropy, full-batch L-BFGS (on the GPU when there is one)."""
+
     weight_decay: float = Field(0.01, ge=0)
     """L2 penalty: mean cross-entropy + weight_decay / 2 * ||W||^2
 
@@ -109,6 +113,8 @@ class LinearParams(SweepParams):
 
 
 class RidgeParams(PooledHeadParams):
+    """Least squares on one-hot targets."""
+
     alpha: float = Field(10.0, ge=0)
     """L2 penalty of least squares on one-hot targets
 
@@ -116,6 +122,8 @@ class RidgeParams(PooledHeadParams):
 
 
 class NearestCentroidParams(PooledHeadParams):
+    """Cosine similarity to each class's mean feature."""
+
     normalize: Normalize = "l2"
     """cosine similarity to each class's mean feature
 
@@ -123,6 +131,8 @@ class NearestCentroidParams(PooledHeadParams):
 
 
 class KnnParams(PooledHeadParams):
+    """k nearest neighbours by cosine similarity, votes weighted by exp(similarity / temperature)."""
+
     normalize: Normalize = "l2"
     """`none`, `standardize` or `l2`"""
     k: int = Field(20, gt=0)
@@ -144,6 +154,8 @@ class KnnParams(PooledHeadParams):
 
 
 class MlpParams(PooledHeadParams):
+    """One hidden layer, ReLU, dropout; AdamW with a cosine schedule."""
+
     stochastic = True
     hidden: int = Field(1024, gt=0)
     """one hidden layer, ReLU, dropout; AdamW with a cosine schedule
