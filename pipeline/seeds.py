@@ -30,7 +30,8 @@ import numpy as np
 from pipeline.config import HeadConfig, SeedsParams
 from pipeline.features import FeatureStore, SplitView
 from pipeline.fileutil import atomic_files, write_json
-from pipeline.heads import build_head, fit_and_score
+from pipeline.heads import build_head
+from pipeline.heads.base import fit_and_score
 from pipeline.layout import head_name
 from pipeline.splitting import validation_rows
 

@@ -124,15 +124,16 @@ def caches(cifar_folder, tmp_path_factory):
     """Real pooled features and a real cut cache (ResNet-18, random init, 64 px) of 3 CIFAR classes, with
     every head kind configured (``heads.<kind>``, ``finetune.top``), and a second pooled file made with
     another seed (other features of the same images)."""
-    from pipeline.config import HEAD_PARAMS, parse_params
+    from pipeline.config import parse_params
+    from pipeline.heads import kinds
     from pipeline.stages import extract, prepare
 
     out = tmp_path_factory.mktemp("caches")
     raw = {
         "data": {"source": str(cifar_folder), "val_fraction": 0.25},
         "backbone": {"name": "resnet18", "weights": None, "input_size": 64, "batch_size": 8, "cut": "layer4"},
-        "heads": {kind: {"kind": kind, kind: QUICK.get(kind, {})} for kind in HEAD_PARAMS if kind != "finetune"},
-        "finetune": {"top": {"epochs": 1, "batch_size": 8}},
+        "heads": {kind: {"kind": kind, kind: QUICK.get(kind, {})} for kind in kinds("pooled")},
+        "finetune": {"top": {"kind": "finetune", "finetune": {"epochs": 1, "batch_size": 8}}},
     }
     params = parse_params(raw)
     prepare.run(params, out / "splits.json")

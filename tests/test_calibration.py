@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import HEAD_PARAMS, parse_params
+from pipeline.config import parse_params
 from pipeline.errors import ConfigError
 from pipeline.features import FeatureStore
-from pipeline.heads import load_head, softmax
+from pipeline.heads import KINDS
+from pipeline.heads.base import load_head, softmax
 from pipeline.heads.calibration import TEMPERATURE_BOUNDS, mean_nll
 from pipeline.metrics import calibration
 from pipeline.model import export, load_exported, load_trained, predict
@@ -23,11 +24,8 @@ def with_calibration(params, key):
     """The params with ``calibrate: true`` for configuration ``key``."""
     raw = params.model_dump()
     section, _, name = key.partition(".")
-    if section == "finetune":
-        raw["finetune"][name] = {**(raw["finetune"][name] or {}), "calibrate": True}
-    else:
-        entry = raw["heads"][name] if section == "heads" else raw["head"]
-        entry[entry["kind"]] = {**(entry.get(entry["kind"]) or {}), "calibrate": True}
+    entry = raw[section][name] if name else raw["head"]
+    entry[entry["kind"]] = {**(entry.get(entry["kind"]) or {}), "calibrate": True}
     return parse_params(raw)
 
 
@@ -38,7 +36,7 @@ def brute_force_temperature(scores, labels):
     return grid, nll
 
 
-@pytest.mark.parametrize("kind", sorted(set(HEAD_PARAMS) - {"knn"}))
+@pytest.mark.parametrize("kind", sorted(set(KINDS) - {"knn"}))
 def test_the_temperature_is_the_brute_force_minimum_of_the_validation_nll(caches, kind, tmp_path):
     out, params = caches
     key = "finetune.top" if kind == "finetune" else f"heads.{kind}"

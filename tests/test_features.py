@@ -236,7 +236,8 @@ def test_kill_9_mid_extraction_then_resume_bit_for_bit(tmp_path):
 def test_linear_head_streams_a_feature_file_too_large_for_memory(feature_file, splits, tmp_path, monkeypatch, capsys):
     """With the memory budget exceeded, train reads the features in blocks and gets the same head."""
     from pipeline.config import parse_params
-    from pipeline.heads import head_class, load_head
+    from pipeline.heads import head_class
+    from pipeline.heads.base import load_head
     from pipeline.heads import linear
     from pipeline.stages import train
 
@@ -376,7 +377,7 @@ def test_precision_params_are_validated_with_the_choices():
     with pytest.raises(ConfigError, match=r"backbone.precision.*'auto', 'float32' or 'bfloat16'"):
         parse_params({"backbone": {"precision": "fp16"}})
     with pytest.raises(ConfigError, match=r"finetune.top.precision.*'auto', 'float32' or 'bfloat16'"):
-        parse_params({"backbone": {"cut": "layer4"}, "finetune": {"top": {"precision": "half"}}})
+        parse_params({"backbone": {"cut": "layer4"}, "finetune": {"top": {"finetune": {"precision": "half"}}}})
 
 
 # -- damaged parts: discarded and computed again, never a stuck extraction ------------------

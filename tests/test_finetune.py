@@ -10,7 +10,7 @@ import torch
 
 from pipeline.stages import evaluate, extract, prepare, train
 from pipeline.backbones import channels_last_gradients, fold_zero_padding, load_backbone, top_above_cut
-from pipeline.config import FinetuneParams, parse_params
+from pipeline.config import parse_params
 from pipeline.device import resolve_precision
 from pipeline.images import decode_image
 from pipeline.sources import open_source
@@ -19,7 +19,8 @@ from pipeline.features import FeatureStore, PartialFeatures
 from pipeline.heads.base import FitRecord
 from pipeline.heads.epochs import run_epochs
 from pipeline.heads.finetune import FinetuneHead, depthwise_kernels
-from pipeline.heads import load_head
+from pipeline.heads.base import load_head
+from pipeline.heads.params import FinetuneParams
 from pipeline.model import export, load_exported, load_trained, predict
 from tests.conftest import interrupt_after
 
@@ -29,8 +30,16 @@ def make_params(cifar_folder, **backbone):
         "data": {"source": str(cifar_folder), "val_fraction": 0.25},
         "backbone": {"name": "resnet18", "weights": None, "input_size": 64, "batch_size": 4, "commit_rows": 8,
                      "cut": "layer4", **backbone},
-        "finetune": {"top": {"epochs": 2, "batch_size": 8, "warmup_epochs": 0.5}},
+        "finetune": {"top": {"kind": "finetune", "finetune": {"epochs": 2, "batch_size": 8, "warmup_epochs": 0.5}}},
     })
+
+
+def with_top(params, **settings):
+    """The params with these settings of ``finetune.top`` changed."""
+    raw = params.model_dump()
+    top = raw["finetune"]["top"]
+    top["finetune"] = {**(top.get("finetune") or {}), **settings}
+    return parse_params(raw)
 
 
 def images_of(splits_path, keys, geometry):
@@ -265,7 +274,7 @@ def test_each_training_precision_is_recorded_and_learns(run, tmp_path):
     out, params = run
     heads = {}
     for precision in ("float32", "bfloat16"):
-        changed = params.model_copy(update={"finetune": {"top": {**params.finetune["top"], "precision": precision}}})
+        changed = with_top(params, precision=precision)
         train.run(changed, out / "cut.h5", out / "splits.json", tmp_path / f"{precision}.npz", key="finetune.top")
         heads[precision] = head = load_head(tmp_path / f"{precision}.npz")[0]
         assert head.fitted.precision == precision
@@ -277,7 +286,7 @@ def test_compiled_training_follows_the_eager_one(run, tmp_path):
     """finetune.<name>.compile trains the same network through torch.compile: the same losses up to float
     rounding, and the eager network (which scores) holds the trained weights."""
     out, params = run
-    compiled = params.model_copy(update={"finetune": {"top": {**params.finetune["top"], "compile": True}}})
+    compiled = with_top(params, compile=True)
     train.run(compiled, out / "cut.h5", out / "splits.json", tmp_path / "compiled.npz", key="finetune.top")
     head, _ = load_head(tmp_path / "compiled.npz")
     eager, _ = load_head(out / "top.npz")
@@ -291,7 +300,7 @@ def test_compile_without_a_compiler_trains_eagerly_and_says_so(run, tmp_path, mo
 
     out, params = run
     monkeypatch.setattr(device, "compiler_available", lambda device: False)
-    compiled = params.model_copy(update={"finetune": {"top": {**params.finetune["top"], "compile": True}}})
+    compiled = with_top(params, compile=True)
     train.run(compiled, out / "cut.h5", out / "splits.json", tmp_path / "eager.npz", key="finetune.top")
     assert "no C++ compiler was found" in capsys.readouterr().out
     head, eager = load_head(tmp_path / "eager.npz")[0], load_head(out / "top.npz")[0]
@@ -361,10 +370,10 @@ def test_finetune_configuration_errors_name_the_key():
         parse_params({"head": {"kind": "finetune"}})
     with pytest.raises(ConfigError, match=r"finetune: \['top'\] need a cut cache: set backbone.cut"):
         parse_params({"finetune": {"top": {}}})
-    with pytest.raises(ConfigError, match=r"params: finetune.top.lr_top: Input should be greater than 0 \(got -1.0\)"):
-        parse_params({"backbone": {"cut": "layer4"}, "finetune": {"top": {"lr_top": -1.0}}})
-    with pytest.raises(ConfigError, match="finetune.top.batchnorm"):
-        parse_params({"backbone": {"cut": "layer4"}, "finetune": {"top": {"batchnorm": "off"}}})
+    with pytest.raises(ConfigError, match=r"params: finetune.top.finetune.lr_top: Input should be greater than 0 \(got -1.0\)"):
+        parse_params({"backbone": {"cut": "layer4"}, "finetune": {"top": {"finetune": {"lr_top": -1.0}}}})
+    with pytest.raises(ConfigError, match="finetune.top.finetune.batchnorm"):
+        parse_params({"backbone": {"cut": "layer4"}, "finetune": {"top": {"finetune": {"batchnorm": "off"}}}})
 
 
 def test_null_cut_writes_a_placeholder_cut_cache(run, tmp_path, capsys):

@@ -5,11 +5,12 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.config import (HEAD_PARAMS, KnnParams, LinearParams, LogisticParams, RidgeParams, parse_params,
-                             read_yaml)
+from pipeline.config import parse_params, read_yaml
 from pipeline.errors import ConfigError, FeatureStoreError, PipelineError
 from pipeline.features import FeatureStore
-from pipeline.heads import head_class, load_head
+from pipeline.heads import KINDS, head_class, kinds
+from pipeline.heads.base import load_head
+from pipeline.heads.params import KnnParams, LinearParams, LogisticParams, RidgeParams
 from pipeline.stages import evaluate, train
 from tests.conftest import ROOT
 
@@ -26,7 +27,7 @@ def config_key(kind: str) -> str:
     return "finetune.top" if kind == "finetune" else f"heads.{kind}"
 
 
-@pytest.fixture(scope="module", params=sorted(HEAD_PARAMS))
+@pytest.fixture(scope="module", params=sorted(KINDS))
 def trained(request, caches):
     kind = request.param
     out, params = caches
@@ -155,7 +156,7 @@ def test_the_seed_changes_what_a_stochastic_head_learns():
         ({"head": {"ridge": {"alpah": 1.0}}}, r"head.ridge.alpah: Extra inputs are not permitted"),
         ({"head": {"linear": {"normalize": "zscore"}}}, r"head.linear.normalize: Input should be 'none', 'standardize' or 'l2'"),
         ({"heads": {"a": {"kind": "knn", "knn": {"k": 0}}}}, r"heads.a.knn.k: Input should be greater than 0"),
-        ({"finetune": {"top": {"epochs": 0}}, "backbone": {"cut": "layer4"}}, r"finetune.top.epochs: Input should be greater than 0"),
+        ({"finetune": {"top": {"finetune": {"epochs": 0}}}, "backbone": {"cut": "layer4"}}, r"finetune.top.finetune.epochs: Input should be greater than 0"),
         ({"backbone": {"input_size": "224"}}, r"backbone.input_size: Input should be a valid integer"),
         ({"backbone": {"storage_dtype": "int8"}}, r"backbone.storage_dtype: Input should be 'float32' or 'float16'"),
         ({"data": {"val_fraction": 1.5}}, r"data.val_fraction: Input should be less than 1"),
@@ -170,17 +171,15 @@ def test_bad_params_name_the_key_and_the_valid_values(raw, message):
 
 
 def test_params_yaml_shows_each_head_kind_with_its_defaults():
-    """The defaults live in pipeline/config.py; params.yaml may show them, and must show the same values."""
+    """The defaults live in pipeline/heads/params.py; params.yaml may show them, and must show the same values."""
     raw = read_yaml(ROOT / "params.yaml")
-    sections = {**raw["head"], **{f"finetune:{name}": section for name, section in raw["finetune"].items()}}
-    for name, shown in sections.items():
-        if name == "kind":
-            continue
-        kind = "finetune" if name.startswith("finetune:") else name
-        defaults = HEAD_PARAMS[kind]().model_dump()
+    sections = {**{f"head.{k}": v for k, v in raw["head"].items() if k != "kind"},
+                **{f"finetune.{name}.finetune": entry["finetune"] for name, entry in raw["finetune"].items()}}
+    for key, shown in sections.items():
+        defaults = KINDS[key.rpartition(".")[2]].params().model_dump()
         differing = {k: (v, defaults.get(k)) for k, v in shown.items() if defaults.get(k) != v}
-        assert not differing, f"params.yaml {name}: shown value != default in pipeline/config.py: {differing}"
-    assert set(raw["head"]) - {"kind"} == {k for k, p in HEAD_PARAMS.items() if p.input == "pooled"}
+        assert not differing, f"params.yaml {key}: shown value != default in pipeline/heads/params.py: {differing}"
+    assert set(raw["head"]) - {"kind"} == set(kinds("pooled"))
 
 
 def correlated(n_per_class, sample_seed, dim=30, n_classes=3, separation=0.5):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy.optimize import brentq
 
-from pipeline.heads import load_head
+from pipeline.heads.base import load_head
 from pipeline.metrics import Z95, mcnemar_exact, mean_of_proportions_interval, wilson_interval
 from pipeline.stages import compare, evaluate, train
 

@@ -84,7 +84,7 @@ def lock_entry(repo: Path, stage: str) -> dict:
 def test_dvc_repro_then_each_change_reruns_only_what_it_touches(tmp_path):
     def edit(params):
         params["heads"] = {"ridge": {"kind": "ridge"}, "knn": {"kind": "knn"}}
-        params["finetune"]["top"]["epochs"] = 1
+        params["finetune"]["top"]["finetune"]["epochs"] = 1
         params["backbones"]["heads"]["linear-probe"]["logistic"]["grid"] = {"low": 1e-4, "high": 1e2, "num": 5}
         params["backbones"]["configurations"] |= {
             "small": {"name": "efficientnet_lite0", "input_size": 64, "batch_size": 32},
@@ -145,12 +145,12 @@ def test_dvc_repro_then_each_change_reruns_only_what_it_touches(tmp_path):
     assert json.loads((repo / "evaluation" / "metrics.json").read_text())["head"] == "ridge"
     # two experiments, then the README's comparison command: one row per experiment, within 200 columns, with
     # the params each changed and the test top-1 of every head
-    assert after("finetune.top.epochs=2") == {"finetune@top", "curves-finetune", "report"}
+    assert after("finetune.top.finetune.epochs=2") == {"finetune@top", "curves-finetune", "report"}
     shown = dvc(repo, {**env, "COLUMNS": "400"}, *readme_exp_show()[1:], "--no-pager")
     lines = shown.splitlines()
     assert max(map(len, lines)) <= 200, shown
     header = lines[1].split()
-    assert {"head", "ridge", "knn", "top", "head.kind", "finetune.top.epochs"} <= set(header), header
+    assert {"head", "ridge", "knn", "top", "head.kind", "finetune.top.finetune.epochs"} <= set(header), header
     assert not [h for h in header if "/" in h or h in ("rev", "typ", "parent")], header
     assert {"logistic", "ridge"} <= set(shown.split()) and {"1", "2"} <= set(shown.split())  # the values
     assert lock_entry(repo, "train")["params"]["params.yaml"]["head.kind"] == "ridge"
@@ -174,7 +174,7 @@ def test_dvc_repro_then_each_change_reruns_only_what_it_touches(tmp_path):
     assert after("+heads.knn.knn.k=5") == {"train-heads@knn", "report"}  # + adds a key
     # a fine-tune setting: only that head; a new cut: the one extraction pass again (writing pooled.h5
     # byte for byte as it was, so no pooled head re-runs) and what is trained on the cut cache
-    assert after("finetune.top.lr_top=0.001") == {"finetune@top", "curves-finetune", "report"}
+    assert after("finetune.top.finetune.lr_top=0.001") == {"finetune@top", "curves-finetune", "report"}
     # seeds on: one stage per seed, and the report stage
     assert after("seeds.values=[0,1]", "seeds.configurations=[heads.knn]", "seeds.splits=true") == {"seeds@0", "seeds@1",
                                                                                                      "report"}
@@ -228,7 +228,7 @@ def test_documented_ways_to_turn_parts_off_run(tmp_path, switch):
     the main head alone. Both run to the end."""
     def edit(params):
         params["heads"] = {"ridge": {"kind": "ridge"}}
-        params["finetune"]["top"]["epochs"] = 1
+        params["finetune"]["top"]["finetune"]["epochs"] = 1
         if switch == "no fine-tuning":
             params["backbone"]["cut"], params["finetune"] = None, {}
         else:

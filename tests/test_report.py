@@ -191,7 +191,7 @@ def test_evaluate_fits_a_temperature_for_every_head_with_a_held_out_val(full_run
     temperature fitted on val applied to the test scores; the predictions and the head's own ECE unchanged
     (calibrate: false)."""
     from pipeline.features import FeatureStore
-    from pipeline.heads import load_head, softmax, split_scores
+    from pipeline.heads.base import load_head, softmax, split_scores
     from pipeline.heads.calibration import fit_temperature
     from pipeline.metrics import calibration
 

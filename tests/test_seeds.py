@@ -164,7 +164,7 @@ def test_the_test_split_is_never_used_for_fitting(caches, monkeypatch, tmp_path)
     (re-carved or not): the test split is read only to score."""
     out, params = caches
     log: list[str] = []
-    import pipeline.heads as H
+    import pipeline.heads.base as H
 
     read, score = FeatureStore.read, H.split_top1
 

@@ -11,16 +11,18 @@ divide the scores by it. Pooled heads (:class:`PooledHead`) also take features i
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from pipeline.config import HeadParamsBase, Normalize, PooledHeadParams
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.fileutil import atomic_path
+from pipeline.heads import KINDS, head_class
 from pipeline.heads.calibration import TEMPERATURE_BOUNDS, fit_temperature, mean_nll
+from pipeline.heads.params import HeadParamsBase, Normalize, PooledHeadParams
 from pipeline.heads.shots import ShotFit
 from pipeline.metrics import top1
 
@@ -224,6 +226,42 @@ class Head:
         head.temperature = header.get("temperature")
         head._load_arrays(arrays)
         return head
+
+
+@dataclass
+class Fitted:
+    """A head fitted by :func:`fit_and_score`: how long ``fit_store`` took, and its top-1 per scored split."""
+
+    head: Head
+    fit_seconds: float
+    top1: dict[str, float]
+
+
+def fit_and_score(head: Head, store: FeatureStore, splits: tuple[str, ...] = ("test",),
+                  scored_on: FeatureStore | None = None, log: TrainingLog | None = None) -> Fitted:
+    """Fit ``head`` on ``store`` (``fit_store``, timed; ``log``: its training curves) and score its top-1
+    on each of ``splits`` of ``scored_on`` (default: the same store), block by block as the evaluate stage
+    scores, leaving out the splits it was fitted on and those without rows. What train, seeds and probe
+    do with a head."""
+    start = time.perf_counter()
+    head.fit_store(store, log)
+    seconds = time.perf_counter() - start
+    scored = scored_on if scored_on is not None else store
+    top1 = {s: split_top1(head, scored, s) for s in splits if s not in head.fitted_on}
+    return Fitted(head, seconds, {s: t for s, t in top1.items() if t is not None})
+
+
+def head_header(path: str | Path) -> dict[str, Any]:
+    """The JSON header of a saved head (kind, params, info, metadata), without its arrays."""
+    return read_saved(path, arrays=False)[0]
+
+
+def load_head(path: str | Path) -> tuple[Head, dict[str, Any]]:
+    """Load a head saved by :meth:`Head.save`; returns the head and the metadata saved with it."""
+    header, arrays = read_saved(path)
+    if header.get("kind") not in KINDS:
+        raise PipelineError(f"{path}: unknown head kind {header.get('kind')!r}; valid choices: {sorted(KINDS)}")
+    return head_class(header["kind"]).from_saved(header, arrays), header["metadata"]
 
 
 def read_saved(path: str | Path, arrays: bool = True) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

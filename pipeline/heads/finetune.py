@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from pipeline.config import FinetuneParams
+from pipeline.heads.params import FinetuneParams
 from pipeline.device import compile_if_possible, resolve_precision, torch_device
 from pipeline.errors import PipelineError
 from pipeline.heads.base import FitRecord, Head

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.config import KnnParams
+from pipeline.heads.params import KnnParams
 from pipeline.heads.base import EpochLog, FeatureNormalizer, PooledHead
 from pipeline.heads.shots import ShotFit
 from pipeline.neighbours import Neighbours, top_k_cosine

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 
-from pipeline.config import LinearParams, LogisticParams, NearestCentroidParams, RidgeParams, SweepParams
+from pipeline.heads.params import LinearParams, LogisticParams, NearestCentroidParams, RidgeParams, SweepParams
 from pipeline.device import torch_device
 from pipeline.errors import ConfigError
 from pipeline.features import fits_in_memory
@@ -16,7 +16,8 @@ from pipeline.heads.shots import ShotFit, chooses_penalty, first_best
 from pipeline.metrics import top1
 
 if TYPE_CHECKING:
-    from pipeline.config import CurvesParams, PooledHeadParams
+    from pipeline.config import CurvesParams
+    from pipeline.heads.params import PooledHeadParams
     from pipeline.features import FeatureStore
     from pipeline.heads.base import EpochLog
     from pipeline.heads.live import TrainingLog

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.config import MlpParams
+from pipeline.heads.params import MlpParams
 from pipeline.device import torch_device
 from pipeline.heads.base import EpochLog, PooledHead
 from pipeline.metrics import top1

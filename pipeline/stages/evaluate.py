@@ -32,7 +32,7 @@ from pipeline.config import Params
 from pipeline.errors import FeatureStoreError
 from pipeline.features import FeatureStore
 from pipeline.fileutil import atomic_files, write_json
-from pipeline.heads import load_head, softmax, split_scores
+from pipeline.heads.base import load_head, softmax, split_scores
 from pipeline.heads.calibration import fit_temperature
 from pipeline.metrics import calibration, classification_metrics, plot_confusion, plot_reliability
 

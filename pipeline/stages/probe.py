@@ -18,7 +18,8 @@ from pipeline import layout
 from pipeline.config import Params
 from pipeline.features import FeatureStore, expected_spec
 from pipeline.fileutil import write_json
-from pipeline.heads import build_head, fit_and_score
+from pipeline.heads import build_head
+from pipeline.heads.base import fit_and_score
 
 
 def run(params: Params, name: str, features_path: str | Path, splits_path: str | Path, out_path: str | Path) -> dict:
