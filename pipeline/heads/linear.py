@@ -345,12 +345,19 @@ class RidgeHead(PenalisedHead):
     Params = RidgeParams
 
     def _fit(self, X: np.ndarray, y: np.ndarray, log: EpochLog | None = None) -> None:
-        from sklearn.linear_model import Ridge
-
-        # in float64 as the closed form it replaces; on the 4,500 x 1,280 quick-run features and 45,000 rows
-        # (the same tiled) it took 1.07 s and 4.67 s against 0.55-1.05 s and 4.90-6.56 s (load average 9)
-        model = Ridge(alpha=self.params.alpha).fit(X.astype(np.float64), np.eye(self.n_classes)[y])
-        self.coef, self.intercept = model.coef_.astype(np.float32), model.intercept_.astype(np.float32)
+        # The normal equations with an unpenalised intercept, (Xc^T Xc + alpha I) W = Xc^T Yc on centred
+        # features and one-hot targets, the Gram matrix in float32, solved in float64. Hand-written, not
+        # scikit-learn's Ridge, for a head swap's budget of 10 s: on the default run's 45,000 x 1,280 features
+        # Ridge took 10.0 s (float64) and this 1.9 s, the same test predictions (coefficients within 2e-6),
+        # with other jobs running on the 2-core AMD EPYC; importing scikit-learn alone costs 1.4 s there.
+        X = np.asarray(X, dtype=np.float32)
+        Y = np.eye(self.n_classes, dtype=np.float32)[y]
+        x_mean, y_mean = X.mean(axis=0, dtype=np.float64), Y.mean(axis=0, dtype=np.float64)
+        centred = X - x_mean.astype(np.float32)
+        gram = (centred.T @ centred).astype(np.float64)
+        gram[np.diag_indices_from(gram)] += self.params.alpha
+        coef = np.linalg.solve(gram, (centred.T @ (Y - y_mean.astype(np.float32))).astype(np.float64))
+        self.coef, self.intercept = coef.T.astype(np.float32), (y_mean - x_mean @ coef).astype(np.float32)
 
     @classmethod
     def with_l2(cls, params: RidgeParams, l2: float, n_rows: int, n_classes: int) -> RidgeParams:
