@@ -8,9 +8,9 @@ import pytest
 from pipeline.config import (HEAD_PARAMS, KnnParams, LinearParams, LogisticParams, RidgeParams, parse_params,
                              read_yaml)
 from pipeline.errors import ConfigError, FeatureStoreError, PipelineError
-from pipeline.features import FeatureStore
 from pipeline.heads import head_class, load_head
 from pipeline.stages import evaluate, train
+from pipeline.store.features import FeatureStore
 from tests.conftest import ROOT
 
 def blobs(n_per_class=60, dim=16, n_classes=4, seed=0, spread=1.0):

@@ -9,7 +9,7 @@ import yaml
 from pipeline import layout
 from tests.conftest import ROOT
 from tests.dvc_deps import CODE, DVC_YAML, POOLED_HEADS, code_deps, derived
-from tests.imports import closure, cycles
+from tests.imports import all_modules, closure, cycles, module_file, package, package_graph
 
 KEY = "${key}"
 ITEM = "${item}"
@@ -35,16 +35,46 @@ def test_every_stage_lists_exactly_the_code_it_runs(stages):
     assert derived(text) == text, "dvc.yaml's code deps are stale: run python -m tests.dvc_deps"
 
 
+LAYERS = [{"pipeline.data", "pipeline.store"}, {"pipeline.backbone"}, {"pipeline.heads"}, {"pipeline.analyses"},
+          {"pipeline.reports"}, {"pipeline.stages"}]
+"""The packages of the design, each importing only those of the layers before it and the top-level infrastructure."""
+ENTRY_POINTS = {"pipeline.__main__", "pipeline.model"}
+"""Top-level modules above every package: the CLI, and predict / export (f and g together)."""
+IMAGE_SIDE = {"pipeline.data", "pipeline.backbone"}
+HEAD_SIDE = {"pipeline.heads", "pipeline.analyses"}
+
+
+def test_packages_depend_one_way():
+    """infrastructure <- data, store <- backbone <- heads <- analyses <- reports <- stages, with no package-level
+    cycle; the top-level modules other than the entry points (config, errors, fileutil, layout, device, splitting)
+    are the infrastructure and import nothing else."""
+    edges = package_graph()
+    assert cycles(edges) == []
+    rank = {p: i + 1 for i, layer in enumerate(LAYERS) for p in layer}
+    for p, imported in edges.items():
+        if p in ENTRY_POINTS:
+            continue
+        assert p in rank or module_file(p).is_file(), f"{p}: a package not placed in LAYERS"
+        for q in imported:
+            assert q not in ENTRY_POINTS and rank.get(q, 0) < rank.get(p, 1), f"{p} imports {q}"
+
+
 def test_the_head_side_does_not_run_the_backbone_or_the_image_code():
-    """The f/g rule on the import graph: the pooled heads' stages and compare never reach the frozen backbone,
-    the images, the sources or the leakage stage (compare reads only ids from its pairs.csv); a fine-tuned
-    head reaches the backbone module, for its top only."""
-    data_side = {"pipeline.backbones", "pipeline.images", "pipeline.sources", "pipeline.extract",
-                 "pipeline.preprocessing", "pipeline.stages.leakage"}
+    """The f/g rule on the import graph: no module of the head side (the heads, the analyses on cached features)
+    runs the data side or the backbone, but the fine-tuned head, which imports the backbone's top (and with it the
+    preprocessing it records); nor do the stages of the pooled heads, compare (it reads only ids from the leakage
+    stage's pairs.csv), the backbone comparison's and the report, nor the leakage stage's image code."""
+    def image_code(modules: set[str]) -> set[str]:
+        return {m for m in modules if package(m) in IMAGE_SIDE or m == "pipeline.stages.leakage"}
+
+    for module in all_modules():
+        if package(module) in HEAD_SIDE and module != "pipeline.heads.finetune":
+            assert not image_code(closure(module)), module
+    assert image_code(closure("pipeline.heads.finetune")) == {"pipeline.backbone", "pipeline.backbone.backbones",
+                                                              "pipeline.data", "pipeline.data.preprocessing"}
     for stage in ("train", "evaluate", "curves", "compare", "probe-backbone", "curves-backbone", "compare-backbones", "report"):
-        assert not closure(*CODE[stage]) & data_side, stage
-    assert not closure("pipeline.stages.seeds", *POOLED_HEADS) & data_side  # the backbone's top: only for finetune
-    assert closure("pipeline.heads.finetune") & data_side == {"pipeline.backbones", "pipeline.preprocessing"}
+        assert not image_code(closure(*CODE[stage])), stage
+    assert not image_code(closure("pipeline.stages.seeds", *POOLED_HEADS))  # the backbone's top: only for finetune
 
 
 def test_no_import_cycle_in_the_package():

@@ -24,8 +24,8 @@ from pipeline.errors import PipelineError
 from pipeline.heads.base import Head, read_saved, softmax, split_scores, split_top1
 
 if TYPE_CHECKING:
-    from pipeline.features import FeatureStore
     from pipeline.heads.live import TrainingLog
+    from pipeline.store.features import FeatureStore
 
 __all__ = ["Head", "head_class", "build_head", "fit_and_score", "Fitted", "load_head", "head_header", "softmax",
            "split_scores", "split_top1"]

@@ -21,16 +21,16 @@ from pipeline.config import HeadParamsBase, Normalize, PooledHeadParams
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.fileutil import atomic_path
 from pipeline.heads.calibration import TEMPERATURE_BOUNDS, fit_temperature, mean_nll
+from pipeline.heads.metrics import top1
 from pipeline.heads.shots import ShotFit
-from pipeline.metrics import top1
 
 if TYPE_CHECKING:
     from torch import nn
 
     from pipeline.config import CurvesParams
-    from pipeline.features import FeatureStore
     from pipeline.heads.live import TrainingLog
     from pipeline.heads.shots import ShotSet, TestSplit
+    from pipeline.store.features import FeatureStore
 
 
 def softmax(scores: np.ndarray) -> np.ndarray:

@@ -16,14 +16,14 @@ from pathlib import Path
 
 from pipeline import layout
 from pipeline.config import Params
-from pipeline.features import FeatureStore, expected_spec
 from pipeline.fileutil import write_json
 from pipeline.heads import build_head, fit_and_score
+from pipeline.store.features import FeatureStore, expected_spec
 
 
 def run(params: Params, name: str, features_path: str | Path, splits_path: str | Path, out_path: str | Path) -> dict:
     """Fit and score the comparison's heads on compared backbone ``name``'s cache, and its LogME."""
-    from pipeline.transferability import logme
+    from pipeline.analyses.transferability import logme
 
     compared = params.with_backbone(name)
     results: dict = {}

@@ -3,7 +3,7 @@
 Reads only the feature files (never images or the frozen backbone): each configuration of
 ``seeds.configurations`` (default: the stochastic ones) is fitted once per seed as the train stage fits it,
 on the cached splits or, with ``seeds.splits``, on a train / val split re-carved per seed from the cached
-train + val rows; every fit is scored on the test split (protocol: docs/seeds.md and :mod:`pipeline.seeds`).
+train + val rows; every fit is scored on the test split (protocol: docs/seeds.md and :mod:`pipeline.analyses.seeds`).
 Writes evaluation/seeds.json (read by compare) and seeds.md; with ``seeds.values`` empty it
 writes a placeholder saying it is off, at no cost.
 """
@@ -16,9 +16,9 @@ import time
 from pathlib import Path
 
 from pipeline import layout
+from pipeline.analyses.seeds import seed_fits, summarise, write_outputs
 from pipeline.config import Params
-from pipeline.features import FeatureStore, expected_spec
-from pipeline.seeds import seed_fits, summarise, write_outputs
+from pipeline.store.features import FeatureStore, expected_spec
 
 
 def run(params: Params, features_paths: dict[str, str | Path], splits_path: str | Path,

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Iterator
 
 from pipeline import layout
 from pipeline.config import Params
-from pipeline.features import FeatureStore, expected_spec
 from pipeline.heads import build_head, fit_and_score
+from pipeline.store.features import FeatureStore, expected_spec
 
 if TYPE_CHECKING:
     from pipeline.heads.live import TrainingLog
