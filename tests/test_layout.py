@@ -33,6 +33,8 @@ def test_every_stage_lists_exactly_the_code_it_runs(stages):
         assert listed == code_deps(name), f"{name}: run python -m tests.dvc_deps"
     text = DVC_YAML.read_text()
     assert derived(text) == text, "dvc.yaml's code deps are stale: run python -m tests.dvc_deps"
+    # a package directory listed whole is hashed without the bytecode Python writes into it when a stage runs
+    assert "__pycache__/" in (ROOT / ".dvcignore").read_text().splitlines()
 
 
 LAYERS = [{"pipeline.data", "pipeline.store"}, {"pipeline.backbone"}, {"pipeline.heads"}, {"pipeline.analyses"},
