@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 
-from pipeline.backbones import load_backbone
+from pipeline.backbone.backbones import load_backbone
+from pipeline.backbone.extract import OnePass, extract_features, feature_spec, tune_allocator
+from pipeline.data.sources import Split, make_splits, open_source
 from pipeline.device import describe_cpu, torch_device
-from pipeline.extract import OnePass, extract_features, feature_spec, tune_allocator
-from pipeline.sources import Split, make_splits, open_source
 
 
 def bare_forward(backbone, batch_size: int, batches: int, device, precision: str = "float32") -> float:

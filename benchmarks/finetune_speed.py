@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from pipeline.backbones import load_backbone  # noqa: E402
+from pipeline.backbone.backbones import load_backbone  # noqa: E402
 from pipeline.config import FinetuneParams  # noqa: E402
 from pipeline.device import describe_cpu, native_bfloat16, torch_device  # noqa: E402
 from pipeline.heads.base import FitRecord  # noqa: E402

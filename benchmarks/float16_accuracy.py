@@ -17,8 +17,8 @@ import h5py
 import numpy as np
 
 from pipeline.config import load_params
-from pipeline.features import FeatureStore
 from pipeline.heads import head_class
+from pipeline.store.features import FeatureStore
 
 
 def main() -> None:

@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))  # this checkout's pipeline, also when another one
 import numpy as np  # noqa: E402
 from PIL import Image, ImageEnhance  # noqa: E402
 
-from pipeline.leakage import Pair, grey_square, match, plot_pairs  # noqa: E402
+from pipeline.analyses.leakage import Pair, grey_square, match, plot_pairs  # noqa: E402
 
 
 # -- the transformation families, at the strengths of issue 29 ---------------------------------------
@@ -173,7 +173,7 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
 
 def build(source: str, work: Path, per_family: int, negatives: int, plain: int, base: int, seed: int) -> dict:
     """Write the planted image folder ``work/images``; returns what each test image is."""
-    from pipeline.sources import open_source
+    from pipeline.data.sources import open_source
     from pipeline.stages.leakage import decoded
 
     rng = np.random.default_rng(seed)
@@ -235,12 +235,12 @@ def _save(path: Path, image: np.ndarray) -> None:
 def evaluate(work: Path, truth: dict, pictures: Path | None = None, reuse: bool = False) -> dict:
     """Prepare, extract (``reuse``: unless done before) and check the planted folder; recall, negatives
     confirmed and the trade-offs."""
+    from pipeline.analyses.leakage import candidates
     from pipeline.config import parse_params
-    from pipeline.features import FeatureStore
-    from pipeline.leakage import candidates
-    from pipeline.neighbours import top_k_cosine
+    from pipeline.heads.neighbours import top_k_cosine
     from pipeline.stages import extract, prepare
     from pipeline.stages.leakage import decoded
+    from pipeline.store.features import FeatureStore
 
     params = parse_params({"data": {"source": str(work / "images"), "val_fraction": 0.0},
                            "backbone": {"batch_size": 32, "cut": None}, "heads": {}, "finetune": {}})
@@ -301,7 +301,7 @@ def evaluate(work: Path, truth: dict, pictures: Path | None = None, reuse: bool 
 
 def recall_table(result: dict, method: str, threshold: float, min_detail: float | None = None) -> dict:
     """Recall per family (copies), share confirmed of negatives and plain negatives, at ``threshold`` (for
-    the stage's match with ``min_detail``: its decision, :func:`pipeline.leakage.confirm`)."""
+    the stage's match with ``min_detail``: its decision, :func:`pipeline.analyses.leakage.confirm`)."""
     truth, scores = result["truth"], result["per_image"][method]
     details = result["per_image"]["detail"]
 
@@ -323,7 +323,7 @@ def recall_table(result: dict, method: str, threshold: float, min_detail: float 
 def _draw(pairs, scores, details, mirrored, truth, rgb, threshold, min_detail, pictures: Path) -> None:
     from dataclasses import replace
 
-    from pipeline.leakage import confirm, margin
+    from pipeline.analyses.leakage import confirm, margin
 
     checked = [replace(p, match=float(s), detail=float(d), mirrored=bool(m),
                        confirmed=bool(confirm(s, d, threshold, min_detail)))

@@ -33,16 +33,16 @@ sys.path.insert(0, str(ROOT))  # this checkout's pipeline, also when another one
 WARM_UP = """
 import json, resource, sys, time
 import numpy as np
-from pipeline.features import FeatureStore
+from pipeline.store.features import FeatureStore
 def peak():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 features, source = sys.argv[1], sys.argv[2]
 """
 
 AFTER = WARM_UP + """
+from pipeline.analyses.leakage import match
 from pipeline.config import LeakageParams
-from pipeline.leakage import match
-from pipeline.neighbours import top_k_cosine
+from pipeline.heads.neighbours import top_k_cosine
 from pipeline.stages.leakage import boundary, find, thumbnails
 w = np.eye(8, 64, dtype=np.float32); top_k_cosine(w, w, 2, device="cpu")
 match(np.full((2, 32, 32), 9, np.uint8) + np.eye(32, dtype=np.uint8) * 99, np.full((2, 32, 32), 9, np.uint8))
@@ -59,7 +59,7 @@ print(json.dumps({"seconds": seconds, "total": time.perf_counter() - start, "bef
 """
 
 BEFORE = WARM_UP + """
-from pipeline.leakage import candidates, check_pixels, nearest_neighbours, pairs_of, search, split_pair_name
+from pipeline.analyses.leakage import candidates, check_pixels, nearest_neighbours, pairs_of, search, split_pair_name
 from pipeline.stages.leakage import SHOWN, read_images
 w = np.eye(8, 64, dtype=np.float32); nearest_neighbours(w, w, device="cpu")
 before = peak(); start = time.perf_counter()
@@ -88,10 +88,10 @@ def write_proxy(path: Path, splits_path: Path, dim: int = 1280, seed: int = 0) -
     import numpy as np
     from PIL import Image
 
-    from pipeline.features import FeatureSpec, PartialFeatures
-    from pipeline.leakage import grey_square
-    from pipeline.sources import Splits
+    from pipeline.analyses.leakage import grey_square
+    from pipeline.data.sources import Splits
     from pipeline.stages.leakage import decoded
+    from pipeline.store.features import FeatureSpec, PartialFeatures
 
     splits = Splits.load(splits_path)
     rng = np.random.default_rng(seed)
@@ -135,8 +135,8 @@ def main() -> None:
     if args.write_proxy:
         write_proxy(args.write_proxy, args.splits)
         return
+    from pipeline.data.sources import Splits
     from pipeline.device import describe_cpu
-    from pipeline.sources import Splits
 
     features = args.features
     if args.proxy:

@@ -7,7 +7,7 @@ Reads the rows of ``--splits`` from the feature file (after ``dvc repro``), or w
 when the file does not exist) makes 50,000 x 1,280 float32 features in memory: 10 classes, each row a
 random class-dependent mixture passed through a softplus (non-negative, like pooled activations). Prints
 the CPU, the time of the spectrum (F^T F summed over blocks of rows, and its eigendecomposition), of the
-fixed point, their total (what ``pipeline.transferability.logme`` takes), and the LogME score.
+fixed point, their total (what ``pipeline.analyses.transferability.logme`` takes), and the LogME score.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's pipeline, also when another one is installed
 
-from pipeline.features import FeatureStore  # noqa: E402
-from pipeline.transferability import maximise, spectrum  # noqa: E402
+from pipeline.analyses.transferability import maximise, spectrum  # noqa: E402
+from pipeline.store.features import FeatureStore  # noqa: E402
 
 
 def synthetic(n: int = 50_000, dim: int = 1280, n_classes: int = 10, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

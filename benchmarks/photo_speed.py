@@ -23,7 +23,7 @@ Prints, all measured in this run:
   ``--no-probe``) the linear-probe accuracy both ways (5-fold cross-validated logistic regression on the
   same folds; the photos are upscaled CIFAR-10 images, the only real images available offline);
 - the current leakage pixel check (``pipeline.stages.leakage.read_images``) and the mistakes pictures'
-  thumbnails (``pipeline.mistakes.load_thumbnails``) on the photo folder.
+  thumbnails (``pipeline.reports.mistakes.load_thumbnails``) on the photo folder.
 """
 
 from __future__ import annotations
@@ -46,11 +46,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from extract_speed import bare_forward  # noqa: E402
 
-from pipeline.backbones import load_backbone  # noqa: E402
+from pipeline.backbone.backbones import load_backbone  # noqa: E402
+from pipeline.backbone.extract import OnePass, auto_workers, extract_features, feature_spec, tune_allocator  # noqa: E402
+from pipeline.data.images import decode_image, draft, read_rgb, reduced_to, resize_crop  # noqa: E402
+from pipeline.data.sources import Split, Splits, make_splits, open_source  # noqa: E402
 from pipeline.device import describe_cpu, resolve_precision, torch_device  # noqa: E402
-from pipeline.extract import OnePass, auto_workers, extract_features, feature_spec, tune_allocator  # noqa: E402
-from pipeline.images import decode_image, draft, read_rgb, reduced_to, resize_crop  # noqa: E402
-from pipeline.sources import Split, Splits, make_splits, open_source  # noqa: E402
 
 ARCHIVE = Path("data/cifar10-jpeg.tar.gz")
 PHOTO_SIZE = (4000, 3000)
@@ -242,7 +242,7 @@ def main() -> None:
               f"reduced {probe_accuracy(a, labels):.2%}, full {probe_accuracy(b, labels):.2%}")
 
     from pipeline.config import LeakageParams
-    from pipeline.mistakes import load_thumbnails
+    from pipeline.reports.mistakes import load_thumbnails
     from pipeline.stages.leakage import read_images
 
     start = time.perf_counter()

@@ -15,9 +15,9 @@ import time
 
 import numpy as np
 
-from pipeline.features import FeatureStore
 from pipeline.heads import head_class
 from pipeline.heads.base import FeatureNormalizer
+from pipeline.store.features import FeatureStore
 
 
 def main() -> None:

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _commands(args: argparse.Namespace) -> int:
     if args.command == "download-cifar10":
-        from pipeline.sources import download_cifar10
+        from pipeline.data.sources import download_cifar10
 
         print(f"CIFAR-10 is in {download_cifar10(args.root)}; set data.source to that directory")
         return 0
@@ -94,8 +94,8 @@ def _load_trained(args: argparse.Namespace):
 
 def _predict(args: argparse.Namespace) -> int:
     """Print each image's top classes as they come (or one JSON document); 1 when some could not be read."""
+    from pipeline.data.images import image_paths
     from pipeline.errors import PipelineError
-    from pipeline.images import image_paths
     from pipeline.model import predict
 
     paths = image_paths(args.paths)

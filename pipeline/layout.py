@@ -2,7 +2,7 @@
 
 dvc.yaml lists the same paths as the deps and outs of its stages (a test checks that they agree).
 The feature files have fixed names: each describes itself in its attributes (see
-:class:`~pipeline.features.FeatureSpec`), and dvc.lock records the params that made it.
+:class:`~pipeline.store.features.FeatureSpec`), and dvc.lock records the params that made it.
 """
 
 from __future__ import annotations

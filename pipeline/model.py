@@ -17,12 +17,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.backbones import FeatureExtractor, load_recipe
+from pipeline.backbone.backbones import FeatureExtractor, load_recipe
+from pipeline.data.images import decode_image
 from pipeline.errors import PipelineError
-from pipeline.features import FeatureStore
 from pipeline.fileutil import atomic_path
 from pipeline.heads.base import Head, load_head
-from pipeline.images import decode_image
+from pipeline.data.images import decode_image
 
 EXPORT_META = "transfer_model.json"
 

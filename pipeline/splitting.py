@@ -1,9 +1,9 @@
 """The carving rule: which images are carved out of a pool as validation (or test) images.
 
 One rule for both sides: the prepare stage applies it to the images a source lists (data side, in
-:func:`pipeline.sources.make_splits`: test from a dataset that gives none, val from train); the seeds
+:func:`pipeline.data.sources.make_splits`: test from a dataset that gives none, val from train); the seeds
 stage applies it again to the rows the feature cache holds for train + val, with other seeds (head side,
-:mod:`pipeline.seeds`).
+:mod:`pipeline.analyses.seeds`).
 """
 
 from __future__ import annotations

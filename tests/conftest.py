@@ -75,7 +75,7 @@ def write_image(path: Path, rng: np.random.Generator, size=(20, 16), mode="RGB",
 
 def interrupt_after(n_parts: int, extract, monkeypatch) -> list[tuple[str, int]]:
     """Call ``extract()``, interrupting it once ``n_parts`` parts are committed; return those parts."""
-    from pipeline.features import PartialFeatures
+    from pipeline.store.features import PartialFeatures
 
     original, written = PartialFeatures.write_part, []
 

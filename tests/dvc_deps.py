@@ -1,8 +1,12 @@
 """The code deps of every DVC stage, derived from the import graph: one source, written into dvc.yaml.
 
 Each stage's deps list the pipeline modules its entry point runs (read from the source, function-level
-imports included) and, for stages that build heads, every head implementation they may load. After
-adding, moving or re-importing a module, rewrite dvc.yaml's code deps with::
+imports included) and, for stages that build heads, every head implementation they may load. A package
+directory whose every file the stage runs is listed as the directory (``pipeline/store``: one dep, hashed
+as a whole by DVC; ``.dvcignore`` leaves out ``__pycache__/``), the others' modules as their files: a code
+change still re-runs exactly the stages that run that code, and dvc.lock, which DVC re-reads and re-writes
+after every stage, stays short. After adding, moving or re-importing a module, rewrite dvc.yaml's code
+deps with::
 
     python -m tests.dvc_deps
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import re
 import sys
+from pathlib import PurePosixPath
 
 from tests.conftest import ROOT
 from tests.imports import closure, files
@@ -44,9 +49,19 @@ _STAGE = re.compile(r"^  ([A-Za-z0-9_-]+):\s*$")
 _CODE_DEP = re.compile(r"^(\s+)- pipeline/\S+\s*$")
 
 
+def whole_packages(paths: set[str]) -> set[str]:
+    """``paths`` (files) with the files of each directory that ``paths`` holds entirely (every file DVC would
+    hash: all but ``__pycache__/``) replaced by the directory, the outermost one."""
+    def held(folder: PurePosixPath) -> bool:
+        return all(f.relative_to(ROOT).as_posix() in paths for f in (ROOT / folder).rglob("*")
+                   if f.is_file() and "__pycache__" not in f.parts)
+
+    return {next((d.as_posix() for d in reversed(PurePosixPath(p).parents[:-1]) if held(d)), p) for p in paths}
+
+
 def code_deps(stage: str) -> list[str]:
-    """The files of the pipeline modules ``stage`` runs, sorted."""
-    return sorted(files(closure(*CODE[stage])))
+    """The pipeline code ``stage`` runs, sorted: whole package directories, and the files of the other modules."""
+    return sorted(whole_packages(files(closure(*CODE[stage]))))
 
 
 def derived(text: str) -> str:

@@ -1,4 +1,5 @@
-"""The import graph of the pipeline package, read from the source (every import, function-level ones too)."""
+"""The import graph of the pipeline package, read from the source (every import, function-level ones too), by
+module and by package of the design."""
 
 from __future__ import annotations
 
@@ -48,21 +49,45 @@ def all_modules() -> list[str]:
                   for p in (ROOT / "pipeline").rglob("*.py"))
 
 
-def cycles() -> list[list[str]]:
-    """Import cycles among pipeline modules (each edge an import by name, function-level ones included)."""
-    graph = {m: imported_modules(m, parents=False) for m in all_modules()}
+def graph() -> dict[str, set[str]]:
+    """Each pipeline module -> the pipeline modules it imports by name (function-level imports included)."""
+    return {m: imported_modules(m, parents=False) for m in all_modules()}
+
+
+HEAD_SCHEMA = {"pipeline.heads", "pipeline.heads.params"}
+"""The head registry and the params of every head kind: pydantic models that :mod:`pipeline.config` validates
+params.yaml with. They import only the infrastructure, and count as part of it (the node ``pipeline.heads.schema``)."""
+
+
+def package(module: str) -> str:
+    """The package of the design ``module`` is in (``pipeline.heads`` for ``pipeline.heads.knn``); a top-level
+    module is its own; the head schema is ``pipeline.heads.schema``."""
+    return "pipeline.heads.schema" if module in HEAD_SCHEMA else ".".join(module.split(".")[:2])
+
+
+def package_graph() -> dict[str, set[str]]:
+    """Each package (or top-level module) -> the other packages and top-level modules its modules import."""
+    out: dict[str, set[str]] = {}
+    for m, imported in graph().items():
+        out.setdefault(package(m), set()).update(package(n) for n in imported if package(n) != package(m))
+    return out
+
+
+def cycles(edges: dict[str, set[str]] | None = None) -> list[list[str]]:
+    """Import cycles in ``edges`` (default: among pipeline modules, each edge an import by name)."""
+    edges = graph() if edges is None else edges
     found, state = [], {}
 
     def visit(m: str, path: list[str]) -> None:
         state[m] = "open"
-        for n in sorted(graph.get(m, ())):
+        for n in sorted(edges.get(m, ())):
             if state.get(n) == "open":
                 found.append(path[path.index(n):] + [n])
             elif n not in state:
                 visit(n, path + [n])
         state[m] = "done"
 
-    for m in graph:
+    for m in edges:
         if m not in state:
             visit(m, [m])
     return found

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torchvision
 
-from pipeline.backbones import load_backbone
+from pipeline.backbone.backbones import load_backbone
 from pipeline.errors import BackboneError
 from pipeline.fileutil import sha256_file
 from tests.conftest import subprocess_env
@@ -197,8 +197,8 @@ def test_timm_model_random_init_through_the_extract_stage(cifar_folder, tmp_path
     from timm.data import create_transform
 
     from pipeline.config import parse_params
-    from pipeline.features import FeatureStore, expected_spec
     from pipeline.stages import extract, prepare
+    from pipeline.store.features import FeatureStore, expected_spec
 
     params = parse_params({"data": {"source": str(cifar_folder), "val_fraction": 0.25},
                            "backbone": {"name": "timm/resnet18", "weights": None, "input_size": None,
@@ -256,7 +256,7 @@ def test_timm_checkpoint_of_another_architecture_is_refused(tmp_path):
 
 def test_timm_pretrained_weights_come_from_the_hub(tmp_path):
     """DEFAULT asks timm's hub for the weights; offline (no cached copy), the error names what and how."""
-    code = ("from pipeline.backbones import load_backbone\n"
+    code = ("from pipeline.backbone.backbones import load_backbone\n"
             "from pipeline.errors import BackboneError\n"
             "try:\n    load_backbone('timm/resnet18', 'DEFAULT', None)\n"
             "except BackboneError as err:\n    print(err)\n")

@@ -10,13 +10,14 @@ import torch
 
 from pipeline.config import parse_params
 from pipeline.errors import ConfigError
-from pipeline.features import FeatureStore
+from pipeline.store.features import FeatureStore
 from pipeline.heads import KINDS
 from pipeline.heads.base import load_head, softmax
 from pipeline.heads.calibration import TEMPERATURE_BOUNDS, mean_nll
-from pipeline.metrics import calibration
+from pipeline.heads.metrics import calibration
 from pipeline.model import export, load_exported, load_trained, predict
 from pipeline.stages import evaluate, extract, prepare, train
+from pipeline.store.features import FeatureStore
 from tests.conftest import write_cifar_folder
 
 
@@ -111,7 +112,7 @@ def confidences(path):
 
 @pytest.mark.parametrize("key", ["head", "heads.mlp"])
 def test_predict_and_export_give_evaluates_calibrated_probabilities(run, key, tmp_path):
-    from pipeline.images import decode_image
+    from pipeline.data.images import decode_image
 
     out, folder, _ = run
     evaluated = confidences(out / f"eval-{key}" / "test_predictions.csv")

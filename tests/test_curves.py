@@ -17,16 +17,16 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline import curves as C
 from pipeline import layout
+from pipeline.analyses import curves as C
 from pipeline.config import ALL_SHOTS, CurvesParams, parse_params
 from pipeline.errors import ConfigError
-from pipeline.features import FeatureStore
 from pipeline.heads import head_class
 from pipeline.heads.base import FeatureNormalizer
 from pipeline.heads.linear import c_from_l2
 from pipeline.stages import curves as curves_stage
 from pipeline.stages import evaluate, train
+from pipeline.store.features import FeatureStore
 from tests.conftest import CHROMIUM, ROOT, chromium_dom, small_pooled_cache, with_section
 
 CLASSES = ["airplane", "cat", "ship", "truck"]

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.images import BatchStream, decode_image
-from pipeline.preprocessing import ImageGeometry
-from pipeline.sources import Splits, make_splits, open_source
+from pipeline.data.images import BatchStream, decode_image
+from pipeline.data.preprocessing import ImageGeometry
+from pipeline.data.sources import Splits, make_splits, open_source
 from pipeline.errors import BadImageError, DatasetError
 from tests.conftest import CIFAR_ARCHIVE, write_image
 
@@ -274,7 +274,7 @@ def test_prepare_says_how_many_images_were_found_where(tmp_path, capsys):
 def test_16_bit_grayscale_png_is_scaled_to_8_bits(tmp_path):
     from PIL import Image
 
-    from pipeline.images import read_rgb
+    from pipeline.data.images import read_rgb
 
     gradient = np.tile(np.linspace(0, 65535, 64).round().astype(np.uint16), (8, 1))  # (8, 64), dark to white
     Image.fromarray(gradient).save(tmp_path / "deep.png")
@@ -290,7 +290,7 @@ def test_16_bit_grayscale_png_is_scaled_to_8_bits(tmp_path):
 def test_32_bit_integer_image_is_scaled_only_above_255():
     from PIL import Image
 
-    from pipeline.images import read_rgb
+    from pipeline.data.images import read_rgb
 
     wide = np.tile(np.linspace(0, 65535, 32).round().astype(np.int32), (4, 1))
     assert Image.fromarray(wide).mode == "I"
@@ -304,7 +304,7 @@ def test_exif_orientation_is_applied(tmp_path, orientation, turns):
     """A photo stored sideways with an EXIF orientation tag is decoded the way it is displayed."""
     from PIL import Image
 
-    from pipeline.images import read_rgb
+    from pipeline.data.images import read_rgb
 
     stored = np.zeros((20, 40, 3), np.uint8)  # 40 wide, 20 high, four distinct quadrants
     stored[:10, :20] = (255, 0, 0)
@@ -396,7 +396,7 @@ def _write_cifar_batches(root, per_batch=3):
 def test_cifar10_python_batches_source(tmp_path):
     from PIL import Image
 
-    from pipeline.sources import Cifar10BatchesSource
+    from pipeline.data.sources import Cifar10BatchesSource
 
     root = tmp_path / "cifar-10-batches-py"
     written = _write_cifar_batches(root)

@@ -4,11 +4,11 @@ import h5py
 import numpy as np
 import pytest
 
-from pipeline.backbones import load_backbone
-from pipeline.sources import make_splits, open_source
+from pipeline.backbone.backbones import load_backbone
+from pipeline.backbone.extract import OnePass, extract_features, feature_spec
+from pipeline.data.sources import make_splits, open_source
 from pipeline.errors import FeatureStoreError
-from pipeline.extract import OnePass, extract_features, feature_spec
-from pipeline.features import FORMAT_VERSION, FeatureStore, PartialFeatures
+from pipeline.store.features import FORMAT_VERSION, FeatureStore, PartialFeatures
 from tests.conftest import interrupt_after, subprocess_env
 
 
@@ -61,7 +61,7 @@ def test_layout_and_attributes(feature_file, splits):
 def test_features_match_the_backbone_run_directly(feature_file, splits, backbone):
     import torch
 
-    from pipeline.images import decode_image
+    from pipeline.data.images import decode_image
 
     keys = splits.splits["test"].keys[:3]
     images = torch.stack([decode_image(raw, backbone.preprocessing.geometry) for _, raw in open_source(splits.source).stream(keys)])
@@ -160,8 +160,8 @@ def test_same_params_same_features_and_metrics(tmp_path):
     """Two independent runs of every stage agree exactly."""
     import json
 
-    from pipeline.stages import evaluate, extract, prepare, train
     from pipeline.config import parse_params
+    from pipeline.stages import evaluate, extract, prepare, train
     from tests.conftest import CIFAR_ARCHIVE
 
     params = parse_params({
@@ -194,8 +194,8 @@ def test_kill_9_mid_extraction_then_resume_bit_for_bit(tmp_path):
 
     import yaml
 
-    from pipeline.stages import evaluate, extract, prepare, train
     from pipeline.config import load_params
+    from pipeline.stages import evaluate, extract, prepare, train
     from tests.conftest import CIFAR_ARCHIVE
 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({
@@ -279,7 +279,7 @@ def test_torchrun_two_processes_give_the_single_process_features(splits, backbon
     import yaml
 
     from pipeline.config import load_params
-    from pipeline.features import expected_spec
+    from pipeline.store.features import expected_spec
 
     splits_path = tmp_path / "data" / "prepared" / "splits.json"
     splits_path.parent.mkdir(parents=True)
@@ -335,7 +335,7 @@ def test_compile_without_a_compiler_extracts_eagerly_and_says_so(splits, backbon
 # -- precision ---------------------------------------------------------------------------------
 def test_bfloat16_extraction_is_recorded_close_to_float32_and_checked(splits, backbone, feature_file, tmp_path):
     from pipeline.config import parse_params
-    from pipeline.features import expected_spec
+    from pipeline.store.features import expected_spec
 
     out = run(splits, backbone, tmp_path / "bf16.h5", precision="bfloat16")
     splits_path = tmp_path / "splits.json"

@@ -9,19 +9,19 @@ import pytest
 import torch
 
 from pipeline.stages import evaluate, extract, prepare, train
-from pipeline.backbones import channels_last_gradients, fold_zero_padding, load_backbone, top_above_cut
+from pipeline.backbone.backbones import channels_last_gradients, fold_zero_padding, load_backbone, top_above_cut
 from pipeline.config import parse_params
 from pipeline.device import resolve_precision
-from pipeline.images import decode_image
-from pipeline.sources import open_source
 from pipeline.errors import BackboneError, ConfigError, FeatureStoreError, PipelineError
-from pipeline.features import FeatureStore, PartialFeatures
+from pipeline.heads import load_head
 from pipeline.heads.base import FitRecord
 from pipeline.heads.epochs import run_epochs
 from pipeline.heads.finetune import FinetuneHead, depthwise_kernels
 from pipeline.heads.base import load_head
 from pipeline.heads.params import FinetuneParams
 from pipeline.model import export, load_exported, load_trained, predict
+from pipeline.stages import evaluate, extract, prepare, train
+from pipeline.store.features import FeatureStore, PartialFeatures
 from tests.conftest import interrupt_after
 
 

@@ -7,11 +7,12 @@ import pytest
 
 from pipeline.config import parse_params, read_yaml
 from pipeline.errors import ConfigError, FeatureStoreError, PipelineError
-from pipeline.features import FeatureStore
+from pipeline.store.features import FeatureStore
 from pipeline.heads import KINDS, head_class, kinds
 from pipeline.heads.base import load_head
 from pipeline.heads.params import KnnParams, LinearParams, LogisticParams, RidgeParams
 from pipeline.stages import evaluate, train
+from pipeline.store.features import FeatureStore
 from tests.conftest import ROOT
 
 def blobs(n_per_class=60, dim=16, n_classes=4, seed=0, spread=1.0):

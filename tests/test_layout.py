@@ -9,7 +9,7 @@ import yaml
 from pipeline import layout
 from tests.conftest import ROOT
 from tests.dvc_deps import CODE, DVC_YAML, POOLED_HEADS, code_deps, derived
-from tests.imports import closure, cycles
+from tests.imports import all_modules, closure, cycles, module_file, package, package_graph
 
 KEY = "${key}"
 ITEM = "${item}"
@@ -33,6 +33,33 @@ def test_every_stage_lists_exactly_the_code_it_runs(stages):
         assert listed == code_deps(name), f"{name}: run python -m tests.dvc_deps"
     text = DVC_YAML.read_text()
     assert derived(text) == text, "dvc.yaml's code deps are stale: run python -m tests.dvc_deps"
+    # a package directory listed whole is hashed without the bytecode Python writes into it when a stage runs
+    assert "__pycache__/" in (ROOT / ".dvcignore").read_text().splitlines()
+
+
+LAYERS = [{"pipeline.data", "pipeline.store"}, {"pipeline.backbone"}, {"pipeline.heads"}, {"pipeline.analyses"},
+          {"pipeline.reports"}, {"pipeline.stages"}]
+"""The packages of the design, each importing only those of the layers before it and the top-level infrastructure."""
+ENTRY_POINTS = {"pipeline.__main__", "pipeline.model"}
+"""Top-level modules above every package: the CLI, and predict / export (f and g together)."""
+IMAGE_SIDE = {"pipeline.data", "pipeline.backbone"}
+HEAD_SIDE = {"pipeline.heads", "pipeline.analyses"}
+
+
+def test_packages_depend_one_way():
+    """infrastructure <- data, store <- backbone <- heads <- analyses <- reports <- stages, with no package-level
+    cycle; the top-level modules other than the entry points (config, errors, fileutil, layout, device, splitting)
+    and the head schema (the registry and params of pipeline.heads, which config validates with) are the
+    infrastructure and import nothing else."""
+    edges = package_graph()
+    assert cycles(edges) == []
+    rank = {p: i + 1 for i, layer in enumerate(LAYERS) for p in layer}
+    for p, imported in edges.items():
+        if p in ENTRY_POINTS:
+            continue
+        assert p in rank or module_file(p).is_file() or p == "pipeline.heads.schema", f"{p}: a package not placed in LAYERS"
+        for q in imported:
+            assert q not in ENTRY_POINTS and rank.get(q, 0) < rank.get(p, 1), f"{p} imports {q}"
 
 
 def test_the_head_side_does_not_run_the_backbone_or_the_image_code():
@@ -40,15 +67,15 @@ def test_the_head_side_does_not_run_the_backbone_or_the_image_code():
     frozen backbone, the images, the sources or the leakage stage (compare reads only ids from its pairs.csv);
     a fine-tuned head reaches the backbone module, for its top only. The report stage's mistakes command is
     the data side (it reads the test images it pictures)."""
-    data_side = {"pipeline.backbones", "pipeline.images", "pipeline.sources", "pipeline.extract",
-                 "pipeline.preprocessing", "pipeline.stages.leakage"}
+    data_side = {"pipeline.backbone.backbones", "pipeline.data.images", "pipeline.data.sources", "pipeline.backbone.extract",
+                 "pipeline.data.preprocessing", "pipeline.stages.leakage"}
     for stage in ("train", "curves", "probe-backbone", "curves-backbone", "compare-backbones"):
         assert not closure(*CODE[stage]) & data_side, stage
     for command in ("pipeline.stages.compare", "pipeline.stages.report"):
         assert not closure(command) & data_side, command
     assert closure("pipeline.stages.mistakes") & data_side
     assert not closure("pipeline.stages.seeds", *POOLED_HEADS) & data_side  # the backbone's top: only for finetune
-    assert closure("pipeline.heads.finetune") & data_side == {"pipeline.backbones", "pipeline.preprocessing"}
+    assert closure("pipeline.heads.finetune") & data_side == {"pipeline.backbone.backbones", "pipeline.data.preprocessing"}
 
 
 def test_no_import_cycle_in_the_package():

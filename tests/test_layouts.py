@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
+from pipeline.data.images import BatchStream, decode_image, read_rgb
+from pipeline.data.preprocessing import ImageGeometry
+from pipeline.data.sources import CLASS_LAYOUT, LABEL_LAYOUT, SPLIT_LAYOUT, LabelFile, make_splits, open_source
 from pipeline.errors import BadImageError, DatasetError
-from pipeline.images import BatchStream, decode_image, read_rgb
-from pipeline.preprocessing import ImageGeometry
-from pipeline.sources import CLASS_LAYOUT, LABEL_LAYOUT, SPLIT_LAYOUT, LabelFile, make_splits, open_source
 from tests.conftest import write_cifar_folder
 
 CLASSES = ["airplane", "cat", "ship"]
@@ -88,7 +88,7 @@ def test_a_class_with_one_image_stays_in_train_and_prepare_says_so(class_folder,
     prepare.run(parse_params({"data": {"source": str(root)}}), tmp_path / "splits.json")
     out = capsys.readouterr().out
     assert "classes without test images (too few images to carve one: a class needs two): ['owl']" in out, out
-    from pipeline.sources import Splits
+    from pipeline.data.sources import Splits
 
     splits = Splits.load(tmp_path / "splits.json")
     owl = splits.classes.index("owl")
@@ -107,7 +107,7 @@ def test_split_folders_beside_other_folders_are_refused(class_folder, tmp_path):
 @pytest.mark.parametrize("kind", ["folder", "tar"])
 def test_a_val_folder_is_used_as_given(tmp_path, kind, capsys):
     from pipeline.config import parse_params
-    from pipeline.sources import Splits
+    from pipeline.data.sources import Splits
     from pipeline.stages import prepare
 
     root = write_cifar_folder(tmp_path / "images", CLASSES, {"train": 6, "test": 3})
@@ -224,7 +224,7 @@ def test_reduced_decode_leaves_small_images_as_they_are(cifar_folder):
 
 
 def test_decode_mode_is_recorded_and_rebuilt_with_the_backbone(cifar_folder):
-    from pipeline.backbones import load_backbone, load_recipe
+    from pipeline.backbone.backbones import load_backbone, load_recipe
 
     backbone = load_backbone("resnet18", None, 64)
     recipe = {"backbone": "resnet18", "weights": "none", "weights_id": backbone.weights_id, "input_size": 64,
@@ -237,9 +237,9 @@ def test_decode_mode_is_recorded_and_rebuilt_with_the_backbone(cifar_folder):
 
 
 def test_a_partial_extraction_of_the_other_decode_mode_is_discarded_not_mixed(class_folder, tmp_path, capsys):
-    from pipeline.backbones import load_backbone
-    from pipeline.extract import feature_spec
-    from pipeline.features import PartialFeatures
+    from pipeline.backbone.backbones import load_backbone
+    from pipeline.backbone.extract import feature_spec
+    from pipeline.store.features import PartialFeatures
 
     splits, backbone = make_splits(open_source(class_folder), 0.0, None, seed=0), load_backbone("resnet18", None, 64)
     spec, reduced = (feature_spec(splits, backbone, None, "float32", 0, "float32", decode) for decode in ("full", "reduced"))
@@ -255,13 +255,13 @@ def test_heic_without_a_plugin_names_the_file_and_what_to_install(class_folder, 
     root = tmp_path / "photos"
     shutil.copytree(class_folder, root)
     (root / "cat" / "IMG_0001.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic")  # the start of a phone's HEIC
-    from pipeline.sources import image_extensions
+    from pipeline.data.sources import image_extensions
 
     if ".heic" in image_extensions():
         pytest.skip("a HEIF plugin is installed: HEIC files are read")
     with pytest.raises(DatasetError, match="cannot read without a plugin, e.g. 'cat/IMG_0001.HEIC': install pillow-heif"):
         make_splits(open_source(root), 0.1, None, seed=0)
-    from pipeline.images import image_paths
+    from pipeline.data.images import image_paths
 
     with pytest.raises(DatasetError, match="IMG_0001.HEIC'.*install pillow-heif"):  # predict's listing of a folder
         image_paths([root])
@@ -358,9 +358,9 @@ def test_large_images_decode_in_workers_beside_a_narrower_forward_pass(class_fol
 
     import h5py
 
-    from pipeline.backbones import load_backbone
+    from pipeline.backbone.backbones import load_backbone
+    from pipeline.backbone.extract import OnePass, auto_workers, extract_features, feature_spec
     from pipeline.device import torch_device
-    from pipeline.extract import OnePass, auto_workers, extract_features, feature_spec
 
     root = tmp_path / "photos"
     for path in sorted(class_folder.rglob("*.jpg"))[::5]:  # 6 real images, upscaled to 320 x 240

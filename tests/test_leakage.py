@@ -16,9 +16,9 @@ from PIL import Image
 
 from pipeline.config import parse_params
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.leakage import (FIELDS, Pair, candidates, check_pairs, grey_square, margin, match, near_copies,
+from pipeline.analyses.leakage import (FIELDS, Pair, candidates, check_pairs, grey_square, margin, match, near_copies,
                               read_pairs, summarise, write_pairs)
-from pipeline.neighbours import Neighbours, top_k_cosine
+from pipeline.heads.neighbours import Neighbours, top_k_cosine
 from tests.conftest import write_cifar_folder
 
 
@@ -43,7 +43,7 @@ def _moved(image: np.ndarray, scale: float, dx: float, dy: float) -> np.ndarray:
 
 def in_blocks(array: np.ndarray, sizes: list[int]):
     """A re-readable stream of ``array`` in blocks of uneven sizes (cycling through ``sizes``), as
-    :func:`pipeline.leakage.store_blocks` streams a feature file."""
+    :func:`pipeline.analyses.leakage.store_blocks` streams a feature file."""
     def blocks():
         start, i = 0, 0
         while start < len(array):

@@ -8,7 +8,7 @@ import pytest
 from scipy.optimize import brentq
 
 from pipeline.heads.base import load_head
-from pipeline.metrics import Z95, mcnemar_exact, mean_of_proportions_interval, wilson_interval
+from pipeline.heads.metrics import Z95, mcnemar_exact, mean_of_proportions_interval, wilson_interval
 from pipeline.stages import compare, evaluate, train
 
 

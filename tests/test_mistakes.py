@@ -10,9 +10,9 @@ from PIL import Image
 
 from pipeline import layout
 from pipeline.config import MistakesParams
+from pipeline.data.sources import Splits
 from pipeline.errors import PipelineError
-from pipeline.mistakes import load_thumbnails
-from pipeline.sources import Splits
+from pipeline.reports.mistakes import load_thumbnails
 from pipeline.stages import evaluate, mistakes, train
 
 CONFIGS = ["head", "heads.knn", "heads.ridge", "heads.nearest_centroid"]

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.stages import evaluate, extract, prepare, train
 from pipeline.config import parse_params
+from pipeline.data.images import image_paths
 from pipeline.errors import FeatureStoreError, PipelineError
-from pipeline.features import FeatureStore
-from pipeline.images import image_paths
 from pipeline.model import export, load_exported, load_trained, predict
+from pipeline.stages import evaluate, extract, prepare, train
+from pipeline.store.features import FeatureStore
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +54,8 @@ def test_exported_module_gives_the_pipeline_scores(trained, tmp_path, head_file)
     path = export(model, tmp_path / "model.pt2")
     module, meta = load_exported(path)
     assert meta["classes"] == ["airplane", "cat", "ship"] and meta["preprocessing"]["crop_size"] == 64
-    from pipeline.images import decode_image
-    from pipeline.sources import open_source
+    from pipeline.data.images import decode_image
+    from pipeline.data.sources import open_source
 
     with FeatureStore(out / "f.h5") as store:
         keys, (features, _) = store.ids("test"), store.load("test")
@@ -112,9 +112,9 @@ def test_head_side_never_imports_the_backbone_or_the_images(trained, tmp_path):
     assert result.returncode == 0, result.stderr
     imported = set(json.loads(result.stdout.strip().splitlines()[-1]))
     assert (tmp_path / "eval" / "metrics.json").exists()
-    assert "pipeline.heads.linear" in imported and "pipeline.features" in imported  # it did run the head
-    for forbidden in ("pipeline.backbones", "pipeline.images", "pipeline.sources", "pipeline.extract",
-                      "pipeline.preprocessing", "torchvision", "torch"):
+    assert "pipeline.heads.linear" in imported and "pipeline.store.features" in imported  # it did run the head
+    for forbidden in ("pipeline.backbone.backbones", "pipeline.data.images", "pipeline.data.sources", "pipeline.backbone.extract",
+                      "pipeline.data.preprocessing", "torchvision", "torch"):
         assert forbidden not in imported, f"the head side imported {forbidden}"
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline.neighbours import top_k_cosine
+from pipeline.heads.neighbours import top_k_cosine
 
 
 def brute_top_k(queries, base, k, exclude_self=False):

@@ -16,7 +16,7 @@ from PIL import Image
 from scipy.stats import binomtest
 
 from pipeline import layout
-from pipeline.report import seconds_text
+from pipeline.reports.report import seconds_text
 from tests.conftest import CHROMIUM, chromium_dom, with_section
 
 QUICK_CURVE = {"shots": [2, 4], "draws": 1, "min_steps": 4}
@@ -190,10 +190,11 @@ def test_evaluate_fits_a_temperature_for_every_head_with_a_held_out_val(full_run
     """Calibrated ECE beside the raw one for every head with a validation split it was not fitted on, equal to the
     temperature fitted on val applied to the test scores; the predictions and the head's own ECE unchanged
     (calibrate: false)."""
-    from pipeline.features import FeatureStore
+    from pipeline.store.features import FeatureStore
     from pipeline.heads.base import load_head, softmax, split_scores
     from pipeline.heads.calibration import fit_temperature
-    from pipeline.metrics import calibration
+    from pipeline.heads.metrics import calibration
+    from pipeline.store.features import FeatureStore
 
     ev, _ = full_run
     for name, (m, _) in metrics_of(ev).items():
@@ -366,7 +367,7 @@ def test_the_page_shows_every_picture_offline_and_requests_nothing(full_run, tmp
 
 # -- the comparison chart -----------------------------------------------------------------------------------
 def test_holm_adjusts_as_the_step_down_procedure():
-    from pipeline.metrics import holm
+    from pipeline.heads.metrics import holm
 
     assert holm({"a": 0.01, "b": 0.04, "c": 0.03}) == pytest.approx({"a": 0.03, "b": 0.06, "c": 0.06})
     assert holm({"a": 0.6, "b": 0.5}) == {"a": 1.0, "b": 1.0}

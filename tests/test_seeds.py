@@ -11,14 +11,14 @@ import pytest
 import yaml
 
 from pipeline import layout
-from pipeline import seeds as S
+from pipeline.analyses import seeds as S
 from pipeline.config import SeedsParams, parse_params
 from pipeline.errors import ConfigError
-from pipeline.features import FeatureStore, SplitView
 from pipeline.heads import build_head
 from pipeline.splitting import validation_rows
 from pipeline.stages import compare, evaluate, train
 from pipeline.stages import seeds as seeds_stage
+from pipeline.store.features import FeatureStore, SplitView
 from tests.conftest import QUICK, ROOT, small_pooled_cache, with_section
 
 CLASSES = ["airplane", "cat", "ship", "truck"]

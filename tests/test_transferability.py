@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import linalg, optimize, stats
 
-from pipeline.features import FeatureStore
-from pipeline.transferability import kendall_tau, logme
+from pipeline.analyses.transferability import kendall_tau, logme
+from pipeline.store.features import FeatureStore
 
 
 def direct_evidence(features: np.ndarray, y: np.ndarray, alpha: float, beta: float) -> float:

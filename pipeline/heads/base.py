@@ -22,17 +22,17 @@ from pipeline.errors import ConfigError, PipelineError
 from pipeline.fileutil import atomic_path
 from pipeline.heads import KINDS, head_class
 from pipeline.heads.calibration import TEMPERATURE_BOUNDS, fit_temperature, mean_nll
+from pipeline.heads.metrics import top1
 from pipeline.heads.params import HeadParamsBase, Normalize, PooledHeadParams
 from pipeline.heads.shots import ShotFit
-from pipeline.metrics import top1
 
 if TYPE_CHECKING:
     from torch import nn
 
     from pipeline.config import CurvesParams
-    from pipeline.features import FeatureStore
     from pipeline.heads.live import TrainingLog
     from pipeline.heads.shots import ShotSet, TestSplit
+    from pipeline.store.features import FeatureStore
 
 
 def softmax(scores: np.ndarray) -> np.ndarray:

@@ -34,8 +34,8 @@ BUFFER_BYTES = 256 << 20
 if TYPE_CHECKING:
     from torch import nn
 
-    from pipeline.features import FeatureStore
     from pipeline.heads.live import TrainingLog
+    from pipeline.store.features import FeatureStore
 
 
 def finetuned_module(top: nn.Module, feature_dim: int, n_classes: int, tta_flip: bool) -> nn.Module:
@@ -146,7 +146,7 @@ class FinetuneHead(Head):
     def _reader(store: FeatureStore) -> tuple[Callable[[int, int], tuple[np.ndarray, np.ndarray]], bool]:
         """``read(start, stop) -> (X, y)`` of training rows, in the cache's dtype; from memory when the
         split fits, else from the file. Also whether it streams."""
-        from pipeline.features import fits_in_memory
+        from pipeline.store.features import fits_in_memory
 
         dtype = store.spec.storage_dtype
         if fits_in_memory(store.n_rows("train") * store.spec.feature_dim * np.dtype(dtype).itemsize):
@@ -159,7 +159,7 @@ class FinetuneHead(Head):
         learning-rate schedule (linear warm-up, then cosine or constant)."""
         import torch
 
-        from pipeline.backbones import top_above_cut
+        from pipeline.backbone.backbones import top_above_cut
 
         p = self.params
         top, feature_dim = top_above_cut(self.fitted.backbone, training=True, precision=self.fitted.precision)
@@ -259,7 +259,7 @@ class FinetuneHead(Head):
         if self._net is None:
             if not self.state:
                 raise RuntimeError("FinetuneHead is not fitted")
-            from pipeline.backbones import top_above_cut
+            from pipeline.backbone.backbones import top_above_cut
 
             top, _ = top_above_cut(self.fitted.backbone, pretrained=False)
             shape = self.state["classifier.weight"].shape

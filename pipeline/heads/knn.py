@@ -8,8 +8,8 @@ import numpy as np
 
 from pipeline.heads.params import KnnParams
 from pipeline.heads.base import EpochLog, FeatureNormalizer, PooledHead
+from pipeline.heads.neighbours import Neighbours, top_k_cosine
 from pipeline.heads.shots import ShotFit
-from pipeline.neighbours import Neighbours, top_k_cosine
 
 if TYPE_CHECKING:
     from pipeline.config import CurvesParams

@@ -7,8 +7,8 @@ import numpy as np
 from pipeline.heads.params import MlpParams
 from pipeline.device import torch_device
 from pipeline.heads.base import EpochLog, PooledHead
-from pipeline.metrics import top1
 from pipeline.heads.epochs import run_epochs
+from pipeline.heads.metrics import top1
 
 
 class MlpHead(PooledHead):

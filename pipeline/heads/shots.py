@@ -1,7 +1,7 @@
 """Many small fits of one head configuration: what a head needs to draw the learning curve.
 
 :meth:`pipeline.heads.base.PooledHead.curve_fits` fits a head configuration on each of several training
-sets (:class:`ShotSet`, the k-shot sets of :mod:`pipeline.curves`) and scores each fit on one test split
+sets (:class:`ShotSet`, the k-shot sets of :mod:`pipeline.analyses.curves`) and scores each fit on one test split
 (:class:`TestSplit`); a head kind with a faster way to do the same (one matrix factorisation for every
 penalty, every fold fitted at once) overrides it. Each fit is reported as a :class:`ShotFit`.
 """
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from pipeline.metrics import top1
+from pipeline.heads.metrics import top1
 
 if TYPE_CHECKING:
     from pipeline.config import CurvesParams

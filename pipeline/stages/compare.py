@@ -22,12 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import layout
+from pipeline.analyses.leakage import near_copies, read_pairs
 from pipeline.config import Params
-from pipeline.fileutil import atomic_files, write_json
 from pipeline.errors import PipelineError
-from pipeline.leakage import near_copies, read_pairs
-from pipeline.metrics import chosen_on_validation, comparison_table, mcnemar_exact, plot_comparison, wilson_interval
-from pipeline.seeds import read_fits, summarise, write_outputs
+from pipeline.analyses.leakage import near_copies, read_pairs
+from pipeline.heads.metrics import chosen_on_validation, mcnemar_exact, wilson_interval
+from pipeline.reports.figures import comparison_table, plot_comparison
+from pipeline.analyses.seeds import read_fits, summarise, write_outputs
 
 
 def gather_seeds(params: Params, fits_dir: str | Path = layout.SEED_FITS, stem: str | Path = layout.SEEDS) -> dict:

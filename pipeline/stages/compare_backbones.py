@@ -16,33 +16,14 @@ folder dependency exists even with no backbone compared (after ``rm -rf evaluati
 
 from __future__ import annotations
 
-import csv
-import json
 import sys
 from pathlib import Path
 
 from pipeline import layout
+from pipeline.analyses.transferability import kendall_tau
 from pipeline.config import Params
-from pipeline.errors import PipelineError
 from pipeline.fileutil import atomic_files, write_json
-from pipeline.transferability import kendall_tau
-
-
-def read_rows(names: list[str], folder: str | Path) -> list[dict]:
-    """One row per compared backbone: its extraction summary and its probe, from ``folder/<name>/``."""
-    rows = []
-    curve_file = layout.CURVES.with_suffix(".csv").name
-    for name in names:
-        files = {f: Path(folder) / name / f for f in (layout.COMPARED_EXTRACTION, layout.COMPARED_PROBE, curve_file)}
-        missing = [str(p) for p in files.values() if not p.exists()]
-        if missing:
-            raise PipelineError(f"backbone {name!r} has no {', '.join(missing)}: run its extract-backbone, "
-                                "probe-backbone and curves-backbone stages (dvc repro)")
-        with open(files[curve_file], newline="") as f:
-            curve = list(csv.DictReader(f))
-        rows.append({"name": name, **json.loads(files[layout.COMPARED_EXTRACTION].read_text()),
-                     **json.loads(files[layout.COMPARED_PROBE].read_text()), "curve": curve})
-    return rows
+from pipeline.reports.backbones import read_rows
 
 
 def curve_head(rows: list[dict]) -> str | None:
@@ -124,7 +105,7 @@ def table(rows: list[dict], reference: str, taus: dict) -> str:
 
 def plot(rows: list[dict], reference: str, path: str | Path) -> None:
     """Test top-1 of the reference head against extraction images/s (left) and against LogME (right)."""
-    from pipeline.metrics import pyplot, save_figure
+    from pipeline.reports.figures import pyplot, save_figure
 
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))

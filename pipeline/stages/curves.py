@@ -2,7 +2,7 @@
 
 Reads only the pooled feature file (never images or the backbone): every head of ``curves.heads`` is
 fitted on k-shot sets drawn from the train split and scored on the test split (protocol:
-docs/learning-curves.md and :mod:`pipeline.curves`). Writes evaluation/curves.md, curves.png,
+docs/learning-curves.md and :mod:`pipeline.analyses.curves`). Writes evaluation/curves.md, curves.png,
 curves.json (headline numbers), curves.csv (the DVC plot) and curve_draws.csv (every fit).
 ``--backbone NAME`` draws the curve of the compared backbone ``NAME`` instead (stage curves-backbone), from
 its own cache, into evaluation/backbones/NAME/.
@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 from pipeline import layout
+from pipeline.analyses.curves import learning_curve, summarise, write_outputs
 from pipeline.config import Params
-from pipeline.curves import learning_curve, summarise, write_outputs
-from pipeline.features import FeatureStore, expected_spec
+from pipeline.store.features import FeatureStore, expected_spec
 
 
 def run(params: Params, features_path: str | Path, splits_path: str | Path, stem: str | Path = layout.CURVES,

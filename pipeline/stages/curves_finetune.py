@@ -1,7 +1,7 @@
 """Stage curves-finetune (head side): the fine-tuned top on k labelled images per class, from the cut cache.
 
 The configuration of ``curves_finetune.config`` (default: the first of ``finetune:``) trained on the k-shot
-sets of the learning curve and scored on the test split (protocol: :mod:`pipeline.finetune_curve`). Writes
+sets of the learning curve and scored on the test split (protocol: :mod:`pipeline.analyses.finetune_curve`). Writes
 evaluation/curves_finetune.json: the points, what they cost and on which machine. With no fine-tuned
 configuration it writes the same file saying it was skipped, without opening the cut cache.
 """
@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 
 from pipeline import layout
+from pipeline.analyses.finetune_curve import finetune_curve
 from pipeline.config import Params
 from pipeline.device import describe_cpu
-from pipeline.features import FeatureStore, expected_spec
-from pipeline.finetune_curve import finetune_curve
 from pipeline.fileutil import write_json
+from pipeline.store.features import FeatureStore, expected_spec
 
 
 def run(params: Params, cut_path: str | Path, splits_path: str | Path, out: str | Path = layout.CURVES_FINETUNE) -> dict:

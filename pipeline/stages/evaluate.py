@@ -30,11 +30,12 @@ import numpy as np
 from pipeline import layout
 from pipeline.config import Params
 from pipeline.errors import FeatureStoreError
-from pipeline.features import FeatureStore
 from pipeline.fileutil import atomic_files, write_json
 from pipeline.heads.base import load_head, softmax, split_scores
 from pipeline.heads.calibration import fit_temperature
-from pipeline.metrics import calibration, classification_metrics, plot_confusion, plot_reliability
+from pipeline.heads.metrics import calibration, classification_metrics
+from pipeline.reports.figures import plot_confusion, plot_reliability
+from pipeline.store.features import FeatureStore
 
 
 def scores_by_split(head, store: FeatureStore) -> dict[str, tuple[np.ndarray, np.ndarray]]:

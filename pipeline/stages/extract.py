@@ -47,10 +47,10 @@ def run(params: Params, splits_path: str | Path, pooled_path: str | Path, cut_pa
     """Extract every image of the prepared splits: the pooled features into ``pooled_path`` and, in the same
     pass, the cut cache into ``cut_path`` (a placeholder when ``backbone.cut`` is null; None: pooled features
     only). None on ranks other than 0."""
-    from pipeline.backbones import load_backbone
+    from pipeline.backbone.backbones import load_backbone
+    from pipeline.backbone.extract import OnePass, distributed, extract_features, feature_spec, tune_allocator
+    from pipeline.data.sources import Splits, open_source
     from pipeline.device import resolve_precision
-    from pipeline.extract import OnePass, distributed, extract_features, feature_spec, tune_allocator
-    from pipeline.sources import Splits, open_source
 
     tune_allocator()
     features = {"pooled": Path(pooled_path)} | ({"cut": Path(cut_path)} if cut_path is not None else {})

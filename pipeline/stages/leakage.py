@@ -2,8 +2,8 @@
 
 For every test image its ``leakage.neighbours`` nearest training images, validation images and other test
 images, and for every validation image its nearest training images, by cosine similarity of the cached
-pooled features (exact, in blocks: :func:`pipeline.leakage.search`). The images of these candidates are
-read from the dataset and aligned in grey at ``leakage.pixel_size`` pixels (:func:`pipeline.leakage.match`),
+pooled features (exact, in blocks: :func:`pipeline.analyses.leakage.search`). The images of these candidates are
+read from the dataset and aligned in grey at ``leakage.pixel_size`` pixels (:func:`pipeline.analyses.leakage.match`),
 which confirms a pair or not. Writes, as one set, evaluation/leakage/pairs.csv (every candidate checked
 at full size), summary.json (counts) and pairs.png (the test pairs nearest the threshold on both sides).
 It reads images, so it is data side: no head-side module imports it; the compare stage reads only the
@@ -22,9 +22,9 @@ import numpy as np
 from pipeline import layout
 from pipeline.config import LeakageParams, Params
 from pipeline.errors import BadImageError, DatasetError
-from pipeline.features import FeatureStore, expected_spec
+from pipeline.store.features import FeatureStore, expected_spec
 from pipeline.fileutil import atomic_files, write_json
-from pipeline.leakage import (Pair, candidates, check_pairs, grey_square, margin, plot_pairs, search,
+from pipeline.analyses.leakage import (Pair, candidates, check_pairs, grey_square, margin, plot_pairs, search,
                               split_pair_name, summarise, write_pairs)
 
 SHOWN = 24
@@ -36,8 +36,8 @@ THUMBNAIL = 96
 
 def decoded(source_location: str, keys: Iterable[str]) -> Iterator[tuple[str, np.ndarray]]:
     """(id, RGB (H, W, 3) uint8) of the images ``keys`` of the dataset, in the dataset's order (one pass)."""
-    from pipeline.images import read_rgb
-    from pipeline.sources import open_source
+    from pipeline.data.images import read_rgb
+    from pipeline.data.sources import open_source
 
     source = open_source(source_location)
     wanted = set(keys)
@@ -66,7 +66,7 @@ def thumbnails(source_location: str, keys: Iterable[str]) -> dict[str, np.ndarra
 
 def boundary(pairs: list[Pair], threshold: float, min_detail: float,
              shown: int = SHOWN) -> list[tuple[str, list[Pair]]]:
-    """The test pairs against train or val nearest the decision (:func:`pipeline.leakage.margin`): the
+    """The test pairs against train or val nearest the decision (:func:`pipeline.analyses.leakage.margin`): the
     ``shown`` confirmed ones with the lowest margin, the ``shown`` rejected ones with the highest, each
     nearest the decision first."""
     tested = [(margin(p, threshold, min_detail), p) for p in pairs if p.split_pair in ("test-train", "test-val")]
@@ -104,7 +104,7 @@ def find(store: FeatureStore, source: str, lk: LeakageParams, device=None) -> tu
 def run(params: Params, features_path: str | Path, splits_path: str | Path, out_dir: str | Path = layout.LEAKAGE,
         device=None) -> dict:
     """Search, check and write the outputs; returns the summary."""
-    from pipeline.sources import Splits
+    from pipeline.data.sources import Splits
 
     lk = params.leakage
     start = time.perf_counter()

@@ -4,7 +4,7 @@ Reads each evaluated configuration's metrics.json (to find the best head: highes
 head on a tie), the test_predictions.csv of the main and the best head, and the test images by id from
 the source in splits.json. Writes evaluation/mistakes/ as one set: for each of the two heads the grid of
 its most confident mistakes (<role>_worst.png) and each class's most confused class with examples
-(<role>_confused.png), and mistakes.md / mistakes.json listing them (see :mod:`pipeline.mistakes`).
+(<role>_confused.png), and mistakes.md / mistakes.json listing them (see :mod:`pipeline.reports.mistakes`).
 A head whose mistakes are the same as when its pictures were drawn (mistakes.json records a fingerprint;
 the pictures are persistent DVC outputs) is not drawn again: swapping the main head redraws only it.
 """
@@ -17,9 +17,9 @@ from pathlib import Path
 
 from pipeline import layout
 from pipeline.config import MistakesParams, Params
+from pipeline.data.sources import Splits
 from pipeline.fileutil import sha256_file
-from pipeline.mistakes import HeadMistakes, best_config, drawn_before, head_mistakes, load_thumbnails, write_report
-from pipeline.sources import Splits
+from pipeline.reports.mistakes import HeadMistakes, best_config, drawn_before, head_mistakes, load_thumbnails, write_report
 
 
 def run(settings: MistakesParams, splits_path: str | Path, evaluation_dirs: dict[str, str | Path],

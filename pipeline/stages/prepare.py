@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pipeline import layout
 from pipeline.config import Params
-from pipeline.sources import (CLASS_LAYOUT, LABEL_LAYOUT, SPLIT_LAYOUT, SPLIT_NAMES, LabelFile, make_splits,
+from pipeline.data.sources import (CLASS_LAYOUT, LABEL_LAYOUT, SPLIT_LAYOUT, SPLIT_NAMES, LabelFile, make_splits,
                               open_source)
 
 

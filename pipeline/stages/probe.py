@@ -16,7 +16,6 @@ from pathlib import Path
 
 from pipeline import layout
 from pipeline.config import Params
-from pipeline.features import FeatureStore, expected_spec
 from pipeline.fileutil import write_json
 from pipeline.heads import build_head
 from pipeline.heads.base import fit_and_score
@@ -24,7 +23,7 @@ from pipeline.heads.base import fit_and_score
 
 def run(params: Params, name: str, features_path: str | Path, splits_path: str | Path, out_path: str | Path) -> dict:
     """Fit and score the comparison's heads on compared backbone ``name``'s cache, and its LogME."""
-    from pipeline.transferability import logme
+    from pipeline.analyses.transferability import logme
 
     compared = params.with_backbone(name)
     results: dict = {}

@@ -1,7 +1,7 @@
 """Stage report, its last command (after compare and mistakes): one page that answers the five questions of the run (which head, how many labels, which
 backbone, how far to trust it, where it fails), each section opening with a sentence computed from the figures.
 
-Reads only the other stages' outputs (no image, no backbone, no fitting; see :mod:`pipeline.report`) and
+Reads only the other stages' outputs (no image, no backbone, no fitting; see :mod:`pipeline.reports.report`) and
 writes evaluation/report.md (links to the pictures beside it), evaluation/report.html (self-contained: the
 pictures embedded) and evaluation/report_curve.png, as one set.
 """
@@ -12,7 +12,7 @@ import sys
 
 from pipeline import layout
 from pipeline.config import Params
-from pipeline.report import read_inputs, write
+from pipeline.reports.report import read_inputs, write
 
 
 def run(params: Params, evaluation=layout.EVALUATION, stem=layout.REPORT) -> dict[str, str]:

@@ -4,7 +4,7 @@ Reads only the feature files (never images or the frozen backbone): each configu
 ``seeds.configurations`` (default: the stochastic ones) is fitted with ``--seed`` as the train stage fits
 it, on the cached splits or, with ``seeds.splits``, on a train / val split re-carved for that seed from the
 cached train + val rows; every fit is scored on the test split (protocol: docs/seeds.md and
-:mod:`pipeline.seeds`). Writes evaluation/summary/seeds/<seed>.json; compare gathers the seeds into
+:mod:`pipeline.analyses.seeds`). Writes evaluation/summary/seeds/<seed>.json; compare gathers the seeds into
 evaluation/seeds.json and seeds.md. DVC runs one such stage per seed (none while ``seeds.values`` is empty).
 """
 
@@ -16,9 +16,10 @@ import time
 from pathlib import Path
 
 from pipeline import layout
+from pipeline.analyses.seeds import seed_fits, summarise, write_outputs
 from pipeline.config import Params
-from pipeline.features import FeatureStore, expected_spec
-from pipeline.seeds import SeedFit, seed_fits, write_fits
+from pipeline.store.features import FeatureStore, expected_spec
+from pipeline.analyses.seeds import SeedFit, seed_fits, write_fits
 
 
 def run(params: Params, features_paths: dict[str, str | Path], splits_path: str | Path, seed: int,

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from pipeline import layout
 from pipeline.config import Params
-from pipeline.features import FeatureStore, expected_spec
+from pipeline.store.features import FeatureStore, expected_spec
 from pipeline.heads import build_head
 from pipeline.heads.base import fit_and_score
 

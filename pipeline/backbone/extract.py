@@ -1,11 +1,11 @@
 """Run the frozen backbone f once over every image of every split and cache f(x) to HDF5.
 
-Images are decoded, resized and cropped to uint8 (:class:`pipeline.images.BatchStream`): on the CPU in
+Images are decoded, resized and cropped to uint8 (:class:`pipeline.data.images.BatchStream`): on the CPU in
 this process between forward passes, on CUDA in DataLoader workers (or a thread, with none). Normalisation and the forward
 pass run on the device (CUDA when present, else the CPU), in ``torch.inference_mode``, channels-last,
 in float32 or with bfloat16 autocast (``backbone.precision``; ``auto``: bfloat16 where the device computes
 it natively). Results are committed part by part (see
-:mod:`pipeline.features`), so an interrupted extraction resumes where it stopped.
+:mod:`pipeline.store.features`), so an interrupted extraction resumes where it stopped.
 
 With a cut, one pass gives both caches: each image goes through the frozen bottom once, its activations at
 the cut are stored (the cut cache) and the top above the cut turns them into the pooled features
@@ -28,12 +28,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.backbones import FeatureExtractor
+from pipeline.backbone.backbones import FeatureExtractor
+from pipeline.data.images import BatchStream, image_size, prefetch
+from pipeline.data.preprocessing import recorded_decode
+from pipeline.data.sources import Source, Splits
 from pipeline.device import compile_if_possible, torch_device
-from pipeline.features import FeatureSpec, PartialFeatures
-from pipeline.images import BatchStream, image_size, prefetch
-from pipeline.preprocessing import recorded_decode
-from pipeline.sources import Source, Splits
+from pipeline.store.features import FeatureSpec, PartialFeatures
 
 
 def tune_allocator() -> None:

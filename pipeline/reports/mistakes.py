@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import layout
+from pipeline.data.sources import Splits, open_source
 from pipeline.errors import PipelineError
 from pipeline.fileutil import atomic_files, sha256_json
-from pipeline.sources import Splits, open_source
 
 THUMBNAIL = 128
 """Images are drawn at most this many pixels on a side (CIFAR-10's 32 px as they are)."""
@@ -143,7 +143,7 @@ def head_mistakes(role: str, config: str, evaluation_dir: str | Path, classes: l
 def load_thumbnails(splits: Splits, ids: set[str], size: int = THUMBNAIL) -> dict[str, np.ndarray]:
     """The test images ``ids`` as uint8 arrays (H, W, 3), at most ``size`` pixels on a side, read from the
     source of ``splits`` in one pass (in the source's order)."""
-    from pipeline.images import open_rgb
+    from pipeline.data.images import open_rgb
 
     keys = splits.splits["test"].keys
     missing = sorted(ids - set(keys))
@@ -162,7 +162,7 @@ def load_thumbnails(splits: Splits, ids: set[str], size: int = THUMBNAIL) -> dic
 def plot_worst(mistakes: HeadMistakes, images: dict[str, np.ndarray], columns: int, path: str | Path) -> None:
     """The grid of the most confident mistakes: each image with its true class, the predicted class and the
     confidence."""
-    from pipeline.metrics import pyplot, save_figure
+    from pipeline.reports.figures import pyplot, save_figure
 
     plt = pyplot()
     n = len(mistakes.worst)
@@ -185,7 +185,7 @@ def plot_worst(mistakes: HeadMistakes, images: dict[str, np.ndarray], columns: i
 def plot_confusions(mistakes: HeadMistakes, images: dict[str, np.ndarray], examples: int, path: str | Path) -> None:
     """One row per class: its most confused other class (how many of its test images went there) and the
     most confident of those images."""
-    from pipeline.metrics import pyplot, save_figure
+    from pipeline.reports.figures import pyplot, save_figure
 
     plt = pyplot()
     rows = len(mistakes.confusions)

@@ -1,8 +1,8 @@
 """Images to tensors: decoding, resizing and centre-cropping to uint8, and batching for the backbone.
 
 :func:`read_rgb` decodes any format PIL reads; :func:`resize_crop` applies a backbone's
-:class:`~pipeline.preprocessing.ImageGeometry`; :class:`BatchStream` yields the decoded batches of
-one split of a :class:`~pipeline.sources.Source` for extraction.
+:class:`~pipeline.data.preprocessing.ImageGeometry`; :class:`BatchStream` yields the decoded batches of
+one split of a :class:`~pipeline.data.sources.Source` for extraction.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from pipeline.data.preprocessing import ImageGeometry
+from pipeline.data.sources import Source, check_readable_kinds, image_extensions, is_ignored
 from pipeline.errors import BadImageError, PipelineError
-from pipeline.preprocessing import ImageGeometry
-from pipeline.sources import Source, check_readable_kinds, image_extensions, is_ignored
 
 
 def image_paths(paths: list[str | Path]) -> list[Path]:

@@ -6,7 +6,7 @@ few pixels, cropped, rescaled, recoloured, re-encoded, mirrored. A test image wh
 training images measures memory, not generalisation. Three steps:
 
 1. :func:`search`: for every image of a query split, its ``k`` nearest images of a base split by cosine
-   similarity of the pooled features f(x) (:func:`pipeline.neighbours.top_k_cosine`, exact and blockwise).
+   similarity of the pooled features f(x) (:func:`pipeline.heads.neighbours.top_k_cosine`, exact and blockwise).
 2. :func:`candidates`: every one of those k neighbours (rank, not a cosine scale, decides), above a
    permissive cosine floor.
 3. :func:`match`: the two images of each candidate, grey, brought to ``size`` x ``size`` pixels, are
@@ -37,7 +37,7 @@ import numpy as np
 
 from pipeline.errors import PipelineError
 from pipeline.fileutil import atomic_path
-from pipeline.neighbours import Neighbours, top_k_cosine
+from pipeline.heads.neighbours import Neighbours, top_k_cosine
 
 SPLIT_PAIRS: tuple[tuple[str, str], ...] = (("test", "train"), ("test", "val"), ("val", "train"), ("test", "test"))
 """(query split, base split) searched by the leakage stage: test and val against the images heads are
@@ -48,13 +48,13 @@ out of the test figure "without near-copies"."""
 
 
 def store_blocks(store, split: str, rows: int) -> Callable[[], Iterator[np.ndarray]]:
-    """The features of ``split`` of a :class:`~pipeline.features.FeatureStore`, as blocks of ``rows``."""
+    """The features of ``split`` of a :class:`~pipeline.store.features.FeatureStore`, as blocks of ``rows``."""
     return lambda: (X for X, _ in store.iter_blocks(split, rows))
 
 
 def search(store, k: int, block_rows: int, device=None) -> dict[tuple[str, str], Neighbours]:
     """The ``k`` nearest base images of every query image, for every split pair of :data:`SPLIT_PAIRS`
-    that a :class:`~pipeline.features.FeatureStore` has images for (within one split, never itself), its
+    that a :class:`~pipeline.store.features.FeatureStore` has images for (within one split, never itself), its
     features read in blocks of ``block_rows``."""
     sizes = {s: store.n_rows(s) for s in store.splits}
     found = {}

@@ -29,11 +29,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline import layout
+from pipeline.analyses.curves import Fit, Point, best_heads, labels_needed, plot as plot_curve, summarise, t_interval
 from pipeline.config import ALL_SHOTS, Params
-from pipeline.curves import Fit, Point, best_heads, labels_needed, plot as plot_curve, summarise, t_interval
 from pipeline.errors import PipelineError
 from pipeline.fileutil import atomic_files, sha256_json
-from pipeline.metrics import held_out_val_top1, holm, validation_order, wilson_interval
+from pipeline.heads.metrics import held_out_val_top1, holm, validation_order, wilson_interval
+from pipeline.reports.backbones import read_rows
 
 ALPHA = 0.05
 """Family-wise significance level of the head comparisons (Holm's correction)."""
@@ -84,8 +85,6 @@ class Inputs:
 
 def read_inputs(params: Params, evaluation: Path = layout.EVALUATION) -> Inputs:
     """Every output the report reads, from ``evaluation`` (laid out as :mod:`pipeline.layout` says)."""
-    from pipeline.stages.compare_backbones import read_rows
-
     def at(path: Path) -> Path:
         return evaluation / path.relative_to(layout.EVALUATION)
 

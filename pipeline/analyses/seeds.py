@@ -28,12 +28,12 @@ from typing import Callable
 import numpy as np
 
 from pipeline.config import HeadConfig, SeedsParams
-from pipeline.features import FeatureStore, SplitView
 from pipeline.fileutil import atomic_files, write_json
 from pipeline.heads import build_head
 from pipeline.heads.base import fit_and_score
 from pipeline.layout import head_name
 from pipeline.splitting import validation_rows
+from pipeline.store.features import FeatureStore, SplitView
 
 CARVE_STREAM = 0x7365  # "se": keeps the re-carving's random stream apart from other uses of a seed
 

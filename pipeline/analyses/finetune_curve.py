@@ -3,12 +3,12 @@
 Head side only: it reads the cut cache (never an image; the layers above the cut come from the backbone
 side's one narrow function, as for every fine-tuned head). The protocol:
 
-- **Draws.** The k-shot sets are those of the frozen heads' learning curve (:mod:`pipeline.curves`): draw d
+- **Draws.** The k-shot sets are those of the frozen heads' learning curve (:mod:`pipeline.analyses.curves`): draw d
   of k is the first k images of each class in the order that curve draws from (``seed``, d), from the
   train split only, so the fine-tuned top and the frozen heads see the same images at each k.
 - **Fits.** The configuration's own params, with enough optimiser steps: below ``min_steps`` the epochs are
   raised to reach it (the warm-up keeps its share of the steps). Only the k-shot rows are trained on,
-  through a :class:`~pipeline.features.SplitView` of the cut cache with no validation split.
+  through a :class:`~pipeline.store.features.SplitView` of the cut cache with no validation split.
 - **Scores.** Each fit is scored on the whole test split, as the evaluate stage scores it.
 """
 
@@ -22,10 +22,11 @@ import numpy as np
 
 from pipeline.config import CurvesFinetuneParams, HeadConfig
 from pipeline.heads.params import FinetuneParams
-from pipeline.curves import class_orders, shot_rows
-from pipeline.features import FeatureStore, SplitView
+from pipeline.analyses.curves import class_orders, shot_rows
+from pipeline.store.features import FeatureStore, SplitView
 from pipeline.heads import build_head
 from pipeline.heads.base import split_top1
+from pipeline.store.features import FeatureStore, SplitView
 
 
 def enough_steps(params: FinetuneParams, n_train: int, min_steps: int) -> FinetuneParams:

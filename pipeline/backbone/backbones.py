@@ -31,9 +31,9 @@ from typing import Callable
 import torch
 from torch import fx, nn
 
+from pipeline.data.preprocessing import ImageGeometry, Preprocessing, recorded_decode
 from pipeline.errors import BackboneError
 from pipeline.fileutil import sha256_file
-from pipeline.preprocessing import ImageGeometry, Preprocessing, recorded_decode
 
 class FeatureExtractor(nn.Module):
     """Frozen f: uint8 images (B, 3, H, W) -> features (B, D), normalisation included.

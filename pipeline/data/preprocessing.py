@@ -1,7 +1,9 @@
-"""A backbone's preprocessing, owned by the backbone side: geometry (resize, crop) and normalisation.
+"""A backbone's preprocessing: geometry (resize, crop), decode mode and normalisation.
 
-Plain data, no torch: the feature file records it (:meth:`Preprocessing.to_json`), the image side
-applies its geometry (:mod:`pipeline.images`), the backbone applies its normalisation on the device.
+Plain data, no torch: the backbone chooses it (:mod:`pipeline.backbone.backbones`), the feature file
+records it (:meth:`Preprocessing.to_json`), the image side applies its geometry
+(:mod:`pipeline.data.images`), the backbone applies its normalisation on the device. It sits on the data
+side, below the backbone, so that the image code needs nothing of the backbone.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ A *source* lists the files of a dataset and streams their raw contents in its na
 ``<root>/<split>/<class>/<image>``, class folders ``<root>/<class>/<image>``, or a CSV label file), and
 :func:`make_splits` turns it into the train / val / test :class:`Splits`, carving what the layout does
 not give (written by the prepare stage as JSON). Decoding the streamed contents is
-:mod:`pipeline.images`'s job.
+:mod:`pipeline.data.images`'s job.
 """
 
 from __future__ import annotations
