@@ -420,8 +420,8 @@ class BackbonesParams(Section):
 
 # -- the mistakes report ------------------------------------------------------------------------
 class MistakesParams(Section):
-    """The mistakes stage: pictures of the test images the main head and the best head get wrong (see
-    docs/evaluation.md)."""
+    """The mistakes command of the report stage: pictures of the test images the main head and the best head get
+    wrong (see docs/evaluation.md)."""
 
     grid_size: int = Field(24, gt=0)
     """the most confident wrong test predictions shown per head
@@ -476,8 +476,8 @@ class LeakageParams(Section):
 
 # -- seeds ----------------------------------------------------------------------------------------
 class SeedsParams(Section):
-    """The seeds stage: head configurations refit with several seeds, their spread over the seeds (see
-    docs/seeds.md)."""
+    """The seed stages (seeds@<seed>): head configurations refit with several seeds, their spread over the seeds
+    (see docs/seeds.md)."""
 
     values: list[int] = []
     """e.g. [0, 1, 2, 3, 4]; empty = off (each seed is one more fit of each repeated head)
@@ -522,24 +522,25 @@ class Params(Section):
     seed: int = Field(0, ge=0, lt=SEED_LIMIT)
     """split carving, subsets, random init, head fitting
 
-    seeds the split carving, subsets, random initialisation and head fitting (the seeds stage fits with the seeds of
+    seeds the split carving, subsets, random initialisation and head fitting (the seed stages fit with the seeds of
     `seeds.values` instead)"""
     data: DataParams = DataParams()
     """prepare"""
     backbone: BackboneParams = BackboneParams()
     """extract"""
     head: HeadSection = HeadSection()
-    """train: the main head (dvc exp run -S head.kind=ridge); only head.kind and
+    """train: the main head (dvc exp run -S head.kind=ridge); a kind's section is read only when selected
 
-    | the main head: trained by the train stage into `models/head.npz`"""
+    the main head: fitted and evaluated by the train stage into `models/head.npz` and `evaluation/`; only
+    `head.kind` and the section of the selected kind are params of the stage"""
     heads: dict[str, HeadSection] = {}
-    """train-heads, evaluate-heads, compare: more heads on the same feature file,
+    """train-heads: more heads on the same feature file, one stage each (name: {kind: ..., <kind>: {...}})
 
-    Named head configurations compared on the same features (one DVC stage each)."""
+    named head configurations compared on the same features: stage `train-heads@<name>` fits and evaluates each"""
     finetune: dict[str, HeadSection] = {}
-    """finetune, evaluate-finetune: the backbone above backbone.cut + a new classifier,
+    """finetune: the backbone above backbone.cut + a new classifier, on the cut cache, one stage each
 
-    Named fine-tuned heads (kind ``finetune``), trained on the cut cache."""
+    named fine-tuned heads (kind `finetune`): stage `finetune@<name>` fits and evaluates each on the cut cache"""
     curves: CurvesParams = CurvesParams()
     """curves: test top-1 against labelled training images per class (docs/learning-curves.md)
 
@@ -617,7 +618,7 @@ class Params(Section):
         raise ConfigError(f"no head configuration {key!r}; valid: {self.head_keys()}")
 
     def seed_configs(self) -> list[HeadConfig]:
-        """The configurations the seeds stage repeats (``seeds.configurations``, or its default); a
+        """The configurations the seed stages repeat (``seeds.configurations``, or its default); a
         deterministic head is refused unless ``seeds.splits`` varies its data: its figures would all be equal."""
         seeds = self.seeds
         keys = self.head_keys() if seeds.configurations is None else seeds.configurations

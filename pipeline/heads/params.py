@@ -38,8 +38,8 @@ class HeadParamsBase(Section):
 
     temperature scaling fitted on the validation split; refused with `select: sweep`"""
     stochastic: ClassVar[bool] = False
-    """Whether a fit depends on the seed (random initialisation, shuffling, dropout): the seeds stage
-    repeats these heads by default. A deterministic fit varies only with the data it is given."""
+    """Whether a fit depends on the seed (random initialisation, shuffling, dropout): the seed stages
+    repeat these heads by default. A deterministic fit varies only with the data it is given."""
 
 
 class PooledHeadParams(HeadParamsBase):
@@ -63,10 +63,10 @@ class Grid(Section):
 
 class SweepParams(PooledHeadParams):
     select: Literal["fixed", "sweep"] = "fixed"
-    """fixed: use C. sweep: choose the L2 penalty on val from grid, refit on train+val
+    """fixed: use the penalty set here. sweep: choose the L2 penalty on val from grid, refit on train+val
 
-    `fixed`: use `C`; `sweep`: choose the L2 penalty on the validation split from `grid`, then refit on train + val
-    (the linear-probe protocol, see [heads.md](heads.md))"""
+    `fixed`: use the penalty set here (`C` for logistic, `weight_decay` for linear); `sweep`: choose the L2 penalty
+    on the validation split from `grid`, then refit on train + val (the linear-probe protocol, see [heads.md](heads.md))"""
     grid: Grid = Grid()
     """L2 penalties l2 (mean CE + l2/2 |W|^2); C = 1/(l2 N)
 
