@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))  # this checkout's pipeline, also when another one
 import numpy as np  # noqa: E402
 from PIL import Image, ImageEnhance  # noqa: E402
 
-from pipeline.analyses.leakage import Pair, grey_square, match, plot_pairs  # noqa: E402
+from pipeline.analyses.leakage import grey_square, match, plot_pairs  # noqa: E402
 
 
 # -- the transformation families, at the strengths of issue 29 ---------------------------------------

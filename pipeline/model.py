@@ -22,7 +22,7 @@ from pipeline.data.images import decode_image
 from pipeline.errors import PipelineError
 from pipeline.fileutil import atomic_path
 from pipeline.heads.base import Head, load_head
-from pipeline.data.images import decode_image
+from pipeline.store.features import FeatureStore
 
 EXPORT_META = "transfer_model.json"
 

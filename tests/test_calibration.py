@@ -10,7 +10,6 @@ import torch
 
 from pipeline.config import parse_params
 from pipeline.errors import ConfigError
-from pipeline.store.features import FeatureStore
 from pipeline.heads import KINDS
 from pipeline.heads.base import load_head, softmax
 from pipeline.heads.calibration import TEMPERATURE_BOUNDS, mean_nll

@@ -195,7 +195,7 @@ def test_kill_9_mid_extraction_then_resume_bit_for_bit(tmp_path):
     import yaml
 
     from pipeline.config import load_params
-    from pipeline.stages import evaluate, extract, prepare, train
+    from pipeline.stages import extract, prepare
     from tests.conftest import CIFAR_ARCHIVE
 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({

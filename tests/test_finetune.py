@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.stages import evaluate, extract, prepare, train
 from pipeline.backbone.backbones import channels_last_gradients, fold_zero_padding, load_backbone, top_above_cut
 from pipeline.config import parse_params
 from pipeline.device import resolve_precision
 from pipeline.errors import BackboneError, ConfigError, FeatureStoreError, PipelineError
-from pipeline.heads import load_head
 from pipeline.heads.base import FitRecord
 from pipeline.heads.epochs import run_epochs
+from pipeline.data.images import decode_image
+from pipeline.data.sources import open_source
 from pipeline.heads.finetune import FinetuneHead, depthwise_kernels
 from pipeline.heads.base import load_head
 from pipeline.heads.params import FinetuneParams

@@ -7,7 +7,6 @@ import pytest
 
 from pipeline.config import parse_params, read_yaml
 from pipeline.errors import ConfigError, FeatureStoreError, PipelineError
-from pipeline.store.features import FeatureStore
 from pipeline.heads import KINDS, head_class, kinds
 from pipeline.heads.base import load_head
 from pipeline.heads.params import KnnParams, LinearParams, LogisticParams, RidgeParams

@@ -9,7 +9,7 @@ import yaml
 from pipeline import layout
 from tests.conftest import ROOT
 from tests.dvc_deps import CODE, DVC_YAML, POOLED_HEADS, code_deps, derived
-from tests.imports import all_modules, closure, cycles, module_file, package, package_graph
+from tests.imports import closure, cycles, module_file, package_graph
 
 KEY = "${key}"
 ITEM = "${item}"

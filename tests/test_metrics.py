@@ -37,6 +37,22 @@ def test_mcnemar_is_the_exact_binomial_test_on_the_discordant_pairs():
     assert mcnemar_exact(np.ones(40, bool), np.zeros(40, bool))["p_value"] == pytest.approx(2 / 2**40)
 
 
+@pytest.mark.parametrize("correct, n", [(0, 1), (3, 37), (500, 1000), (8012, 10000), (10000, 10000)])
+def test_the_closed_forms_are_scipys_binomial_test(correct, n):
+    """wilson_interval and mcnemar_exact are written out (importing scipy.stats costs a head swap about 2 s):
+    the same figures as scipy's binomtest."""
+    from scipy.stats import binomtest
+
+    for confidence in (0.9, 0.95, 0.99):
+        ci = binomtest(correct, n).proportion_ci(confidence_level=confidence, method="wilson")
+        assert wilson_interval(correct, n, confidence) == pytest.approx((ci.low, ci.high), abs=1e-12)
+    a = np.arange(n) < correct  # right on the first `correct` images
+    b = np.arange(n) >= n - correct // 3  # right on the last third as many
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    expected = 1.0 if only_a + only_b == 0 else binomtest(min(only_a, only_b), only_a + only_b, 0.5).pvalue
+    assert mcnemar_exact(a, b)["p_value"] == pytest.approx(expected, rel=1e-9, abs=1e-300)
+
+
 def test_mean_class_interval_covers_the_truth_about_95_percent_of_the_time():
     rng = np.random.default_rng(1)
     truth = np.array([0.9, 0.6, 0.75, 0.5])

@@ -190,7 +190,6 @@ def test_evaluate_fits_a_temperature_for_every_head_with_a_held_out_val(full_run
     """Calibrated ECE beside the raw one for every head with a validation split it was not fitted on, equal to the
     temperature fitted on val applied to the test scores; the predictions and the head's own ECE unchanged
     (calibrate: false)."""
-    from pipeline.store.features import FeatureStore
     from pipeline.heads.base import load_head, softmax, split_scores
     from pipeline.heads.calibration import fit_temperature
     from pipeline.heads.metrics import calibration

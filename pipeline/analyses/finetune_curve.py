@@ -26,7 +26,6 @@ from pipeline.analyses.curves import class_orders, shot_rows
 from pipeline.store.features import FeatureStore, SplitView
 from pipeline.heads import build_head
 from pipeline.heads.base import split_top1
-from pipeline.store.features import FeatureStore, SplitView
 
 
 def enough_steps(params: FinetuneParams, n_train: int, min_steps: int) -> FinetuneParams:

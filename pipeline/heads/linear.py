@@ -22,7 +22,6 @@ if TYPE_CHECKING:
     from pipeline.heads.base import EpochLog
     from pipeline.heads.live import TrainingLog
     from pipeline.heads.shots import ShotSet, TestSplit
-    from pipeline.store.features import FeatureStore
 
 
 class LinearModelHead(PooledHead):

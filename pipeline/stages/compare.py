@@ -25,7 +25,7 @@ from pipeline import layout
 from pipeline.analyses.leakage import near_copies, read_pairs
 from pipeline.config import Params
 from pipeline.errors import PipelineError
-from pipeline.analyses.leakage import near_copies, read_pairs
+from pipeline.fileutil import atomic_files, write_json
 from pipeline.heads.metrics import chosen_on_validation, mcnemar_exact, wilson_interval
 from pipeline.reports.figures import comparison_table, plot_comparison
 from pipeline.analyses.seeds import read_fits, summarise, write_outputs

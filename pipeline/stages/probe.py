@@ -19,6 +19,7 @@ from pipeline.config import Params
 from pipeline.fileutil import write_json
 from pipeline.heads import build_head
 from pipeline.heads.base import fit_and_score
+from pipeline.store.features import FeatureStore, expected_spec
 
 
 def run(params: Params, name: str, features_path: str | Path, splits_path: str | Path, out_path: str | Path) -> dict:

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 from pipeline import layout
-from pipeline.analyses.seeds import seed_fits, summarise, write_outputs
 from pipeline.config import Params
 from pipeline.store.features import FeatureStore, expected_spec
 from pipeline.analyses.seeds import SeedFit, seed_fits, write_fits

@@ -1,0 +1,387 @@
+"""Leakage between splits: near-copies of one image in two splits, found on the cached pooled features,
+confirmed on the pixels the way a person compares two pictures.
+
+Web-gathered datasets often hold the same picture more than once, and rarely byte for byte: shifted by a
+few pixels, cropped, rescaled, recoloured, re-encoded, mirrored. A test image whose copy is in the
+training images measures memory, not generalisation. Three steps:
+
+1. :func:`search`: for every image of a query split, its ``k`` nearest images of a base split by cosine
+   similarity of the pooled features f(x) (:func:`pipeline.heads.neighbours.top_k_cosine`, exact and blockwise).
+2. :func:`candidates`: every one of those k neighbours (rank, not a cosine scale, decides), above a
+   permissive cosine floor.
+3. :func:`match`: the two images of each candidate, grey, brought to ``size`` x ``size`` pixels, are
+   aligned over a grid of scales, shifts and the mirror, and compared by the cosine similarity of their
+   gradient fields (which ignores brightness and contrast, and weighs edges, not plain backgrounds); a
+   coarse pass at half the size drops the clearly different pairs first. At that best alignment a second
+   measure, the ``detail``: the cosine of the gradient *directions* (each gradient scaled to about unit
+   length, so faint structure such as clouds, water or the texture inside an object counts as much as
+   the outline). Two different photographs of one outline on a plain background share their outline
+   (a high match) but not their faint structure (a low detail). A pair is *confirmed* when its match
+   and its detail both reach their thresholds; ``mirrored`` when its best alignment is the mirror.
+
+The pairs are a table (:func:`write_pairs` / :func:`read_pairs`, ``evaluation/leakage/pairs.csv``) that
+the compare stage reads to score every head without the test images that have a confirmed near-copy in
+the images heads are fitted on (:func:`near_copies`). Decoding the images is the data side's job (the
+leakage stage); this module only sees features, ids and pixel arrays.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+from pipeline.fileutil import atomic_path
+from pipeline.heads.neighbours import Neighbours, top_k_cosine
+
+SPLIT_PAIRS: tuple[tuple[str, str], ...] = (("test", "train"), ("test", "val"), ("val", "train"), ("test", "test"))
+"""(query split, base split) searched by the leakage stage: test and val against the images heads are
+fitted on (train; val too, for the heads refit on train + val), and test against itself."""
+FITTED_ON = ("train", "val")
+"""The splits a head may be fitted on: a test image with a confirmed near-copy in one of them is left
+out of the test figure "without near-copies"."""
+
+
+def store_blocks(store, split: str, rows: int) -> Callable[[], Iterator[np.ndarray]]:
+    """The features of ``split`` of a :class:`~pipeline.store.features.FeatureStore`, as blocks of ``rows``."""
+    return lambda: (X for X, _ in store.iter_blocks(split, rows))
+
+
+def search(store, k: int, block_rows: int, device=None) -> dict[tuple[str, str], Neighbours]:
+    """The ``k`` nearest base images of every query image, for every split pair of :data:`SPLIT_PAIRS`
+    that a :class:`~pipeline.store.features.FeatureStore` has images for (within one split, never itself), its
+    features read in blocks of ``block_rows``."""
+    sizes = {s: store.n_rows(s) for s in store.splits}
+    found = {}
+    for query, base in SPLIT_PAIRS:
+        if sizes.get(query, 0) and sizes.get(base, 0) > (query == base):
+            found[query, base] = top_k_cosine(store_blocks(store, query, block_rows),
+                                              store_blocks(store, base, block_rows), k,
+                                              exclude_self=query == base, block_rows=block_rows, device=device)
+    return found
+
+
+# -- pairs -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Pair:
+    """A query image and one of its k nearest images in the base split: its ``rank`` there (1: the
+    nearest) and their cosine similarity; the pixel check fills ``match`` (the cosine similarity of the
+    gradient fields at the best alignment, -1 to 1), ``detail`` (the cosine of the gradient directions at
+    that alignment, -1 to 1), ``mirrored`` (that alignment is the mirror image) and ``confirmed``
+    (``match`` and ``detail`` at or above their thresholds)."""
+
+    split_pair: str
+    """``<query split>-<base split>``: ``test-train``, ``test-val``, ``val-train``, ``test-test``."""
+    id: str
+    nearest_id: str
+    rank: int
+    cosine: float
+    match: float = float("nan")
+    detail: float = float("nan")
+    mirrored: bool = False
+    confirmed: bool = False
+
+
+def split_pair_name(query: str, base: str) -> str:
+    return f"{query}-{base}"
+
+
+def candidates(query_ids: Sequence[str], base_ids: Sequence[str], found: Neighbours, split_pair: str,
+               min_cosine: float = -1.0) -> list[Pair]:
+    """Every query image with each of its k nearest base images whose cosine is at least ``min_cosine``,
+    by query then rank. Within one split (``test-test``) the pair of a and b is listed once, as (the
+    smaller id, the larger id), at the better rank of the two searches that found it."""
+    within = split_pair.split("-")[0] == split_pair.split("-")[1]
+    out: dict[tuple[str, str], Pair] = {}
+    for i, q in enumerate(query_ids):
+        for r in range(found.index.shape[1]):
+            j, cosine = int(found.index[i, r]), float(found.similarity[i, r])
+            if j < 0 or not cosine >= min_cosine:
+                continue
+            a, b = (min(q, base_ids[j]), max(q, base_ids[j])) if within else (q, base_ids[j])
+            if (a, b) not in out or out[a, b].rank > r + 1:
+                out[a, b] = Pair(split_pair, a, b, r + 1, cosine)
+    return list(out.values())
+
+
+# -- the pixel check -----------------------------------------------------------------------------
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+"""ITU-R 601 luma weights: RGB to grey."""
+SCALES = tuple(math.exp(0.06 * i) for i in range(-3, 4))
+"""The scales the base image of a pair is tried at, 0.835 to 1.197 in steps of 6%: rescaled copies (0.9
+to 1.1) and crops keeping 85% of each side (a zoom of up to 1.18), each also mirrored."""
+COARSE_SCALES = SCALES[1::2]
+"""The scales of the coarse pass: 0.887, 1 and 1.127."""
+COARSE_BAR = 0.7
+"""A pair scoring below this in the coarse pass (both images at half the size, :data:`COARSE_SCALES`) is
+rejected without the full-size check: planted copies of every family score 0.77 or more there."""
+DETAIL_FLOOR = 2.0
+"""The gradients of the ``detail`` measure are scaled to g / (|g| + DETAIL_FLOOR) (grey levels per pixel,
+after the blur): about unit length where the image has structure, faint structure counting nearly in
+full, flat pixels (|g| well below the floor) hardly at all."""
+CHUNK = 256
+"""Pairs aligned at once (memory: about 0.2 MiB per pair at 32 pixels)."""
+
+
+def grey_square(image: np.ndarray, size: int) -> np.ndarray:
+    """An image (H, W, 3) RGB or (H, W) grey, uint8 -> (size, size) uint8 grey levels: luma, then the mean
+    over areas (adaptive average pooling) down to ``size``, bilinear up to it (the aspect ratio is not kept)."""
+    import torch
+    import torch.nn.functional as F
+
+    image = np.asarray(image)
+    grey = image.astype(np.float32) @ LUMA if image.ndim == 3 else image.astype(np.float32)
+    if grey.shape != (size, size):
+        t = torch.from_numpy(np.ascontiguousarray(grey))[None, None]
+        if min(grey.shape) < size:
+            t = F.interpolate(t, (max(size, grey.shape[0]), max(size, grey.shape[1])), mode="bilinear",
+                              align_corners=False)
+        grey = F.adaptive_avg_pool2d(t, size)[0, 0].numpy()
+    return np.clip(np.rint(grey), 0, 255).astype(np.uint8)
+
+
+def _blur(x, sigma: float):
+    """Gaussian blur of (N, 1, S, S), edges replicated: K x K^T with K the (S, S) blur matrix (cheaper
+    than a convolution on images this small)."""
+    import torch
+
+    size, r = x.shape[-1], max(1, math.ceil(2.5 * sigma))
+    weights = torch.exp(-torch.arange(-r, r + 1.0) ** 2 / (2 * sigma**2))
+    weights = weights / weights.sum()
+    k = torch.zeros(size, size)
+    for offset, w in zip(range(-r, r + 1), weights):
+        k[torch.arange(size), (torch.arange(size) + offset).clamp(0, size - 1)] += w  # beyond the edge: the edge
+    return k @ x @ k.T
+
+
+def _gradients(x):
+    """(N, 1, H, W) -> (N, 2, H - 2, W - 2): central differences along x and y."""
+    import torch
+
+    return torch.cat([x[..., 1:-1, 2:] - x[..., 1:-1, :-2], x[..., 2:, 1:-1] - x[..., :-2, 1:-1]], 1)
+
+
+def _versions(bases, reach: int, scales: Sequence[float]):
+    """(P, 1, S, S) -> (P * V, 1, S + 2 reach, S + 2 reach): each base image at every one of ``scales``
+    about its centre, upright then mirrored (V = 2 x scales), on a canvas ``reach`` pixels wider on each
+    side (edges replicated beyond the image)."""
+    import torch
+    import torch.nn.functional as F
+
+    P, size = len(bases), bases.shape[-1]
+    canvas = size + 2 * reach
+    wider = canvas / size
+    theta = torch.tensor([[[flip * wider / s, 0.0, 0.0], [0.0, wider / s, 0.0]]
+                          for flip in (1.0, -1.0) for s in scales])
+    grid = F.affine_grid(theta, [len(theta), 1, canvas, canvas], align_corners=False)
+    return F.grid_sample(bases.repeat_interleave(len(theta), 0), grid.repeat(P, 1, 1, 1), mode="bilinear",
+                         padding_mode="border", align_corners=False)
+
+
+def _box_sums(x, w: int):
+    """Sums of ``x`` (..., H, W) over every w x w window (integral image): (..., H - w + 1, W - w + 1)."""
+    import torch.nn.functional as F
+
+    c = F.pad(x, (1, 0, 1, 0)).cumsum(-1).cumsum(-2)
+    return c[..., w:, w:] - c[..., :-w, w:] - c[..., w:, :-w] + c[..., :-w, :-w]
+
+
+def _best_alignment(queries, bases, scales: Sequence[float] = SCALES):
+    """The cosine similarity of the gradient fields of each query (P, 1, S, S) and its base at their best
+    alignment: the base at each of ``scales``, upright and mirrored, at every shift of up to 15% of the
+    side, against the query's central window (all but a tenth of the side at each edge). The products of
+    all shifts at once by FFT, the base windows' norms by an integral image. Returns (score (P,),
+    mirrored (P,))."""
+    import torch
+
+    P, size = len(queries), queries.shape[-1]
+    reach, margin, sigma = math.ceil(0.15 * size), max(1, size // 10), 0.35 + 0.35 * size / 32
+    q = _gradients(_blur(queries, sigma))
+    window = q.shape[-1] - 2 * margin
+    q = q[..., margin : margin + window, margin : margin + window]  # (P, 2, w, w)
+    side = window + 2 * reach
+    g = _gradients(_versions(_blur(bases, sigma), reach, scales))
+    g = g[..., margin : margin + side, margin : margin + side]
+    g = g.reshape(P, -1, 2, side, side)  # (P, V, 2, w + 2r, w + 2r)
+    spectra = torch.fft.rfft2(g) * torch.fft.rfft2(q, s=(side, side)).conj()[:, None]
+    dots = torch.fft.irfft2(spectra.sum(2), s=(side, side))[..., : 2 * reach + 1, : 2 * reach + 1]
+    norms = _box_sums(g.square().sum(2), window).clamp_min(1e-12).sqrt()
+    cos = dots / (norms * q.flatten(1).norm(dim=1).clamp_min(1e-6)[:, None, None, None])
+    best, where = cos.flatten(1).max(dim=1)
+    shifts = 2 * reach + 1
+    version, dy, dx = where // shifts**2, where % shifts**2 // shifts, where % shifts
+    pairs, offsets = torch.arange(P), torch.arange(window)
+    rows, columns = (dy[:, None] + offsets)[:, None, :, None], (dx[:, None] + offsets)[:, None, None, :]
+    aligned = g[pairs, version][pairs[:, None, None, None], torch.arange(2)[None, :, None, None], rows, columns]
+    q, aligned = (x / (x.norm(dim=1, keepdim=True) + DETAIL_FLOOR) for x in (q, aligned))
+    norms = q.flatten(1).norm(dim=1) * aligned.flatten(1).norm(dim=1)
+    detail = (q * aligned).flatten(1).sum(1) / norms.clamp_min(1e-6)
+    return best, version >= len(scales), detail
+
+
+def match(queries: np.ndarray, bases: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs of grey images ``queries[i]``, ``bases[i]`` (P, S, S) uint8 (:func:`grey_square`): the
+    cosine similarity of their gradient fields at their best alignment (scales, shifts, mirror), whether
+    that alignment is the mirror, and the ``detail`` there (:func:`_best_alignment`). The pairs whose
+    coarse score (both images halved, the scales of :data:`COARSE_SCALES`) is below :data:`COARSE_BAR`
+    are not aligned at full size: their score and detail are NaN. Runs on one thread: these operations
+    are too small to gain from more (on 2 busy cores, 2 threads took twice as long)."""
+    import torch
+    import torch.nn.functional as F
+
+    scores, mirrored = np.full(len(queries), np.nan, np.float32), np.zeros(len(queries), bool)
+    details = np.full(len(queries), np.nan, np.float32)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for start in range(0, len(queries), CHUNK):
+            q = torch.from_numpy(np.ascontiguousarray(queries[start : start + CHUNK], np.float32))[:, None]
+            b = torch.from_numpy(np.ascontiguousarray(bases[start : start + CHUNK], np.float32))[:, None]
+            coarse, _, _ = _best_alignment(F.avg_pool2d(q, 2), F.avg_pool2d(b, 2), COARSE_SCALES)
+            keep = torch.nonzero(coarse >= COARSE_BAR)[:, 0]
+            if len(keep):
+                best, mirror, detail = _best_alignment(q[keep], b[keep])
+                scores[start + keep.numpy()] = best.numpy()
+                mirrored[start + keep.numpy()] = mirror.numpy()
+                details[start + keep.numpy()] = detail.numpy()
+    finally:
+        torch.set_num_threads(threads)
+    return scores, mirrored, details
+
+
+def confirm(score, detail, threshold: float, min_detail: float):
+    """The decision, on numbers or arrays: a match of at least ``threshold`` and a detail of at least
+    ``min_detail``."""
+    return (score >= threshold) & (detail >= min_detail)
+
+
+def margin(p: Pair, threshold: float, min_detail: float) -> float:
+    """How far a checked pair is from the decision: min(match - threshold, detail - min_detail) (both
+    cosines); at least 0: confirmed."""
+    return min(p.match - threshold, p.detail - min_detail)
+
+
+def check_pairs(pairs: Sequence[Pair], grey: dict[str, np.ndarray], threshold: float,
+                min_detail: float) -> list[Pair]:
+    """The pairs that pass the coarse pass of :func:`match` (``grey``: id -> :func:`grey_square` of the
+    image), with their ``match``, ``detail`` and ``mirrored``, each confirmed when its match is at least
+    ``threshold`` and its detail at least ``min_detail`` (:func:`confirm`)."""
+    from dataclasses import replace
+
+    out = []
+    for start in range(0, len(pairs), 16 * CHUNK):  # the stacked images of a few chunks at a time
+        some = pairs[start : start + 16 * CHUNK]
+        scores, mirrored, details = match(np.stack([grey[p.id] for p in some]),
+                                          np.stack([grey[p.nearest_id] for p in some]))
+        out += [replace(p, match=float(s), detail=float(d), mirrored=bool(m),
+                        confirmed=bool(confirm(s, d, threshold, min_detail)))
+                for p, s, m, d in zip(some, scores, mirrored, details) if not np.isnan(s)]
+    return out
+
+
+# -- the table and its summary ----------------------------------------------------------------------
+FIELDS = ["split_pair", "id", "nearest_id", "rank", "cosine", "match", "detail", "mirrored", "confirmed"]
+_BOOL = {"true": True, "false": False}
+
+
+def write_pairs(pairs: Iterable[Pair], path: str | Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(FIELDS)
+        for p in pairs:
+            writer.writerow([p.split_pair, p.id, p.nearest_id, p.rank, f"{p.cosine:.6f}", f"{p.match:.4f}",
+                             f"{p.detail:.4f}", str(p.mirrored).lower(), str(p.confirmed).lower()])
+
+
+def read_pairs(path: str | Path) -> list[Pair]:
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; run the leakage stage first (dvc repro)")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames != FIELDS:
+            raise PipelineError(f"{path} has the columns {reader.fieldnames}, expected {FIELDS}: "
+                                "run the leakage stage again (dvc repro)")
+        try:
+            return [Pair(r["split_pair"], r["id"], r["nearest_id"], int(r["rank"]), float(r["cosine"]),
+                         float(r["match"]), float(r["detail"]), _BOOL[r["mirrored"]], _BOOL[r["confirmed"]])
+                    for r in reader]
+        except (ValueError, KeyError) as err:
+            raise PipelineError(f"{path} line {reader.line_num}: not a pair ({err}); "
+                                "run the leakage stage again (dvc repro)") from None
+
+
+def near_copies(pairs: Iterable[Pair], query: str = "test", bases: Sequence[str] = FITTED_ON) -> set[str]:
+    """Ids of the ``query`` images with a confirmed near-copy in one of ``bases``."""
+    wanted = {split_pair_name(query, b) for b in bases}
+    return {p.id for p in pairs if p.confirmed and p.split_pair in wanted}
+
+
+def summarise(pairs: Sequence[Pair], searched: dict[str, tuple[int, int]], settings: dict) -> dict:
+    """Counts per split pair (``searched``: split pair -> (query images searched, candidate pairs)): the
+    candidates, the pairs ``checked`` at full size (listed in the table), the ``confirmed`` ones, of which
+    ``mirrored``, and the images of the query split in a confirmed pair; the headline numbers first, then
+    ``settings`` (the params)."""
+    per_pair = {}
+    for name, (n, listed) in searched.items():
+        mine = [p for p in pairs if p.split_pair == name]
+        confirmed = [p for p in mine if p.confirmed]
+        within = name.split("-")[0] == name.split("-")[1]
+        images = {p.id for p in confirmed} | ({p.nearest_id for p in confirmed} if within else set())
+        per_pair[name] = {"searched": n, "candidates": listed, "checked": len(mine), "confirmed": len(confirmed),
+                          "mirrored": sum(p.mirrored for p in confirmed), "images": len(images)}
+    return {
+        "test_with_near_copy_in_train": len(near_copies(pairs, "test", ["train"])),
+        "test_removed": len(near_copies(pairs)),
+        **settings,
+        "pairs": per_pair,
+    }
+
+
+# -- the picture ----------------------------------------------------------------------------------
+COLUMNS = 12
+"""Pairs per row of the picture."""
+
+
+def plot_pairs(groups: Sequence[tuple[str, Sequence[Pair]]], images: dict[str, np.ndarray], path: str | Path,
+               title: str) -> None:
+    """Pairs side by side: for each group (a label and its pairs), rows of query images above rows of
+    their candidate images, :data:`COLUMNS` pairs a row, each pair captioned with its split pair, the
+    candidate's rank and cosine, its match (``M``: mirrored) and detail; green: confirmed, orange: not."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(label, list(pairs[i : i + COLUMNS])) for label, pairs in groups if pairs
+            for i in range(0, len(pairs), COLUMNS)]
+    columns = max((len(pairs) for _, pairs in rows), default=1)
+    fig, axes = plt.subplots(max(1, 2 * len(rows)), columns, figsize=(1.25 * columns + 0.8, 2.95 * max(1, len(rows))),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for g, (label, pairs) in enumerate(rows):
+        for c, p in enumerate(pairs):
+            colour = "tab:green" if p.confirmed else "tab:orange"
+            for r, key in enumerate((p.id, p.nearest_id)):
+                ax = axes[2 * g + r, c]
+                ax.imshow(images[key], interpolation="nearest")
+                ax.set_axis_on()
+                ax.set_xticks([])
+                ax.set_yticks([])
+                for spine in ax.spines.values():
+                    spine.set_edgecolor(colour)
+                    spine.set_linewidth(2.5)
+            axes[2 * g, c].set_title(f"{p.split_pair} #{p.rank} cos {p.cosine:.2f}\nmatch {p.match:.3f}"
+                                     f"{' M' if p.mirrored else ''}\ndetail {p.detail:.3f}", fontsize=6.5, color=colour)
+        axes[2 * g, 0].set_ylabel(label, fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

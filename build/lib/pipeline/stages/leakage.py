@@ -1,0 +1,148 @@
+"""Stage leakage (data side): near-copies between the splits, found on the pooled features, confirmed on the pixels.
+
+For every test image its ``leakage.neighbours`` nearest training images, validation images and other test
+images, and for every validation image its nearest training images, by cosine similarity of the cached
+pooled features (exact, in blocks: :func:`pipeline.analyses.leakage.search`). The images of these candidates are
+read from the dataset and aligned in grey at ``leakage.pixel_size`` pixels (:func:`pipeline.analyses.leakage.match`),
+which confirms a pair or not. Writes, as one set, evaluation/leakage/pairs.csv (every candidate checked
+at full size), summary.json (counts) and pairs.png (the test pairs nearest the threshold on both sides).
+It reads images, so it is data side: no head-side module imports it; the compare stage reads only the
+ids in pairs.csv.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from pipeline import layout
+from pipeline.config import LeakageParams, Params
+from pipeline.errors import BadImageError, DatasetError
+from pipeline.store.features import FeatureStore, expected_spec
+from pipeline.fileutil import atomic_files, write_json
+from pipeline.analyses.leakage import (Pair, candidates, check_pairs, grey_square, margin, plot_pairs, search,
+                              split_pair_name, summarise, write_pairs)
+
+SHOWN = 24
+"""Test pairs (against train or val) in the picture on each side of the threshold: the confirmed ones with
+the lowest match, the rejected ones with the highest."""
+THUMBNAIL = 96
+"""Largest side of an image in the picture, in pixels."""
+
+
+def decoded(source_location: str, keys: Iterable[str]) -> Iterator[tuple[str, np.ndarray]]:
+    """(id, RGB (H, W, 3) uint8) of the images ``keys`` of the dataset, in the dataset's order (one pass)."""
+    from pipeline.data.images import read_rgb
+    from pipeline.data.sources import open_source
+
+    source = open_source(source_location)
+    wanted = set(keys)
+    order = [key for key, _, _ in source.entries() if key in wanted]
+    if missing := wanted - set(order):
+        raise DatasetError(f"{source_location} no longer holds {len(missing)} images of the feature file "
+                           f"({sorted(missing)[:5]}): run the prepare and extract stages again (dvc repro)")
+    for key, raw in source.stream(order):
+        try:
+            yield key, read_rgb(raw).permute(1, 2, 0).numpy()
+        except Exception as err:  # PIL raises many types for corrupt data
+            raise BadImageError.of(key, source_location, f"{type(err).__name__}: {err}") from None
+
+
+def thumbnails(source_location: str, keys: Iterable[str]) -> dict[str, np.ndarray]:
+    """id -> the image, its largest side at most :data:`THUMBNAIL` pixels, for the picture."""
+    from PIL import Image
+
+    out = {}
+    for key, image in decoded(source_location, keys):
+        thumb = Image.fromarray(image)
+        thumb.thumbnail((THUMBNAIL, THUMBNAIL))
+        out[key] = np.asarray(thumb)
+    return out
+
+
+def boundary(pairs: list[Pair], threshold: float, min_detail: float,
+             shown: int = SHOWN) -> list[tuple[str, list[Pair]]]:
+    """The test pairs against train or val nearest the decision (:func:`pipeline.analyses.leakage.margin`): the
+    ``shown`` confirmed ones with the lowest margin, the ``shown`` rejected ones with the highest, each
+    nearest the decision first."""
+    tested = [(margin(p, threshold, min_detail), p) for p in pairs if p.split_pair in ("test-train", "test-val")]
+    confirmed = [p for _, p in sorted((x for x in tested if x[1].confirmed), key=lambda x: (x[0], x[1].id))]
+    rejected = [p for _, p in sorted((x for x in tested if not x[1].confirmed), key=lambda x: (-x[0], x[1].id))]
+    confirmed, rejected = confirmed[:shown], rejected[:shown]
+    return [("confirmed,\nnearest the\nthreshold", confirmed), ("rejected,\nnearest the\nthreshold", rejected)]
+
+
+def find(store: FeatureStore, source: str, lk: LeakageParams, device=None) -> tuple[list[Pair], dict, dict]:
+    """Search the feature file, read the candidates' images from ``source`` and check them: (the checked
+    pairs, split pair -> (query images searched, candidates), the seconds of each step)."""
+    start = time.perf_counter()
+    ids = {s: store.ids(s) for s in store.splits}
+    found = search(store, lk.neighbours, lk.block_rows, device)
+    seconds = {"search": time.perf_counter() - start}
+    listed, searched = [], {}
+    for (query, base), neighbours in found.items():
+        name = split_pair_name(query, base)
+        mine = candidates(ids[query], ids[base], neighbours, name, lk.min_cosine)
+        listed += mine
+        searched[name] = (len(ids[query]), len(mine))
+    del found
+    start = time.perf_counter()
+    grey = {key: grey_square(image, lk.pixel_size)
+            for key, image in decoded(source, {k for p in listed for k in (p.id, p.nearest_id)})}
+    seconds["reading"] = time.perf_counter() - start
+    start = time.perf_counter()
+    checked = check_pairs(listed, grey, lk.threshold, lk.min_detail)
+    checked.sort(key=lambda p: (p.split_pair, -p.match, p.id, p.nearest_id))
+    seconds["pixel check"] = time.perf_counter() - start
+    return checked, searched, seconds
+
+
+def run(params: Params, features_path: str | Path, splits_path: str | Path, out_dir: str | Path = layout.LEAKAGE,
+        device=None) -> dict:
+    """Search, check and write the outputs; returns the summary."""
+    from pipeline.data.sources import Splits
+
+    lk = params.leakage
+    start = time.perf_counter()
+    source = Splits.load(splits_path).source
+    with FeatureStore(features_path) as store:
+        store.check(expected_spec(params, splits_path, "pooled"))
+        backbone = store.spec.backbone
+        checked, searched, seconds = find(store, source, lk, device)
+    summary = summarise(checked, searched, {"neighbours": lk.neighbours, "min_cosine": lk.min_cosine,
+                                            "pixel_size": lk.pixel_size, "threshold": lk.threshold,
+                                            "min_detail": lk.min_detail})
+    shown = boundary(checked, lk.threshold, lk.min_detail)
+    thumbs = thumbnails(source, {k for _, pairs in shown for p in pairs for k in (p.id, p.nearest_id)})
+    title = (f"test images (top) and a candidate near-copy (bottom): one of its {lk.neighbours} nearest by the pooled "
+             f"features ({backbone}), #rank, cosine\nmatch: gradient fields' cosine at the best alignment at "
+             f"{lk.pixel_size} px (M: mirrored), detail: gradient directions' cosine there\ngreen: confirmed (match >= "
+             f"{lk.threshold} and detail >= {lk.min_detail}), orange: rejected")
+    out_dir = Path(out_dir)
+    with atomic_files(out_dir) as staging:
+        write_pairs(checked, staging / layout.LEAKAGE_PAIRS.name)
+        write_json(staging / layout.LEAKAGE_SUMMARY.name, summary)
+        plot_pairs(shown, thumbs, staging / layout.LEAKAGE_PICTURE.name, title)
+    for name, counts in summary["pairs"].items():
+        print(f"{name}: {counts['searched']} images searched, {counts['candidates']} candidates, {counts['checked']} "
+              f"aligned at full size, {counts['confirmed']} confirmed ({counts['mirrored']} mirrored)")
+    print(f"test images with a near-copy in train: {summary['test_with_near_copy_in_train']}; in train or val "
+          f"(left out of compare's second test figure): {summary['test_removed']}")
+    print(f"leakage: {', '.join(f'{step} {s:.1f} s' for step, s in seconds.items())}, all "
+          f"{time.perf_counter() - start:.1f} s -> {out_dir}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.stages._cli import parser, run_stage
+
+    args = parser(__doc__).parse_args(argv)
+    return run_stage(args, lambda params, _: run(params, layout.FEATURES["pooled"], layout.SPLITS))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
