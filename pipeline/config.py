@@ -480,10 +480,11 @@ class SeedsParams(Section):
     (see docs/seeds.md)."""
 
     values: list[int] = []
-    """e.g. [0, 1, 2, 3, 4]; empty = off (each seed is one more fit of each repeated head)
+    """e.g. [0, 1, 2, 3, 4]: one stage per seed (seeds@<seed>), one more fit of each repeated head; [] = off
 
-    the seeds, for example `[0, 1, 2, 3, 4]`; each repeated configuration is fitted once per seed (at least two
-    seeds, each once, 0 ≤ seed < 2³²); `[]`: off, the stage writes a placeholder"""
+    the seeds, for example `[0, 1, 2, 3, 4]`: one stage per seed, `seeds@<seed>`, fits each repeated configuration
+    with it (at least two seeds, each once, 0 ≤ seed < 2³²); adding a seed runs only its stage; `[]`: off, no
+    seed stage (the report stage's compare writes a seeds.md saying so)"""
     configurations: list[str] | None = None
     """head, heads.<name>, finetune.<name>; null = those that vary with the seed:
 
