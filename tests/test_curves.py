@@ -310,7 +310,7 @@ def test_the_stage_writes_the_table_the_plots_and_the_headline(cache, tmp_path, 
 @pytest.mark.parametrize("raw, message", [
     ({"shots": [4, 2, "all"]}, r"curves.shots: k must increase, each once, with 'all' \(if given\) last"),
     ({"shots": [0, "all"]}, r"curves.shots: every k must be a positive number"),
-    ({"heads": {"x": {"logistic": {}}}}, r"curves.heads.x.kind: Field required"),
+    ({"heads": {"x": {"kind": "finetune"}}}, r"curves.heads.x.kind: 'finetune' trains on the cut cache"),
     ({"heads": {"x": {"kind": "svm"}}}, r"curves.heads.x.kind: 'svm' is not a known head"),
     ({"heads": {"x": {"kind": "logistic", "logistic": {"select": "sweep"}}}},
      r"curves.heads.x.logistic.select: must be 'fixed' in a learning curve.*never on the validation split"),
