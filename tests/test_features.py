@@ -376,7 +376,7 @@ def test_precision_params_are_validated_with_the_choices():
 
     with pytest.raises(ConfigError, match=r"backbone.precision.*'auto', 'float32' or 'bfloat16'"):
         parse_params({"backbone": {"precision": "fp16"}})
-    with pytest.raises(ConfigError, match=r"finetune.top.precision.*'auto', 'float32' or 'bfloat16'"):
+    with pytest.raises(ConfigError, match=r"finetune.top.finetune.precision.*'auto', 'float32' or 'bfloat16'"):
         parse_params({"backbone": {"cut": "layer4"}, "finetune": {"top": {"finetune": {"precision": "half"}}}})
 
 

@@ -39,7 +39,9 @@ def run_all(out: Path, params, pooled: Path, cut: Path | None, splits: Path) -> 
         dirs[key] = at(layout.evaluation_dir(key))
         evaluate.run(features, head_file, dirs[key], layout.head_name(key))
     leakage.run(params, pooled, splits, at(layout.LEAKAGE))
-    seeds.run(params, {"pooled": pooled, "cut": cut}, splits, at(layout.SEEDS))
+    for seed in params.seeds.values:  # the seed stages, then compare's gathering of them
+        seeds.run(params, {"pooled": pooled, "cut": cut}, splits, seed, at(layout.seed_fits_file(seed)))
+    compare.gather_seeds(params, at(layout.SEED_FITS), at(layout.SEEDS))
     compare.run([d / layout.METRICS for d in dirs.values()], at(layout.COMPARISON), at(layout.LEAKAGE_PAIRS),
                 at(layout.SEEDS).with_suffix(".json"))
     mistakes.run(params.mistakes, splits, dirs, {k: at(p) for k, p in layout.mistakes_files().items()})
