@@ -420,7 +420,7 @@ class BackbonesParams(Section):
 
 # -- the mistakes report ------------------------------------------------------------------------
 class MistakesParams(Section):
-    """The mistakes command of the report stage: pictures of the test images the main head and the best head get
+    """The mistakes step of the report stage: pictures of the test images the main head and the best head get
     wrong (see docs/evaluation.md)."""
 
     grid_size: int = Field(24, gt=0)

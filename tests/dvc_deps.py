@@ -42,7 +42,7 @@ CODE = {  # stage -> the modules it runs: its entry point, and the head implemen
     "plan-backbones": ["pipeline.stages.compare_backbones"],
     "compare-backbones": ["pipeline.stages.compare_backbones"],
     "curves-finetune": ["pipeline.stages.curves_finetune", "pipeline.heads.finetune"],
-    "report": ["pipeline.stages.compare", "pipeline.stages.mistakes", "pipeline.stages.report"],
+    "report": ["pipeline.stages.report"],
 }
 DVC_YAML = ROOT / "dvc.yaml"
 _STAGE = re.compile(r"^  ([A-Za-z0-9_-]+):\s*$")

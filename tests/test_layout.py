@@ -65,13 +65,13 @@ def test_packages_depend_one_way():
 def test_the_head_side_does_not_run_the_backbone_or_the_image_code():
     """The f/g rule on the import graph: the pooled heads' stages, compare and the report page never reach the
     frozen backbone, the images, the sources or the leakage stage (compare reads only ids from its pairs.csv);
-    a fine-tuned head reaches the backbone module, for its top only. The report stage's mistakes command is
-    the data side (it reads the test images it pictures)."""
+    a fine-tuned head reaches the backbone module, for its top only. The report stage's mistakes are the data
+    side (they read the test images they picture)."""
     data_side = {"pipeline.backbone.backbones", "pipeline.data.images", "pipeline.data.sources", "pipeline.backbone.extract",
                  "pipeline.data.preprocessing", "pipeline.stages.leakage"}
     for stage in ("train", "curves", "probe-backbone", "curves-backbone", "compare-backbones"):
         assert not closure(*CODE[stage]) & data_side, stage
-    for command in ("pipeline.stages.compare", "pipeline.stages.report"):
+    for command in ("pipeline.stages.compare", "pipeline.reports.report"):
         assert not closure(command) & data_side, command
     assert closure("pipeline.stages.mistakes") & data_side
     assert not closure("pipeline.stages.seeds", *POOLED_HEADS) & data_side  # the backbone's top: only for finetune
@@ -90,7 +90,7 @@ def test_dvc_yaml_uses_the_paths_of_the_layout(stages):
     assert outs("weights") == [layout.WEIGHTS.as_posix()]
     assert outs("extract") == [layout.FEATURES["pooled"].as_posix(), layout.FEATURES["cut"].as_posix()]
     for stage, key in [("train", "head"), ("train-heads", f"heads.{KEY}"), ("finetune", f"finetune.{KEY}")]:
-        # two commands: fit the head, then evaluate the saved head
+        # one command: fit the head, then evaluate the saved head
         live, folder = layout.live_dir(key), layout.evaluation_dir(key).as_posix()
         assert paths(stages[stage]["outs"]) == [
             layout.head_file(key).as_posix(), (live / layout.LIVE_METRICS).as_posix(), f"{folder}/confusion.png",
@@ -99,13 +99,11 @@ def test_dvc_yaml_uses_the_paths_of_the_layout(stages):
         assert paths(stages[stage]["plots"]) == [(live / layout.LIVE_PLOTS).as_posix(), f"{folder}/test_predictions.csv",
                                                  f"{folder}/per_class.csv"], stage
         assert all(next(iter(p.values()))["title"] for p in stages[stage]["plots"]), stage
-        assert [c.split()[2:] for c in stages[stage]["cmd"]] == [
-            ["pipeline.stages.train", "--config", key], ["pipeline.stages.evaluate", "--config", key]], stage
+        assert stages[stage]["cmd"].split()[2:] == ["pipeline.stages.train", "--config", key], stage
         features = layout.FEATURES["cut" if stage == "finetune" else "pooled"].as_posix()
         assert {features, layout.SPLITS.as_posix()} <= set(paths(stages[stage]["deps"])), stage
     report = stages["report"]
-    assert [c.split()[2] for c in report["cmd"]] == ["pipeline.stages.compare", "pipeline.stages.mistakes",
-                                                     "pipeline.stages.report"]
+    assert report["cmd"] == "python -m pipeline.stages.report"  # compare, mistakes, the page: one process
     seeds = layout.SEEDS.as_posix()
     assert outs("report") == [f"{layout.COMPARISON}.md", f"{layout.COMPARISON}.png", f"{layout.COMPARISON}.json",
                               f"{seeds}.md", f"{seeds}.json", *(p.as_posix() for p in layout.mistakes_files().values()),

@@ -1,4 +1,4 @@
-"""Stage report, its first command (compare): one table (Markdown) and one chart (PNG) of every evaluated head
+"""Compare, run first by the report stage: one table (Markdown) and one chart (PNG) of every evaluated head
 configuration.
 
 Each head is tested against the best one (highest test top-1) on the same test images, with the exact
@@ -111,17 +111,18 @@ def run(metrics_paths: list[str | Path], out_stem: str | Path, pairs_path: str |
     return rows
 
 
+def run_all(params: Params) -> list[dict]:
+    """The seeds gathered, then every trained head compared, into the project's files."""
+    gather_seeds(params)
+    return run([layout.evaluation_dir(k) / layout.METRICS for k in params.head_keys()], layout.COMPARISON,
+               layout.LEAKAGE_PAIRS, layout.SEEDS.with_suffix(".json"))
+
+
 def main(argv: list[str] | None = None) -> int:
     from pipeline.stages._cli import parser, run_stage
 
     args = parser(__doc__).parse_args(argv)
-
-    def stage(params: Params, _) -> list[dict]:
-        gather_seeds(params)
-        return run([layout.evaluation_dir(k) / layout.METRICS for k in params.head_keys()], layout.COMPARISON,
-                   layout.LEAKAGE_PAIRS, layout.SEEDS.with_suffix(".json"))
-
-    return run_stage(args, stage)
+    return run_stage(args, lambda params, _: run_all(params))
 
 
 if __name__ == "__main__":

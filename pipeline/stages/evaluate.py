@@ -1,5 +1,6 @@
-"""The train stages' second command, evaluate (head side): metrics and plots of one trained head on the val
-and test splits (a command of its own: a head is evaluated from its saved file, as predict and export load it).
+"""Evaluate (head side), run by the train stages after each fit: metrics and plots of one trained head on the
+val and test splits, from its saved file (as predict and export load it); ``python -m pipeline.stages.evaluate
+--config KEY`` evaluates a saved head again on its own.
 
 Writes, as one set (all of them or none): metrics.json (every figure of the head, each split's saying
 which images it was measured on), details.json (per-class accuracy, confusion matrices),
@@ -147,17 +148,19 @@ def run(features_path: str | Path, head_path: str | Path, out_dir: str | Path, n
     return results
 
 
+def run_config(params: Params, key: str) -> dict:
+    """Evaluate the saved head of configuration ``key`` into the project's files (what the train stage does
+    after fitting it)."""
+    features = layout.FEATURES[params.head_config(key).params.input]
+    return run(features, layout.head_file(key), layout.evaluation_dir(key), layout.head_name(key), layout.summary_file(key))
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Evaluate a saved head again on its own (the train stage runs this after each fit)."""
     from pipeline.stages._cli import head_parser, run_stage
 
     args = head_parser(__doc__).parse_args(argv)
-
-    def stage(params: Params, a) -> dict:
-        features = layout.FEATURES[params.head_config(a.config).params.input]
-        return run(features, layout.head_file(a.config), layout.evaluation_dir(a.config), layout.head_name(a.config),
-                   layout.summary_file(a.config))
-
-    return run_stage(args, stage)
+    return run_stage(args, lambda params, a: run_config(params, a.config))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Stage report, its second command (mistakes; data side): the test images the main head and the best head get wrong, in pictures.
+"""Mistakes, run by the report stage after compare (data side): the test images the main head and the best head get wrong, in pictures.
 
 Reads each evaluated configuration's metrics.json (to find the best head: highest test top-1, the main
 head on a tie), the test_predictions.csv of the main and the best head, and the test images by id from
@@ -49,16 +49,16 @@ def run(settings: MistakesParams, splits_path: str | Path, evaluation_dirs: dict
     return heads
 
 
+def run_all(params: Params) -> list[HeadMistakes]:
+    """The mistakes of the main and the best head, into the project's files."""
+    return run(params.mistakes, layout.SPLITS, {key: layout.evaluation_dir(key) for key in params.head_keys()})
+
+
 def main(argv: list[str] | None = None) -> int:
     from pipeline.stages._cli import parser, run_stage
 
     args = parser(__doc__).parse_args(argv)
-
-    def stage(params: Params, _) -> list[HeadMistakes]:
-        dirs = {key: layout.evaluation_dir(key) for key in params.head_keys()}
-        return run(params.mistakes, layout.SPLITS, dirs)
-
-    return run_stage(args, stage)
+    return run_stage(args, lambda params, _: run_all(params))
 
 
 if __name__ == "__main__":

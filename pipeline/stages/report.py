@@ -1,9 +1,12 @@
-"""Stage report, its last command (after compare and mistakes): one page that answers the five questions of the run (which head, how many labels, which
-backbone, how far to trust it, where it fails), each section opening with a sentence computed from the figures.
+"""Stage report: the comparison of every trained head (:mod:`pipeline.stages.compare`), the pictures of the
+mistakes of the main and the best head (:mod:`pipeline.stages.mistakes`, the one part that reads images), then
+one page that answers the five questions of the run (which head, how many labels, which backbone, how far to
+trust it, where it fails), each section opening with a sentence computed from the figures. One process: a
+head swap re-runs all three, and each process of its own would start and import again (about a second).
 
-Reads only the other stages' outputs (no image, no backbone, no fitting; see :mod:`pipeline.reports.report`) and
-writes evaluation/report.md (links to the pictures beside it), evaluation/report.html (self-contained: the
-pictures embedded) and evaluation/report_curve.png, as one set.
+The page reads only the other stages' outputs (no image, no backbone, no fitting; see
+:mod:`pipeline.reports.report`) and is written as one set: evaluation/report.md (links to the pictures beside
+it), evaluation/report.html (self-contained: the pictures embedded) and evaluation/report_curve.png.
 """
 
 from __future__ import annotations
@@ -24,10 +27,16 @@ def run(params: Params, evaluation=layout.EVALUATION, stem=layout.REPORT) -> dic
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.stages import compare, mistakes
     from pipeline.stages._cli import parser, run_stage
 
+    def stage(params: Params, _) -> dict[str, str]:
+        compare.run_all(params)
+        mistakes.run_all(params)
+        return run(params)
+
     args = parser(__doc__).parse_args(argv)
-    return run_stage(args, lambda params, _: run(params))
+    return run_stage(args, stage)
 
 
 if __name__ == "__main__":

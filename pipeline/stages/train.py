@@ -1,5 +1,5 @@
-"""Stage train (head side), its first command: fit one head configuration on the cached features; the second,
-evaluate (:mod:`pipeline.stages.evaluate`), scores the saved head.
+"""Stage train (head side): fit one head configuration on the cached features, then score the saved head
+(:mod:`pipeline.stages.evaluate`, in the same process).
 
 ``--config`` names it: ``head`` (the main head), ``heads.<name>`` or ``finetune.<name>``. Every kind is
 trained by the same call, ``head.fit_store(store)``; the head reads only the feature store. Its training
@@ -66,8 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     args = head_parser(__doc__).parse_args(argv)
 
     def stage(params: Params, a) -> dict:
+        from pipeline.stages import evaluate
+
         features = layout.FEATURES[params.head_config(a.config).params.input]
-        return run(params, features, layout.SPLITS, layout.head_file(a.config), a.config, layout.live_dir(a.config))
+        fitted = run(params, features, layout.SPLITS, layout.head_file(a.config), a.config, layout.live_dir(a.config))
+        evaluate.run_config(params, a.config)  # in this process: one start-up, one read of the features' file
+        return fitted
 
     return run_stage(args, stage)
 
