@@ -422,3 +422,67 @@ def test_cifar10_python_batches_source(tmp_path):
         assert splits.classes[label] == train_classes[int(key.split("/")[1])]
     decoded = next(iter(BatchStream(source, keys, 4, [0], GEOMETRY)))[1]
     assert decoded.shape == (4, 3, 32, 32)
+
+
+# -- the archive reader ---------------------------------------------------------------------------
+def _tarfile_members(path, read_every=1):
+    """What tarfile reads in the archive: (name, is a file, the bytes of every ``read_every``-th file)."""
+    out = []
+    with tarfile.open(path, mode="r|*") as tar:
+        for i, m in enumerate(tar):
+            out.append((m.name, m.isfile(), tar.extractfile(m).read() if m.isfile() and i % read_every == 0 else None))
+    return out
+
+
+def _fast_members(path, read_every=1):
+    from pipeline.data import archive
+
+    return [(name, is_file, read() if is_file and i % read_every == 0 else None)
+            for i, (name, is_file, read) in enumerate(archive.members(path))]
+
+
+def test_the_archive_reader_reads_the_shipped_archive_as_tarfile_does():
+    assert _fast_members(CIFAR_ARCHIVE, read_every=613) == _tarfile_members(CIFAR_ARCHIVE, read_every=613)
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+@pytest.mark.parametrize("mode", ["w", "w:gz", "w:bz2"])
+def test_the_archive_reader_reads_every_format_tarfile_writes(tmp_path, fmt, mode):
+    """Long names (ustar's prefix field, GNU long names, pax paths), non-ASCII names, folders, an empty file,
+    a link, a large file, gzip and plain (bzip2 goes through tarfile)."""
+    import io
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / f"a.tar{mode[1:].replace(':', '.')}"
+    entries = {
+        "train/": None, "train/cat/": None, "train/cat/0001.jpg": b"\xff\xd8 jpeg",
+        "d" * 60 + "/" + "e" * 60 + "/café.jpg": rng.bytes(513),  # past the 100 characters of a name field
+        "train/empty.jpg": b"", "big.bin": rng.bytes(3 * 1024 * 1024 + 7),
+    }
+    if fmt != tarfile.USTAR_FORMAT:  # a name of one 125-character part: GNU long names, pax paths
+        entries["train/cat/" + "long_" * 24 + ".png"] = rng.bytes(3000)
+    with tarfile.open(path, mode, format=fmt) as tar:
+        for name, data in entries.items():
+            info = tarfile.TarInfo(name.rstrip("/"))
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("train/cat/link.jpg")
+        link.type, link.linkname = tarfile.SYMTYPE, "0001.jpg"
+        tar.addfile(link)
+    fast = _fast_members(path)
+    assert fast == _tarfile_members(path)
+    assert ("big.bin", True) in [(n, f) for n, f, _ in fast] and fast[-1][:2] == ("train/cat/link.jpg", False)
+
+
+def test_a_damaged_archive_is_a_clear_error(tmp_path):
+    data = CIFAR_ARCHIVE.read_bytes()[: 1 << 20]  # cut in the middle
+    (tmp_path / "cut.tar.gz").write_bytes(data)
+    with pytest.raises(DatasetError, match=r"cannot read archive .*cut.tar.gz: unexpected end of the archive"):
+        open_source(tmp_path / "cut.tar.gz").all_files()
+    (tmp_path / "bad.tar").write_bytes(b"x" * 2048)
+    with pytest.raises(DatasetError, match=r"cannot read archive"):
+        open_source(tmp_path / "bad.tar").all_files()

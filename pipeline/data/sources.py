@@ -22,6 +22,7 @@ import os
 import posixpath
 import pickle
 import tarfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -29,6 +30,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from pipeline.data import archive
 from pipeline.errors import BadImageError, DatasetError
 from pipeline.fileutil import sha256_file, sha256_json, write_json
 from pipeline.splitting import carve_rows
@@ -169,12 +171,11 @@ class TarSource(Source):
         self.location = str(path)
         self._prefix: str | None = None
 
-    def _members(self) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo, str]]:
+    def _members(self) -> Iterator[archive.Member]:
         try:
-            with tarfile.open(self.path, mode="r|*") as tar:
-                for member in tar:
-                    yield tar, member, member.name.removeprefix("./")
-        except (tarfile.TarError, EOFError, OSError) as err:
+            for name, is_file, read in archive.members(self.path):
+                yield name.removeprefix("./"), is_file, read
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
             raise DatasetError(f"cannot read archive {self.path}: {err}") from None
 
     @functools.cached_property
@@ -182,7 +183,7 @@ class TarSource(Source):
         """(member name, is a file) for every member, and the top-level prefix: the one folder at the
         top, if it is not a split (files beside it, dot-files and ``__MACOSX`` do not count, but a ``.csv`` label
         file beside it keeps the archive's root); one pass, kept."""
-        names = [(name, m.isfile()) for _, m, name in self._members() if PurePosixPath(name).parts]
+        names = [(name, is_file) for name, is_file, _ in self._members() if PurePosixPath(name).parts]
         tops = {
             parts[0] for n, is_file in names
             if (len(parts := PurePosixPath(n).parts) > 1 or not is_file) and not is_ignored(parts[0])
@@ -230,7 +231,7 @@ class TarSource(Source):
         order = iter(keys)
         expected = next(order, None)
         prefix = self._prefix
-        for tar, member, name in self._members():
+        for name, is_file, read in self._members():
             if expected is None:
                 return
             if prefix is None:
@@ -243,8 +244,7 @@ class TarSource(Source):
                 continue
             if key != expected:
                 raise DatasetError(f"{self.location}: keys not in archive order at {key!r}")
-            f = tar.extractfile(member)
-            yield key, (f.read() if f is not None else OSError("not a regular file"))
+            yield key, (read() if is_file else OSError("not a regular file"))
             expected = next(order, None)
         if expected is not None:
             raise BadImageError.of(expected, self.location, "missing from the archive")
