@@ -135,6 +135,11 @@ class KnnParams(PooledHeadParams):
 
     normalize: Normalize = "l2"
     """`none`, `standardize` or `l2`"""
+    calibrate: bool = False
+    """true is refused: the vote shares are the probabilities (docs/evaluation.md)
+
+    `true` is refused: the vote shares are already the probabilities, and a temperature fitted on their logs
+    flattens every prediction (docs/evaluation.md)"""
     k: int = Field(20, gt=0)
     """neighbours by cosine similarity, votes weighted by exp(similarity / temperature)
 
