@@ -33,13 +33,13 @@ sys.path.insert(0, str(ROOT))  # this checkout's pipeline, also when another one
 WARM_UP = """
 import json, resource, sys, time
 import numpy as np
-from pipeline.store.features import FeatureStore
 def peak():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 features, source = sys.argv[1], sys.argv[2]
 """
 
 AFTER = WARM_UP + """
+from pipeline.store.features import FeatureStore
 from pipeline.analyses.leakage import match
 from pipeline.config import LeakageParams
 from pipeline.heads.neighbours import top_k_cosine
@@ -59,7 +59,8 @@ print(json.dumps({"seconds": seconds, "total": time.perf_counter() - start, "bef
 """
 
 BEFORE = WARM_UP + """
-from pipeline.analyses.leakage import candidates, check_pixels, nearest_neighbours, pairs_of, search, split_pair_name
+from pipeline.features import FeatureStore  # the module paths of that revision
+from pipeline.leakage import candidates, check_pixels, nearest_neighbours, pairs_of, search, split_pair_name
 from pipeline.stages.leakage import SHOWN, read_images
 w = np.eye(8, 64, dtype=np.float32); nearest_neighbours(w, w, device="cpu")
 before = peak(); start = time.perf_counter()
