@@ -232,7 +232,8 @@ def _save(path: Path, image: np.ndarray) -> None:
 
 
 # -- measuring ------------------------------------------------------------------------------------
-def evaluate(work: Path, truth: dict, pictures: Path | None = None, reuse: bool = False) -> dict:
+def evaluate(work: Path, truth: dict, pictures: Path | None = None, reuse: bool = False,
+             neighbours: int | None = None) -> dict:
     """Prepare, extract (``reuse``: unless done before) and check the planted folder; recall, negatives
     confirmed and the trade-offs."""
     from pipeline.analyses.leakage import candidates
@@ -243,7 +244,8 @@ def evaluate(work: Path, truth: dict, pictures: Path | None = None, reuse: bool 
     from pipeline.store.features import FeatureStore
 
     params = parse_params({"data": {"source": str(work / "images"), "val_fraction": 0.0},
-                           "backbone": {"batch_size": 32, "cut": None}, "heads": {}, "finetune": {}})
+                           "backbone": {"batch_size": 32, "cut": None}, "heads": {}, "finetune": {},
+                           "leakage": {} if neighbours is None else {"neighbours": neighbours}})
     lk = params.leakage
     start = time.perf_counter()
     if not (reuse and (work / "pooled.h5").exists()):
@@ -357,6 +359,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=Path("/tmp/leakage-recall"))
     parser.add_argument("--pictures", type=Path, default=None)
+    parser.add_argument("--neighbours", type=int, default=None, help="leakage.neighbours (default: the stage's)")
     parser.add_argument("--reuse", action="store_true",
                         help="the planted folder and features of the last run in --work")
     args = parser.parse_args(argv)
@@ -370,7 +373,7 @@ def main(argv: list[str] | None = None) -> dict:
         truth = build(args.source, args.work, args.per_family, args.negatives, args.plain, args.base, args.seed)
         (args.work / "truth.json").write_text(json.dumps(truth))
     print(f"planted {len(truth)} test images into {args.work / 'images'} ({time.perf_counter() - start:.0f} s)")
-    result = evaluate(args.work, truth, args.pictures, args.reuse)
+    result = evaluate(args.work, truth, args.pictures, args.reuse, args.neighbours)
     ranks = result["rank_of_source"]
     print(f"extract {result['extract_s']:.0f} s; pixel check of {result['pairs']} candidate pairs "
           f"{result['check_s']:.1f} s")
