@@ -90,8 +90,8 @@ SEED_FITS = SUMMARY / "seeds"
 Inside the summary folder, which compare depends on, so that no seed (the default) needs no folder."""
 
 
-def seed_fits_file(seed: int) -> Path:
-    return SEED_FITS / f"{seed}.json"
+def seed_fits_file(seed: int, folder: Path = SEED_FITS) -> Path:
+    return Path(folder) / f"{seed}.json"
 
 
 def summary_file(key: str) -> Path:

@@ -49,7 +49,7 @@ def run_stage(out, params, stem):
     fits_dir = stem.parent / f"{stem.name}-fits"
     for seed in params.seeds.values:
         seeds_stage.run(params, {"pooled": out / "pooled.h5", "cut": out / "cut.h5"}, out / "splits.json", seed,
-                        fits_dir / f"{seed}.json")
+                        layout.seed_fits_file(seed, fits_dir))
     return compare.gather_seeds(params, fits_dir, stem)
 
 

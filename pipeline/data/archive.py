@@ -111,21 +111,23 @@ class _Reader:
         self.buffer += data
         return True
 
-    def _ensure(self, n: int) -> None:
+    def _fill(self, n: int) -> bool:
+        """Whether ``n`` more bytes are in the buffer, reading on as needed (False: the data ends first)."""
         while len(self.buffer) - self.pos < n:
             if not self._more():
-                raise EOFError("unexpected end of the archive")
+                return False
+        return True
 
     def take(self, n: int) -> bytes:
-        self._ensure(n)
+        if not self._fill(n):
+            raise EOFError("unexpected end of the archive")
         out = bytes(self.buffer[self.pos : self.pos + n])
         self.pos += n
         return out
 
     def skip(self, n: int) -> None:
         while n > 0:
-            available = len(self.buffer) - self.pos
-            if available == 0 and not self._more():
+            if not self._fill(1):
                 raise EOFError("unexpected end of the archive")
             step = min(n, len(self.buffer) - self.pos)
             self.pos += step
@@ -134,7 +136,7 @@ class _Reader:
     def members(self) -> Iterator[Member]:
         long_name = pax_path = None
         while True:
-            if len(self.buffer) - self.pos < BLOCK and not self._fill_or_end():
+            if not self._fill(BLOCK):
                 return  # no end-of-archive blocks: tolerated, as tarfile does
             header = self.take(BLOCK)
             if not any(header):
@@ -166,13 +168,6 @@ class _Reader:
             yield name, is_file, read
             if not read.done:
                 self.skip(padded)
-
-    def _fill_or_end(self) -> bool:
-        """Whether another header block follows (False at the end of the data)."""
-        while len(self.buffer) - self.pos < BLOCK:
-            if not self._more():
-                return False
-        return True
 
 
 class _Once:

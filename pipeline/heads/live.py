@@ -29,7 +29,6 @@ class TrainingLog:
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
-        self.steps = 0
         self.start = time.perf_counter()
         self._live = None
 
@@ -44,7 +43,6 @@ class TrainingLog:
             self._live.log_metric(name, float(value))
         self._live.log_metric("train/seconds", round(time.perf_counter() - self.start, 3), plot=False)
         self._live.next_step()
-        self.steps += 1
 
     def close(self) -> None:
         if self._live is not None:

@@ -7,9 +7,10 @@ test top-1 of every head stands its top-1 on the test images that have no confir
 images heads are fitted on (train, val), read from the ids of the leakage stage's pairs.csv.
 A head that the seeds stages refit with several seeds shows their mean and standard deviation beside its
 own figure: compare first gathers the fits of every seed of ``seeds.values`` (evaluation/summary/seeds/) into
-evaluation/seeds.json and seeds.md (:func:`gather_seeds`). The chart marks the head chosen on validation (highest held-out val top-1). comparison.json
-holds the rows, that choice and the exact McNemar test of every pair of heads, for the report stage. Also writes evaluation/top1.json, the DVC metric: every head's test top-1
-by name.
+evaluation/seeds.json and seeds.md (:func:`gather_seeds`). The chart marks the head chosen on validation
+(highest held-out val top-1). comparison.json holds the rows, that choice and the exact McNemar test of
+every pair of heads, for the report page. Also writes evaluation/top1.json, the DVC metric: every head's test
+top-1 by name.
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ import numpy as np
 
 from pipeline import layout
 from pipeline.analyses.leakage import near_copies, read_pairs
+from pipeline.analyses.seeds import read_fits, summarise, write_outputs
 from pipeline.config import Params
 from pipeline.errors import PipelineError
 from pipeline.fileutil import atomic_files, write_json
 from pipeline.heads.metrics import chosen_on_validation, mcnemar_exact, wilson_interval
 from pipeline.reports.figures import comparison_table, plot_comparison
-from pipeline.analyses.seeds import read_fits, summarise, write_outputs
 
 
 def gather_seeds(params: Params, fits_dir: str | Path = layout.SEED_FITS, stem: str | Path = layout.SEEDS) -> dict:
@@ -36,7 +37,7 @@ def gather_seeds(params: Params, fits_dir: str | Path = layout.SEED_FITS, stem: 
     ``<stem>.json`` and ``.md`` (with no seed: a summary and a page saying it is off)."""
     fits = []
     for seed in params.seeds.values:
-        path = Path(fits_dir) / f"{seed}.json"
+        path = layout.seed_fits_file(seed, fits_dir)
         if not path.exists():
             raise PipelineError(f"no fits for seed {seed} ({path}): run its stage, dvc repro seeds@{seed}")
         fits += read_fits(path)

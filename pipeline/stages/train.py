@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
         features = layout.FEATURES[params.head_config(a.config).params.input]
         fitted = run(params, features, layout.SPLITS, layout.head_file(a.config), a.config, layout.live_dir(a.config))
-        evaluate.run_config(params, a.config)  # in this process: one start-up, one read of the features' file
+        evaluate.run_config(params, a.config)  # in this process: one start-up and one set of imports, not two
         return fitted
 
     return run_stage(args, stage)
