@@ -56,14 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     if rest:
         _parser().error(f"unrecognized arguments: {' '.join(rest)}")
 
-    from pipeline.errors import PipelineError
-    from pipeline.stages._cli import message
+    from pipeline.errors import guarded
 
-    try:
-        return _commands(args)
-    except (PipelineError, OSError) as err:
-        print(f"error: {message(err)}", file=sys.stderr)
-        return 2
+    return guarded(lambda: _commands(args))
 
 
 def _commands(args: argparse.Namespace) -> int:

@@ -13,10 +13,10 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.errors import ConfigError
+from pipeline.fileutil import read_yaml
 from pipeline.heads import KINDS, HeadConfig, kinds
 from pipeline.heads.params import Grid, HeadParamsBase, Precision, Section
 
@@ -663,28 +663,6 @@ def parse_params(raw: dict[str, Any] | None) -> Params:
     params.backbones.head_configs()
     params.seed_configs()
     return params
-
-
-class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads ``1e-3`` (no dot) as a string; read it as the float everyone means."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
-    list("-+0123456789."),
-)
-
-
-def read_yaml(path: str | Path) -> Any:
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"params file {path} does not exist")
-    with path.open() as f:
-        try:
-            return yaml.load(f, Loader=_Loader)  # noqa: S506 (a SafeLoader)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"params file {path} is not valid YAML: {err}") from None
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

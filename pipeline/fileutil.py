@@ -1,4 +1,4 @@
-"""Small file helpers shared by the stages: atomic writes and content hashes."""
+"""Small file helpers shared by the stages: atomic writes, content hashes, reading YAML."""
 
 from __future__ import annotations
 
@@ -6,8 +6,13 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterator
+
+import yaml
+
+from pipeline.errors import ConfigError
 
 
 @contextlib.contextmanager
@@ -75,3 +80,25 @@ def sha256_file(path: str | Path, block: int = 1 << 20) -> str:
 
 def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-3`` (no dot) as a string; read it as the float everyone means."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"params file {path} does not exist")
+    with path.open() as f:
+        try:
+            return yaml.load(f, Loader=_Loader)  # noqa: S506 (a SafeLoader)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"params file {path} is not valid YAML: {err}") from None

@@ -76,6 +76,9 @@ def head_name(key: str) -> str:
 METRICS = "metrics.json"
 """In each evaluation folder, beside confusion.png, reliability.png, test_predictions.csv, ...: every figure
 of the head (intervals, counts, per split), read by compare and the report."""
+DETAILS = "details.json"
+"""In each evaluation folder: per-class accuracy, the confusion matrices (read by the report), a swept head's
+validation curve."""
 SUMMARY = EVALUATION / "summary"
 """One small file per trained head (its test top-1 and interval, val top-1, ECE). The main head always
 writes one, so this folder always exists: compare and mistakes depend on it, not on the optional

@@ -264,6 +264,14 @@ def test_t_interval_and_the_headline_numbers():
     mean, std, low, high = C.t_interval([0.5, 0.6, 0.7], 0.95)
     assert (mean, std) == pytest.approx((0.6, 0.1)) and high - mean == pytest.approx(4.302653 * 0.1 / 3**0.5)
     assert C.t_interval([0.8], 0.95) == (0.8, None, None, None)
+    assert C.t_interval([0.7, 0.7], 0.95) == (pytest.approx(0.7), 0.0, pytest.approx(0.7), pytest.approx(0.7))
+    from scipy.stats import t  # the library's interval, for several sizes and levels
+
+    draws = np.random.default_rng(0).uniform(0.5, 0.9, 40)
+    for n, confidence in [(2, 0.9), (3, 0.95), (5, 0.99), (40, 0.95)]:
+        v = draws[:n]
+        expected = t.interval(confidence, n - 1, loc=v.mean(), scale=v.std(ddof=1) / n**0.5)
+        assert C.t_interval(list(v), confidence)[2:] == pytest.approx(expected, rel=1e-12)
 
     def point(head, shots, mean, low=None, high=None):
         return C.Point(head, shots, 100.0 if shots == ALL_SHOTS else float(shots), 1, 0, mean, None, low, high)

@@ -5,11 +5,13 @@ import math
 
 import numpy as np
 import pytest
+import yaml
 from scipy.optimize import brentq
 
 from pipeline.heads.base import load_head
 from pipeline.heads.metrics import Z95, mcnemar_exact, mean_of_proportions_interval, wilson_interval
 from pipeline.stages import compare, evaluate, train
+from tests.conftest import ROOT
 
 
 @pytest.mark.parametrize("correct, n", [(0, 10), (1, 10), (7, 10), (10, 10), (8012, 10000), (55, 60)])
@@ -87,6 +89,15 @@ def test_no_figure_is_measured_on_images_the_head_was_fitted_on(caches, tmp_path
     assert saved["temperature_on_val"] > 0 and "temperature_on_val" not in metrics  # calibrated ECE: not for the swept head
     details = json.loads((tmp_path / "fixed" / "details.json").read_text())
     assert set(details["test"]) == {"per_class_accuracy", "confusion_matrix"}
+    sweep = json.loads((tmp_path / "sweep" / "details.json").read_text())["sweep"]
+    assert len(sweep) == 5 and max(s["val_top1"] for s in sweep) == head.fitted.chosen_val_top1
+    # every file evaluate writes is an output or a plot of the train stages in dvc.yaml (what DVC does not know
+    # of, it neither restores with an experiment nor re-runs a stage for when it is missing)
+    train_stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["train"]
+    declared = {next(iter(o)) if isinstance(o, dict) else o for o in train_stage["outs"] + train_stage["plots"]}
+    for folder in ("fixed", "sweep"):
+        written = {p.name for p in (tmp_path / folder).iterdir()}
+        assert {f"evaluation/{name}" for name in written} <= declared, folder
 
     rows = compare.run([tmp_path / "fixed" / "metrics.json", tmp_path / "sweep" / "metrics.json"], tmp_path / "comparison")
     assert "versus_best" not in rows[0] and 0 <= rows[1]["versus_best"]["p_value"] <= 1

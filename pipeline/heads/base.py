@@ -314,8 +314,10 @@ class FeatureNormalizer:
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         X = np.asarray(X, dtype=np.float32)
-        if self.mode == "standardize":
-            return (X - self.mean) / self.scale
+        if self.mode == "standardize":  # one new array, not two: (X - mean) / scale allocates twice
+            out = np.subtract(X, self.mean, dtype=np.float32)
+            out /= self.scale
+            return out
         if self.mode == "l2":
             return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
         return X

@@ -50,7 +50,10 @@ class TrainingLog:
         else:  # fitted in one go: DVCLive's summary of a run of one step
             write_json(self.folder / "metrics.json", {"train": {"seconds": round(time.perf_counter() - self.start, 3)},
                                                       "step": 0})
-        (self.folder / "plots" / "metrics").mkdir(parents=True, exist_ok=True)  # the stage's plots output
+        plots = self.folder / "plots" / "metrics"  # the stage's plots output
+        plots.mkdir(parents=True, exist_ok=True)
+        if not any(plots.iterdir()):  # git keeps no empty folder: without a file, a clone lacks the output
+            (plots / ".gitkeep").touch()  # (and .dvcignore hides it from DVC, which would take it for a plot)
 
     def __enter__(self) -> TrainingLog:
         return self

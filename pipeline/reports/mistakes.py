@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -162,67 +161,73 @@ def load_thumbnails(splits: Splits, ids: set[str], size: int = THUMBNAIL) -> dic
 def plot_worst(mistakes: HeadMistakes, images: dict[str, np.ndarray], columns: int, path: str | Path) -> None:
     """The grid of the most confident mistakes: each image with its true class, the predicted class and the
     confidence."""
-    from pipeline.reports.figures import pyplot, save_figure
-
-    plt = pyplot()
-    n = len(mistakes.worst)
-    cols = max(1, min(columns, n))
-    rows = max(1, math.ceil(n / cols))
-    width = max(6.0, 1.6 * cols + 0.4)
-    fig, axes = plt.subplots(rows, cols, figsize=(width, (width / cols + 0.5) * rows + 0.9), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, p in zip(axes.flat, mistakes.worst):
-        ax.imshow(images[p.id])
-        ax.set_title(f"{p.actual}\n→ {p.predicted} {p.confidence:.2f}", fontsize=8, color="tab:red")
-    if n == 0:
-        axes[0, 0].text(0.5, 0.5, "no mistakes", ha="center", va="center", transform=axes[0, 0].transAxes)
-    _title(fig, f"{_who(mistakes)}: the {n} most confident of {mistakes.n_wrong} mistakes on {mistakes.n_test} test "
-                "images (true class, → predicted class and its probability)", width, panel_title_lines=2)
-    save_figure(fig, path)
+    cells = [(images[p.id], f"{p.actual}\n→ {p.predicted} {p.confidence:.2f}") for p in mistakes.worst]
+    cols = max(1, min(columns, len(cells)))
+    rows = [cells[i : i + cols] for i in range(0, len(cells), cols)] or [[]]
+    title = (f"{_who(mistakes)}: the {len(cells)} most confident of {mistakes.n_wrong} mistakes on {mistakes.n_test} "
+             "test images (true class, → predicted class and its probability)")
+    _draw_grid(rows, cols, title, path, label_lines=2, label_color="tab:red",
+               empty="no mistakes" if not cells else None)
 
 
 def plot_confusions(mistakes: HeadMistakes, images: dict[str, np.ndarray], examples: int, path: str | Path) -> None:
     """One row per class: its most confused other class (how many of its test images went there) and the
     most confident of those images."""
-    from pipeline.reports.figures import pyplot, save_figure
-
-    plt = pyplot()
-    rows = len(mistakes.confusions)
-    width = max(6.0, 1.5 * examples + 2.2)
-    fig, axes = plt.subplots(rows, examples + 1, figsize=(width, 1.55 * rows + 0.8), squeeze=False,
-                             gridspec_kw={"width_ratios": [1.6] + [1] * examples})
-    for ax in axes.flat:
-        ax.axis("off")
-    for row, c in zip(axes, mistakes.confusions):
-        if c.predicted is None:
-            text = f"{c.actual}\nno mistakes\n({c.total} images)"
-        else:
-            text = f"{c.actual}\n→ {c.predicted}\n{c.count} of {c.total} ({c.count / c.total:.0%})"
-        row[0].text(0.0, 0.5, text, ha="left", va="center", fontsize=9, transform=row[0].transAxes)
-        for ax, p in zip(row[1:], c.examples):
-            ax.imshow(images[p.id])
-            ax.set_title(f"{p.confidence:.2f}", fontsize=8)
-    _title(fig, f"{_who(mistakes)}: each class's most confused class (the class its test images are most often "
-                "taken for), with the most confident of those images", width)
-    save_figure(fig, path)
+    rows, leads = [], []
+    for c in mistakes.confusions:
+        leads.append(f"{c.actual}\nno mistakes\n({c.total} images)" if c.predicted is None else
+                     f"{c.actual}\n→ {c.predicted}\n{c.count} of {c.total} ({c.count / c.total:.0%})")
+        rows.append([(images[p.id], f"{p.confidence:.2f}") for p in c.examples])
+    title = (f"{_who(mistakes)}: each class's most confused class (the class its test images are most often "
+             "taken for), with the most confident of those images")
+    _draw_grid(rows, examples, title, path, label_lines=1, label_color="black", leads=leads)
 
 
-def _title(fig, text: str, width_inches: float, panel_title_lines: int = 1) -> None:
-    """The figure's title, wrapped to its width, above the panels, whose margins are set from the known sizes
-    of the texts (``panel_title_lines``: lines of each panel's own title) rather than by ``tight_layout``,
-    which draws the whole figure to measure it (about half a second for a grid of 24 images)."""
+CELL_INCHES = 1.5
+"""The side of one image in the grids, in inches (drawn at 110 dpi)."""
+
+
+def _draw_grid(rows: list[list[tuple[np.ndarray, str]]], columns: int, title: str, path: str | Path, label_lines: int,
+               label_color: str, leads: list[str] | None = None, empty: str | None = None) -> None:
+    """Rows of images, each under its label (``label_lines`` lines), optionally each row after a text
+    (``leads``), below the wrapped title. The images are laid into one array and drawn as one image on one
+    axes, the texts placed at their cells: an axes per image (a subplot grid) took about a second to draw
+    for 24 images, half of a head swap's report stage."""
     import textwrap
 
-    wrapped = textwrap.fill(text, width=int(width_inches * 13))
-    height = fig.get_figheight()
+    from pipeline.reports.figures import pyplot, save_figure
+
+    side = max((max(im.shape[:2]) for row in rows for im, _ in row), default=32)  # pixels of a cell
+    inch = CELL_INCHES / side  # inches per pixel of the array
+    line = 8 / 72 * 1.4 / inch  # a line of 8-point text, in pixels of the array
+    gap, band = round(0.12 / inch), round(label_lines * line + 0.05 / inch)
+    lead = round(1.6 * CELL_INCHES / inch) if leads is not None else 0
+    pitch_x, pitch_y = side + gap, band + side + gap
+    array = np.full((max(1, len(rows)) * pitch_y, lead + columns * pitch_x - gap, 3), 255, np.uint8)
+    for r, row in enumerate(rows):
+        for c, (image, _) in enumerate(row):
+            h, w = image.shape[:2]  # at most side x side: centred in its cell
+            top, left = r * pitch_y + band + (side - h) // 2, lead + c * pitch_x + (side - w) // 2
+            array[top : top + h, left : left + w] = image[..., :3] if image.ndim == 3 else image[..., None]
+    width = max(6.0, array.shape[1] * inch + 0.2)
+    wrapped = textwrap.fill(title, width=int(width * 13))
+    title_inches = 0.16 + 9 / 72 * 1.25 * (wrapped.count("\n") + 1)
+    height = array.shape[0] * inch + title_inches + 0.1
+    plt = pyplot()
+    fig = plt.figure(figsize=(width, height))
     fig.suptitle(wrapped, fontsize=9, y=1 - 0.08 / height, va="top")
-    rows = len({ax.get_subplotspec().rowspan.start for ax in fig.axes})
-    line = 9 / 72 * 1.25  # a line of 9-point text, in inches
-    top = 1 - (0.08 + line * (wrapped.count("\n") + 1) + 0.08 + line * panel_title_lines) / height
-    row_height = top * height / rows
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=top,
-                        wspace=0.08, hspace=min(0.9, line * panel_title_lines / max(row_height - line * panel_title_lines, 0.1)))
+    ax = fig.add_axes((0.1 / width, 0.1 / height, array.shape[1] * inch / width, array.shape[0] * inch / height))
+    ax.imshow(array, interpolation="nearest" if side < 64 else "antialiased")
+    ax.axis("off")
+    for r, row in enumerate(rows):
+        for c, (_, label) in enumerate(row):
+            ax.text(lead + c * pitch_x + side / 2, r * pitch_y + band - 0.02 / inch, label, ha="center", va="bottom",
+                    fontsize=8, color=label_color, linespacing=1.1)
+        if leads is not None:
+            ax.text(0, r * pitch_y + band + side / 2, leads[r], ha="left", va="center", fontsize=9)
+    if empty:
+        ax.text(array.shape[1] / 2, array.shape[0] / 2, empty, ha="center", va="center")
+    save_figure(fig, path)
 
 
 def _who(m: HeadMistakes) -> str:

@@ -91,7 +91,7 @@ def read_inputs(params: Params, evaluation: Path = layout.EVALUATION) -> Inputs:
     comparison = read_json(at(layout.COMPARISON.with_suffix(".json")), "compare")
     folders = {layout.head_name(k): layout.evaluation_dir(k).relative_to(layout.EVALUATION).as_posix().strip(".")
                for k in params.head_keys()}
-    details = {name: read_json(evaluation / folder / "details.json", "evaluate") for name, folder in folders.items()}
+    details = {name: read_json(evaluation / folder / layout.DETAILS, "evaluate") for name, folder in folders.items()}
     n_classes = len(next(iter(details.values()))["classes"])
     curves = params.curves
     fits = read_curve_fits(at(layout.CURVE_DRAWS))

@@ -3,11 +3,12 @@ val and test splits, from its saved file (as predict and export load it); ``pyth
 --config KEY`` evaluates a saved head again on its own.
 
 Writes, as one set (all of them or none): metrics.json (every figure of the head, each split's saying
-which images it was measured on), details.json (per-class accuracy, confusion matrices),
+which images it was measured on), details.json (per-class accuracy, confusion matrices, and a swept head's
+validation top-1 at each penalty),
 test_predictions.csv (id, actual, predicted, confidence: the DVC confusion plot, what compare pairs
 heads on and what the mistakes stage pictures), per_class.csv (a DVC plot), confusion.png,
-reliability.png, and sweep.json for a swept head; then evaluation/summary/<name>.json (:func:`summary`). No figure is measured on images the head was fitted
-on: a swept head, refit on train + val, reports the sweep's held-out val figure instead.
+reliability.png; then evaluation/summary/<name>.json (:func:`summary`). No figure is measured on images the head
+was fitted on: a swept head, refit on train + val, reports the sweep's held-out val figure instead.
 
 Probabilities are the head's own (:meth:`~pipeline.heads.base.Head.probabilities`): for a calibrated head,
 softmax(scores / T). Its ``ece`` is then the calibrated one, ``ece_uncalibrated`` that of softmax(scores),
@@ -87,6 +88,9 @@ def run(features_path: str | Path, head_path: str | Path, out_dir: str | Path, n
         test_ids = store.ids("test")
     results: dict = {"name": name, "head": head.kind}
     details: dict = {"classes": classes}
+    if head.fitted.sweep is not None:  # validation top-1 at each penalty of the sweep
+        sweep = head.fitted.sweep
+        details["sweep"] = [{"l2": l2, "val_top1": acc} for l2, acc in zip(sweep["l2"], sweep["val_top1"])]
     reliability, uncalibrated = {}, {}
     calibrated = head.temperature is not None
     for split, (raw, y) in scores.items():
@@ -114,14 +118,11 @@ def run(features_path: str | Path, head_path: str | Path, out_dir: str | Path, n
     title = f"{name} ({head.kind}), test top-1 {results['test']['top1']:.3f}"
     with atomic_files(out_dir) as staging:
         write_json(staging / layout.METRICS, results)
-        write_json(staging / "details.json", details)
+        write_json(staging / layout.DETAILS, details)
         with open(staging / "per_class.csv", "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["class", "accuracy"])
             writer.writerows((c, a) for c, a in details["test"]["per_class_accuracy"].items() if a is not None)
-        if head.fitted.sweep is not None:
-            sweep = head.fitted.sweep
-            write_json(staging / "sweep.json", [{"l2": l2, "val_top1": acc} for l2, acc in zip(sweep["l2"], sweep["val_top1"])])
         test_scores, test_labels = scores["test"]
         proba = head.probabilities(test_scores)
         predicted = test_scores.argmax(axis=1)

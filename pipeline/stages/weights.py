@@ -4,20 +4,25 @@ DVC sees params, not the contents of a file a param points to: a checkpoint over
 would leave the features stale. This stage always runs (it only hashes the checkpoint) and writes
 its sha256, which extract depends on: the file changes only when the checkpoint does. ``--backbone NAME``
 does the same for the compared backbone ``backbones.configurations.NAME`` (stage weights-backbone).
+
+Because it runs on every ``dvc repro`` and ``dvc exp run``, it reads the one value from params.yaml
+without validating the whole configuration (the extract stage does that): importing the typed
+configuration costs 0.3 s, a noticeable part of a head swap; this stage takes 0.05 s.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
 from pipeline import layout
-from pipeline.config import Params
-from pipeline.fileutil import sha256_file, write_json
+from pipeline.errors import ConfigError, guarded
+from pipeline.fileutil import read_yaml, sha256_file, write_json
 
 
-def run(params: Params, out_path: str | Path) -> dict:
-    weights = params.backbone.weights
+def run(weights: str | None, out_path: str | Path) -> dict:
+    """Write ``{"weights": weights}`` to ``out_path``, with the file's sha256 when ``weights`` names a file."""
     record: dict = {"weights": weights}
     if weights is not None and Path(weights).is_file():
         record["sha256"] = sha256_file(weights)
@@ -26,19 +31,29 @@ def run(params: Params, out_path: str | Path) -> dict:
     return record
 
 
-def main(argv: list[str] | None = None) -> int:
-    from pipeline.stages._cli import parser, run_stage
+def configured_weights(params: dict, backbone: str | None = None) -> str | None:
+    """``backbone.weights`` of the raw params, or ``backbones.configurations.<backbone>.weights``."""
+    if backbone is None:
+        section, key = (params or {}).get("backbone") or {}, "backbone.weights"
+    else:
+        configurations = ((params or {}).get("backbones") or {}).get("configurations") or {}
+        if backbone not in configurations:
+            raise ConfigError(f"no compared backbone {backbone!r}; valid: {sorted(configurations)}")
+        section, key = configurations[backbone] or {}, f"backbones.configurations.{backbone}.weights"
+    weights = section.get("weights", "DEFAULT") if isinstance(section, dict) else "DEFAULT"
+    if weights is not None and not isinstance(weights, str):
+        raise ConfigError(f"{key} must be a weights name, a checkpoint path or null, got {weights!r}")
+    return weights
 
-    p = parser(__doc__)
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     p.add_argument("--backbone", help="a name of backbones.configurations: record that compared backbone's weights")
     args = p.parse_args(argv)
-
-    def stage(params: Params, a) -> dict:
-        if a.backbone is None:
-            return run(params, layout.WEIGHTS)
-        return run(params.with_backbone(a.backbone), layout.compared_weights(a.backbone))
-
-    return run_stage(args, stage)
+    out = layout.WEIGHTS if args.backbone is None else layout.compared_weights(args.backbone)
+    # the raw params, not pipeline.stages._cli's validated ones: see above
+    return guarded(lambda: run(configured_weights(read_yaml(args.params), args.backbone), out))
 
 
 if __name__ == "__main__":
