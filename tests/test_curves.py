@@ -357,7 +357,7 @@ def plots_project(cache, tmp_path: Path) -> tuple[Path, dict]:
     plot files of a tiny run written by the real stages (main head, an mlp, the curve)."""
     out, params = cache
     repo = tmp_path / "project"
-    for name in ("dvc.yaml", "params.yaml", ".dvc/config", ".dvc/plots", "plots"):
+    for name in ("dvc.yaml", "params.yaml", ".dvc/config", ".dvc/plots", "plots", ".dvcignore"):
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if (ROOT / name).is_dir() else shutil.copy2)(ROOT / name, repo / name)
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
