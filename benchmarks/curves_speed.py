@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's pipeline, also when another one is installed
 
 from pipeline.analyses.curves import learning_curve  # noqa: E402
-from pipeline.config import load_params  # noqa: E402
-from pipeline.device import describe_cpu  # noqa: E402
+from pipeline.core.config import load_params  # noqa: E402
+from pipeline.core.device import describe_cpu  # noqa: E402
 from pipeline.store.features import FeatureSpec, FeatureStore, PartialFeatures  # noqa: E402
 
 SIZES = {"train": 4500, "val": 500, "test": 1000}

@@ -33,7 +33,7 @@ def main() -> None:
         params["data"]["subset_per_class"] = args.per_class
         (Path(tmp) / "params.yaml").write_text(yaml.safe_dump(params))
         env = dict(os.environ, PYTHONPATH=str(ROOT))
-        # the stages read params.yaml and write the paths of pipeline/layout.py, under the working folder
+        # the stages read params.yaml and write the paths of pipeline/core/layout.py, under the working folder
         subprocess.run([sys.executable, "-m", "pipeline.stages.prepare"], check=True, env=env, capture_output=True, cwd=tmp)
         for n in args.nproc:
             threads = max(1, (os.cpu_count() or 1) // n)

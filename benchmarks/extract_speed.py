@@ -26,8 +26,8 @@ import torch
 
 from pipeline.backbone.backbones import load_backbone
 from pipeline.backbone.extract import OnePass, extract_features, feature_spec, tune_allocator
+from pipeline.core.device import describe_cpu, torch_device
 from pipeline.data.sources import Split, make_splits, open_source
-from pipeline.device import describe_cpu, torch_device
 
 
 def bare_forward(backbone, batch_size: int, batches: int, device, precision: str = "float32") -> float:

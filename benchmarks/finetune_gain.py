@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from pipeline.core.config import load_params
 from pipeline.stages import evaluate, extract, prepare, train
-from pipeline.config import load_params
 
 
 def main() -> None:

@@ -26,11 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from pipeline.backbone.backbones import load_backbone  # noqa: E402
-from pipeline.config import FinetuneParams  # noqa: E402
-from pipeline.device import describe_cpu, native_bfloat16, torch_device  # noqa: E402
+from pipeline.core.config import FinetuneParams  # noqa: E402
+from pipeline.core.device import describe_cpu, native_bfloat16, torch_device  # noqa: E402
+from pipeline.finetune.head import FinetuneHead  # noqa: E402
 from pipeline.heads.base import FitRecord  # noqa: E402
 from pipeline.heads.epochs import run_epochs  # noqa: E402
-from pipeline.heads.finetune import FinetuneHead  # noqa: E402
 
 SETTINGS = {  # name -> (FinetuneParams changes, compile the network)
     "float32, depthwise trained": ({"precision": "float32", "depthwise": "train"}, False),

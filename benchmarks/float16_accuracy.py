@@ -16,8 +16,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from pipeline.config import load_params
-from pipeline.heads import head_class
+from pipeline.core.config import load_params
+from pipeline.core.head_registry import head_class
 from pipeline.store.features import FeatureStore
 
 

@@ -28,7 +28,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from pipeline.device import describe_cpu  # noqa: E402
+from pipeline.core.device import describe_cpu  # noqa: E402
 
 FILES = ["dvc.yaml", "params.yaml", "pyproject.toml", "pipeline", "data/cifar10-jpeg.tar.gz", ".dvc/config", ".dvc/plots",
          ".dvcignore", ".gitignore", "plots"]

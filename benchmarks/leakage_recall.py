@@ -237,7 +237,7 @@ def evaluate(work: Path, truth: dict, pictures: Path | None = None, reuse: bool 
     """Prepare, extract (``reuse``: unless done before) and check the planted folder; recall, negatives
     confirmed and the trade-offs."""
     from pipeline.analyses.leakage import candidates
-    from pipeline.config import parse_params
+    from pipeline.core.config import parse_params
     from pipeline.heads.neighbours import top_k_cosine
     from pipeline.stages import extract, prepare
     from pipeline.stages.leakage import decoded
@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--reuse", action="store_true",
                         help="the planted folder and features of the last run in --work")
     args = parser.parse_args(argv)
-    from pipeline.device import describe_cpu
+    from pipeline.core.device import describe_cpu
 
     print(f"CPU: {describe_cpu()}")
     start = time.perf_counter()

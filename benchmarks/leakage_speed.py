@@ -41,7 +41,7 @@ features, source = sys.argv[1], sys.argv[2]
 AFTER = WARM_UP + """
 from pipeline.store.features import FeatureStore
 from pipeline.analyses.leakage import match
-from pipeline.config import LeakageParams
+from pipeline.core.config import LeakageParams
 from pipeline.heads.neighbours import top_k_cosine
 from pipeline.stages.leakage import boundary, find, thumbnails
 w = np.eye(8, 64, dtype=np.float32); top_k_cosine(w, w, 2, device="cpu")
@@ -136,8 +136,8 @@ def main() -> None:
     if args.write_proxy:
         write_proxy(args.write_proxy, args.splits)
         return
+    from pipeline.core.device import describe_cpu
     from pipeline.data.sources import Splits
-    from pipeline.device import describe_cpu
 
     features = args.features
     if args.proxy:

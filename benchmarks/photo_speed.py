@@ -48,9 +48,9 @@ from extract_speed import bare_forward  # noqa: E402
 
 from pipeline.backbone.backbones import load_backbone  # noqa: E402
 from pipeline.backbone.extract import OnePass, auto_workers, extract_features, feature_spec, tune_allocator  # noqa: E402
+from pipeline.core.device import describe_cpu, resolve_precision, torch_device  # noqa: E402
 from pipeline.data.images import decode_image, draft, read_rgb, reduced_to, resize_crop  # noqa: E402
 from pipeline.data.sources import Split, Splits, make_splits, open_source  # noqa: E402
-from pipeline.device import describe_cpu, resolve_precision, torch_device  # noqa: E402
 
 ARCHIVE = Path("data/cifar10-jpeg.tar.gz")
 PHOTO_SIZE = (4000, 3000)
@@ -241,7 +241,7 @@ def main() -> None:
         print(f"linear probe (5-fold cross-validated logistic, {len(labels)} photos, {args.classes} classes): "
               f"reduced {probe_accuracy(a, labels):.2%}, full {probe_accuracy(b, labels):.2%}")
 
-    from pipeline.config import LeakageParams
+    from pipeline.core.config import LeakageParams
     from pipeline.reports.mistakes import load_thumbnails
     from pipeline.stages.leakage import read_images
 

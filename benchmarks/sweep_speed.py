@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from pipeline.heads import head_class
+from pipeline.core.head_registry import head_class
 from pipeline.heads.base import FeatureNormalizer
 from pipeline.store.features import FeatureStore
 

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     if rest:
         _parser().error(f"unrecognized arguments: {' '.join(rest)}")
 
-    from pipeline.errors import guarded
+    from pipeline.core.errors import guarded
 
     return guarded(lambda: _commands(args))
 
@@ -78,8 +78,9 @@ def _commands(args: argparse.Namespace) -> int:
 
 def _load_trained(args: argparse.Namespace):
     """The trained head that --config or --head names, with the backbone of its feature file."""
-    from pipeline import layout, model
-    from pipeline.heads import head_class
+    from pipeline import model
+    from pipeline.core import layout
+    from pipeline.core.head_registry import head_class
     from pipeline.heads.base import head_header
 
     head_path = args.head or layout.head_file(args.config)
@@ -89,8 +90,8 @@ def _load_trained(args: argparse.Namespace):
 
 def _predict(args: argparse.Namespace) -> int:
     """Print each image's top classes as they come (or one JSON document); 1 when some could not be read."""
+    from pipeline.core.errors import PipelineError
     from pipeline.data.images import image_paths
-    from pipeline.errors import PipelineError
     from pipeline.model import predict
 
     paths = image_paths(args.paths)

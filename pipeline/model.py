@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from pipeline.backbone.backbones import FeatureExtractor, load_recipe
+from pipeline.core.errors import PipelineError
+from pipeline.core.fileutil import atomic_path
 from pipeline.data.images import decode_image
-from pipeline.errors import PipelineError
-from pipeline.fileutil import atomic_path
 from pipeline.heads.base import Head, load_head
 from pipeline.store.features import FeatureStore
 

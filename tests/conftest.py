@@ -95,7 +95,7 @@ def interrupt_after(n_parts: int, extract, monkeypatch) -> list[tuple[str, int]]
 def small_pooled_cache(out: Path, classes: list[str], raw: dict) -> tuple[Path, Any]:
     """Real pooled features of ``classes`` (40 training and 15 test CIFAR-10 images each) in ``out``,
     extracted with the params ``raw`` (its data.source set to that image folder); returns (out, params)."""
-    from pipeline.config import parse_params
+    from pipeline.core.config import parse_params
     from pipeline.stages import extract, prepare
 
     folder = write_cifar_folder(out / "images", classes, {"train": 40, "test": 15})
@@ -107,7 +107,7 @@ def small_pooled_cache(out: Path, classes: list[str], raw: dict) -> tuple[Path, 
 
 def with_section(params, section: str, **values):
     """``params`` with keys of one section replaced (validated again)."""
-    from pipeline.config import parse_params
+    from pipeline.core.config import parse_params
 
     raw = params.model_dump()
     raw[section] = {**raw[section], **values}
@@ -124,8 +124,8 @@ def caches(cifar_folder, tmp_path_factory):
     """Real pooled features and a real cut cache (ResNet-18, random init, 64 px) of 3 CIFAR classes, with
     every head kind configured (``heads.<kind>``, ``finetune.top``), and a second pooled file made with
     another seed (other features of the same images)."""
-    from pipeline.config import parse_params
-    from pipeline.heads import kinds
+    from pipeline.core.config import parse_params
+    from pipeline.core.head_registry import kinds
     from pipeline.stages import extract, prepare
 
     out = tmp_path_factory.mktemp("caches")

@@ -54,15 +54,10 @@ def graph() -> dict[str, set[str]]:
     return {m: imported_modules(m, parents=False) for m in all_modules()}
 
 
-HEAD_SCHEMA = {"pipeline.heads", "pipeline.heads.params"}
-"""The head registry and the params of every head kind: pydantic models that :mod:`pipeline.config` validates
-params.yaml with. They import only the infrastructure, and count as part of it (the node ``pipeline.heads.schema``)."""
-
-
 def package(module: str) -> str:
     """The package of the design ``module`` is in (``pipeline.heads`` for ``pipeline.heads.knn``); a top-level
-    module is its own; the head schema is ``pipeline.heads.schema``."""
-    return "pipeline.heads.schema" if module in HEAD_SCHEMA else ".".join(module.split(".")[:2])
+    module is its own."""
+    return ".".join(module.split(".")[:2])
 
 
 def package_graph() -> dict[str, set[str]]:

@@ -1,5 +1,5 @@
-"""The parameter reference, written from one source: the typed schema (pipeline/config.py and
-pipeline/heads/params.py: each field's docstring, default and type).
+"""The parameter reference, written from one source: the typed schema (pipeline/core/config.py and
+pipeline/core/head_params.py: each field's docstring, default and type).
 
 A field's docstring has a short first paragraph, written as the key's comment in params.yaml, and the
 reference text after it (the first paragraph when there is nothing after), written into the tables of
@@ -22,8 +22,8 @@ import typing
 import yaml
 from pydantic import BaseModel
 
-from pipeline.config import HeadSection, Params
-from pipeline.heads import KINDS, kinds
+from pipeline.core.config import HeadSection, Params
+from pipeline.core.head_registry import KINDS, kinds
 from tests.conftest import ROOT
 
 PARAMS_YAML = ROOT / "params.yaml"

@@ -8,8 +8,8 @@ import math
 
 import pytest
 
-from pipeline.config import parse_params
-from pipeline.errors import ConfigError, FeatureStoreError
+from pipeline.core.config import parse_params
+from pipeline.core.errors import ConfigError, FeatureStoreError
 
 SMALL_HEADS = {  # the comparison's default heads, with a shorter sweep
     "linear-probe": {"kind": "logistic", "logistic": {"select": "sweep", "grid": {"low": 1e-4, "high": 1e2, "num": 5}}},

@@ -11,8 +11,8 @@ import torch
 import torchvision
 
 from pipeline.backbone.backbones import load_backbone
-from pipeline.errors import BackboneError
-from pipeline.fileutil import sha256_file
+from pipeline.core.errors import BackboneError
+from pipeline.core.fileutil import sha256_file
 from tests.conftest import subprocess_env
 
 
@@ -196,7 +196,7 @@ def test_timm_model_random_init_through_the_extract_stage(cifar_folder, tmp_path
     from PIL import Image
     from timm.data import create_transform
 
-    from pipeline.config import parse_params
+    from pipeline.core.config import parse_params
     from pipeline.stages import extract, prepare
     from pipeline.store.features import FeatureStore, expected_spec
 
@@ -257,7 +257,7 @@ def test_timm_checkpoint_of_another_architecture_is_refused(tmp_path):
 def test_timm_pretrained_weights_come_from_the_hub(tmp_path):
     """DEFAULT asks timm's hub for the weights; offline (no cached copy), the error names what and how."""
     code = ("from pipeline.backbone.backbones import load_backbone\n"
-            "from pipeline.errors import BackboneError\n"
+            "from pipeline.core.errors import BackboneError\n"
             "try:\n    load_backbone('timm/resnet18', 'DEFAULT', None)\n"
             "except BackboneError as err:\n    print(err)\n")
     env = {**subprocess_env(), "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}

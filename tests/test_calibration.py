@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import parse_params
-from pipeline.errors import ConfigError
-from pipeline.heads import KINDS
+from pipeline.core.config import parse_params
+from pipeline.core.errors import ConfigError
+from pipeline.core.head_registry import KINDS
 from pipeline.heads.base import load_head, softmax
 from pipeline.heads.calibration import TEMPERATURE_BOUNDS, mean_nll
 from pipeline.heads.metrics import calibration

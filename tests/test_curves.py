@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline import layout
 from pipeline.analyses import curves as C
-from pipeline.config import ALL_SHOTS, CurvesParams, parse_params
-from pipeline.errors import ConfigError
-from pipeline.heads import head_class
+from pipeline.core import layout
+from pipeline.core.config import ALL_SHOTS, CurvesParams, parse_params
+from pipeline.core.errors import ConfigError
+from pipeline.core.head_registry import head_class
 from pipeline.heads.base import FeatureNormalizer
 from pipeline.heads.linear import c_from_l2
 from pipeline.stages import curves as curves_stage

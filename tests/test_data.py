@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.core.errors import BadImageError, DatasetError
 from pipeline.data.images import BatchStream, decode_image
 from pipeline.data.preprocessing import ImageGeometry
 from pipeline.data.sources import Splits, make_splits, open_source
-from pipeline.errors import BadImageError, DatasetError
 from tests.conftest import CIFAR_ARCHIVE, write_image
 
 GEOMETRY = ImageGeometry(resize_size=40, crop_size=32)
@@ -260,7 +260,7 @@ def test_class_folder_with_images_only_in_a_dot_folder_is_empty(tmp_path, kind):
 
 
 def test_prepare_says_how_many_images_were_found_where(tmp_path, capsys):
-    from pipeline.config import parse_params
+    from pipeline.core.config import parse_params
     from pipeline.stages import prepare
 
     root = _nested_folder(tmp_path / "images")

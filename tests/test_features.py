@@ -6,8 +6,8 @@ import pytest
 
 from pipeline.backbone.backbones import load_backbone
 from pipeline.backbone.extract import OnePass, extract_features, feature_spec
+from pipeline.core.errors import FeatureStoreError
 from pipeline.data.sources import make_splits, open_source
-from pipeline.errors import FeatureStoreError
 from pipeline.store.features import FORMAT_VERSION, FeatureStore, PartialFeatures
 from tests.conftest import interrupt_after, subprocess_env
 
@@ -160,7 +160,7 @@ def test_same_params_same_features_and_metrics(tmp_path):
     """Two independent runs of every stage agree exactly."""
     import json
 
-    from pipeline.config import parse_params
+    from pipeline.core.config import parse_params
     from pipeline.stages import evaluate, extract, prepare, train
     from tests.conftest import CIFAR_ARCHIVE
 
@@ -194,7 +194,7 @@ def test_kill_9_mid_extraction_then_resume_bit_for_bit(tmp_path):
 
     import yaml
 
-    from pipeline.config import load_params
+    from pipeline.core.config import load_params
     from pipeline.stages import extract, prepare
     from tests.conftest import CIFAR_ARCHIVE
 
@@ -235,10 +235,10 @@ def test_kill_9_mid_extraction_then_resume_bit_for_bit(tmp_path):
 
 def test_linear_head_streams_a_feature_file_too_large_for_memory(feature_file, splits, tmp_path, monkeypatch, capsys):
     """With the memory budget exceeded, train reads the features in blocks and gets the same head."""
-    from pipeline.config import parse_params
-    from pipeline.heads import head_class
-    from pipeline.heads.base import load_head
+    from pipeline.core.config import parse_params
+    from pipeline.core.head_registry import head_class
     from pipeline.heads import linear
+    from pipeline.heads.base import load_head
     from pipeline.stages import train
 
     splits.save(tmp_path / "splits.json")
@@ -278,7 +278,7 @@ def test_torchrun_two_processes_give_the_single_process_features(splits, backbon
 
     import yaml
 
-    from pipeline.config import load_params
+    from pipeline.core.config import load_params
     from pipeline.store.features import expected_spec
 
     splits_path = tmp_path / "data" / "prepared" / "splits.json"
@@ -322,7 +322,7 @@ def test_compiled_backbone_gives_the_eager_features(splits, backbone, feature_fi
 
 def test_compile_without_a_compiler_extracts_eagerly_and_says_so(splits, backbone, feature_file, tmp_path, monkeypatch,
                                                                  capsys):
-    from pipeline import device
+    from pipeline.core import device
 
     monkeypatch.setattr(device, "compiler_available", lambda device: False)
     out = run(splits, backbone, tmp_path / "eager.h5", commit_rows=8, compile=True)
@@ -334,7 +334,7 @@ def test_compile_without_a_compiler_extracts_eagerly_and_says_so(splits, backbon
 
 # -- precision ---------------------------------------------------------------------------------
 def test_bfloat16_extraction_is_recorded_close_to_float32_and_checked(splits, backbone, feature_file, tmp_path):
-    from pipeline.config import parse_params
+    from pipeline.core.config import parse_params
     from pipeline.store.features import expected_spec
 
     out = run(splits, backbone, tmp_path / "bf16.h5", precision="bfloat16")
@@ -358,7 +358,7 @@ def test_bfloat16_extraction_is_recorded_close_to_float32_and_checked(splits, ba
 def test_precision_auto_is_bfloat16_only_where_the_hardware_has_it(monkeypatch):
     import torch
 
-    from pipeline import device
+    from pipeline.core import device
 
     cpu = torch.device("cpu")
     for flags, expected in [({"avx2", "fma"}, "float32"), ({"avx512f", "avx512_bf16"}, "bfloat16"),
@@ -371,8 +371,8 @@ def test_precision_auto_is_bfloat16_only_where_the_hardware_has_it(monkeypatch):
 
 
 def test_precision_params_are_validated_with_the_choices():
-    from pipeline.config import parse_params
-    from pipeline.errors import ConfigError
+    from pipeline.core.config import parse_params
+    from pipeline.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"backbone.precision.*'auto', 'float32' or 'bfloat16'"):
         parse_params({"backbone": {"precision": "fp16"}})
@@ -529,7 +529,7 @@ def test_damaged_chunk_index_is_refused_not_read_as_zeros(feature_file, tmp_path
     ("weights_id", "ResNet18_Weights.IMAGENET1K_V1"),
 ])
 def test_edited_attribute_is_refused_on_opening(name, value, feature_file, splits, tmp_path):
-    from pipeline.config import parse_params
+    from pipeline.core.config import parse_params
     from pipeline.stages import train
 
     edited = tmp_path / "edited.h5"
@@ -585,7 +585,7 @@ def test_skipping_that_leaves_a_class_or_split_without_images_stops(unreadable, 
                                                                      tmp_path, monkeypatch):
     import shutil
 
-    from pipeline.errors import DatasetError
+    from pipeline.core.errors import DatasetError
 
     root = tmp_path / "images"
     shutil.copytree(cifar_folder, root)

@@ -9,16 +9,15 @@ import pytest
 import torch
 
 from pipeline.backbone.backbones import channels_last_gradients, fold_zero_padding, load_backbone, top_above_cut
-from pipeline.config import parse_params
-from pipeline.device import resolve_precision
-from pipeline.errors import BackboneError, ConfigError, FeatureStoreError, PipelineError
-from pipeline.heads.base import FitRecord
-from pipeline.heads.epochs import run_epochs
+from pipeline.core.config import parse_params
+from pipeline.core.device import resolve_precision
+from pipeline.core.errors import BackboneError, ConfigError, FeatureStoreError, PipelineError
+from pipeline.core.head_params import FinetuneParams
 from pipeline.data.images import decode_image
 from pipeline.data.sources import open_source
-from pipeline.heads.finetune import FinetuneHead, depthwise_kernels
-from pipeline.heads.base import load_head
-from pipeline.heads.params import FinetuneParams
+from pipeline.finetune.head import FinetuneHead, depthwise_kernels
+from pipeline.heads.base import FitRecord, load_head
+from pipeline.heads.epochs import run_epochs
 from pipeline.model import export, load_exported, load_trained, predict
 from pipeline.stages import evaluate, extract, prepare, train
 from pipeline.store.features import FeatureStore, PartialFeatures
@@ -296,7 +295,7 @@ def test_compiled_training_follows_the_eager_one(run, tmp_path):
 
 
 def test_compile_without_a_compiler_trains_eagerly_and_says_so(run, tmp_path, monkeypatch, capsys):
-    from pipeline import device
+    from pipeline.core import device
 
     out, params = run
     monkeypatch.setattr(device, "compiler_available", lambda device: False)

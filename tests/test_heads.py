@@ -5,14 +5,15 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.config import parse_params, read_yaml
-from pipeline.errors import ConfigError, FeatureStoreError, PipelineError
-from pipeline.heads import KINDS, head_class, kinds
+from pipeline.core.config import parse_params, read_yaml
+from pipeline.core.errors import ConfigError, FeatureStoreError, PipelineError
+from pipeline.core.head_params import KnnParams, LinearParams, LogisticParams, RidgeParams
+from pipeline.core.head_registry import KINDS, head_class, kinds
 from pipeline.heads.base import load_head
-from pipeline.heads.params import KnnParams, LinearParams, LogisticParams, RidgeParams
 from pipeline.stages import evaluate, train
 from pipeline.store.features import FeatureStore
 from tests.conftest import ROOT
+
 
 def blobs(n_per_class=60, dim=16, n_classes=4, seed=0, spread=1.0):
     rng = np.random.default_rng(seed)
@@ -171,14 +172,14 @@ def test_bad_params_name_the_key_and_the_valid_values(raw, message):
 
 
 def test_params_yaml_shows_each_head_kind_with_its_defaults():
-    """The defaults live in pipeline/heads/params.py; params.yaml may show them, and must show the same values."""
+    """The defaults live in pipeline/core/head_params.py; params.yaml may show them, and must show the same values."""
     raw = read_yaml(ROOT / "params.yaml")
     sections = {**{f"head.{k}": v for k, v in raw["head"].items() if k != "kind"},
                 **{f"finetune.{name}.finetune": entry["finetune"] for name, entry in raw["finetune"].items()}}
     for key, shown in sections.items():
         defaults = KINDS[key.rpartition(".")[2]].params().model_dump()
         differing = {k: (v, defaults.get(k)) for k, v in shown.items() if defaults.get(k) != v}
-        assert not differing, f"params.yaml {key}: shown value != default in pipeline/heads/params.py: {differing}"
+        assert not differing, f"params.yaml {key}: shown value != default in pipeline/core/head_params.py: {differing}"
     assert set(raw["head"]) - {"kind"} == set(kinds("pooled"))
 
 
@@ -258,7 +259,7 @@ def test_two_class_sweep_refits_scikit_learn_at_the_matching_penalty():
 
 
 def test_yaml_exponent_floats_are_numbers(tmp_path):
-    from pipeline.config import load_params
+    from pipeline.core.config import load_params
 
     (tmp_path / "params.yaml").write_text("head:\n  logistic: {C: 1e-3}\n  ridge: {alpha: 2E+1}\n")
     params = load_params(tmp_path / "params.yaml")

@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
+from pipeline.core.errors import BadImageError, DatasetError
 from pipeline.data.images import BatchStream, decode_image, read_rgb
 from pipeline.data.preprocessing import ImageGeometry
 from pipeline.data.sources import CLASS_LAYOUT, LABEL_LAYOUT, SPLIT_LAYOUT, LabelFile, make_splits, open_source
-from pipeline.errors import BadImageError, DatasetError
 from tests.conftest import write_cifar_folder
 
 CLASSES = ["airplane", "cat", "ship"]
@@ -65,7 +65,7 @@ def test_class_folders_get_a_stratified_test_split_seeded_on_its_own(class_folde
 
 
 def test_prepare_says_which_layout_and_what_it_carved(class_folder, tmp_path, capsys):
-    from pipeline.config import parse_params
+    from pipeline.core.config import parse_params
     from pipeline.stages import prepare
 
     params = parse_params({"data": {"source": str(class_folder), "test_fraction": 0.3, "test_seed": 5}})
@@ -78,7 +78,7 @@ def test_prepare_says_which_layout_and_what_it_carved(class_folder, tmp_path, ca
 
 
 def test_a_class_with_one_image_stays_in_train_and_prepare_says_so(class_folder, tmp_path, capsys):
-    from pipeline.config import parse_params
+    from pipeline.core.config import parse_params
     from pipeline.stages import prepare
 
     root = tmp_path / "photos"
@@ -106,7 +106,7 @@ def test_split_folders_beside_other_folders_are_refused(class_folder, tmp_path):
 # -- a val/ folder ------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", ["folder", "tar"])
 def test_a_val_folder_is_used_as_given(tmp_path, kind, capsys):
-    from pipeline.config import parse_params
+    from pipeline.core.config import parse_params
     from pipeline.data.sources import Splits
     from pipeline.stages import prepare
 
@@ -360,7 +360,7 @@ def test_large_images_decode_in_workers_beside_a_narrower_forward_pass(class_fol
 
     from pipeline.backbone.backbones import load_backbone
     from pipeline.backbone.extract import OnePass, auto_workers, extract_features, feature_spec
-    from pipeline.device import torch_device
+    from pipeline.core.device import torch_device
 
     root = tmp_path / "photos"
     for path in sorted(class_folder.rglob("*.jpg"))[::5]:  # 6 real images, upscaled to 320 x 240

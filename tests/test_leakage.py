@@ -14,10 +14,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.config import parse_params
-from pipeline.errors import ConfigError, PipelineError
-from pipeline.analyses.leakage import (FIELDS, Pair, candidates, check_pairs, grey_square, margin, match, near_copies,
-                              read_pairs, summarise, write_pairs)
+from pipeline.analyses.leakage import (
+    FIELDS,
+    Pair,
+    candidates,
+    check_pairs,
+    grey_square,
+    margin,
+    match,
+    near_copies,
+    read_pairs,
+    summarise,
+    write_pairs,
+)
+from pipeline.core.config import parse_params
+from pipeline.core.errors import ConfigError, PipelineError
 from pipeline.heads.neighbours import Neighbours, top_k_cosine
 from tests.conftest import write_cifar_folder
 
@@ -181,7 +192,7 @@ def test_leakage_params_are_validated(bad, message):
 
 
 def test_params_yaml_shows_the_leakage_defaults():
-    from pipeline.config import LeakageParams, load_params
+    from pipeline.core.config import LeakageParams, load_params
     from tests.conftest import ROOT
 
     assert load_params(ROOT / "params.yaml").leakage == LeakageParams()

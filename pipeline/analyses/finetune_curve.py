@@ -20,12 +20,12 @@ from typing import Callable
 
 import numpy as np
 
-from pipeline.config import CurvesFinetuneParams, HeadConfig
-from pipeline.heads.params import FinetuneParams
 from pipeline.analyses.curves import class_orders, shot_rows
-from pipeline.store.features import FeatureStore, SplitView
-from pipeline.heads import build_head
+from pipeline.core.config import CurvesFinetuneParams, HeadConfig
+from pipeline.core.head_params import FinetuneParams
+from pipeline.core.head_registry import build_head
 from pipeline.heads.base import split_top1
+from pipeline.store.features import FeatureStore, SplitView
 
 
 def enough_steps(params: FinetuneParams, n_train: int, min_steps: int) -> FinetuneParams:

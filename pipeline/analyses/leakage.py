@@ -35,8 +35,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from pipeline.errors import PipelineError
-from pipeline.fileutil import atomic_path
+from pipeline.core.errors import PipelineError
+from pipeline.core.fileutil import atomic_path
 from pipeline.heads.neighbours import Neighbours, top_k_cosine
 
 SPLIT_PAIRS: tuple[tuple[str, str], ...] = (("test", "train"), ("test", "val"), ("val", "train"), ("test", "test"))

@@ -8,7 +8,7 @@ or the backbone. The protocol (docs/seeds.md):
   that chooses a penalty there). Only the seed changes: the random initialisation, shuffling, dropout
   and flips of a stochastic head.
 - **Re-carved splits** (``seeds.splits``). Each seed also draws another train / val split from the
-  cached train + val rows, by the prepare stage's rule (:func:`pipeline.splitting.validation_rows`,
+  cached train + val rows, by the prepare stage's rule (:func:`pipeline.core.splitting.validation_rows`,
   stratified, ``data.val_fraction``), so deterministic heads vary too. The rows are put in the order of
   their image ids first: the split of a seed depends on the images and the seed, not on how prepare
   carved them. The test split is never moved: it only scores.
@@ -27,12 +27,12 @@ from typing import Callable
 
 import numpy as np
 
-from pipeline.config import HeadConfig, SeedsParams
-from pipeline.fileutil import atomic_files, write_json
-from pipeline.heads import build_head
+from pipeline.core.config import HeadConfig, SeedsParams
+from pipeline.core.fileutil import atomic_files, write_json
+from pipeline.core.head_registry import build_head
+from pipeline.core.layout import head_name
+from pipeline.core.splitting import validation_rows
 from pipeline.heads.base import fit_and_score
-from pipeline.layout import head_name
-from pipeline.splitting import validation_rows
 from pipeline.store.features import FeatureStore, SplitView
 
 CARVE_STREAM = 0x7365  # "se": keeps the re-carving's random stream apart from other uses of a seed

@@ -31,9 +31,10 @@ from typing import Callable
 import torch
 from torch import fx, nn
 
+from pipeline.core.errors import BackboneError
+from pipeline.core.fileutil import sha256_file
 from pipeline.data.preprocessing import ImageGeometry, Preprocessing, recorded_decode
-from pipeline.errors import BackboneError
-from pipeline.fileutil import sha256_file
+
 
 class FeatureExtractor(nn.Module):
     """Frozen f: uint8 images (B, 3, H, W) -> features (B, D), normalisation included.

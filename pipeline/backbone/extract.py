@@ -29,10 +29,10 @@ import torch
 from tqdm import tqdm
 
 from pipeline.backbone.backbones import FeatureExtractor
+from pipeline.core.device import compile_if_possible, torch_device
 from pipeline.data.images import BatchStream, image_size, prefetch
 from pipeline.data.preprocessing import recorded_decode
 from pipeline.data.sources import Source, Splits
-from pipeline.device import compile_if_possible, torch_device
 from pipeline.store.features import FeatureSpec, PartialFeatures
 
 

@@ -13,9 +13,9 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from pipeline.core.errors import BadImageError, PipelineError
 from pipeline.data.preprocessing import ImageGeometry
 from pipeline.data.sources import Source, check_readable_kinds, image_extensions, is_ignored
-from pipeline.errors import BadImageError, PipelineError
 
 
 def image_paths(paths: list[str | Path]) -> list[Path]:

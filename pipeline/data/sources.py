@@ -19,8 +19,8 @@ import functools
 import io
 import json
 import os
-import posixpath
 import pickle
+import posixpath
 import tarfile
 import zlib
 from collections import Counter
@@ -30,10 +30,10 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from pipeline.core.errors import BadImageError, DatasetError
+from pipeline.core.fileutil import sha256_file, sha256_json, write_json
+from pipeline.core.splitting import carve_rows
 from pipeline.data import archive
-from pipeline.errors import BadImageError, DatasetError
-from pipeline.fileutil import sha256_file, sha256_json, write_json
-from pipeline.splitting import carve_rows
 
 SOURCE_SPLITS = ("train", "test")
 """The split folders a split layout must have."""

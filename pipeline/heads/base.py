@@ -18,18 +18,18 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from pipeline.errors import ConfigError, PipelineError
-from pipeline.fileutil import atomic_path
-from pipeline.heads import KINDS, head_class
+from pipeline.core.errors import ConfigError, PipelineError
+from pipeline.core.fileutil import atomic_path
+from pipeline.core.head_params import HeadParamsBase, Normalize, PooledHeadParams
+from pipeline.core.head_registry import KINDS, head_class
 from pipeline.heads.calibration import TEMPERATURE_BOUNDS, fit_temperature, mean_nll
 from pipeline.heads.metrics import top1
-from pipeline.heads.params import HeadParamsBase, Normalize, PooledHeadParams
 from pipeline.heads.shots import ShotFit
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from pipeline.config import CurvesParams
+    from pipeline.core.config import CurvesParams
     from pipeline.heads.live import TrainingLog
     from pipeline.heads.shots import ShotSet, TestSplit
     from pipeline.store.features import FeatureStore

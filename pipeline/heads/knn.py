@@ -6,13 +6,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.heads.params import KnnParams
+from pipeline.core.head_params import KnnParams
 from pipeline.heads.base import EpochLog, FeatureNormalizer, PooledHead
 from pipeline.heads.neighbours import Neighbours, top_k_cosine
 from pipeline.heads.shots import ShotFit
 
 if TYPE_CHECKING:
-    from pipeline.config import CurvesParams
+    from pipeline.core.config import CurvesParams
     from pipeline.heads.shots import ShotSet, TestSplit
 
 BLOCK_ROWS = 1024

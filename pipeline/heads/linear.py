@@ -7,21 +7,21 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 import numpy as np
 
-from pipeline.heads.params import LinearParams, LogisticParams, NearestCentroidParams, RidgeParams, SweepParams
-from pipeline.device import torch_device
-from pipeline.errors import ConfigError
+from pipeline.core.device import torch_device
+from pipeline.core.errors import ConfigError
+from pipeline.core.head_params import LinearParams, LogisticParams, NearestCentroidParams, RidgeParams, SweepParams
 from pipeline.heads.base import FeatureNormalizer, FitRecord, PooledHead
 from pipeline.heads.metrics import top1
 from pipeline.heads.shots import ShotFit, chooses_penalty, first_best
 from pipeline.store.features import fits_in_memory
 
 if TYPE_CHECKING:
-    from pipeline.config import CurvesParams
-    from pipeline.heads.params import PooledHeadParams
-    from pipeline.store.features import FeatureStore
+    from pipeline.core.config import CurvesParams
+    from pipeline.core.head_params import PooledHeadParams
     from pipeline.heads.base import EpochLog
     from pipeline.heads.live import TrainingLog
     from pipeline.heads.shots import ShotSet, TestSplit
+    from pipeline.store.features import FeatureStore
 
 
 class LinearModelHead(PooledHead):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from pipeline.fileutil import write_json
+from pipeline.core.fileutil import write_json
 
 
 class TrainingLog:

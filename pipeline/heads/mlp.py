@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.heads.params import MlpParams
-from pipeline.device import torch_device
+from pipeline.core.device import torch_device
+from pipeline.core.head_params import MlpParams
 from pipeline.heads.base import EpochLog, PooledHead
 from pipeline.heads.epochs import run_epochs
 from pipeline.heads.metrics import top1

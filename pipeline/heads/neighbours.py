@@ -58,7 +58,7 @@ def top_k_cosine(queries: Blocks, base: Blocks, k: int = 1, *, exclude_self: boo
     """
     import torch
 
-    from pipeline.device import torch_device
+    from pipeline.core.device import torch_device
 
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")

@@ -16,7 +16,7 @@ import numpy as np
 from pipeline.heads.metrics import top1
 
 if TYPE_CHECKING:
-    from pipeline.config import CurvesParams
+    from pipeline.core.config import CurvesParams
 
 
 @dataclass(frozen=True)

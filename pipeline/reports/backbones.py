@@ -7,8 +7,8 @@ import csv
 import json
 from pathlib import Path
 
-from pipeline import layout
-from pipeline.errors import PipelineError
+from pipeline.core import layout
+from pipeline.core.errors import PipelineError
 
 
 def read_rows(names: list[str], folder: str | Path) -> list[dict]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.fileutil import atomic_path
+from pipeline.core.fileutil import atomic_path
 
 
 def plot_confusion(cm: np.ndarray, classes: list[str], path: str | Path, title: str) -> None:

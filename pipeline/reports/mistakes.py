@@ -9,7 +9,7 @@ test images by id, from the source recorded in splits.json. For one head it find
   with a few of those images, most confident first.
 
 :func:`write_report` draws both for the main head and for the best head (highest test top-1) and
-writes them, with mistakes.md and mistakes.json, as one set (:func:`pipeline.layout.mistakes_files`).
+writes them, with mistakes.md and mistakes.json, as one set (:func:`pipeline.core.layout.mistakes_files`).
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import layout
+from pipeline.core import layout
+from pipeline.core.errors import PipelineError
+from pipeline.core.fileutil import atomic_files, sha256_json
 from pipeline.data.sources import Splits, open_source
-from pipeline.errors import PipelineError
-from pipeline.fileutil import atomic_files, sha256_json
 
 THUMBNAIL = 128
 """Images are drawn at most this many pixels on a side (CIFAR-10's 32 px as they are)."""
@@ -63,7 +63,7 @@ class HeadMistakes:
     """One head's mistakes, as the report shows them."""
 
     role: str
-    """``main`` or ``best`` (:data:`pipeline.layout.MISTAKE_ROLES`)."""
+    """``main`` or ``best`` (:data:`pipeline.core.layout.MISTAKE_ROLES`)."""
     config: str
     name: str
     kind: str
@@ -269,7 +269,7 @@ def write_report(heads: list[HeadMistakes], images: dict[str, np.ndarray], colum
                  files: dict[str, Path] | None = None, fingerprints: dict[str, str] | None = None,
                  keep: set[str] = frozenset()) -> dict[str, Path]:
     """Write the figures of each head, mistakes.md and mistakes.json, all of them or none (``files``: the
-    outputs by name, default :func:`pipeline.layout.mistakes_files`; all in one folder). The roles in
+    outputs by name, default :func:`pipeline.core.layout.mistakes_files`; all in one folder). The roles in
     ``keep`` keep the figures they have (drawn from the same fingerprint); ``fingerprints`` by role are
     recorded in mistakes.json."""
     files = files or layout.mistakes_files()

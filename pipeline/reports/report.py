@@ -28,11 +28,12 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pipeline import layout
-from pipeline.analyses.curves import Fit, Point, best_heads, labels_needed, plot as plot_curve, summarise, t_interval
-from pipeline.config import ALL_SHOTS, Params
-from pipeline.errors import PipelineError
-from pipeline.fileutil import atomic_files, sha256_json
+from pipeline.analyses.curves import Fit, Point, best_heads, labels_needed, summarise, t_interval
+from pipeline.analyses.curves import plot as plot_curve
+from pipeline.core import layout
+from pipeline.core.config import ALL_SHOTS, Params
+from pipeline.core.errors import PipelineError
+from pipeline.core.fileutil import atomic_files, sha256_json
 from pipeline.heads.metrics import held_out_val_top1, holm, validation_order, wilson_interval
 from pipeline.reports.backbones import read_rows
 
@@ -84,7 +85,7 @@ class Inputs:
 
 
 def read_inputs(params: Params, evaluation: Path = layout.EVALUATION) -> Inputs:
-    """Every output the report reads, from ``evaluation`` (laid out as :mod:`pipeline.layout` says)."""
+    """Every output the report reads, from ``evaluation`` (laid out as :mod:`pipeline.core.layout` says)."""
     def at(path: Path) -> Path:
         return evaluation / path.relative_to(layout.EVALUATION)
 

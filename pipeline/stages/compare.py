@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import layout
 from pipeline.analyses.leakage import near_copies, read_pairs
 from pipeline.analyses.seeds import read_fits, summarise, write_outputs
-from pipeline.config import Params
-from pipeline.errors import PipelineError
-from pipeline.fileutil import atomic_files, write_json
+from pipeline.core import layout
+from pipeline.core.config import Params
+from pipeline.core.errors import PipelineError
+from pipeline.core.fileutil import atomic_files, write_json
 from pipeline.heads.metrics import chosen_on_validation, mcnemar_exact, wilson_interval
 from pipeline.reports.figures import comparison_table, plot_comparison
 
@@ -120,7 +120,7 @@ def run_all(params: Params) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.stages._cli import parser, run_stage
+    from pipeline.core.cli import parser, run_stage
 
     args = parser(__doc__).parse_args(argv)
     return run_stage(args, lambda params, _: run_all(params))

@@ -19,10 +19,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pipeline import layout
 from pipeline.analyses.transferability import kendall_tau
-from pipeline.config import Params
-from pipeline.fileutil import atomic_files, write_json
+from pipeline.core import layout
+from pipeline.core.config import Params
+from pipeline.core.fileutil import atomic_files, write_json
 from pipeline.reports.backbones import read_rows
 
 
@@ -155,7 +155,7 @@ def run(names: list[str], reference: str, folder: str | Path, out_stem: str | Pa
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.stages._cli import parser, run_stage
+    from pipeline.core.cli import parser, run_stage
 
     cli = parser(__doc__)
     cli.add_argument("--plan", action="store_true", help="write only evaluation/backbones/plan.json")

@@ -14,9 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline import layout
 from pipeline.analyses.curves import learning_curve, summarise, write_outputs
-from pipeline.config import Params
+from pipeline.core import layout
+from pipeline.core.config import Params
 from pipeline.store.features import FeatureStore, expected_spec
 
 
@@ -46,7 +46,7 @@ def run(params: Params, features_path: str | Path, splits_path: str | Path, stem
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.stages._cli import parser, run_stage
+    from pipeline.core.cli import parser, run_stage
 
     p = parser(__doc__)
     p.add_argument("--backbone", help="a name of backbones.configurations: the curve of that compared backbone")

@@ -12,11 +12,11 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline import layout
 from pipeline.analyses.finetune_curve import finetune_curve
-from pipeline.config import Params
-from pipeline.device import describe_cpu
-from pipeline.fileutil import write_json
+from pipeline.core import layout
+from pipeline.core.config import Params
+from pipeline.core.device import describe_cpu
+from pipeline.core.fileutil import write_json
 from pipeline.store.features import FeatureStore, expected_spec
 
 
@@ -41,7 +41,7 @@ def run(params: Params, cut_path: str | Path, splits_path: str | Path, out: str 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.stages._cli import parser, run_stage
+    from pipeline.core.cli import parser, run_stage
 
     args = parser(__doc__).parse_args(argv)
     return run_stage(args, lambda params, _: run(params, layout.FEATURES["cut"], layout.SPLITS))

@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import layout
-from pipeline.config import Params
-from pipeline.errors import FeatureStoreError
-from pipeline.fileutil import atomic_files, write_json
+from pipeline.core import layout
+from pipeline.core.config import Params
+from pipeline.core.errors import FeatureStoreError
+from pipeline.core.fileutil import atomic_files, write_json
 from pipeline.heads.base import load_head, softmax, split_scores
 from pipeline.heads.calibration import fit_temperature
 from pipeline.heads.metrics import calibration, classification_metrics
@@ -158,7 +158,7 @@ def run_config(params: Params, key: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Evaluate a saved head again on its own (the train stage runs this after each fit)."""
-    from pipeline.stages._cli import head_parser, run_stage
+    from pipeline.core.cli import head_parser, run_stage
 
     args = head_parser(__doc__).parse_args(argv)
     return run_stage(args, lambda params, a: run_config(params, a.config))

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import layout
-from pipeline.config import Params
-from pipeline.errors import ConfigError
-from pipeline.fileutil import atomic_path, write_json
+from pipeline.core import layout
+from pipeline.core.config import Params
+from pipeline.core.errors import ConfigError
+from pipeline.core.fileutil import atomic_path, write_json
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,8 @@ def run(params: Params, splits_path: str | Path, pooled_path: str | Path, cut_pa
     only). None on ranks other than 0."""
     from pipeline.backbone.backbones import load_backbone
     from pipeline.backbone.extract import OnePass, distributed, extract_features, feature_spec, tune_allocator
+    from pipeline.core.device import resolve_precision
     from pipeline.data.sources import Splits, open_source
-    from pipeline.device import resolve_precision
 
     tune_allocator()
     features = {"pooled": Path(pooled_path)} | ({"cut": Path(cut_path)} if cut_path is not None else {})
@@ -91,7 +91,7 @@ def run_compared(params: Params, name: str, splits_path: str | Path, features_pa
                  summary_path: str | Path, progress: bool = True) -> dict | None:
     """Extract the compared backbone ``name`` (pooled features only) and write what it cost to
     ``summary_path``; returns that summary (None on ranks other than 0)."""
-    from pipeline.device import describe_cpu
+    from pipeline.core.device import describe_cpu
 
     compared = params.with_backbone(name)
     done = run(compared, splits_path, features_path, progress=progress)
@@ -144,7 +144,7 @@ def check_cut_size(bottom, n_images: int, dtype: str, max_gib: float, out_path: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.stages._cli import parser, run_stage
+    from pipeline.core.cli import parser, run_stage
 
     p = parser(__doc__)
     p.add_argument("--no-progress", action="store_true")

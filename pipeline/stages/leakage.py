@@ -19,13 +19,23 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from pipeline import layout
-from pipeline.config import LeakageParams, Params
-from pipeline.errors import BadImageError, DatasetError
+from pipeline.analyses.leakage import (
+    Pair,
+    candidates,
+    check_pairs,
+    grey_square,
+    margin,
+    plot_pairs,
+    search,
+    split_pair_name,
+    summarise,
+    write_pairs,
+)
+from pipeline.core import layout
+from pipeline.core.config import LeakageParams, Params
+from pipeline.core.errors import BadImageError, DatasetError
+from pipeline.core.fileutil import atomic_files, write_json
 from pipeline.store.features import FeatureStore, expected_spec
-from pipeline.fileutil import atomic_files, write_json
-from pipeline.analyses.leakage import (Pair, candidates, check_pairs, grey_square, margin, plot_pairs, search,
-                              split_pair_name, summarise, write_pairs)
 
 SHOWN = 24
 """Test pairs (against train or val) in the picture on each side of the threshold: the confirmed ones with
@@ -138,7 +148,7 @@ def run(params: Params, features_path: str | Path, splits_path: str | Path, out_
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.stages._cli import parser, run_stage
+    from pipeline.core.cli import parser, run_stage
 
     args = parser(__doc__).parse_args(argv)
     return run_stage(args, lambda params, _: run(params, layout.FEATURES["pooled"], layout.SPLITS))

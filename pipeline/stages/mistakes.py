@@ -15,11 +15,18 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline import layout
-from pipeline.config import MistakesParams, Params
+from pipeline.core import layout
+from pipeline.core.config import MistakesParams, Params
+from pipeline.core.fileutil import sha256_file
 from pipeline.data.sources import Splits
-from pipeline.fileutil import sha256_file
-from pipeline.reports.mistakes import HeadMistakes, best_config, drawn_before, head_mistakes, load_thumbnails, write_report
+from pipeline.reports.mistakes import (
+    HeadMistakes,
+    best_config,
+    drawn_before,
+    head_mistakes,
+    load_thumbnails,
+    write_report,
+)
 
 
 def run(settings: MistakesParams, splits_path: str | Path, evaluation_dirs: dict[str, str | Path],
@@ -55,7 +62,7 @@ def run_all(params: Params) -> list[HeadMistakes]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.stages._cli import parser, run_stage
+    from pipeline.core.cli import parser, run_stage
 
     args = parser(__doc__).parse_args(argv)
     return run_stage(args, lambda params, _: run_all(params))

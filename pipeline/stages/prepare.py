@@ -5,10 +5,17 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from pipeline import layout
-from pipeline.config import Params
-from pipeline.data.sources import (CLASS_LAYOUT, LABEL_LAYOUT, SPLIT_LAYOUT, SPLIT_NAMES, LabelFile, make_splits,
-                              open_source)
+from pipeline.core import layout
+from pipeline.core.config import Params
+from pipeline.data.sources import (
+    CLASS_LAYOUT,
+    LABEL_LAYOUT,
+    SPLIT_LAYOUT,
+    SPLIT_NAMES,
+    LabelFile,
+    make_splits,
+    open_source,
+)
 
 
 def run(params: Params, splits_path: str | Path) -> dict[str, int]:
@@ -69,7 +76,7 @@ def _found(found: dict[str, dict[str, int]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.stages._cli import parser, run_stage
+    from pipeline.core.cli import parser, run_stage
 
     args = parser(__doc__).parse_args(argv)
     return run_stage(args, lambda params, _: run(params, layout.SPLITS))

@@ -13,11 +13,10 @@ import sys
 import time
 from pathlib import Path
 
-
-from pipeline import layout
-from pipeline.config import Params
-from pipeline.fileutil import write_json
-from pipeline.heads import build_head
+from pipeline.core import layout
+from pipeline.core.config import Params
+from pipeline.core.fileutil import write_json
+from pipeline.core.head_registry import build_head
 from pipeline.heads.base import fit_and_score
 from pipeline.store.features import FeatureStore, expected_spec
 
@@ -50,7 +49,7 @@ def run(params: Params, name: str, features_path: str | Path, splits_path: str |
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.stages._cli import parser, run_stage
+    from pipeline.core.cli import parser, run_stage
 
     p = parser(__doc__)
     p.add_argument("--backbone", required=True, help="a name of backbones.configurations")

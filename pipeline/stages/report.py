@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import sys
 
-from pipeline import layout
-from pipeline.config import Params
+from pipeline.core import layout
+from pipeline.core.config import Params
 from pipeline.reports.report import read_inputs, write
 
 
@@ -27,8 +27,8 @@ def run(params: Params, evaluation=layout.EVALUATION, stem=layout.REPORT) -> dic
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.core.cli import parser, run_stage
     from pipeline.stages import compare, mistakes
-    from pipeline.stages._cli import parser, run_stage
 
     def stage(params: Params, _) -> dict[str, str]:
         compare.run_all(params)

@@ -15,10 +15,10 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline import layout
-from pipeline.config import Params
-from pipeline.store.features import FeatureStore, expected_spec
 from pipeline.analyses.seeds import SeedFit, seed_fits, write_fits
+from pipeline.core import layout
+from pipeline.core.config import Params
+from pipeline.store.features import FeatureStore, expected_spec
 
 
 def run(params: Params, features_paths: dict[str, str | Path], splits_path: str | Path, seed: int,
@@ -42,7 +42,7 @@ def run(params: Params, features_paths: dict[str, str | Path], splits_path: str 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.stages._cli import parser, run_stage
+    from pipeline.core.cli import parser, run_stage
 
     p = parser(__doc__)
     p.add_argument("--seed", type=int, required=True, help="one of seeds.values")

@@ -16,11 +16,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from pipeline import layout
-from pipeline.config import Params
-from pipeline.store.features import FeatureStore, expected_spec
-from pipeline.heads import build_head
+from pipeline.core import layout
+from pipeline.core.config import Params
+from pipeline.core.head_registry import build_head
 from pipeline.heads.base import fit_and_score
+from pipeline.store.features import FeatureStore, expected_spec
 
 if TYPE_CHECKING:
     from pipeline.heads.live import TrainingLog
@@ -61,7 +61,7 @@ def _training_log(live_dir: str | Path | None) -> Iterator[TrainingLog | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.stages._cli import head_parser, run_stage
+    from pipeline.core.cli import head_parser, run_stage
 
     args = head_parser(__doc__).parse_args(argv)
 

@@ -16,9 +16,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipeline import layout
-from pipeline.errors import ConfigError, guarded
-from pipeline.fileutil import read_yaml, sha256_file, write_json
+from pipeline.core import layout
+from pipeline.core.errors import ConfigError, guarded
+from pipeline.core.fileutil import read_yaml, sha256_file, write_json
 
 
 def run(weights: str | None, out_path: str | Path) -> dict:
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backbone", help="a name of backbones.configurations: record that compared backbone's weights")
     args = p.parse_args(argv)
     out = layout.WEIGHTS if args.backbone is None else layout.compared_weights(args.backbone)
-    # the raw params, not pipeline.stages._cli's validated ones: see above
+    # the raw params, not pipeline.core.cli's validated ones: see above
     return guarded(lambda: run(configured_weights(read_yaml(args.params), args.backbone), out))
 
 

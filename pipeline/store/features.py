@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING, Iterator
 import numpy as np
 
 from pipeline import __version__
-from pipeline.errors import DatasetError, FeatureStoreError
-from pipeline.fileutil import atomic_path, sha256_json, write_json
+from pipeline.core.errors import DatasetError, FeatureStoreError
+from pipeline.core.fileutil import atomic_path, sha256_json, write_json
 
 if TYPE_CHECKING:
-    from pipeline.config import Params
+    from pipeline.core.config import Params
 
 FORMAT_VERSION = 5
 CHUNK_BYTES = 4 << 20

@@ -2,8 +2,8 @@
 
 Every stage calls :func:`load_params`; a wrong type, an unknown key or a value outside its valid
 choices stops there with a message naming the key. A head is configured by :class:`HeadSection`
-wherever it is configured; the params of each head kind live with the heads (:mod:`pipeline.heads.params`,
-registered in :data:`pipeline.heads.KINDS`). Each field's docstring is the one description of its key:
+wherever it is configured; the params of each head kind live with the heads (:mod:`pipeline.core.head_params`,
+registered in :data:`pipeline.core.head_registry.KINDS`). Each field's docstring is the one description of its key:
 ``python -m tests.params_reference`` writes them into params.yaml's comments and docs/parameters.md.
 """
 
@@ -15,10 +15,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipeline.errors import ConfigError
-from pipeline.fileutil import read_yaml
-from pipeline.heads import KINDS, HeadConfig, kinds
-from pipeline.heads.params import Grid, HeadParamsBase, Precision, Section
+from pipeline.core.errors import ConfigError
+from pipeline.core.fileutil import read_yaml
+from pipeline.core.head_params import Grid, HeadParamsBase, Precision, Section
+from pipeline.core.head_registry import KINDS, HeadConfig, kinds
 
 SEED_LIMIT = 2**32
 """Seeds are 0 <= seed < 2**32: what numpy, torch and scikit-learn all accept."""

@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from pipeline.heads.params import FinetuneParams
-from pipeline.device import compile_if_possible, resolve_precision, torch_device
-from pipeline.errors import PipelineError
+from pipeline.core.device import compile_if_possible, resolve_precision, torch_device
+from pipeline.core.errors import PipelineError
+from pipeline.core.head_params import FinetuneParams
 from pipeline.heads.base import FitRecord, Head
 from pipeline.heads.epochs import run_epochs
 

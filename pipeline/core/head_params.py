@@ -1,7 +1,7 @@
 """The params of every head kind: pydantic models, cheap to import (no torch, no scikit-learn).
 
 Each kind's model is named by its head class (``Head.Params``) and registered with it in
-:data:`pipeline.heads.KINDS`; :mod:`pipeline.config` validates ``params.yaml`` with them. The
+:data:`pipeline.core.head_registry.KINDS`; :mod:`pipeline.core.config` validates ``params.yaml`` with them. The
 defaults are the documented ones: ``python -m tests.params_reference`` writes them, with the docstrings
 below, into params.yaml's comments and docs/parameters.md.
 """

@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import get_args
 
-from pipeline.config import Precision
+from pipeline.core.config import Precision
 
 PRECISIONS = get_args(Precision)
 """The values of a precision setting: ``auto`` is bfloat16 where the device computes it natively

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Callable
 
-from pipeline.config import Params, load_params
-from pipeline.errors import guarded
+from pipeline.core.config import Params, load_params
+from pipeline.core.errors import guarded
 
 
 def parser(description: str) -> argparse.ArgumentParser:

@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 import yaml
 
-from pipeline.errors import ConfigError
+from pipeline.core.errors import ConfigError
 
 
 @contextlib.contextmanager
