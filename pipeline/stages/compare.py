@@ -49,7 +49,12 @@ def gather_seeds(params: Params, fits_dir: str | Path = layout.SEED_FITS, stem: 
 def correct_by_id(predictions_csv: Path) -> dict[str, bool]:
     """Whether each test image (by id) was predicted right, from an evaluate stage's test_predictions.csv."""
     with open(predictions_csv, newline="") as f:
-        return {row["id"]: row["actual"] == row["predicted"] for row in csv.DictReader(f)}
+        rows = csv.reader(f)
+        header = next(rows, [])
+        if not {"id", "actual", "predicted"} <= set(header):
+            raise PipelineError(f"{predictions_csv} lacks the columns id, actual, predicted: re-run its train stage")
+        i, a, p = (header.index(c) for c in ("id", "actual", "predicted"))  # (csv.DictReader: twice as slow)
+        return {row[i]: row[a] == row[p] for row in rows}
 
 
 def without(correct: dict[str, bool], removed: set[str]) -> dict:
