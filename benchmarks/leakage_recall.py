@@ -30,6 +30,7 @@ import json
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -39,7 +40,7 @@ sys.path.insert(0, str(ROOT))  # this checkout's pipeline, also when another one
 import numpy as np  # noqa: E402
 from PIL import Image, ImageEnhance  # noqa: E402
 
-from pipeline.analyses.leakage import grey_square, match, plot_pairs  # noqa: E402
+from pipeline.analyses.leakage import colour_square, confirm, grey_square, margin, match, plot_pairs  # noqa: E402
 
 
 # -- the transformation families, at the strengths of issue 29 ---------------------------------------
@@ -233,9 +234,10 @@ def _save(path: Path, image: np.ndarray) -> None:
 
 # -- measuring ------------------------------------------------------------------------------------
 def evaluate(work: Path, truth: dict, pictures: Path | None = None, reuse: bool = False,
-             neighbours: int | None = None) -> dict:
-    """Prepare, extract (``reuse``: unless done before) and check the planted folder; recall, negatives
-    confirmed and the trade-offs."""
+             **leakage) -> dict:
+    """Prepare, extract (``reuse``: unless done before) and check the planted folder with the stage's
+    leakage params (``leakage``: any of them changed; None: its default); recall, negatives confirmed and the
+    trade-offs."""
     from pipeline.analyses.leakage import candidates
     from pipeline.core.config import parse_params
     from pipeline.heads.neighbours import top_k_cosine
@@ -245,7 +247,7 @@ def evaluate(work: Path, truth: dict, pictures: Path | None = None, reuse: bool 
 
     params = parse_params({"data": {"source": str(work / "images"), "val_fraction": 0.0},
                            "backbone": {"batch_size": 32, "cut": None}, "heads": {}, "finetune": {},
-                           "leakage": {} if neighbours is None else {"neighbours": neighbours}})
+                           "leakage": {k: v for k, v in leakage.items() if v is not None}})
     lk = params.leakage
     start = time.perf_counter()
     if not (reuse and (work / "pooled.h5").exists()):
@@ -267,12 +269,14 @@ def evaluate(work: Path, truth: dict, pictures: Path | None = None, reuse: bool 
     wanted = {k for p in pairs for k in (p.id, p.nearest_id)}
     rgb = dict(decoded(str(work / "images"), wanted))
     grey = {k: grey_square(v, lk.pixel_size) for k, v in rgb.items()}
+    colour = {k: colour_square(v, lk.pixel_size // 2) for k, v in rgb.items()}
     start = time.perf_counter()
-    scores, mirrored, details = match(np.stack([grey[p.id] for p in pairs]),
-                                      np.stack([grey[p.nearest_id] for p in pairs]))
+    scores, mirrored, details, colours = match(
+        np.stack([grey[p.id] for p in pairs]), np.stack([grey[p.nearest_id] for p in pairs]),
+        np.stack([colour[p.id] for p in pairs]), np.stack([colour[p.nearest_id] for p in pairs]))
     check_s = time.perf_counter() - start
     scores, details = np.nan_to_num(scores, nan=-1.0), np.nan_to_num(details, nan=-1.0)
-    methods = {"match (the stage)": scores, "detail": details,
+    methods = {"match (the stage)": scores, "detail": details, "colour": colours,
                "grey correlation, unaligned": np.array([grey_correlation(grey[p.id], grey[p.nearest_id])
                                                         for p in pairs]),
                "old: -mean |grey diff| at 16 px": np.array([old_check(rgb[p.id], rgb[p.nearest_id]) for p in pairs])}
@@ -282,12 +286,13 @@ def evaluate(work: Path, truth: dict, pictures: Path | None = None, reuse: bool 
     best = {}
     for n, p in enumerate(pairs):
         t = truth[p.id]
-        m = min(scores[n] - lk.threshold, details[n] - lk.min_detail)
+        m = margin(replace(p, match=scores[n], detail=details[n], colour=colours[n]), lk.threshold, lk.min_detail,
+                   lk.min_colour)
         for name, s in methods.items():
             if t["kind"] == "copy":
                 if p.nearest_id == t["source"]:
                     per_image[name][p.id] = s[n]
-            elif name in ("match (the stage)", "detail"):
+            elif name in ("match (the stage)", "detail", "colour"):
                 if m > best.get(p.id, -np.inf):
                     per_image[name][p.id] = s[n]
             else:
@@ -295,21 +300,26 @@ def evaluate(work: Path, truth: dict, pictures: Path | None = None, reuse: bool 
         if t["kind"] != "copy":
             best[p.id] = max(best.get(p.id, -np.inf), m)
     result = {"extract_s": extract_s, "check_s": check_s, "pairs": len(pairs), "rank_of_source": rank_of_source,
-              "per_image": per_image, "threshold": lk.threshold, "min_detail": lk.min_detail, "truth": truth}
+              "per_image": per_image, "threshold": lk.threshold, "min_detail": lk.min_detail,
+              "min_colour": lk.min_colour, "truth": truth}
     if pictures is not None:
-        _draw(pairs, scores, details, mirrored, truth, rgb, lk.threshold, lk.min_detail, pictures)
+        _draw(pairs, scores, details, colours, mirrored, truth, rgb, lk, pictures)
     return result
 
 
-def recall_table(result: dict, method: str, threshold: float, min_detail: float | None = None) -> dict:
+def recall_table(result: dict, method: str, threshold: float, min_detail: float | None = None,
+                 min_colour: float | None = None) -> dict:
     """Recall per family (copies), share confirmed of negatives and plain negatives, at ``threshold`` (for
-    the stage's match with ``min_detail``: its decision, :func:`pipeline.analyses.leakage.confirm`)."""
+    the stage's match with ``min_detail`` and ``min_colour``: its decision,
+    :func:`pipeline.analyses.leakage.confirm`)."""
     truth, scores = result["truth"], result["per_image"][method]
-    details = result["per_image"]["detail"]
+    details, colours = result["per_image"]["detail"], result["per_image"]["colour"]
 
     def confirmed(k):
         s = scores.get(k, -np.inf)
-        return s >= threshold and (min_detail is None or details.get(k, -np.inf) >= min_detail)
+        if min_detail is None:
+            return s >= threshold
+        return bool(confirm(s, details.get(k, -np.inf), colours.get(k, np.nan), threshold, min_detail, min_colour))
 
     out = {}
     for family in [*PLANTED, *BEYOND]:
@@ -322,20 +332,16 @@ def recall_table(result: dict, method: str, threshold: float, min_detail: float 
     return out
 
 
-def _draw(pairs, scores, details, mirrored, truth, rgb, threshold, min_detail, pictures: Path) -> None:
-    from dataclasses import replace
-
-    from pipeline.analyses.leakage import confirm, margin
-
-    checked = [replace(p, match=float(s), detail=float(d), mirrored=bool(m),
-                       confirmed=bool(confirm(s, d, threshold, min_detail)))
-               for p, s, d, m in zip(pairs, scores, details, mirrored)]
+def _draw(pairs, scores, details, colours, mirrored, truth, rgb, lk, pictures: Path) -> None:
+    checked = [replace(p, match=float(s), detail=float(d), mirrored=bool(m), colour=float(c),
+                       confirmed=bool(confirm(s, d, c, lk.threshold, lk.min_detail, lk.min_colour)))
+               for p, s, d, c, m in zip(pairs, scores, details, colours, mirrored)]
     negatives = sorted((p for p in checked if truth[p.id]["kind"] != "copy"),
-                       key=lambda p: -margin(p, threshold, min_detail))
+                       key=lambda p: -margin(p, lk.threshold, lk.min_detail, lk.min_colour))
     missed_ids = {k for k, t in truth.items() if t["kind"] == "copy"} - {
         p.id for p in checked if p.confirmed and p.nearest_id == truth[p.id].get("source")}
     missed = sorted((p for p in checked if p.id in missed_ids and p.nearest_id == truth[p.id]["source"]),
-                    key=lambda p: -margin(p, threshold, min_detail))
+                    key=lambda p: -margin(p, lk.threshold, lk.min_detail, lk.min_colour))
     thumbs = {k: np.asarray(Image.fromarray(v).resize((64, 64), Image.NEAREST)) for k, v in rgb.items()}
     pictures.mkdir(parents=True, exist_ok=True)
     groups = [("confirmed", [p for p in negatives if p.confirmed][:24]),
@@ -360,6 +366,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--work", type=Path, default=Path("/tmp/leakage-recall"))
     parser.add_argument("--pictures", type=Path, default=None)
     parser.add_argument("--neighbours", type=int, default=None, help="leakage.neighbours (default: the stage's)")
+    parser.add_argument("--min-colour", type=float, default=None, help="leakage.min_colour (default: the stage's)")
     parser.add_argument("--reuse", action="store_true",
                         help="the planted folder and features of the last run in --work")
     args = parser.parse_args(argv)
@@ -373,21 +380,29 @@ def main(argv: list[str] | None = None) -> dict:
         truth = build(args.source, args.work, args.per_family, args.negatives, args.plain, args.base, args.seed)
         (args.work / "truth.json").write_text(json.dumps(truth))
     print(f"planted {len(truth)} test images into {args.work / 'images'} ({time.perf_counter() - start:.0f} s)")
-    result = evaluate(args.work, truth, args.pictures, args.reuse, args.neighbours)
+    result = evaluate(args.work, truth, args.pictures, args.reuse, neighbours=args.neighbours,
+                      min_colour=args.min_colour)
     ranks = result["rank_of_source"]
     print(f"extract {result['extract_s']:.0f} s; pixel check of {result['pairs']} candidate pairs "
           f"{result['check_s']:.1f} s")
     print("copies whose source is among their k nearest by the features: " + ", ".join(
         f"k={k}: {sum(r is not None and r <= k for r in ranks.values()) / len(ranks):.1%}" for k in (1, 3, 5, 10)))
-    at = recall_table(result, "match (the stage)", result["threshold"], result["min_detail"])
+    at = recall_table(result, "match (the stage)", result["threshold"], result["min_detail"], result["min_colour"])
     n = {kind: sum(t["kind"] == kind for t in truth.values()) for kind in ("copy", "negative", "plain")}
     screened = sum(t.get("of") in SCREENED for t in truth.values())
     print(f"\nat the default threshold {result['threshold']} and min_detail {result['min_detail']}: recall per family ({args.per_family} copies each), "
           f"and the share of hard negatives confirmed ({n['negative']} + {n['plain']} with a plain background, "
           f"less {screened} screened by eye)")
     print("  " + "  ".join(f"{k}: {v:.1%}" for k, v in at.items()))
-    print("\nthe stage's decision over both thresholds: recall of all copies (worst family of PLANTED) / hard "
-          "negatives confirmed (plain background); beyond: recall of the families beyond the issue's strengths")
+    print("\nthe colour rule (min_colour; None: the grey rule for every pair), the grey thresholds at their defaults:")
+    for colour in (None, 0.7, 0.75, 0.8, 0.85, 0.9):
+        row = recall_table(result, "match (the stage)", result["threshold"], result["min_detail"], colour)
+        worst = min(PLANTED, key=lambda f: row[f])
+        print(f"    min_colour {colour}: recall {np.mean([row[f] for f in PLANTED]):6.1%} (worst {worst} "
+              f"{row[worst]:6.1%}) / negatives {row['negative']:5.1%} (plain {row['plain']:5.1%}); beyond: "
+              + ", ".join(f"{f} {row[f]:.1%}" for f in BEYOND if f in row))
+    print("\nthe grey rule over both thresholds (min_colour None): recall of all copies (worst family of PLANTED) / "
+          "hard negatives confirmed (plain background); beyond: recall of the families beyond the issue's strengths")
     for detail in (-1.0, 0.5, 0.6, 0.65, 0.7, 0.75):
         for t in (0.80, 0.83, 0.85, 0.87, 0.90):
             row = recall_table(result, "match (the stage)", t, detail)

@@ -7,7 +7,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,8 @@ from pipeline.analyses.leakage import (
     Pair,
     candidates,
     check_pairs,
+    colour_square,
+    confirm,
     grey_square,
     margin,
     match,
@@ -114,21 +118,46 @@ def test_the_pixel_check_confirms_moved_recoloured_mirrored_copies_not_other_pho
               np.clip(cat * 1.2 - 20, 0, 255).astype(np.uint8), np.asarray(Image.fromarray(hsv, "HSV").convert("RGB")),
               np.asarray(Image.fromarray(cat).resize((32, 32), box=(2, 4, 30, 31))),  # a crop of 87% x 84%
               cat[:, ::-1], np.asarray(Image.fromarray(cat).resize((160, 160)))]  # a full-size photo
-    queries = np.stack([grey_square(c, 32) for c in [*copies, other_cat, other_plane]])
-    bases = np.stack([grey_square(cat, 32)] * len(copies) + [grey_square(cat, 32), grey_square(plane, 32)])
-    scores, mirrored, details = match(queries, bases)
-    assert (scores[: len(copies)] >= 0.9).all(), scores
-    assert (details[: len(copies)] >= 0.7).all(), details
-    assert mirrored.tolist() == [False] * 7 + [True] + [False] * 3
-    assert not (np.nan_to_num(scores[len(copies):], nan=0) >= 0.8).any(), scores  # other photos of the class
+    swapped = cat[..., ::-1]  # the same outline in other colours
+    images, sources = [*copies, other_cat, other_plane, swapped], [cat] * len(copies) + [cat, plane, cat]
+    queries, bases = (np.stack([grey_square(c, 32) for c in x]) for x in (images, sources))
+    colours = [np.stack([colour_square(c, 16) for c in x]) for x in (images, sources)]
+    scores, mirrored, details, colour = match(queries, bases, *colours)
+    n = len(copies)
+    assert (scores[:n] >= 0.9).all(), scores
+    assert (details[:n] >= 0.7).all(), details
+    assert mirrored.tolist() == [False] * 7 + [True] + [False] * 4
+    assert not (np.nan_to_num(scores[n : n + 2], nan=0) >= 0.8).any(), scores  # other photos of the class
+    # the colour layout at that alignment: kept by every copy but the one re-encoded at quality 30 (its chroma
+    # quantised away), lost by the same outline in other colours; unknown without the colour squares
+    assert (np.delete(colour[:n], 3) >= 0.85).all() and colour[3] < 0.85, colour
+    assert scores[-1] >= 0.9 and colour[-1] < 0, colour
+    assert np.isnan(match(queries, bases)[3]).all()
     assert match(queries[:1], queries[:1])[0][0] == pytest.approx(1, abs=1e-5)
     blank = np.full((2, 32, 32), 128, np.uint8)
     assert np.isnan(match(blank, blank)[0]).all()  # no structure: nothing to confirm
     pairs = [Pair("test-train", "a", "b", 1, 0.9), Pair("test-train", "a", "c", 2, 0.8)]
-    checked = check_pairs(pairs, {"a": queries[0], "b": bases[0], "c": queries[-1]}, threshold=0.85, min_detail=0.7)
+    grey = {"a": queries[0], "b": bases[0], "c": queries[n + 1]}
+    checked = check_pairs(pairs, grey, None, threshold=0.85, min_detail=0.7, min_colour=0.9)
     assert [(p.nearest_id, p.confirmed, p.match > 0.9) for p in checked] == [("b", True, True)]  # c: dropped
-    strict = check_pairs(pairs[:1], {"a": queries[0], "b": bases[0]}, threshold=0.85, min_detail=1.0)
-    assert [(p.confirmed, p.detail < 1) for p in strict] == [(False, True)]  # the detail decides too
+    strict = check_pairs(pairs[:1], grey, None, threshold=0.85, min_detail=1.0, min_colour=0.9)
+    assert [(p.confirmed, p.detail < 1, math.isnan(p.colour)) for p in strict] == [(False, True, True)]  # detail decides
+    coloured = check_pairs(pairs[:1], grey, {"a": colours[0][0], "b": colours[1][0]}, threshold=0.85, min_detail=1.0,
+                           min_colour=0.9)
+    assert [(p.confirmed, p.colour > 0.9) for p in coloured] == [(True, True)]  # ... or the colour rule confirms
+
+
+def test_the_decision_is_the_grey_rule_or_the_colour_rule():
+    nan = float("nan")
+    #                 match detail colour: grey rule (0.8, 0.75) | colour rule (0.9 with 0.7, 0.6)
+    cases = [((0.85, 0.80, nan), True), ((0.85, 0.80, 0.2), True), ((0.75, 0.65, 0.95), True),
+             ((0.75, 0.65, 0.85), False), ((0.75, 0.65, nan), False), ((0.65, 0.9, 0.99), False),
+             ((0.9, 0.55, 0.99), False)]
+    for (m, d, c), expected in cases:
+        assert bool(confirm(m, d, c, 0.8, 0.75, 0.9)) == expected, (m, d, c)
+        p = Pair("test-train", "a", "b", 1, 0.9, m, d, False, expected, c)
+        assert (margin(p, 0.8, 0.75, 0.9) >= 0) == expected, (m, d, c)
+    assert not confirm(0.75, 0.65, 0.95, 0.8, 0.75, None)  # min_colour null: the grey rule alone
 
 
 def _cifar_bytes(*members: str) -> dict[str, bytes]:
@@ -147,13 +176,14 @@ def _cifar_bytes(*members: str) -> dict[str, bytes]:
 
 
 def test_pairs_table_round_trip_and_near_copies(tmp_path):
-    pairs = [Pair("test-train", "test/a.jpg", "train/x.jpg", 1, 0.991, 0.95, 0.9, False, True),
-             Pair("test-train", "test/b.jpg", "train/y.jpg", 2, 0.962, 0.71, 0.5, False, False),
-             Pair("test-val", "test/c.jpg", "train/z.jpg", 1, 0.97, 0.9, 0.8, True, True),
-             Pair("val-train", "train/z.jpg", "train/x.jpg", 1, 0.99, 0.99, 0.95, False, True),
-             Pair("test-test", "test/a.jpg", "test/d.jpg", 3, 0.99, 0.93, 0.85, False, True)]
+    pairs = [Pair("test-train", "test/a.jpg", "train/x.jpg", 1, 0.991, 0.95, 0.9, False, True, 0.97),
+             Pair("test-train", "test/b.jpg", "train/y.jpg", 2, 0.962, 0.71, 0.5, False, False, 0.25),
+             Pair("test-val", "test/c.jpg", "train/z.jpg", 1, 0.97, 0.9, 0.8, True, True, 0.5),
+             Pair("val-train", "train/z.jpg", "train/x.jpg", 1, 0.99, 0.99, 0.95, False, True, 0.99),
+             Pair("test-test", "test/a.jpg", "test/d.jpg", 3, 0.99, 0.93, 0.85, False, True)]  # no colour: NaN
     write_pairs(pairs, tmp_path / "pairs.csv")
-    assert read_pairs(tmp_path / "pairs.csv") == pairs
+    back = read_pairs(tmp_path / "pairs.csv")
+    assert back[:4] == pairs[:4] and math.isnan(back[4].colour) and replace(back[4], colour=0.0) == replace(pairs[4], colour=0.0)
     back = read_pairs(tmp_path / "pairs.csv")
     assert near_copies(back) == {"test/a.jpg", "test/c.jpg"}  # confirmed, of test, in train or val
     assert near_copies(back, "test", ["train"]) == {"test/a.jpg"}
@@ -168,7 +198,7 @@ def test_pairs_table_round_trip_and_near_copies(tmp_path):
     (tmp_path / "bad.csv").write_text("split_pair,id\ntest-train,a\n")
     with pytest.raises(PipelineError, match="columns"):
         read_pairs(tmp_path / "bad.csv")
-    (tmp_path / "bad.csv").write_text(",".join(FIELDS) + "\ntest-train,a,b,1,0.9,0.9,0.9,maybe,true\n")
+    (tmp_path / "bad.csv").write_text(",".join(FIELDS) + "\ntest-train,a,b,1,0.9,0.9,0.9,maybe,true,\n")
     with pytest.raises(PipelineError, match="line 2: not a pair"):
         read_pairs(tmp_path / "bad.csv")
     with pytest.raises(FileNotFoundError, match="run the leakage stage"):
@@ -249,7 +279,7 @@ def test_planted_near_copies_are_found_and_confirmed(planted):
     assert exact.cosine > 0.9999 and exact.match > 0.9999 and exact.rank == 1
     # every other pair the pixel check looked at is rejected, clearly
     lk = planted["params"].leakage
-    assert all(margin(p, lk.threshold, lk.min_detail) < -0.05 for p in planted["pairs"] if not p.confirmed)
+    assert all(margin(p, lk.threshold, lk.min_detail, lk.min_colour) < -0.05 for p in planted["pairs"] if not p.confirmed)
     summary = json.loads((planted["out"] / "summary.json").read_text())
     assert summary == planted["summary"]
     assert summary["test_with_near_copy_in_train"] == 4 and summary["test_removed"] == 5

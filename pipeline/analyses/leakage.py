@@ -16,8 +16,11 @@ training images measures memory, not generalisation. Three steps:
    measure, the ``detail``: the cosine of the gradient *directions* (each gradient scaled to about unit
    length, so faint structure such as clouds, water or the texture inside an object counts as much as
    the outline). Two different photographs of one outline on a plain background share their outline
-   (a high match) but not their faint structure (a low detail). A pair is *confirmed* when its match
-   and its detail both reach their thresholds; ``mirrored`` when its best alignment is the mirror.
+   (a high match) but not their faint structure (a low detail). And the ``colour``: the cosine of the two
+   images' chroma layouts at that alignment (:func:`_colour_at`), where both have colour. A pair is
+   *confirmed* (:func:`confirm`) when its match and its detail both reach their thresholds, or when its
+   colour reaches its own with a lower match and detail (a copy degraded by blur or re-encoding keeps its
+   colours); ``mirrored`` when its best alignment is the mirror.
 
 The pairs are a table (:func:`write_pairs` / :func:`read_pairs`, ``evaluation/leakage/pairs.csv``) that
 the compare stage reads to score every head without the test images that have a confirmed near-copy in
@@ -72,8 +75,8 @@ class Pair:
     """A query image and one of its k nearest images in the base split: its ``rank`` there (1: the
     nearest) and their cosine similarity; the pixel check fills ``match`` (the cosine similarity of the
     gradient fields at the best alignment, -1 to 1), ``detail`` (the cosine of the gradient directions at
-    that alignment, -1 to 1), ``mirrored`` (that alignment is the mirror image) and ``confirmed``
-    (``match`` and ``detail`` at or above their thresholds)."""
+    that alignment, -1 to 1), ``mirrored`` (that alignment is the mirror image), ``colour`` and
+    ``confirmed`` (:func:`confirm`)."""
 
     split_pair: str
     """``<query split>-<base split>``: ``test-train``, ``test-val``, ``val-train``, ``test-test``."""
@@ -85,6 +88,9 @@ class Pair:
     detail: float = float("nan")
     mirrored: bool = False
     confirmed: bool = False
+    colour: float = float("nan")
+    """The cosine of the two images' colour layouts at that alignment; NaN where one of them has too
+    little colour to say (:data:`CHROMA_FLOOR`)."""
 
 
 def split_pair_name(query: str, base: str) -> str:
@@ -124,6 +130,14 @@ DETAIL_FLOOR = 2.0
 """The gradients of the ``detail`` measure are scaled to g / (|g| + DETAIL_FLOOR) (grey levels per pixel,
 after the blur): about unit length where the image has structure, faint structure counting nearly in
 full, flat pixels (|g| well below the floor) hardly at all."""
+CHROMA_FLOOR = 4.0
+"""Colour counts in the decision only where both images have at least this much of it: the root mean square
+of their chroma, less its mean, over the compared window, in grey levels (a grey picture has 0; CIFAR-10's
+median is 16)."""
+COLOUR_MATCH, COLOUR_DETAIL = 0.7, 0.6
+"""Where both images have colour and their colour layouts agree (``leakage.min_colour``), a pair is also
+confirmed down to this match and this detail: a copy degraded by blur or re-encoding loses fine structure
+before its colour layout, which two photographs of one outline seldom share."""
 CHUNK = 256
 """Pairs aligned at once (memory: about 0.2 MiB per pair at 32 pixels)."""
 
@@ -143,6 +157,28 @@ def grey_square(image: np.ndarray, size: int) -> np.ndarray:
                               align_corners=False)
         grey = F.adaptive_avg_pool2d(t, size)[0, 0].numpy()
     return np.clip(np.rint(grey), 0, 255).astype(np.uint8)
+
+
+def colour_square(image: np.ndarray, size: int) -> np.ndarray:
+    """An image (H, W, 3) RGB or (H, W) grey, uint8 -> (3, size, size) uint8 RGB by the mean over areas
+    (bilinear up where smaller), for the colour measure, at half the grey size of the alignment."""
+    import torch
+    import torch.nn.functional as F
+
+    image = np.asarray(image)
+    rgb = np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image[..., :3]
+    t = torch.from_numpy(np.ascontiguousarray(rgb, np.float32)).permute(2, 0, 1)[None]
+    if min(t.shape[-2:]) < size:
+        t = F.interpolate(t, (max(size, t.shape[-2]), max(size, t.shape[-1])), mode="bilinear", align_corners=False)
+    return np.clip(np.rint(F.adaptive_avg_pool2d(t, size)[0].numpy()), 0, 255).astype(np.uint8)
+
+
+def _chroma(rgb):
+    """(N, 3, S, S) RGB -> (N, 2, S, S) opponent chroma: red - green, (red + green) / 2 - blue."""
+    import torch
+
+    r, g, b = rgb[:, 0], rgb[:, 1], rgb[:, 2]
+    return torch.stack([r - g, (r + g) / 2 - b], 1)
 
 
 def _blur(x, sigma: float):
@@ -195,8 +231,9 @@ def _best_alignment(queries, bases, scales: Sequence[float] = SCALES):
     """The cosine similarity of the gradient fields of each query (P, 1, S, S) and its base at their best
     alignment: the base at each of ``scales``, upright and mirrored, at every shift of up to 15% of the
     side, against the query's central window (all but a tenth of the side at each edge). The products of
-    all shifts at once by FFT, the base windows' norms by an integral image. Returns (score (P,),
-    mirrored (P,))."""
+    all shifts at once by FFT, the base windows' norms by an integral image. Returns (score (P,), the best
+    version (P,): its scale, mirrored from ``len(scales)`` on, the shift (P, 2) of the base in pixels, and the
+    detail (P,) there)."""
     import torch
 
     P, size = len(queries), queries.shape[-1]
@@ -221,13 +258,42 @@ def _best_alignment(queries, bases, scales: Sequence[float] = SCALES):
     q, aligned = (x / (x.norm(dim=1, keepdim=True) + DETAIL_FLOOR) for x in (q, aligned))
     norms = q.flatten(1).norm(dim=1) * aligned.flatten(1).norm(dim=1)
     detail = (q * aligned).flatten(1).sum(1) / norms.clamp_min(1e-6)
-    return best, version >= len(scales), detail
+    return best, version, torch.stack([dy, dx], 1) - reach, detail
 
 
-def match(queries: np.ndarray, bases: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _colour_at(queries, bases, version, shift, size: int, scales: Sequence[float] = SCALES):
+    """The cosine of the colour layouts of each query (P, 3, C, C) and its base, the base taken at the version
+    and shift the grey alignment at ``size`` pixels chose (shifts halved at half the size): each image's chroma
+    (:func:`_chroma`), blurred, less its mean over the query's central window; NaN where either has less than
+    :data:`CHROMA_FLOOR` there. Chroma ignores brightness; the cosine ignores saturation (a scale); a hue
+    shift turns the chroma plane (0.05 of the hue circle: a cosine of 0.95)."""
+    import torch
+
+    P, c = len(queries), queries.shape[-1]
+    scale = c / size
+    reach, margin, sigma = math.ceil(0.15 * size * scale) + 1, max(1, round(size // 10 * scale)), 0.35 + 0.35 * c / 32
+    q = _chroma(_blur(queries, sigma))
+    versions = _versions(_chroma(_blur(bases, sigma)).reshape(P * 2, 1, c, c), reach, scales)
+    canvas = versions.shape[-1]
+    b = versions.reshape(P, 2, 2 * len(scales), canvas, canvas)[torch.arange(P), :, version]  # (P, 2, canvas, canvas)
+    window = c - 2 * margin
+    offset = torch.round(shift * scale).long() + reach + margin  # (P, 2): where the window starts in the canvas
+    span = torch.arange(window)
+    rows, columns = (offset[:, 0, None] + span)[:, None, :, None], (offset[:, 1, None] + span)[:, None, None, :]
+    b = b[torch.arange(P)[:, None, None, None], torch.arange(2)[None, :, None, None], rows, columns]
+    q = q[..., margin : margin + window, margin : margin + window]
+    q, b = (x - x.mean(dim=(2, 3), keepdim=True) for x in (q, b))
+    energy = torch.minimum(q.flatten(1).norm(dim=1), b.flatten(1).norm(dim=1)) / window
+    cos = (q * b).flatten(1).sum(1) / (q.flatten(1).norm(dim=1) * b.flatten(1).norm(dim=1)).clamp_min(1e-6)
+    return torch.where(energy >= CHROMA_FLOOR, cos, torch.tensor(float("nan")))
+
+
+def match(queries: np.ndarray, bases: np.ndarray, query_colours: np.ndarray | None = None,
+          base_colours: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Pairs of grey images ``queries[i]``, ``bases[i]`` (P, S, S) uint8 (:func:`grey_square`): the
     cosine similarity of their gradient fields at their best alignment (scales, shifts, mirror), whether
-    that alignment is the mirror, and the ``detail`` there (:func:`_best_alignment`). The pairs whose
+    that alignment is the mirror, the ``detail`` there (:func:`_best_alignment`) and, given their
+    :func:`colour_square` (P, 3, S/2, S/2), the ``colour`` there (:func:`_colour_at`; NaN without). The pairs whose
     coarse score (both images halved, the scales of :data:`COARSE_SCALES`) is below :data:`COARSE_BAR`
     are not aligned at full size: their score and detail are NaN. Runs on one thread: these operations
     are too small to gain from more (on 2 busy cores, 2 threads took twice as long)."""
@@ -235,57 +301,71 @@ def match(queries: np.ndarray, bases: np.ndarray) -> tuple[np.ndarray, np.ndarra
     import torch.nn.functional as F
 
     scores, mirrored = np.full(len(queries), np.nan, np.float32), np.zeros(len(queries), bool)
-    details = np.full(len(queries), np.nan, np.float32)
+    details, colours = np.full(len(queries), np.nan, np.float32), np.full(len(queries), np.nan, np.float32)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         for start in range(0, len(queries), CHUNK):
             q = torch.from_numpy(np.ascontiguousarray(queries[start : start + CHUNK], np.float32))[:, None]
             b = torch.from_numpy(np.ascontiguousarray(bases[start : start + CHUNK], np.float32))[:, None]
-            coarse, _, _ = _best_alignment(F.avg_pool2d(q, 2), F.avg_pool2d(b, 2), COARSE_SCALES)
+            coarse = _best_alignment(F.avg_pool2d(q, 2), F.avg_pool2d(b, 2), COARSE_SCALES)[0]
             keep = torch.nonzero(coarse >= COARSE_BAR)[:, 0]
             if len(keep):
-                best, mirror, detail = _best_alignment(q[keep], b[keep])
-                scores[start + keep.numpy()] = best.numpy()
-                mirrored[start + keep.numpy()] = mirror.numpy()
-                details[start + keep.numpy()] = detail.numpy()
+                best, version, shift, detail = _best_alignment(q[keep], b[keep])
+                at = start + keep.numpy()
+                scores[at], mirrored[at], details[at] = best.numpy(), (version >= len(SCALES)).numpy(), detail.numpy()
+                if query_colours is not None:
+                    qc, bc = (torch.from_numpy(np.ascontiguousarray(x[at], np.float32))
+                              for x in (query_colours, base_colours))
+                    colours[at] = _colour_at(qc, bc, version, shift, queries.shape[-1]).numpy()
     finally:
         torch.set_num_threads(threads)
-    return scores, mirrored, details
+    return scores, mirrored, details, colours
 
 
-def confirm(score, detail, threshold: float, min_detail: float):
+def confirm(score, detail, colour, threshold: float, min_detail: float, min_colour: float | None):
     """The decision, on numbers or arrays: a match of at least ``threshold`` and a detail of at least
-    ``min_detail``."""
-    return (score >= threshold) & (detail >= min_detail)
+    ``min_detail``; or, where both images have colour (``colour`` not NaN) and ``min_colour`` is set, a colour
+    of at least ``min_colour`` with a match of at least :data:`COLOUR_MATCH` and a detail of at least
+    :data:`COLOUR_DETAIL`."""
+    grey = (score >= threshold) & (detail >= min_detail)
+    if min_colour is None:
+        return grey
+    return grey | ((colour >= min_colour) & (score >= COLOUR_MATCH) & (detail >= COLOUR_DETAIL))
 
 
-def margin(p: Pair, threshold: float, min_detail: float) -> float:
-    """How far a checked pair is from the decision: min(match - threshold, detail - min_detail) (both
-    cosines); at least 0: confirmed."""
-    return min(p.match - threshold, p.detail - min_detail)
+def margin(p: Pair, threshold: float, min_detail: float, min_colour: float | None) -> float:
+    """How far a checked pair is from the decision (:func:`confirm`): of its two rules the nearer to
+    confirming it, each by the smallest of its measures' distances to their thresholds (cosines); at least 0:
+    confirmed."""
+    grey = min(p.match - threshold, p.detail - min_detail)
+    if min_colour is None or math.isnan(p.colour):
+        return grey
+    return max(grey, min(p.match - COLOUR_MATCH, p.detail - COLOUR_DETAIL, p.colour - min_colour))
 
 
-def check_pairs(pairs: Sequence[Pair], grey: dict[str, np.ndarray], threshold: float,
-                min_detail: float) -> list[Pair]:
+def check_pairs(pairs: Sequence[Pair], grey: dict[str, np.ndarray], colour: dict[str, np.ndarray] | None,
+                threshold: float, min_detail: float, min_colour: float | None) -> list[Pair]:
     """The pairs that pass the coarse pass of :func:`match` (``grey``: id -> :func:`grey_square` of the
-    image), with their ``match``, ``detail`` and ``mirrored``, each confirmed when its match is at least
-    ``threshold`` and its detail at least ``min_detail`` (:func:`confirm`)."""
+    image; ``colour``: id -> :func:`colour_square`, or None), with their ``match``, ``detail``, ``mirrored``
+    and ``colour``, each confirmed or not by :func:`confirm`."""
     from dataclasses import replace
 
     out = []
     for start in range(0, len(pairs), 16 * CHUNK):  # the stacked images of a few chunks at a time
         some = pairs[start : start + 16 * CHUNK]
-        scores, mirrored, details = match(np.stack([grey[p.id] for p in some]),
-                                          np.stack([grey[p.nearest_id] for p in some]))
-        out += [replace(p, match=float(s), detail=float(d), mirrored=bool(m),
-                        confirmed=bool(confirm(s, d, threshold, min_detail)))
-                for p, s, m, d in zip(some, scores, mirrored, details) if not np.isnan(s)]
+        coloured = {} if colour is None else {
+            "query_colours": np.stack([colour[p.id] for p in some]), "base_colours": np.stack([colour[p.nearest_id] for p in some])}
+        scores, mirrored, details, colours = match(np.stack([grey[p.id] for p in some]),
+                                                   np.stack([grey[p.nearest_id] for p in some]), **coloured)
+        out += [replace(p, match=float(s), detail=float(d), mirrored=bool(m), colour=float(c),
+                        confirmed=bool(confirm(s, d, c, threshold, min_detail, min_colour)))
+                for p, s, m, d, c in zip(some, scores, mirrored, details, colours) if not np.isnan(s)]
     return out
 
 
 # -- the table and its summary ----------------------------------------------------------------------
-FIELDS = ["split_pair", "id", "nearest_id", "rank", "cosine", "match", "detail", "mirrored", "confirmed"]
+FIELDS = ["split_pair", "id", "nearest_id", "rank", "cosine", "match", "detail", "mirrored", "confirmed", "colour"]
 _BOOL = {"true": True, "false": False}
 
 
@@ -295,7 +375,8 @@ def write_pairs(pairs: Iterable[Pair], path: str | Path) -> None:
         writer.writerow(FIELDS)
         for p in pairs:
             writer.writerow([p.split_pair, p.id, p.nearest_id, p.rank, f"{p.cosine:.6f}", f"{p.match:.4f}",
-                             f"{p.detail:.4f}", str(p.mirrored).lower(), str(p.confirmed).lower()])
+                             f"{p.detail:.4f}", str(p.mirrored).lower(), str(p.confirmed).lower(),
+                             "" if math.isnan(p.colour) else f"{p.colour:.4f}"])
 
 
 def read_pairs(path: str | Path) -> list[Pair]:
@@ -309,7 +390,8 @@ def read_pairs(path: str | Path) -> list[Pair]:
                                 "run the leakage stage again (dvc repro)")
         try:
             return [Pair(r["split_pair"], r["id"], r["nearest_id"], int(r["rank"]), float(r["cosine"]),
-                         float(r["match"]), float(r["detail"]), _BOOL[r["mirrored"]], _BOOL[r["confirmed"]])
+                         float(r["match"]), float(r["detail"]), _BOOL[r["mirrored"]], _BOOL[r["confirmed"]],
+                         float(r["colour"] or "nan"))
                     for r in reader]
         except (ValueError, KeyError) as err:
             raise PipelineError(f"{path} line {reader.line_num}: not a pair ({err}); "
@@ -378,7 +460,9 @@ def plot_pairs(groups: Sequence[tuple[str, Sequence[Pair]]], images: dict[str, n
                     spine.set_edgecolor(colour)
                     spine.set_linewidth(2.5)
             axes[2 * g, c].set_title(f"{p.split_pair} #{p.rank} cos {p.cosine:.2f}\nmatch {p.match:.3f}"
-                                     f"{' M' if p.mirrored else ''}\ndetail {p.detail:.3f}", fontsize=6.5, color=colour)
+                                     f"{' M' if p.mirrored else ''}\ndetail {p.detail:.3f}"
+                                     f"\ncolour {'-' if math.isnan(p.colour) else f'{p.colour:.3f}'}", fontsize=6.5,
+                                     color=colour)
         axes[2 * g, 0].set_ylabel(label, fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()

@@ -467,6 +467,12 @@ class LeakageParams(Section):
 
     the cosine of the two images' gradient directions at that alignment, faint structure counting as much as
     outlines: two photographs of one outline on a plain background differ there; -1: the match alone decides"""
+    min_colour: float | None = Field(0.9, ge=-1, le=1)
+    """... or, where both images have colour, their colour layouts' cosine there at least this (null: off)
+
+    also confirmed where both images have colour: the cosine of their colour layouts (chroma) at that alignment at
+    least this, with a match of at least 0.7 and a detail of at least 0.6 (a blurred or re-encoded copy keeps its
+    colours; two photographs of one outline seldom do); null: `threshold` and `min_detail` alone decide"""
     block_rows: int = Field(4096, gt=0)
     """rows per block of the search (memory, not results; not a DVC param)
 

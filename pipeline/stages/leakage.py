@@ -20,9 +20,12 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from pipeline.analyses.leakage import (
+    COLOUR_DETAIL,
+    COLOUR_MATCH,
     Pair,
     candidates,
     check_pairs,
+    colour_square,
     grey_square,
     margin,
     plot_pairs,
@@ -74,12 +77,13 @@ def thumbnails(source_location: str, keys: Iterable[str]) -> dict[str, np.ndarra
     return out
 
 
-def boundary(pairs: list[Pair], threshold: float, min_detail: float,
+def boundary(pairs: list[Pair], threshold: float, min_detail: float, min_colour: float | None,
              shown: int = SHOWN) -> list[tuple[str, list[Pair]]]:
     """The test pairs against train or val nearest the decision (:func:`pipeline.analyses.leakage.margin`): the
     ``shown`` confirmed ones with the lowest margin, the ``shown`` rejected ones with the highest, each
     nearest the decision first."""
-    tested = [(margin(p, threshold, min_detail), p) for p in pairs if p.split_pair in ("test-train", "test-val")]
+    tested = [(margin(p, threshold, min_detail, min_colour), p) for p in pairs
+              if p.split_pair in ("test-train", "test-val")]
     confirmed = [p for _, p in sorted((x for x in tested if x[1].confirmed), key=lambda x: (x[0], x[1].id))]
     rejected = [p for _, p in sorted((x for x in tested if not x[1].confirmed), key=lambda x: (-x[0], x[1].id))]
     confirmed, rejected = confirmed[:shown], rejected[:shown]
@@ -101,11 +105,14 @@ def find(store: FeatureStore, source: str, lk: LeakageParams, device=None) -> tu
         searched[name] = (len(ids[query]), len(mine))
     del found
     start = time.perf_counter()
-    grey = {key: grey_square(image, lk.pixel_size)
-            for key, image in decoded(source, {k for p in listed for k in (p.id, p.nearest_id)})}
+    grey, colour = {}, None if lk.min_colour is None else {}
+    for key, image in decoded(source, {k for p in listed for k in (p.id, p.nearest_id)}):
+        grey[key] = grey_square(image, lk.pixel_size)
+        if colour is not None:
+            colour[key] = colour_square(image, lk.pixel_size // 2)
     seconds["reading"] = time.perf_counter() - start
     start = time.perf_counter()
-    checked = check_pairs(listed, grey, lk.threshold, lk.min_detail)
+    checked = check_pairs(listed, grey, colour, lk.threshold, lk.min_detail, lk.min_colour)
     checked.sort(key=lambda p: (p.split_pair, -p.match, p.id, p.nearest_id))
     seconds["pixel check"] = time.perf_counter() - start
     return checked, searched, seconds
@@ -125,13 +132,14 @@ def run(params: Params, features_path: str | Path, splits_path: str | Path, out_
         checked, searched, seconds = find(store, source, lk, device)
     summary = summarise(checked, searched, {"neighbours": lk.neighbours, "min_cosine": lk.min_cosine,
                                             "pixel_size": lk.pixel_size, "threshold": lk.threshold,
-                                            "min_detail": lk.min_detail})
-    shown = boundary(checked, lk.threshold, lk.min_detail)
+                                            "min_detail": lk.min_detail, "min_colour": lk.min_colour})
+    shown = boundary(checked, lk.threshold, lk.min_detail, lk.min_colour)
     thumbs = thumbnails(source, {k for _, pairs in shown for p in pairs for k in (p.id, p.nearest_id)})
     title = (f"test images (top) and a candidate near-copy (bottom): one of its {lk.neighbours} nearest by the pooled "
              f"features ({backbone}), #rank, cosine\nmatch: gradient fields' cosine at the best alignment at "
-             f"{lk.pixel_size} px (M: mirrored), detail: gradient directions' cosine there\ngreen: confirmed (match >= "
-             f"{lk.threshold} and detail >= {lk.min_detail}), orange: rejected")
+             f"{lk.pixel_size} px (M: mirrored), detail: gradient directions' cosine there, colour: colour layouts' "
+             f"cosine there (-: too little colour)\ngreen: confirmed (match >= {lk.threshold} and detail >= {lk.min_detail}, or colour >= "
+             f"{lk.min_colour} and match >= {COLOUR_MATCH} and detail >= {COLOUR_DETAIL}), orange: rejected")
     out_dir = Path(out_dir)
     with atomic_files(out_dir) as staging:
         write_pairs(checked, staging / layout.LEAKAGE_PAIRS.name)
