@@ -169,7 +169,7 @@ def test_curve_and_leakage_stage_params_and_plot_follow_the_config():
                                                  "backbone.input_size", "backbone.storage_dtype"]
     assert [p for p in dvc["stages"]["leakage"]["params"] if p.startswith("leakage")] == [
         "leakage.neighbours", "leakage.min_cosine", "leakage.pixel_size", "leakage.threshold",
-        "leakage.min_detail"]  # block_rows: memory only
+        "leakage.min_detail", "leakage.min_colour"]  # block_rows: memory only
     assert not [name for name, stage in dvc["stages"].items() if name != "leakage"
                 and any(str(p).startswith("leakage") for p in stage.get("do", stage).get("params") or [])]
     (plot,) = [p[f"{layout.CURVES.as_posix()}.csv"] for p in dvc["plots"] if f"{layout.CURVES.as_posix()}.csv" in p]
