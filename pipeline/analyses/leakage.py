@@ -142,35 +142,34 @@ CHUNK = 256
 """Pairs aligned at once (memory: about 0.2 MiB per pair at 32 pixels)."""
 
 
-def grey_square(image: np.ndarray, size: int) -> np.ndarray:
-    """An image (H, W, 3) RGB or (H, W) grey, uint8 -> (size, size) uint8 grey levels: luma, then the mean
-    over areas (adaptive average pooling) down to ``size``, bilinear up to it (the aspect ratio is not kept)."""
+def _area_square(planes: np.ndarray, size: int) -> np.ndarray:
+    """(C, H, W) float32 -> (C, size, size) uint8: the mean over areas (adaptive average pooling) down to
+    ``size``, bilinear up to it first where smaller (the aspect ratio is not kept)."""
     import torch
     import torch.nn.functional as F
 
+    t = torch.from_numpy(np.ascontiguousarray(planes, np.float32))[None]
+    if t.shape[-2:] != (size, size):
+        if min(t.shape[-2:]) < size:
+            t = F.interpolate(t, (max(size, t.shape[-2]), max(size, t.shape[-1])), mode="bilinear", align_corners=False)
+        t = F.adaptive_avg_pool2d(t, size)
+    return np.clip(np.rint(t[0].numpy()), 0, 255).astype(np.uint8)
+
+
+def grey_square(image: np.ndarray, size: int) -> np.ndarray:
+    """An image (H, W, 3) RGB or (H, W) grey, uint8 -> (size, size) uint8 grey levels: luma, then
+    :func:`_area_square`."""
     image = np.asarray(image)
     grey = image.astype(np.float32) @ LUMA if image.ndim == 3 else image.astype(np.float32)
-    if grey.shape != (size, size):
-        t = torch.from_numpy(np.ascontiguousarray(grey))[None, None]
-        if min(grey.shape) < size:
-            t = F.interpolate(t, (max(size, grey.shape[0]), max(size, grey.shape[1])), mode="bilinear",
-                              align_corners=False)
-        grey = F.adaptive_avg_pool2d(t, size)[0, 0].numpy()
-    return np.clip(np.rint(grey), 0, 255).astype(np.uint8)
+    return _area_square(grey[None], size)[0]
 
 
 def colour_square(image: np.ndarray, size: int) -> np.ndarray:
-    """An image (H, W, 3) RGB or (H, W) grey, uint8 -> (3, size, size) uint8 RGB by the mean over areas
-    (bilinear up where smaller), for the colour measure, at half the grey size of the alignment."""
-    import torch
-    import torch.nn.functional as F
-
+    """An image (H, W, 3) RGB or (H, W) grey, uint8 -> (3, size, size) uint8 RGB (:func:`_area_square`), for
+    the colour measure, at half the grey size of the alignment."""
     image = np.asarray(image)
     rgb = np.repeat(image[..., None], 3, axis=2) if image.ndim == 2 else image[..., :3]
-    t = torch.from_numpy(np.ascontiguousarray(rgb, np.float32)).permute(2, 0, 1)[None]
-    if min(t.shape[-2:]) < size:
-        t = F.interpolate(t, (max(size, t.shape[-2]), max(size, t.shape[-1])), mode="bilinear", align_corners=False)
-    return np.clip(np.rint(F.adaptive_avg_pool2d(t, size)[0].numpy()), 0, 255).astype(np.uint8)
+    return _area_square(rgb.transpose(2, 0, 1), size)
 
 
 def _chroma(rgb):
