@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from pipeline.core.config import Params, load_params
 from pipeline.core.errors import guarded
+
+if TYPE_CHECKING:
+    from pipeline.core.config import Params
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -24,4 +26,6 @@ def head_parser(description: str) -> argparse.ArgumentParser:
 
 def run_stage(args: argparse.Namespace, stage: Callable[[Params, argparse.Namespace], object]) -> int:
     """Load the params, run the stage; a PipelineError (or a missing file) is one line on stderr, exit 2."""
+    from pipeline.core.config import load_params  # here: the parser alone imports no pydantic (the weights stage)
+
     return guarded(lambda: stage(load_params(args.params), args))

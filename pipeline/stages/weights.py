@@ -12,11 +12,11 @@ configuration costs 0.3 s, a noticeable part of a head swap; this stage takes 0.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 from pipeline.core import layout
+from pipeline.core.cli import parser
 from pipeline.core.errors import ConfigError, guarded
 from pipeline.core.fileutil import read_yaml, sha256_file, write_json
 
@@ -47,8 +47,7 @@ def configured_weights(params: dict, backbone: str | None = None) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    p = parser(__doc__)
     p.add_argument("--backbone", help="a name of backbones.configurations: record that compared backbone's weights")
     args = p.parse_args(argv)
     out = layout.WEIGHTS if args.backbone is None else layout.compared_weights(args.backbone)
