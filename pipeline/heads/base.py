@@ -314,19 +314,17 @@ class FeatureNormalizer:
             self.scale = np.where(std > 1e-12, std, 1.0).astype(np.float32)
         return self
 
-    def transform(self, X: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """The normalised features, as float32; into ``out`` when given (X itself: in place)."""
+    def transform(self, X: np.ndarray, in_place: bool = False) -> np.ndarray:
+        """The normalised features, as float32; ``in_place``: written over X (when X is float32)."""
         X = np.asarray(X, dtype=np.float32)
+        out = X if in_place else None
         if self.mode == "standardize":  # one new array at most: (X - mean) / scale allocates twice
             out = np.subtract(X, self.mean, out=out, dtype=np.float32)
             out /= self.scale
             return out
         if self.mode == "l2":
             return np.divide(X, np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12), out=out)
-        if out is None or out is X:
-            return X
-        out[...] = X
-        return out
+        return X
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {"mean": self.mean, "scale": self.scale} if self.mode == "standardize" else {}
@@ -415,7 +413,7 @@ class PooledHead(Head):
             self.normalizer.fit(X)
             self._select(self.normalizer.transform(X), y, self.normalizer.transform(X_val), y_val)
             X, y, copy = np.concatenate([X, X_val]), np.concatenate([y, y_val]), False
-        X = self.normalizer.fit(X).transform(X, out=None if copy else X)
+        X = self.normalizer.fit(X).transform(X, in_place=not copy)
         epochs = None
         if log is not None and self.logs_epochs:
             epochs = EpochLog(log)

@@ -354,13 +354,14 @@ class RidgeHead(PenalisedHead):
         X = np.asarray(X, dtype=np.float32)
         x_mean = X.mean(axis=0, dtype=np.float64)
         y_mean = np.bincount(y, minlength=self.n_classes) / len(y)
+        x_shift, targets = x_mean.astype(np.float32), np.eye(self.n_classes, dtype=np.float32) - y_mean.astype(np.float32)
         gram = np.zeros((X.shape[1], X.shape[1]))
         cross = np.zeros((X.shape[1], self.n_classes))
-        for start in range(0, len(X), 2048):  # 10 MB blocks at 1,280 dimensions (see FeatureNormalizer.BLOCK_ROWS)
-            centred = X[start : start + 2048] - x_mean.astype(np.float32)
-            targets = np.eye(self.n_classes, dtype=np.float32)[y[start : start + 2048]] - y_mean.astype(np.float32)
+        rows = FeatureNormalizer.BLOCK_ROWS  # blocks of a few MB: see there
+        for start in range(0, len(X), rows):
+            centred = X[start : start + rows] - x_shift
             gram += centred.T @ centred
-            cross += centred.T @ targets
+            cross += centred.T @ targets[y[start : start + rows]]
         gram[np.diag_indices_from(gram)] += self.params.alpha
         coef = np.linalg.solve(gram, cross)
         self.coef, self.intercept = coef.T.astype(np.float32), (y_mean - x_mean @ coef).astype(np.float32)
