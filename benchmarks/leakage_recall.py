@@ -286,8 +286,7 @@ def evaluate(work: Path, truth: dict, pictures: Path | None = None, reuse: bool 
     best = {}
     for n, p in enumerate(pairs):
         t = truth[p.id]
-        m = margin(replace(p, match=scores[n], detail=details[n], colour=colours[n]), lk.threshold, lk.min_detail,
-                   lk.min_colour)
+        m = margin(replace(p, match=scores[n], detail=details[n], colour=colours[n]), lk)
         for name, s in methods.items():
             if t["kind"] == "copy":
                 if p.nearest_id == t["source"]:
@@ -315,11 +314,16 @@ def recall_table(result: dict, method: str, threshold: float, min_detail: float 
     truth, scores = result["truth"], result["per_image"][method]
     details, colours = result["per_image"]["detail"], result["per_image"]["colour"]
 
+    from pipeline.core.config import LeakageParams
+
+    decision = None if min_detail is None else LeakageParams(threshold=threshold, min_detail=min_detail,
+                                                             min_colour=min_colour)
+
     def confirmed(k):
         s = scores.get(k, -np.inf)
-        if min_detail is None:
+        if decision is None:
             return s >= threshold
-        return bool(confirm(s, details.get(k, -np.inf), colours.get(k, np.nan), threshold, min_detail, min_colour))
+        return bool(confirm(s, details.get(k, -np.inf), colours.get(k, np.nan), decision))
 
     out = {}
     for family in [*PLANTED, *BEYOND]:
@@ -334,14 +338,14 @@ def recall_table(result: dict, method: str, threshold: float, min_detail: float 
 
 def _draw(pairs, scores, details, colours, mirrored, truth, rgb, lk, pictures: Path) -> None:
     checked = [replace(p, match=float(s), detail=float(d), mirrored=bool(m), colour=float(c),
-                       confirmed=bool(confirm(s, d, c, lk.threshold, lk.min_detail, lk.min_colour)))
+                       confirmed=bool(confirm(s, d, c, lk)))
                for p, s, d, c, m in zip(pairs, scores, details, colours, mirrored)]
     negatives = sorted((p for p in checked if truth[p.id]["kind"] != "copy"),
-                       key=lambda p: -margin(p, lk.threshold, lk.min_detail, lk.min_colour))
+                       key=lambda p: -margin(p, lk))
     missed_ids = {k for k, t in truth.items() if t["kind"] == "copy"} - {
         p.id for p in checked if p.confirmed and p.nearest_id == truth[p.id].get("source")}
     missed = sorted((p for p in checked if p.id in missed_ids and p.nearest_id == truth[p.id]["source"]),
-                    key=lambda p: -margin(p, lk.threshold, lk.min_detail, lk.min_colour))
+                    key=lambda p: -margin(p, lk))
     thumbs = {k: np.asarray(Image.fromarray(v).resize((64, 64), Image.NEAREST)) for k, v in rgb.items()}
     pictures.mkdir(parents=True, exist_ok=True)
     groups = [("confirmed", [p for p in negatives if p.confirmed][:24]),

@@ -51,7 +51,7 @@ with FeatureStore(features) as store:
     pairs, searched, seconds = find(store, source, LeakageParams(), device="cpu")
 t = time.perf_counter()
 lk = LeakageParams()
-thumbnails(source, {k for _, shown in boundary(pairs, lk.threshold, lk.min_detail, lk.min_colour) for p in shown
+thumbnails(source, {k for _, shown in boundary(pairs, lk) for p in shown
                     for k in (p.id, p.nearest_id)})
 seconds["picture's images"] = time.perf_counter() - t
 print(json.dumps({"seconds": seconds, "total": time.perf_counter() - start, "before_mib": before, "peak_mib": peak(),

@@ -31,7 +31,7 @@ from pipeline.analyses.leakage import (
     summarise,
     write_pairs,
 )
-from pipeline.core.config import parse_params
+from pipeline.core.config import LeakageParams, parse_params
 from pipeline.core.errors import ConfigError, PipelineError
 from pipeline.heads.neighbours import Neighbours, top_k_cosine
 from tests.conftest import write_cifar_folder
@@ -138,12 +138,12 @@ def test_the_pixel_check_confirms_moved_recoloured_mirrored_copies_not_other_pho
     assert np.isnan(match(blank, blank)[0]).all()  # no structure: nothing to confirm
     pairs = [Pair("test-train", "a", "b", 1, 0.9), Pair("test-train", "a", "c", 2, 0.8)]
     grey = {"a": queries[0], "b": bases[0], "c": queries[n + 1]}
-    checked = check_pairs(pairs, grey, None, threshold=0.85, min_detail=0.7, min_colour=0.9)
+    checked = check_pairs(pairs, grey, None, LeakageParams(threshold=0.85, min_detail=0.7, min_colour=0.9))
     assert [(p.nearest_id, p.confirmed, p.match > 0.9) for p in checked] == [("b", True, True)]  # c: dropped
-    strict = check_pairs(pairs[:1], grey, None, threshold=0.85, min_detail=1.0, min_colour=0.9)
+    strict = check_pairs(pairs[:1], grey, None, LeakageParams(threshold=0.85, min_detail=1.0, min_colour=0.9))
     assert [(p.confirmed, p.detail < 1, math.isnan(p.colour)) for p in strict] == [(False, True, True)]  # detail decides
-    coloured = check_pairs(pairs[:1], grey, {"a": colours[0][0], "b": colours[1][0]}, threshold=0.85, min_detail=1.0,
-                           min_colour=0.9)
+    coloured = check_pairs(pairs[:1], grey, {"a": colours[0][0], "b": colours[1][0]},
+                           LeakageParams(threshold=0.85, min_detail=1.0, min_colour=0.9))
     assert [(p.confirmed, p.colour > 0.9) for p in coloured] == [(True, True)]  # ... or the colour rule confirms
 
 
@@ -153,11 +153,13 @@ def test_the_decision_is_the_grey_rule_or_the_colour_rule():
     cases = [((0.85, 0.80, nan), True), ((0.85, 0.80, 0.2), True), ((0.75, 0.65, 0.95), True),
              ((0.75, 0.65, 0.85), False), ((0.75, 0.65, nan), False), ((0.65, 0.9, 0.99), False),
              ((0.9, 0.55, 0.99), False)]
+    lk = LeakageParams(threshold=0.8, min_detail=0.75, min_colour=0.9)
     for (m, d, c), expected in cases:
-        assert bool(confirm(m, d, c, 0.8, 0.75, 0.9)) == expected, (m, d, c)
+        assert bool(confirm(m, d, c, lk)) == expected, (m, d, c)
         p = Pair("test-train", "a", "b", 1, 0.9, m, d, False, expected, c)
-        assert (margin(p, 0.8, 0.75, 0.9) >= 0) == expected, (m, d, c)
-    assert not confirm(0.75, 0.65, 0.95, 0.8, 0.75, None)  # min_colour null: the grey rule alone
+        assert (margin(p, lk) >= 0) == expected, (m, d, c)
+    grey_only = lk.model_copy(update={"min_colour": None})
+    assert not confirm(0.75, 0.65, 0.95, grey_only)  # min_colour null: the grey rule alone
 
 
 def _cifar_bytes(*members: str) -> dict[str, bytes]:
@@ -279,7 +281,7 @@ def test_planted_near_copies_are_found_and_confirmed(planted):
     assert exact.cosine > 0.9999 and exact.match > 0.9999 and exact.rank == 1
     # every other pair the pixel check looked at is rejected, clearly
     lk = planted["params"].leakage
-    assert all(margin(p, lk.threshold, lk.min_detail, lk.min_colour) < -0.05 for p in planted["pairs"] if not p.confirmed)
+    assert all(margin(p, lk) < -0.05 for p in planted["pairs"] if not p.confirmed)
     summary = json.loads((planted["out"] / "summary.json").read_text())
     assert summary == planted["summary"]
     assert summary["test_with_near_copy_in_train"] == 4 and summary["test_removed"] == 5

@@ -38,6 +38,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from pipeline.core.config import LeakageParams
 from pipeline.core.errors import PipelineError
 from pipeline.core.fileutil import atomic_path
 from pipeline.heads.neighbours import Neighbours, top_k_cosine
@@ -322,32 +323,32 @@ def match(queries: np.ndarray, bases: np.ndarray, query_colours: np.ndarray | No
     return scores, mirrored, details, colours
 
 
-def confirm(score, detail, colour, threshold: float, min_detail: float, min_colour: float | None):
-    """The decision, on numbers or arrays: a match of at least ``threshold`` and a detail of at least
-    ``min_detail``; or, where both images have colour (``colour`` not NaN) and ``min_colour`` is set, a colour
-    of at least ``min_colour`` with a match of at least :data:`COLOUR_MATCH` and a detail of at least
-    :data:`COLOUR_DETAIL`."""
-    grey = (score >= threshold) & (detail >= min_detail)
-    if min_colour is None:
+def confirm(score, detail, colour, lk: LeakageParams):
+    """The decision, on numbers or arrays: a match of at least ``lk.threshold`` and a detail of at least
+    ``lk.min_detail``; or, where both images have colour (``colour`` not NaN) and ``lk.min_colour`` is set, a
+    colour of at least ``lk.min_colour`` with a match of at least :data:`COLOUR_MATCH` and a detail of at
+    least :data:`COLOUR_DETAIL`."""
+    grey = (score >= lk.threshold) & (detail >= lk.min_detail)
+    if lk.min_colour is None:
         return grey
-    return grey | ((colour >= min_colour) & (score >= COLOUR_MATCH) & (detail >= COLOUR_DETAIL))
+    return grey | ((colour >= lk.min_colour) & (score >= COLOUR_MATCH) & (detail >= COLOUR_DETAIL))
 
 
-def margin(p: Pair, threshold: float, min_detail: float, min_colour: float | None) -> float:
+def margin(p: Pair, lk: LeakageParams) -> float:
     """How far a checked pair is from the decision (:func:`confirm`): of its two rules the nearer to
     confirming it, each by the smallest of its measures' distances to their thresholds (cosines); at least 0:
     confirmed."""
-    grey = min(p.match - threshold, p.detail - min_detail)
-    if min_colour is None or math.isnan(p.colour):
+    grey = min(p.match - lk.threshold, p.detail - lk.min_detail)
+    if lk.min_colour is None or math.isnan(p.colour):
         return grey
-    return max(grey, min(p.match - COLOUR_MATCH, p.detail - COLOUR_DETAIL, p.colour - min_colour))
+    return max(grey, min(p.match - COLOUR_MATCH, p.detail - COLOUR_DETAIL, p.colour - lk.min_colour))
 
 
 def check_pairs(pairs: Sequence[Pair], grey: dict[str, np.ndarray], colour: dict[str, np.ndarray] | None,
-                threshold: float, min_detail: float, min_colour: float | None) -> list[Pair]:
+                lk: LeakageParams) -> list[Pair]:
     """The pairs that pass the coarse pass of :func:`match` (``grey``: id -> :func:`grey_square` of the
     image; ``colour``: id -> :func:`colour_square`, or None), with their ``match``, ``detail``, ``mirrored``
-    and ``colour``, each confirmed or not by :func:`confirm`."""
+    and ``colour``, each confirmed or not by :func:`confirm` with ``lk``'s thresholds."""
     from dataclasses import replace
 
     out = []
@@ -358,7 +359,7 @@ def check_pairs(pairs: Sequence[Pair], grey: dict[str, np.ndarray], colour: dict
         scores, mirrored, details, colours = match(np.stack([grey[p.id] for p in some]),
                                                    np.stack([grey[p.nearest_id] for p in some]), **coloured)
         out += [replace(p, match=float(s), detail=float(d), mirrored=bool(m), colour=float(c),
-                        confirmed=bool(confirm(s, d, c, threshold, min_detail, min_colour)))
+                        confirmed=bool(confirm(s, d, c, lk)))
                 for p, s, m, d, c in zip(some, scores, mirrored, details, colours) if not np.isnan(s)]
     return out
 

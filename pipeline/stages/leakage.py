@@ -77,13 +77,11 @@ def thumbnails(source_location: str, keys: Iterable[str]) -> dict[str, np.ndarra
     return out
 
 
-def boundary(pairs: list[Pair], threshold: float, min_detail: float, min_colour: float | None,
-             shown: int = SHOWN) -> list[tuple[str, list[Pair]]]:
+def boundary(pairs: list[Pair], lk: LeakageParams, shown: int = SHOWN) -> list[tuple[str, list[Pair]]]:
     """The test pairs against train or val nearest the decision (:func:`pipeline.analyses.leakage.margin`): the
     ``shown`` confirmed ones with the lowest margin, the ``shown`` rejected ones with the highest, each
     nearest the decision first."""
-    tested = [(margin(p, threshold, min_detail, min_colour), p) for p in pairs
-              if p.split_pair in ("test-train", "test-val")]
+    tested = [(margin(p, lk), p) for p in pairs if p.split_pair in ("test-train", "test-val")]
     confirmed = [p for _, p in sorted((x for x in tested if x[1].confirmed), key=lambda x: (x[0], x[1].id))]
     rejected = [p for _, p in sorted((x for x in tested if not x[1].confirmed), key=lambda x: (-x[0], x[1].id))]
     confirmed, rejected = confirmed[:shown], rejected[:shown]
@@ -112,7 +110,7 @@ def find(store: FeatureStore, source: str, lk: LeakageParams, device=None) -> tu
             colour[key] = colour_square(image, lk.pixel_size // 2)
     seconds["reading"] = time.perf_counter() - start
     start = time.perf_counter()
-    checked = check_pairs(listed, grey, colour, lk.threshold, lk.min_detail, lk.min_colour)
+    checked = check_pairs(listed, grey, colour, lk)
     checked.sort(key=lambda p: (p.split_pair, -p.match, p.id, p.nearest_id))
     seconds["pixel check"] = time.perf_counter() - start
     return checked, searched, seconds
@@ -130,10 +128,8 @@ def run(params: Params, features_path: str | Path, splits_path: str | Path, out_
         store.check(expected_spec(params, splits_path, "pooled"))
         backbone = store.spec.backbone
         checked, searched, seconds = find(store, source, lk, device)
-    summary = summarise(checked, searched, {"neighbours": lk.neighbours, "min_cosine": lk.min_cosine,
-                                            "pixel_size": lk.pixel_size, "threshold": lk.threshold,
-                                            "min_detail": lk.min_detail, "min_colour": lk.min_colour})
-    shown = boundary(checked, lk.threshold, lk.min_detail, lk.min_colour)
+    summary = summarise(checked, searched, lk.model_dump(exclude={"block_rows"}))  # the settings of the result
+    shown = boundary(checked, lk)
     thumbs = thumbnails(source, {k for _, pairs in shown for p in pairs for k in (p.id, p.nearest_id)})
     title = (f"test images (top) and a candidate near-copy (bottom): one of its {lk.neighbours} nearest by the pooled "
              f"features ({backbone}), #rank, cosine\nmatch: gradient fields' cosine at the best alignment at "
