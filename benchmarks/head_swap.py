@@ -28,10 +28,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from pipeline.core import layout  # noqa: E402
 from pipeline.core.device import describe_cpu  # noqa: E402
 
-FILES = ["dvc.yaml", "params.yaml", "pyproject.toml", "pipeline", "data/cifar10-jpeg.tar.gz", ".dvc/config", ".dvc/plots",
-         ".dvcignore", ".gitignore", "plots"]
 SWAPS = ["head.kind=ridge", "head.logistic.C=0.002", "head.kind=linear"]
 DVC = [sys.executable, "-m", "dvc"]
 
@@ -52,7 +51,7 @@ def git(repo: Path, *args: str) -> None:
 
 def make_project(repo: Path, subset: int | None) -> float:
     """A fresh copy of this checkout in ``repo``, committed, and its first ``dvc repro``; returns its seconds."""
-    for name in FILES:
+    for name in layout.PROJECT_FILES:
         src, dst = ROOT / name, repo / name
         dst.parent.mkdir(parents=True, exist_ok=True)
         if src.is_dir():

@@ -1,6 +1,8 @@
 """The command line reports user errors as one clear line and exit status 2, with no traceback."""
 
 import errno
+import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -31,6 +33,29 @@ def test_bad_params_value(tmp_path):
 def test_missing_dataset(tmp_path):
     result = run_cli(tmp_path, {"data": {"source": "nowhere.tar.gz"}}, "prepare")
     assert result.returncode == 2 and "data.source 'nowhere.tar.gz' does not exist" in result.stderr
+
+
+def test_a_checkpoint_outside_the_checkpoints_folder_is_refused_and_one_inside_is_hashed(tmp_path):
+    """The weights stage: DVC tracks data/checkpoints, so a checkpoint path elsewhere could go stale unseen."""
+    outside = tmp_path / "elsewhere" / "r18.pth"
+    outside.parent.mkdir()
+    outside.write_bytes(b"weights")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"backbone": {"weights": str(outside)}}))
+
+    def weights_stage():
+        return subprocess.run([sys.executable, "-m", "pipeline.stages.weights"], capture_output=True, text=True,
+                              cwd=tmp_path, env=subprocess_env())
+
+    result = weights_stage()
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"error: backbone.weights {str(outside)!r} is a checkpoint outside data/checkpoints/")
+    assert f"ln -s {outside} data/checkpoints/" in result.stderr and not (tmp_path / "data" / "prepared").exists()
+    (tmp_path / "data" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "data" / "checkpoints" / "r18.pth").symlink_to(outside)  # a link in the folder counts
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"backbone": {"weights": "data/checkpoints/r18.pth"}}))
+    assert weights_stage().returncode == 0
+    record = json.loads((tmp_path / "data" / "prepared" / "weights.json").read_text())
+    assert record == {"weights": "data/checkpoints/r18.pth", "sha256": hashlib.sha256(b"weights").hexdigest()}
 
 
 def test_missing_feature_file_and_missing_head_file(tmp_path, cifar_folder):

@@ -88,6 +88,8 @@ def test_dvc_yaml_uses_the_paths_of_the_layout(stages):
 
     assert outs("prepare") == [layout.SPLITS.as_posix()]
     assert outs("weights") == [layout.WEIGHTS.as_posix()]
+    for stage in ("weights", "weights-backbone"):  # DVC sees a checkpoint replaced in place
+        assert layout.CHECKPOINTS.as_posix() in paths(stages[stage]["deps"]) and "always_changed" not in stages[stage]
     assert outs("extract") == [layout.FEATURES["pooled"].as_posix(), layout.FEATURES["cut"].as_posix()]
     for stage, key in [("train", "head"), ("train-heads", f"heads.{KEY}"), ("finetune", f"finetune.{KEY}")]:
         # one command: fit the head, then evaluate the saved head

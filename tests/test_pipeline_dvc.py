@@ -14,10 +14,8 @@ import h5py
 import pytest
 import yaml
 
+from pipeline.core import layout
 from tests.conftest import ROOT
-
-PROJECT_FILES = ["dvc.yaml", "params.yaml", "pyproject.toml", "pipeline", "data/cifar10-jpeg.tar.gz", ".dvc/config",
-                 ".dvc/plots", ".dvcignore", ".gitignore", "plots"]
 
 
 def sh(cmd: list[str], cwd: Path, env: dict) -> str:
@@ -31,9 +29,8 @@ def dvc(repo: Path, env: dict, *args: str) -> str:
 
 
 def ran(output: str) -> set[str]:
-    """The stages a dvc repro / exp run ran (the weights stages always run: they hash the checkpoints)."""
-    stages = {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
-    return {s for s in stages if s != "weights" and not s.startswith("weights-backbone@")}
+    """The stages a dvc repro / exp run ran."""
+    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")}
 
 
 def readme_exp_show() -> list[str]:
@@ -51,7 +48,7 @@ def sha256(path: Path) -> str:
 def make_project(tmp_path: Path, edit) -> tuple[Path, dict]:
     repo = tmp_path / "project"
     repo.mkdir()
-    for name in PROJECT_FILES:
+    for name in layout.PROJECT_FILES:
         src, dst = ROOT / name, repo / name
         dst.parent.mkdir(parents=True, exist_ok=True)
         if src.is_dir():
@@ -139,7 +136,7 @@ def test_dvc_repro_then_each_change_reruns_only_what_it_touches(tmp_path):
     # in a clone, nothing is stale
     shutil.rmtree(repo / "evaluation")
     sh(["git", "checkout", "--", "evaluation"], repo, env)
-    assert dvc(repo, env, "status").split() == ["weights:", "always", "changed"]  # (it hashes the checkpoint)
+    assert "Data and pipelines are up to date" in dvc(repo, env, "status")
 
     def after(*settings: str) -> set[str]:
         return ran(dvc(repo, env, "exp", "run", *(a for s in settings for a in ("-S", s))))
@@ -260,7 +257,9 @@ def test_documented_ways_to_turn_parts_off_run(tmp_path, switch):
 
 @pytest.mark.slow
 def test_a_checkpoint_changed_in_place_reruns_the_extraction(tmp_path):
-    """backbone.weights pointing at a file: overwriting the file makes the features stale, and DVC sees it."""
+    """backbone.weights pointing at a file: one outside data/checkpoints is refused (DVC could not see it
+    change); one linked there and overwritten makes the features stale, and DVC sees it; a checkpoint added
+    beside it re-runs only the weights stage."""
     import torch
     from efficientnet_lite_pytorch import EfficientNet
 
@@ -273,9 +272,16 @@ def test_a_checkpoint_changed_in_place_reruns_the_extraction(tmp_path):
         params["heads"], params["finetune"] = {}, {}
 
     repo, env = make_project(tmp_path, edit)
-    dvc(repo, env, "repro")
+    refused = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True)
+    assert refused.returncode != 0 and not (repo / layout.FEATURES["pooled"]).exists()
+    assert f"backbone.weights {str(checkpoint)!r} is a checkpoint outside data/checkpoints/" in refused.stderr, refused.stderr
+    (repo / layout.CHECKPOINTS / "lite0.pth").symlink_to(checkpoint)
+    dvc(repo, env, "exp", "run", "-S", "backbone.weights=data/checkpoints/lite0.pth")
     commit(repo, env, "first run")
-    assert ran(dvc(repo, env, "repro")) == set()  # up to date
+    assert "Data and pipelines are up to date" in dvc(repo, env, "status")
+    assert ran(dvc(repo, env, "repro")) == set()
+    (repo / layout.CHECKPOINTS / "other.pth").write_bytes(b"another checkpoint")
+    assert ran(dvc(repo, env, "repro")) == {"weights"}  # its record of lite0.pth unchanged: no extraction
     torch.manual_seed(1)
     torch.save(EfficientNet.from_name("efficientnet-lite0").state_dict(), checkpoint)
-    assert {"extract", "train", "report"} <= ran(dvc(repo, env, "repro"))
+    assert {"weights", "extract", "train", "report"} <= ran(dvc(repo, env, "repro"))

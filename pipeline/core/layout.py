@@ -9,9 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "pyproject.toml", "pipeline", "data/cifar10-jpeg.tar.gz", "data/checkpoints",
+                 ".dvc/config", ".dvc/plots", ".dvcignore", ".gitignore", "plots")
+"""What a project needs to run the default pipeline (the tests and benchmarks copy these into a fresh repository)."""
 SPLITS = Path("data/prepared/splits.json")
 WEIGHTS = Path("data/prepared/weights.json")
 """What backbone.weights is now (a checkpoint's sha256): extraction depends on it."""
+CHECKPOINTS = Path("data/checkpoints")
+"""Where local checkpoints go (a DVC dep of the weights stages): one replaced in place re-runs its extraction."""
 FEATURES = {"pooled": Path("data/features/pooled.h5"), "cut": Path("data/features/cut.h5")}
 """The pooled features f(x), and the cut cache (the activations at backbone.cut)."""
 EVALUATION = Path("evaluation")
