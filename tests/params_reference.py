@@ -14,6 +14,9 @@ stay as written. After changing a field, rewrite both with::
 
 from __future__ import annotations
 
+import ast
+import functools
+import inspect
 import re
 import sys
 import textwrap
@@ -33,13 +36,21 @@ WIDTH = 120
 BLOCK = re.compile(r"(<!-- params_reference: (\S+) -->\n).*?(<!-- /params_reference -->)", re.S)
 
 
+@functools.cache
+def field_docstrings(cls: type) -> dict[str, str]:
+    """The docstring under each annotated field of ``cls``'s body, from its source."""
+    try:
+        body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    except (OSError, TypeError):  # no source: pydantic's BaseModel, builtins
+        return {}
+    return {field.target.id: inspect.cleandoc(doc.value.value) for field, doc in zip(body, body[1:])
+            if isinstance(field, ast.AnnAssign) and isinstance(field.target, ast.Name)
+            and isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant) and isinstance(doc.value.value, str)}
+
+
 def description(model: type[BaseModel], name: str) -> str:
     """The field's docstring, from the nearest class of ``model``'s hierarchy that has one."""
-    for cls in model.__mro__:
-        field = getattr(cls, "model_fields", {}).get(name)
-        if field is not None and field.description:
-            return field.description
-    return ""
+    return next((text for cls in model.__mro__ if (text := field_docstrings(cls).get(name))), "")
 
 
 def summary(text: str) -> str:

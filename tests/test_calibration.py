@@ -188,3 +188,18 @@ def test_calibrating_without_a_validation_split_stops_before_fitting(cifar_folde
     with pytest.raises(ConfigError, match=r"^head: calibrate: true needs a validation split: set data.val_fraction"):
         train.run(params, tmp_path / "f.h5", tmp_path / "splits.json", tmp_path / "h.npz")
     assert not (tmp_path / "h.npz").exists()
+
+
+def test_softmax_and_logsumexp_are_scipys_and_a_never_seen_class_gets_probability_zero():
+    import scipy.special
+
+    from pipeline.heads.calibration import logsumexp
+
+    rng = np.random.default_rng(0)
+    scores = rng.normal(scale=30, size=(50, 7)).astype(np.float32)  # large enough to overflow a plain exp
+    scores[:, 3] = -np.inf
+    p = softmax(scores)
+    assert p.dtype == np.float32 and (p[:, 3] == 0).all()
+    np.testing.assert_allclose(p, scipy.special.softmax(scores, axis=1), rtol=1e-6, atol=1e-30)
+    wide = scores.astype(np.float64)
+    np.testing.assert_allclose(logsumexp(wide), scipy.special.logsumexp(wide, axis=1), rtol=1e-12)

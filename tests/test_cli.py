@@ -170,7 +170,7 @@ def test_failure_while_writing_the_plots_leaves_the_previous_evaluation_untouche
         return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in Path("evaluation").iterdir() if p.is_file()}
 
     before = outputs()
-    assert {"metrics.json", "confusion.png", "reliability.png", "test_predictions.csv"} <= set(before)
+    assert {"metrics.json", "reliability.png", "test_predictions.csv"} <= set(before)
     original = matplotlib.figure.Figure.savefig
 
     def savefig(self, fname, *args, **kwargs):

@@ -95,8 +95,7 @@ def test_dvc_yaml_uses_the_paths_of_the_layout(stages):
         # one command: fit the head, then evaluate the saved head
         live, folder = layout.live_dir(key), layout.evaluation_dir(key).as_posix()
         assert paths(stages[stage]["outs"]) == [
-            layout.head_file(key).as_posix(), (live / layout.LIVE_METRICS).as_posix(), f"{folder}/confusion.png",
-            f"{folder}/reliability.png", f"{folder}/{layout.METRICS}", f"{folder}/{layout.DETAILS}",
+            layout.head_file(key).as_posix(), (live / layout.LIVE_METRICS).as_posix(), f"{folder}/reliability.png", f"{folder}/{layout.METRICS}", f"{folder}/{layout.DETAILS}",
             layout.summary_file(key).as_posix()], stage
         assert "metrics" not in stages[stage], stage  # compare writes the one DVC metric, every head's top-1
         assert paths(stages[stage]["plots"]) == [(live / layout.LIVE_PLOTS).as_posix(), f"{folder}/test_predictions.csv",

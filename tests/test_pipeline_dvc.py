@@ -89,8 +89,8 @@ def test_dvc_repro_then_each_change_reruns_only_what_it_touches(tmp_path):
 
     repo, env = make_project(tmp_path, edit)
     out = dvc(repo, env, "repro")
-    assert ran(out) == {"prepare", "extract", "train", "train-heads@ridge", "train-heads@knn", "finetune@top", "leakage",
-                        "curves", "plan-backbones", "compare-backbones", "curves-finetune", "report"}  # seeds off: no stage
+    assert ran(out) == {"prepare", "weights", "extract", "train", "train-heads@ridge", "train-heads@knn", "finetune@top",
+                        "leakage", "curves", "plan-backbones", "compare-backbones", "curves-finetune", "report"}  # no seeds
     order = [line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")]
     # results early: the main head's metrics come right after the one extraction pass, before the other heads
     assert order[order.index("extract") + 1] == "train"
@@ -101,7 +101,7 @@ def test_dvc_repro_then_each_change_reruns_only_what_it_touches(tmp_path):
     assert metrics["head"] == "logistic"
     assert metrics["test"]["n"] == 60 and metrics["val"]["n"] == 10
     assert metrics["test"]["top1"] > 0.4  # real ImageNet features on 10 classes (chance: 0.1)
-    assert (repo / "evaluation" / "confusion.png").stat().st_size > 0
+    assert (repo / "evaluation" / "reliability.png").stat().st_size > 0
     shown = json.loads(dvc(repo, env, "metrics", "show", "--json"))
     files = next(iter(shown.values()))["data"]  # keyed by revision ("" for the workspace)
     # one file: the test top-1 of every trained head; everything else is in files the report reads
@@ -194,12 +194,11 @@ def test_dvc_repro_then_each_change_reruns_only_what_it_touches(tmp_path):
     # one extracts only that one; a head setting of the comparison re-probes every cache and extracts nothing;
     # removing one recomputes nothing
     extract_lock = lock_entry(repo, "extract")  # after the new cut above
-    assert after("backbones.compare=[small]") == {"extract-backbone@small", "probe-backbone@small", "curves-backbone@small",
+    assert after("backbones.compare=[small]") == {"weights-backbone@small", "extract-backbone@small", "probe-backbone@small", "curves-backbone@small",
                                                   "plan-backbones", "compare-backbones", "report"}
     added = dvc(repo, env, "exp", "run", "-S", "backbones.compare=[small,floor]")
-    assert ran(added) == {"extract-backbone@floor", "probe-backbone@floor", "curves-backbone@floor", "plan-backbones",
-                          "compare-backbones", "report"}
-    assert "Running stage 'weights-backbone@floor'" in added
+    assert ran(added) == {"weights-backbone@floor", "extract-backbone@floor", "probe-backbone@floor",
+                          "curves-backbone@floor", "plan-backbones", "compare-backbones", "report"}
     small_cache = repo / "data" / "features" / "backbones" / "small.h5"
     small_digest = sha256(small_cache)
     table = (repo / "evaluation" / "backbones.md").read_text()

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 import numpy as np
 
 from pipeline.core.config import ALL_SHOTS, CurvesParams, HeadConfig
+from pipeline.core.drawing import figure, save_png
 from pipeline.core.fileutil import atomic_path, write_json
 from pipeline.core.head_registry import head_class
 from pipeline.heads.shots import ShotFit, ShotSet, TestSplit
@@ -333,12 +334,8 @@ def markdown(points: list[Point], fits: list[Fit], curves: CurvesParams, seed: i
 
 def plot(points: list[Point], path: str | Path, title: str) -> None:
     """Mean test top-1 against k (log scale), one line per head, the interval over the draws as a band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig = figure(figsize=(7.5, 4.8))
+    ax = fig.subplots()
     for head in dict.fromkeys(p.head for p in points):
         mine = [p for p in points if p.head == head]
         k = [p.k for p in mine]
@@ -358,9 +355,7 @@ def plot(points: list[Point], path: str | Path, title: str) -> None:
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def write_outputs(fits: list[Fit], points: list[Point], curves: CurvesParams, seed: int, stem: str | Path,

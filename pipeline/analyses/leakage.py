@@ -39,8 +39,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from pipeline.core.config import LeakageParams
+from pipeline.core.drawing import figure, save_png
 from pipeline.core.errors import PipelineError
-from pipeline.core.fileutil import atomic_path
 from pipeline.heads.neighbours import Neighbours, top_k_cosine
 
 SPLIT_PAIRS: tuple[tuple[str, str], ...] = (("test", "train"), ("test", "val"), ("val", "train"), ("test", "test"))
@@ -435,16 +435,11 @@ def plot_pairs(groups: Sequence[tuple[str, Sequence[Pair]]], images: dict[str, n
     """Pairs side by side: for each group (a label and its pairs), rows of query images above rows of
     their candidate images, :data:`COLUMNS` pairs a row, each pair captioned with its split pair, the
     candidate's rank and cosine, its match (``M``: mirrored) and detail; green: confirmed, orange: not."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = [(label, list(pairs[i : i + COLUMNS])) for label, pairs in groups if pairs
             for i in range(0, len(pairs), COLUMNS)]
     columns = max((len(pairs) for _, pairs in rows), default=1)
-    fig, axes = plt.subplots(max(1, 2 * len(rows)), columns, figsize=(1.25 * columns + 0.8, 2.95 * max(1, len(rows))),
-                             squeeze=False)
+    fig = figure(figsize=(1.25 * columns + 0.8, 2.95 * max(1, len(rows))))
+    axes = fig.subplots(max(1, 2 * len(rows)), columns, squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
     for g, (label, pairs) in enumerate(rows):
@@ -466,6 +461,4 @@ def plot_pairs(groups: Sequence[tuple[str, Sequence[Pair]]], images: dict[str, n
         axes[2 * g, 0].set_ylabel(label, fontsize=8)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, path)

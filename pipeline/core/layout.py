@@ -79,7 +79,7 @@ def head_name(key: str) -> str:
 
 
 METRICS = "metrics.json"
-"""In each evaluation folder, beside confusion.png, reliability.png, test_predictions.csv, ...: every figure
+"""In each evaluation folder, beside reliability.png, test_predictions.csv, ...: every figure
 of the head (intervals, counts, per split), read by compare and the report."""
 DETAILS = "details.json"
 """In each evaluation folder: per-class accuracy, the confusion matrices (read by the report), a swept head's

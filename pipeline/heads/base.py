@@ -22,7 +22,7 @@ from pipeline.core.errors import ConfigError, PipelineError
 from pipeline.core.fileutil import atomic_path
 from pipeline.core.head_params import HeadParamsBase, Normalize, PooledHeadParams
 from pipeline.core.head_registry import KINDS, head_class
-from pipeline.heads.calibration import TEMPERATURE_BOUNDS, fit_temperature, mean_nll
+from pipeline.heads.calibration import TEMPERATURE_BOUNDS, fit_temperature, mean_nll, softmax
 from pipeline.heads.metrics import top1
 from pipeline.heads.shots import ShotFit
 
@@ -33,13 +33,6 @@ if TYPE_CHECKING:
     from pipeline.heads.live import TrainingLog
     from pipeline.heads.shots import ShotSet, TestSplit
     from pipeline.store.features import FeatureStore
-
-
-def softmax(scores: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of scores (N, C)."""
-    from scipy.special import softmax as row_softmax
-
-    return row_softmax(scores, axis=1)
 
 
 def split_scores(head: Head, store: FeatureStore, split: str) -> tuple[np.ndarray, np.ndarray] | None:

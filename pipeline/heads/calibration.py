@@ -24,20 +24,30 @@ def _as_float64(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.
     return scores, labels
 
 
+def softmax(scores: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of scores (N, C), in their dtype; a score of -inf gets probability 0. (Not scipy's:
+    importing scipy.special costs 0.16 s of every head swap's train stage.)"""
+    p = np.exp(scores - scores.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    return p
+
+
+def logsumexp(scores: np.ndarray) -> np.ndarray:
+    """log(sum(exp(scores))) of each row of (N, C), without overflow."""
+    top = scores.max(axis=1)
+    return top + np.log(np.exp(scores - top[:, None]).sum(axis=1))
+
+
 def mean_nll(scores: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
     """Mean negative log-likelihood of ``labels`` under softmax(scores / temperature)."""
-    from scipy.special import logsumexp
-
     scores, labels = _as_float64(scores, labels)
     z = scores / temperature
-    return float(np.mean(logsumexp(z, axis=1) - z[np.arange(len(labels)), labels]))
+    return float(np.mean(logsumexp(z) - z[np.arange(len(labels)), labels]))
 
 
 def _slope_and_curvature(scores: np.ndarray, label_scores: np.ndarray, beta: float) -> tuple[float, float]:
     """First and second derivatives of the mean NLL in beta = 1 / T."""
-    from scipy.special import softmax
-
-    p = softmax(beta * scores, axis=1)
+    p = softmax(beta * scores)
     present = p > 0  # a score of -inf (a class the head never saw) has p = 0 and adds nothing
     s = np.where(present, scores, 0.0)
     expected = (p * s).sum(axis=1)

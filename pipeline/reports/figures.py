@@ -1,5 +1,5 @@
-"""The pictures and the Markdown table of the evaluate and compare stages (confusion matrix, reliability
-diagram, heads compared), and the headless matplotlib and atomic PNG writing every picture here uses."""
+"""The pictures and the Markdown table of the evaluate and compare stages (reliability diagram, heads
+compared; the confusion matrix is DVC's plot of test_predictions.csv), drawn with :mod:`pipeline.core.drawing`."""
 
 from __future__ import annotations
 
@@ -7,44 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.core.fileutil import atomic_path
-
-
-def plot_confusion(cm: np.ndarray, classes: list[str], path: str | Path, title: str) -> None:
-    plt = pyplot()
-    n = len(classes)
-    size = max(5.0, 0.5 * n + 2)
-    fig, ax = plt.subplots(figsize=(size, size * 0.9))
-    rates = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    if n <= 30:
-        ax.set_xticks(range(n), classes, rotation=45, ha="right")
-        ax.set_yticks(range(n), classes)
-        for i in range(n):
-            for j in range(n):
-                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if rates[i, j] > 0.5 else "black")
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the true class")
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-def pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(fig, path: str | Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    pyplot().close(fig)
+from pipeline.core.drawing import figure, save_png
 
 
 def plot_reliability(stats: dict, path: str | Path, title: str, before: dict | None = None,
@@ -53,11 +16,11 @@ def plot_reliability(stats: dict, path: str | Path, title: str, before: dict | N
     uncalibrated probabilities of a calibrated head, drawn as points (mean confidence, accuracy) per bin;
     ``after``: those of an uncalibrated head's probabilities with a temperature fitted on val (not applied), also
     drawn as points."""
-    plt = pyplot()
     edges = np.array(stats["edges"])
     centres, width = (edges[:-1] + edges[1:]) / 2, edges[1] - edges[0]
     count = np.array(stats["count"])
-    fig, ax = plt.subplots(figsize=(5, 5.8), layout="constrained")
+    fig = figure(figsize=(5, 5.8), layout="constrained")
+    ax = fig.subplots()
     ax.bar(centres[count > 0], np.array(stats["accuracy"])[count > 0], width=width * 0.95, color="tab:blue",
            edgecolor="black", label="accuracy" if before is None else "accuracy, calibrated")
     for points, colour, label in ((before, "tab:orange", "uncalibrated"),
@@ -73,7 +36,7 @@ def plot_reliability(stats: dict, path: str | Path, title: str, before: dict | N
     ax.set_ylim(0, 1)
     ax.set_title(f"{title}\nECE {stats['ece']:.4f}")
     fig.legend(loc="outside lower center", fontsize=8, ncol=2, frameon=False)  # off the data
-    save_figure(fig, path)
+    save_png(fig, path)
 
 
 def comparison_table(rows: list[dict]) -> str:
@@ -131,12 +94,12 @@ def plot_comparison(rows: list[dict], path: str | Path, chosen: str | None = Non
     the data."""
     from matplotlib.ticker import PercentFormatter
 
-    plt = pyplot()
     n = len(rows)
     y = np.arange(n)[::-1]  # best at the top
     top1 = np.array([r["test"]["top1"] for r in rows])
     low, high = np.array([r["test"]["top1_low"] for r in rows]), np.array([r["test"]["top1_high"] for r in rows])
-    fig, ax = plt.subplots(figsize=(7.5, 1.6 + 0.42 * n), layout="constrained")
+    fig = figure(figsize=(7.5, 1.6 + 0.42 * n), layout="constrained")
+    ax = fig.subplots()
     colours = ["tab:red" if r["name"] == chosen else "tab:blue" for r in rows]
     ax.hlines(y, low, high, colors=colours, linewidth=2)
     ax.scatter(top1, y, c=colours, s=36, zorder=3)
@@ -164,4 +127,4 @@ def plot_comparison(rows: list[dict], path: str | Path, chosen: str | None = Non
     ax.set_xlabel(f"test top-1 (axis zoomed to the data; n = {rows[0]['test']['n']} test images)")
     ax.set_title("heads compared on the same test images", fontsize=11)
     fig.legend(loc="outside lower center", ncol=2, fontsize=8, frameon=False)
-    save_figure(fig, path)
+    save_png(fig, path)

@@ -195,7 +195,7 @@ def _draw_grid(rows: list[list[tuple[np.ndarray, str]]], columns: int, title: st
     for 24 images, half of a head swap's report stage."""
     import textwrap
 
-    from pipeline.reports.figures import pyplot, save_figure
+    from pipeline.core.drawing import figure, save_png
 
     side = max((max(im.shape[:2]) for row in rows for im, _ in row), default=32)  # pixels of a cell
     inch = CELL_INCHES / side  # inches per pixel of the array
@@ -213,8 +213,7 @@ def _draw_grid(rows: list[list[tuple[np.ndarray, str]]], columns: int, title: st
     wrapped = textwrap.fill(title, width=int(width * 13))
     title_inches = 0.16 + 9 / 72 * 1.25 * (wrapped.count("\n") + 1)
     height = array.shape[0] * inch + title_inches + 0.1
-    plt = pyplot()
-    fig = plt.figure(figsize=(width, height))
+    fig = figure(figsize=(width, height))
     fig.suptitle(wrapped, fontsize=9, y=1 - 0.08 / height, va="top")
     ax = fig.add_axes((0.1 / width, 0.1 / height, array.shape[1] * inch / width, array.shape[0] * inch / height))
     ax.imshow(array, interpolation="nearest" if side < 64 else "antialiased")
@@ -227,7 +226,7 @@ def _draw_grid(rows: list[list[tuple[np.ndarray, str]]], columns: int, title: st
             ax.text(0, r * pitch_y + band + side / 2, leads[r], ha="left", va="center", fontsize=9)
     if empty:
         ax.text(array.shape[1] / 2, array.shape[0] / 2, empty, ha="center", va="center")
-    save_figure(fig, path)
+    save_png(fig, path)
 
 
 def _who(m: HeadMistakes) -> str:

@@ -105,15 +105,15 @@ def table(rows: list[dict], reference: str, taus: dict) -> str:
 
 def plot(rows: list[dict], reference: str, path: str | Path) -> None:
     """Test top-1 of the reference head against extraction images/s (left) and against LogME (right)."""
-    from pipeline.reports.figures import pyplot, save_figure
+    from pipeline.core.drawing import figure, save_png
 
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
+    fig = figure(figsize=(16, 4.4))
+    axes = fig.subplots(1, 3)
     if not rows:
         for ax in axes:
             ax.text(0.5, 0.5, "no backbone compared", ha="center", va="center", transform=ax.transAxes)
             ax.set_axis_off()
-        save_figure(fig, path)
+        save_png(fig, path)
         return
     top1 = [r["heads"][reference]["test_top1"] for r in rows]
     for ax, x, label in ((axes[0], [r["images_per_second"] for r in rows], "extraction images/s (higher: cheaper)"),
@@ -136,7 +136,7 @@ def plot(rows: list[dict], reference: str, path: str | Path) -> None:
     axes[2].set_title("learning curves", fontsize=10)
     axes[2].grid(alpha=0.3)
     axes[2].legend(fontsize=8)
-    save_figure(fig, path)
+    save_png(fig, path)
 
 
 def run(names: list[str], reference: str, folder: str | Path, out_stem: str | Path) -> dict:

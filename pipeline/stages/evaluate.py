@@ -6,8 +6,7 @@ Writes, as one set (all of them or none): metrics.json (every figure of the head
 which images it was measured on), details.json (per-class accuracy, confusion matrices, and a swept head's
 validation top-1 at each penalty),
 test_predictions.csv (id, actual, predicted, confidence: the DVC confusion plot, what compare pairs
-heads on and what the mistakes stage pictures), per_class.csv (a DVC plot), confusion.png,
-reliability.png; then evaluation/summary/<name>.json (:func:`summary`). No figure is measured on images the head
+heads on and what the mistakes stage pictures), per_class.csv (a DVC plot), reliability.png; then evaluation/summary/<name>.json (:func:`summary`). No figure is measured on images the head
 was fitted on: a swept head, refit on train + val, reports the sweep's held-out val figure instead.
 
 Probabilities are the head's own (:meth:`~pipeline.heads.base.Head.probabilities`): for a calibrated head,
@@ -36,7 +35,7 @@ from pipeline.core.fileutil import atomic_files, write_json
 from pipeline.heads.base import load_head, softmax, split_scores
 from pipeline.heads.calibration import fit_temperature
 from pipeline.heads.metrics import calibration, classification_metrics
-from pipeline.reports.figures import plot_confusion, plot_reliability
+from pipeline.reports.figures import plot_reliability
 from pipeline.store.features import FeatureStore
 
 
@@ -131,7 +130,6 @@ def run(features_path: str | Path, head_path: str | Path, out_dir: str | Path, n
             writer.writerow(["id", "actual", "predicted", "confidence"])
             writer.writerows((i, classes[a], classes[p], f"{proba[k, p]:.6g}")
                              for k, (i, a, p) in enumerate(zip(test_ids, test_labels, predicted)))
-        plot_confusion(np.array(details["test"]["confusion_matrix"]), classes, staging / "confusion.png", title)
         if calibrated:
             title += f"\ncalibrated: temperature {head.temperature:.3g}"
         plot_reliability(reliability["test"], staging / "reliability.png", title, before=uncalibrated.get("test"),
