@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
+from pipeline.core import layout
 from tests.conftest import subprocess_env
 
 
@@ -161,8 +162,8 @@ def test_disk_fault_while_saving_the_head_is_one_line(fault, expected, in_projec
     assert sorted(p.name for p in Path("models").iterdir()) == ["head.npz"]
 
 
-def test_failure_while_writing_the_plots_leaves_the_previous_evaluation_untouched(in_project, monkeypatch, capsys):
-    import matplotlib.figure
+def test_failure_while_writing_the_last_file_leaves_the_previous_evaluation_untouched(in_project, monkeypatch, capsys):
+    import csv
 
     from pipeline.stages import evaluate
 
@@ -170,17 +171,25 @@ def test_failure_while_writing_the_plots_leaves_the_previous_evaluation_untouche
         return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in Path("evaluation").iterdir() if p.is_file()}
 
     before = outputs()
-    assert {"metrics.json", "reliability.png", "test_predictions.csv"} <= set(before)
-    original = matplotlib.figure.Figure.savefig
+    assert {"metrics.json", "details.json", "test_predictions.csv"} <= set(before)
 
-    def savefig(self, fname, *args, **kwargs):
-        if "reliability" not in str(fname):
-            return original(self, fname, *args, **kwargs)
-        Path(fname).write_bytes(b"\x89PNG half")
-        raise OSError(errno.ENOSPC, "No space left on device")
+    class DiskFullOnThePredictions:  # the csv module, whose writer fills the disk halfway through the predictions
+        def __getattr__(self, name):
+            return getattr(csv, name)
 
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+        def writer(self, f):
+            writer = csv.writer(f)
+            if not f.name.endswith(layout.TEST_PREDICTIONS):
+                return writer
+
+            def writerows(rows):
+                f.write("id,actual,predicted,confidence\nhalf")
+                raise OSError(errno.ENOSPC, "No space left on device", f.name)
+
+            return type("HalfWriter", (), {"writerow": staticmethod(writer.writerow), "writerows": staticmethod(writerows)})()
+
+    monkeypatch.setattr(evaluate, "csv", DiskFullOnThePredictions())
     assert evaluate.main(["--params", "params.yaml"]) == 2
-    assert one_line_error(capsys) == ("error: No space left on device (evaluation/reliability.png): "
+    assert one_line_error(capsys) == (f"error: No space left on device (evaluation/{layout.TEST_PREDICTIONS}): "
                                       "free some disk space and run the stage again")
     assert outputs() == before  # metrics.json and the plots as they were, nothing half-written beside them

@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from pipeline.core import layout
+from pipeline.reports.report import CURVE_PICTURE, RELIABILITY_PICTURE
 from tests.conftest import ROOT
 from tests.dvc_deps import CODE, DVC_YAML, POOLED_HEADS, code_deps, derived
 from tests.imports import closure, cycles, package_graph
@@ -95,8 +96,8 @@ def test_dvc_yaml_uses_the_paths_of_the_layout(stages):
         # one command: fit the head, then evaluate the saved head
         live, folder = layout.live_dir(key), layout.evaluation_dir(key).as_posix()
         assert paths(stages[stage]["outs"]) == [
-            layout.head_file(key).as_posix(), (live / layout.LIVE_METRICS).as_posix(), f"{folder}/reliability.png", f"{folder}/{layout.METRICS}", f"{folder}/{layout.DETAILS}",
-            layout.summary_file(key).as_posix()], stage
+            layout.head_file(key).as_posix(), (live / layout.LIVE_METRICS).as_posix(), f"{folder}/{layout.METRICS}",
+            f"{folder}/{layout.DETAILS}", layout.summary_file(key).as_posix()], stage
         assert "metrics" not in stages[stage], stage  # compare writes the one DVC metric, every head's top-1
         assert paths(stages[stage]["plots"]) == [(live / layout.LIVE_PLOTS).as_posix(), f"{folder}/test_predictions.csv",
                                                  f"{folder}/per_class.csv"], stage
@@ -109,7 +110,8 @@ def test_dvc_yaml_uses_the_paths_of_the_layout(stages):
     seeds = layout.SEEDS.as_posix()
     assert outs("report") == [f"{layout.COMPARISON}.md", f"{layout.COMPARISON}.png", f"{layout.COMPARISON}.json",
                               f"{seeds}.md", f"{seeds}.json", *(p.as_posix() for p in layout.mistakes_files().values()),
-                              f"{layout.REPORT}.md", f"{layout.REPORT}.html", f"{layout.REPORT.parent}/report_curve.png",
+                              f"{layout.REPORT}.md", f"{layout.REPORT}.html",
+                              *(f"{layout.REPORT.parent}/{name}" for name in (CURVE_PICTURE, RELIABILITY_PICTURE)),
                               layout.TOP1.as_posix()]
     metrics = [name for name, stage in stages.items() if "metrics" in stage]
     assert metrics == ["report"] and paths(report["metrics"]) == [layout.TOP1.as_posix()]

@@ -101,7 +101,7 @@ def test_dvc_repro_then_each_change_reruns_only_what_it_touches(tmp_path):
     assert metrics["head"] == "logistic"
     assert metrics["test"]["n"] == 60 and metrics["val"]["n"] == 10
     assert metrics["test"]["top1"] > 0.4  # real ImageNet features on 10 classes (chance: 0.1)
-    assert (repo / "evaluation" / "reliability.png").stat().st_size > 0
+    assert (repo / "evaluation" / "report_reliability.png").stat().st_size > 0
     shown = json.loads(dvc(repo, env, "metrics", "show", "--json"))
     files = next(iter(shown.values()))["data"]  # keyed by revision ("" for the workspace)
     # one file: the test top-1 of every trained head; everything else is in files the report reads

@@ -25,7 +25,7 @@ COMPARISON = EVALUATION / "comparison"
 every pair)."""
 REPORT = EVALUATION / "report"
 """Stem of the report: report.md (relative links to the pictures), report.html (self-contained) and
-report_curve.png (the learning curve with the fine-tuned top)."""
+report_curve.png and report_reliability.png (the pictures it draws itself)."""
 CURVES = EVALUATION / "curves"
 """Stem of the learning curve: table (.md), chart (.png), headline numbers (.json) and the
 mean top-1 per k and head (.csv, the DVC plot)."""
@@ -79,11 +79,11 @@ def head_name(key: str) -> str:
 
 
 METRICS = "metrics.json"
-"""In each evaluation folder, beside reliability.png, test_predictions.csv, ...: every figure
-of the head (intervals, counts, per split), read by compare and the report."""
+"""In each evaluation folder, beside test_predictions.csv, ...: every figure of the head (intervals, counts,
+per split), read by compare and the report."""
 DETAILS = "details.json"
-"""In each evaluation folder: per-class accuracy, the confusion matrices (read by the report), a swept head's
-validation curve."""
+"""In each evaluation folder: per-class accuracy, the confusion matrices and the reliability diagram's statistics
+(read by the report), a swept head's validation curve."""
 SUMMARY = EVALUATION / "summary"
 """One small file per trained head (its test top-1 and interval, val top-1, ECE). The main head always
 writes one, so this folder always exists: compare and mistakes depend on it, not on the optional

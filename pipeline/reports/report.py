@@ -27,6 +27,7 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from pipeline.analyses.curves import Fit, Point, best_heads, labels_needed, summarise, t_interval
 from pipeline.analyses.curves import plot as plot_curve
@@ -36,10 +37,15 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.fileutil import atomic_files, sha256_json
 from pipeline.heads.metrics import held_out_val_top1, holm, validation_order, wilson_interval
 from pipeline.reports.backbones import read_rows
+from pipeline.reports.figures import plot_reliability
 
 ALPHA = 0.05
 """Family-wise significance level of the head comparisons (Holm's correction)."""
 CURVE_PICTURE = "report_curve.png"
+RELIABILITY_PICTURE = "report_reliability.png"
+"""The pictures the report draws itself, beside report.md: the learning curve with the fine-tuned top, and the
+chosen head's reliability diagram (from its details.json: the train stages draw no picture, so that a head
+swap's train stage imports no matplotlib)."""
 """The report's own picture (beside report.md): the learning curve with the fine-tuned top's points."""
 
 
@@ -516,8 +522,7 @@ def trust_section(doc: Doc, inputs: Inputs, ctx: Context) -> None:
             "scores divided by one temperature fitted on the validation split (`calibrate: true` applies it).")
     if inputs.leakage:
         doc.add("img", "the closest pairs between the splits", "leakage/pairs.png")
-    reliability = "/".join(filter(None, [inputs.folders[h["name"]], "reliability.png"]))
-    doc.add("img", f"reliability of {h['name']}: calibration of its probabilities on test", reliability)
+    doc.add("img", f"reliability of {h['name']}: calibration of its probabilities on test", RELIABILITY_PICTURE)
 
 
 # -- 5. where it fails ----------------------------------------------------------------------------------------------
@@ -591,8 +596,8 @@ def answers_of(inputs: Inputs, ctx: Context) -> dict[str, str]:
                                trust_answer(inputs, h), fails_answer(inputs, h)]))
 
 
-def build(inputs: Inputs) -> tuple[Doc, dict[str, str], list[Point]]:
-    """The document, its five answers by section, and the points of its learning-curve picture."""
+def build(inputs: Inputs) -> tuple[Doc, dict[str, str], dict[str, Drawing]]:
+    """The document, its five answers by section, and the pictures it draws itself."""
     choice = choose(inputs.comparison)
     h = choice.head
     n_classes = len(inputs.details[h["name"]]["classes"])
@@ -608,7 +613,25 @@ def build(inputs: Inputs) -> tuple[Doc, dict[str, str], list[Point]]:
         doc.add("h2", title)
         doc.add("p", answers[title])
         write(doc, inputs, ctx)
-    return doc, answers, inputs.curve_points + ctx.finetune
+    return doc, answers, drawings(inputs, h, inputs.curve_points + ctx.finetune)
+
+
+Drawing = tuple[object, Callable[[Path], None]]
+"""A picture the report draws: what it is drawn from (JSON-able: its fingerprint) and the function drawing it."""
+
+
+def drawings(inputs: Inputs, head: dict, points: list[Point]) -> dict[str, Drawing]:
+    """The learning curve of ``points`` and the reliability diagram of ``head``, by file name."""
+    curve_title = f"test top-1 against labels per class ({inputs.backbone} features)"
+    stats = inputs.details[head["name"]]["reliability"]
+    reliability_title = f"{head['name']} ({head['head']}), test top-1 {head['test']['top1']:.3f}"
+    if stats.get("temperature") is not None:
+        reliability_title += f"\ncalibrated: temperature {stats['temperature']:.3g}"
+    return {
+        CURVE_PICTURE: ([[asdict(p) for p in points], curve_title], lambda path: plot_curve(points, path, curve_title)),
+        RELIABILITY_PICTURE: ([stats, reliability_title], lambda path: plot_reliability(
+            stats["test"], path, reliability_title, before=stats.get("uncalibrated"), after=stats.get("with_temperature_on_val"))),
+    }
 
 
 def drawn_from(picture: Path) -> str | None:
@@ -636,22 +659,21 @@ def mark_drawn_from(picture: Path, fingerprint: str) -> None:
 def write(inputs: Inputs, evaluation: Path, stem: Path) -> dict[str, str]:
     """Write ``<stem>.md``, ``<stem>.html`` and the learning-curve picture beside them, as one set; the pictures
     are read from ``evaluation`` (the folder the Markdown's links are relative to). Returns the answers."""
-    doc, answers, points = build(inputs)
-    wanted = [b[2] for b in doc.blocks if b[0] == "img" and b[2] != CURVE_PICTURE]
+    doc, answers, drawn = build(inputs)
+    wanted = [b[2] for b in doc.blocks if b[0] == "img" and b[2] not in drawn]
     missing = [p for p in wanted if not (evaluation / p).exists()]
     if missing:
         raise PipelineError(f"the report shows pictures that do not exist: {', '.join(str(evaluation / p) for p in missing)}; "
                             "run the stages that draw them (dvc repro)")
     title = f"Report: {inputs.dataset}, {inputs.backbone}"
-    curve_title = f"test top-1 against labels per class ({inputs.backbone} features)"
-    fingerprint = sha256_json([[asdict(p) for p in points], curve_title])
     with atomic_files(stem.parent) as staging:
-        curve = stem.parent / CURVE_PICTURE
-        if drawn_from(curve) != fingerprint:  # a head swap leaves the curve as it is: not drawn again
-            curve = staging / CURVE_PICTURE
-            plot_curve(points, curve, curve_title)
-            mark_drawn_from(curve, fingerprint)
-        pictures = {p: evaluation / p for p in wanted} | {CURVE_PICTURE: curve}
+        pictures = {p: evaluation / p for p in wanted}
+        for name, (source, draw) in drawn.items():
+            fingerprint, pictures[name] = sha256_json(source), stem.parent / name
+            if drawn_from(pictures[name]) != fingerprint:  # as drawn before (the curve, on a head swap): kept
+                pictures[name] = staging / name
+                draw(pictures[name])
+                mark_drawn_from(pictures[name], fingerprint)
         (staging / f"{stem.name}.md").write_text(doc.markdown())
         (staging / f"{stem.name}.html").write_text(doc.html(pictures, title))
     return answers

@@ -1,13 +1,14 @@
-"""Evaluate (head side), run by the train stages after each fit: metrics and plots of one trained head on the
+"""Evaluate (head side), run by the train stages after each fit: the metrics of one trained head on the
 val and test splits, from its saved file (as predict and export load it); ``python -m pipeline.stages.evaluate
 --config KEY`` evaluates a saved head again on its own.
 
 Writes, as one set (all of them or none): metrics.json (every figure of the head, each split's saying
-which images it was measured on), details.json (per-class accuracy, confusion matrices, and a swept head's
-validation top-1 at each penalty),
-test_predictions.csv (id, actual, predicted, confidence: the DVC confusion plot, what compare pairs
-heads on and what the mistakes stage pictures), per_class.csv (a DVC plot), reliability.png; then evaluation/summary/<name>.json (:func:`summary`). No figure is measured on images the head
-was fitted on: a swept head, refit on train + val, reports the sweep's held-out val figure instead.
+which images it was measured on), details.json (per-class accuracy, confusion matrices, the reliability
+diagram's statistics, and a swept head's validation top-1 at each penalty), test_predictions.csv (id,
+actual, predicted, confidence: the DVC confusion plot, what compare pairs heads on and what the mistakes
+stage pictures), per_class.csv (a DVC plot); then evaluation/summary/<name>.json (:func:`summary`). It draws
+no picture (the report draws the chosen head's reliability diagram): a head swap's train stage imports no
+matplotlib. No figure is measured on images the head was fitted on: a swept head, refit on train + val, reports the sweep's held-out val figure instead.
 
 Probabilities are the head's own (:meth:`~pipeline.heads.base.Head.probabilities`): for a calibrated head,
 softmax(scores / T). Its ``ece`` is then the calibrated one, ``ece_uncalibrated`` that of softmax(scores),
@@ -35,7 +36,6 @@ from pipeline.core.fileutil import atomic_files, write_json
 from pipeline.heads.base import load_head, softmax, split_scores
 from pipeline.heads.calibration import fit_temperature
 from pipeline.heads.metrics import calibration, classification_metrics
-from pipeline.reports.figures import plot_reliability
 from pipeline.store.features import FeatureStore
 
 
@@ -114,7 +114,10 @@ def run(features_path: str | Path, head_path: str | Path, out_dir: str | Path, n
     results["chosen"] = {k: v for k, v in head.chosen.items() if k != "chosen_val_top1"}
     if calibrated:
         results["chosen"]["temperature"] = head.temperature
-    title = f"{name} ({head.kind}), test top-1 {results['test']['top1']:.3f}"
+    # the reliability diagram's statistics (the report draws it): calibrated or not, and with a temperature
+    # fitted on val but not applied
+    details["reliability"] = {"test": reliability["test"], "uncalibrated": uncalibrated.get("test"),
+                              "temperature": head.temperature, "with_temperature_on_val": None if calibrated else scaled}
     with atomic_files(out_dir) as staging:
         write_json(staging / layout.METRICS, results)
         write_json(staging / layout.DETAILS, details)
@@ -130,10 +133,6 @@ def run(features_path: str | Path, head_path: str | Path, out_dir: str | Path, n
             writer.writerow(["id", "actual", "predicted", "confidence"])
             writer.writerows((i, classes[a], classes[p], f"{proba[k, p]:.6g}")
                              for k, (i, a, p) in enumerate(zip(test_ids, test_labels, predicted)))
-        if calibrated:
-            title += f"\ncalibrated: temperature {head.temperature:.3g}"
-        plot_reliability(reliability["test"], staging / "reliability.png", title, before=uncalibrated.get("test"),
-                         after=None if calibrated else scaled)
     if summary_path is not None:
         write_json(summary_path, summary(results))
     said = ", ".join(f"{s} top-1 {results[s]['top1']:.4f}" for s in scores)

@@ -6,7 +6,8 @@ head swap re-runs all three, and each process of its own would start and import 
 
 The page reads only the other stages' outputs (no image, no backbone, no fitting; see
 :mod:`pipeline.reports.report`) and is written as one set: evaluation/report.md (links to the pictures beside
-it), evaluation/report.html (self-contained: the pictures embedded) and evaluation/report_curve.png.
+it), evaluation/report.html (self-contained: the pictures embedded), and the two pictures it draws itself:
+evaluation/report_curve.png (the learning curve) and evaluation/report_reliability.png (the chosen head's).
 """
 
 from __future__ import annotations
