@@ -1,5 +1,6 @@
-"""The pictures and the Markdown table of the evaluate and compare stages (reliability diagram, heads
-compared; the confusion matrix is DVC's plot of test_predictions.csv), drawn with :mod:`pipeline.core.drawing`."""
+"""The pictures and the Markdown table of the report stage's comparison and page (the heads compared, the
+chosen head's reliability diagram; the confusion matrix is DVC's plot of test_predictions.csv), drawn with
+:mod:`pipeline.core.drawing`."""
 
 from __future__ import annotations
 

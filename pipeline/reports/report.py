@@ -46,7 +46,6 @@ RELIABILITY_PICTURE = "report_reliability.png"
 """The pictures the report draws itself, beside report.md: the learning curve with the fine-tuned top, and the
 chosen head's reliability diagram (from its details.json: the train stages draw no picture, so that a head
 swap's train stage imports no matplotlib)."""
-"""The report's own picture (beside report.md): the learning curve with the fine-tuned top's points."""
 
 
 # -- reading the stages' outputs -----------------------------------------------------------------------
@@ -657,8 +656,9 @@ def mark_drawn_from(picture: Path, fingerprint: str) -> None:
 
 
 def write(inputs: Inputs, evaluation: Path, stem: Path) -> dict[str, str]:
-    """Write ``<stem>.md``, ``<stem>.html`` and the learning-curve picture beside them, as one set; the pictures
-    are read from ``evaluation`` (the folder the Markdown's links are relative to). Returns the answers."""
+    """Write ``<stem>.md``, ``<stem>.html`` and the pictures the report draws beside them (each drawn again only
+    when what it shows changed), as one set; the other pictures are read from ``evaluation`` (the folder the
+    Markdown's links are relative to). Returns the answers."""
     doc, answers, drawn = build(inputs)
     wanted = [b[2] for b in doc.blocks if b[0] == "img" and b[2] not in drawn]
     missing = [p for p in wanted if not (evaluation / p).exists()]
