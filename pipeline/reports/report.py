@@ -629,7 +629,8 @@ def drawings(inputs: Inputs, head: dict, points: list[Point]) -> dict[str, Drawi
     return {
         CURVE_PICTURE: ([[asdict(p) for p in points], curve_title], lambda path: plot_curve(points, path, curve_title)),
         RELIABILITY_PICTURE: ([stats, reliability_title], lambda path: plot_reliability(
-            stats["test"], path, reliability_title, before=stats.get("uncalibrated"), after=stats.get("with_temperature_on_val"))),
+            stats["test"], path, reliability_title, before=stats.get("uncalibrated"),
+            after=stats.get("with_temperature_on_val"))),
     }
 
 

@@ -8,7 +8,8 @@ diagram's statistics, and a swept head's validation top-1 at each penalty), test
 actual, predicted, confidence: the DVC confusion plot, what compare pairs heads on and what the mistakes
 stage pictures), per_class.csv (a DVC plot); then evaluation/summary/<name>.json (:func:`summary`). It draws
 no picture (the report draws the chosen head's reliability diagram): a head swap's train stage imports no
-matplotlib. No figure is measured on images the head was fitted on: a swept head, refit on train + val, reports the sweep's held-out val figure instead.
+matplotlib. No figure is measured on images the head was fitted on: a swept head, refit on train + val,
+reports the sweep's held-out val figure instead.
 
 Probabilities are the head's own (:meth:`~pipeline.heads.base.Head.probabilities`): for a calibrated head,
 softmax(scores / T). Its ``ece`` is then the calibrated one, ``ece_uncalibrated`` that of softmax(scores),
