@@ -17,6 +17,8 @@ import pytest
 from PIL import Image
 
 from pipeline.analyses.leakage import (
+    COLOUR_DETAIL,
+    COLOUR_MATCH,
     FIELDS,
     Pair,
     candidates,
@@ -160,6 +162,15 @@ def test_the_decision_is_the_grey_rule_or_the_colour_rule():
         assert (margin(p, lk) >= 0) == expected, (m, d, c)
     grey_only = lk.model_copy(update={"min_colour": None})
     assert not confirm(0.75, 0.65, 0.95, grey_only)  # min_colour null: the grey rule alone
+    # the picture's title and the parameter's description state the rule the decision applies
+    from pipeline.stages.leakage import picture_title
+    from tests.params_reference import description
+
+    colour_rule = f"match of at least {COLOUR_MATCH} and a detail of at least {COLOUR_DETAIL}"
+    assert colour_rule in description(LeakageParams, "min_colour")
+    assert f"or colour >= 0.9 and match >= {COLOUR_MATCH} and detail >= {COLOUR_DETAIL})" in picture_title(lk, "lite0")
+    off = picture_title(grey_only, "lite0")
+    assert "(match >= 0.8 and detail >= 0.75), orange" in off and "colour >=" not in off and "not measured" in off
 
 
 def _cifar_bytes(*members: str) -> dict[str, bytes]:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import csv
 import math
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -283,8 +284,9 @@ def _colour_at(queries, bases, version, shift, size: int, scales: Sequence[float
     b = b[torch.arange(P)[:, None, None, None], torch.arange(2)[None, :, None, None], rows, columns]
     q = q[..., margin : margin + window, margin : margin + window]
     q, b = (x - x.mean(dim=(2, 3), keepdim=True) for x in (q, b))
-    energy = torch.minimum(q.flatten(1).norm(dim=1), b.flatten(1).norm(dim=1)) / window
-    cos = (q * b).flatten(1).sum(1) / (q.flatten(1).norm(dim=1) * b.flatten(1).norm(dim=1)).clamp_min(1e-6)
+    q_norm, b_norm = q.flatten(1).norm(dim=1), b.flatten(1).norm(dim=1)
+    energy = torch.minimum(q_norm, b_norm) / window
+    cos = (q * b).flatten(1).sum(1) / (q_norm * b_norm).clamp_min(1e-6)
     return torch.where(energy >= CHROMA_FLOOR, cos, torch.tensor(float("nan")))
 
 
@@ -434,11 +436,14 @@ def plot_pairs(groups: Sequence[tuple[str, Sequence[Pair]]], images: dict[str, n
                title: str) -> None:
     """Pairs side by side: for each group (a label and its pairs), rows of query images above rows of
     their candidate images, :data:`COLUMNS` pairs a row, each pair captioned with its split pair, the
-    candidate's rank and cosine, its match (``M``: mirrored) and detail; green: confirmed, orange: not."""
+    candidate's rank and cosine, its match (``M``: mirrored), detail and colour (``-``: too little colour);
+    green: confirmed, orange: not."""
     rows = [(label, list(pairs[i : i + COLUMNS])) for label, pairs in groups if pairs
             for i in range(0, len(pairs), COLUMNS)]
     columns = max((len(pairs) for _, pairs in rows), default=1)
-    fig = figure(figsize=(1.25 * columns + 0.8, 2.95 * max(1, len(rows))))
+    width = 1.25 * columns + 0.8  # inches; a 9-point line holds about 13 characters an inch
+    wrapped = "\n".join(textwrap.fill(line, int(width * 13)) for line in title.split("\n"))  # few columns: narrow
+    fig = figure(figsize=(width, 2.95 * max(1, len(rows)) + 0.15 * max(0, wrapped.count("\n") - 2)))
     axes = fig.subplots(max(1, 2 * len(rows)), columns, squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
@@ -459,6 +464,6 @@ def plot_pairs(groups: Sequence[tuple[str, Sequence[Pair]]], images: dict[str, n
                                      f"\ncolour {'-' if math.isnan(p.colour) else f'{p.colour:.3f}'}", fontsize=6.5,
                                      color=colour)
         axes[2 * g, 0].set_ylabel(label, fontsize=8)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(wrapped, fontsize=9)
     fig.tight_layout()
     save_png(fig, path)

@@ -77,6 +77,19 @@ def thumbnails(source_location: str, keys: Iterable[str]) -> dict[str, np.ndarra
     return out
 
 
+def picture_title(lk: LeakageParams, backbone: str) -> str:
+    """The title of pairs.png: what each caption's numbers are and the decision, the colour rule only when it is on."""
+    if lk.min_colour is None:
+        colour, rule = "colour: not measured (leakage.min_colour is null)", ""
+    else:
+        colour = "colour: colour layouts' cosine there (-: too little colour)"
+        rule = f", or colour >= {lk.min_colour} and match >= {COLOUR_MATCH} and detail >= {COLOUR_DETAIL}"
+    return (f"test images (top) and a candidate near-copy (bottom): one of its {lk.neighbours} nearest by the pooled "
+            f"features ({backbone}), #rank, cosine\nmatch: gradient fields' cosine at the best alignment at "
+            f"{lk.pixel_size} px (M: mirrored), detail: gradient directions' cosine there, {colour}\ngreen: confirmed "
+            f"(match >= {lk.threshold} and detail >= {lk.min_detail}{rule}), orange: rejected")
+
+
 def boundary(pairs: list[Pair], lk: LeakageParams, shown: int = SHOWN) -> list[tuple[str, list[Pair]]]:
     """The test pairs against train or val nearest the decision (:func:`pipeline.analyses.leakage.margin`): the
     ``shown`` confirmed ones with the lowest margin, the ``shown`` rejected ones with the highest, each
@@ -131,16 +144,11 @@ def run(params: Params, features_path: str | Path, splits_path: str | Path, out_
     summary = summarise(checked, searched, lk.model_dump(exclude={"block_rows"}))  # the settings of the result
     shown = boundary(checked, lk)
     thumbs = thumbnails(source, {k for _, pairs in shown for p in pairs for k in (p.id, p.nearest_id)})
-    title = (f"test images (top) and a candidate near-copy (bottom): one of its {lk.neighbours} nearest by the pooled "
-             f"features ({backbone}), #rank, cosine\nmatch: gradient fields' cosine at the best alignment at "
-             f"{lk.pixel_size} px (M: mirrored), detail: gradient directions' cosine there, colour: colour layouts' "
-             f"cosine there (-: too little colour)\ngreen: confirmed (match >= {lk.threshold} and detail >= {lk.min_detail}, or colour >= "
-             f"{lk.min_colour} and match >= {COLOUR_MATCH} and detail >= {COLOUR_DETAIL}), orange: rejected")
     out_dir = Path(out_dir)
     with atomic_files(out_dir) as staging:
         write_pairs(checked, staging / layout.LEAKAGE_PAIRS.name)
         write_json(staging / layout.LEAKAGE_SUMMARY.name, summary)
-        plot_pairs(shown, thumbs, staging / layout.LEAKAGE_PICTURE.name, title)
+        plot_pairs(shown, thumbs, staging / layout.LEAKAGE_PICTURE.name, picture_title(lk, backbone))
     for name, counts in summary["pairs"].items():
         print(f"{name}: {counts['searched']} images searched, {counts['candidates']} candidates, {counts['checked']} "
               f"aligned at full size, {counts['confirmed']} confirmed ({counts['mirrored']} mirrored)")
