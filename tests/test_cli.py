@@ -166,6 +166,7 @@ def test_failure_while_writing_the_last_file_leaves_the_previous_evaluation_unto
     import csv
 
     from pipeline.stages import evaluate
+    from pipeline.store import predictions
 
     def outputs() -> dict:
         return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in Path("evaluation").iterdir() if p.is_file()}
@@ -188,7 +189,7 @@ def test_failure_while_writing_the_last_file_leaves_the_previous_evaluation_unto
 
             return type("HalfWriter", (), {"writerow": staticmethod(writer.writerow), "writerows": staticmethod(writerows)})()
 
-    monkeypatch.setattr(evaluate, "csv", DiskFullOnThePredictions())
+    monkeypatch.setattr(predictions, "csv", DiskFullOnThePredictions())
     assert evaluate.main(["--params", "params.yaml"]) == 2
     assert one_line_error(capsys) == (f"error: No space left on device (evaluation/{layout.TEST_PREDICTIONS}): "
                                       "free some disk space and run the stage again")

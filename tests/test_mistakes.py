@@ -188,7 +188,7 @@ def test_predictions_of_an_older_evaluate_are_refused_with_what_to_do(evaluated,
     for folder in old.values():  # id, actual, predicted: no confidence column
         lines = (folder / layout.TEST_PREDICTIONS).read_text().splitlines()
         (folder / layout.TEST_PREDICTIONS).write_text("\n".join(",".join(l.split(",")[:3]) for l in lines) + "\n")
-    with pytest.raises(PipelineError, match="has no confidence column.*run the evaluate stages again"):
+    with pytest.raises(PipelineError, match=r"lacks the columns \['confidence'\].*run the train stages again"):
         mistakes.run(MistakesParams(), out / "splits.json", old, files_in(tmp_path / "report"))
     assert not (tmp_path / "report" / "mistakes.md").exists()
 

@@ -14,7 +14,6 @@ writes them, with mistakes.md and mistakes.json, as one set (:func:`pipeline.cor
 
 from __future__ import annotations
 
-import csv
 import json
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -26,21 +25,10 @@ from pipeline.core import layout
 from pipeline.core.errors import PipelineError
 from pipeline.core.fileutil import atomic_files, sha256_json
 from pipeline.data.sources import Splits, open_source
+from pipeline.store.predictions import Prediction, read_predictions
 
 THUMBNAIL = 128
 """Images are drawn at most this many pixels on a side (CIFAR-10's 32 px as they are)."""
-
-
-@dataclass(frozen=True)
-class Prediction:
-    id: str
-    actual: str
-    predicted: str
-    confidence: float
-
-    @property
-    def wrong(self) -> bool:
-        return self.actual != self.predicted
 
 
 @dataclass
@@ -77,16 +65,6 @@ class HeadMistakes:
         """What this head's pictures are drawn from (its mistakes, ``settings``): equal fingerprints, equal
         pictures, so a head whose predictions did not change is not drawn again."""
         return sha256_json([asdict(self), *settings])
-
-
-def read_predictions(path: str | Path) -> list[Prediction]:
-    """The rows of an evaluate stage's test_predictions.csv."""
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        if "confidence" not in (reader.fieldnames or []):
-            raise PipelineError(f"{path} has no confidence column (written by an older evaluate stage): run the "
-                                "evaluate stages again (dvc repro)")
-        return [Prediction(r["id"], r["actual"], r["predicted"], float(r["confidence"])) for r in reader]
 
 
 def most_confident_mistakes(predictions: list[Prediction], n: int) -> list[Prediction]:

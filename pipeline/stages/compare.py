@@ -15,7 +15,6 @@ top-1 by name.
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from pathlib import Path
@@ -30,6 +29,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.fileutil import atomic_files, write_json
 from pipeline.heads.metrics import chosen_on_validation, mcnemar_exact, wilson_interval
 from pipeline.reports.figures import comparison_table, plot_comparison
+from pipeline.store.predictions import read_predictions
 
 
 def gather_seeds(params: Params, fits_dir: str | Path = layout.SEED_FITS, stem: str | Path = layout.SEEDS) -> dict:
@@ -48,13 +48,7 @@ def gather_seeds(params: Params, fits_dir: str | Path = layout.SEED_FITS, stem: 
 
 def correct_by_id(predictions_csv: Path) -> dict[str, bool]:
     """Whether each test image (by id) was predicted right, from an evaluate stage's test_predictions.csv."""
-    with open(predictions_csv, newline="") as f:
-        rows = csv.reader(f)
-        header = next(rows, [])
-        if not {"id", "actual", "predicted"} <= set(header):
-            raise PipelineError(f"{predictions_csv} lacks the columns id, actual, predicted: re-run its train stage")
-        i, a, p = (header.index(c) for c in ("id", "actual", "predicted"))  # (csv.DictReader: twice as slow)
-        return {row[i]: row[a] == row[p] for row in rows}
+    return {p.id: not p.wrong for p in read_predictions(predictions_csv)}
 
 
 def without(correct: dict[str, bool], removed: set[str]) -> dict:

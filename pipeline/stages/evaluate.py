@@ -38,6 +38,7 @@ from pipeline.heads.base import load_head, softmax, split_scores
 from pipeline.heads.calibration import fit_temperature
 from pipeline.heads.metrics import calibration, classification_metrics
 from pipeline.store.features import FeatureStore
+from pipeline.store.predictions import write_predictions
 
 
 def scores_by_split(head, store: FeatureStore) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -129,11 +130,9 @@ def run(features_path: str | Path, head_path: str | Path, out_dir: str | Path, n
         test_scores, test_labels = scores["test"]
         proba = head.probabilities(test_scores)
         predicted = test_scores.argmax(axis=1)
-        with open(staging / layout.TEST_PREDICTIONS, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["id", "actual", "predicted", "confidence"])
-            writer.writerows((i, classes[a], classes[p], f"{proba[k, p]:.6g}")
-                             for k, (i, a, p) in enumerate(zip(test_ids, test_labels, predicted)))
+        write_predictions(staging / layout.TEST_PREDICTIONS,
+                          ((i, classes[a], classes[p], proba[k, p])
+                           for k, (i, a, p) in enumerate(zip(test_ids, test_labels, predicted))))
     if summary_path is not None:
         write_json(summary_path, summary(results))
     said = ", ".join(f"{s} top-1 {results[s]['top1']:.4f}" for s in scores)
