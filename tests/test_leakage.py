@@ -380,3 +380,36 @@ def test_planted_benchmark_small(tmp_path):
     mirror = next(k for k, t in truth.items() if t["family"] == "mirror" and t["kind"] == "copy")
     scores = result["per_image"]
     assert scores["grey correlation, unaligned"][mirror] < 0.9 < scores["match (the stage)"][mirror]
+
+
+def test_the_labelled_boundary_pairs_are_scored_by_the_stage_check(tmp_path, capsys):
+    """benchmarks/leakage_boundary.py: its labels name real CIFAR-10 test-train pairs, and it reads a pairs.csv
+    made by the real pixel check of five of them: two copies well above the decision (one through the mirror)
+    confirmed, two different photographs well below it rejected, one unsure near it."""
+    import importlib.util
+
+    from tests.conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("leakage_boundary", ROOT / "benchmarks" / "leakage_boundary.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    labels = bench.read_labels(bench.LABELS)
+    assert len(labels) == 168 and set(labels.values()) == set(bench.KINDS)
+    assert all(q.startswith("test/") and b.startswith("train/") for q, b in labels)
+    chosen = [("test/airplane/0800.jpg", "train/airplane/0603.jpg"), ("test/dog/0698.jpg", "train/dog/1113.jpg"),
+              ("test/airplane/0037.jpg", "train/airplane/2494.jpg"), ("test/truck/0587.jpg", "train/truck/4577.jpg"),
+              ("test/horse/0068.jpg", "train/horse/0042.jpg")]
+    assert [labels[key] for key in chosen] == ["same", "same", "different", "different", "unsure"]
+    images = {key: _photo(raw) for key, raw in _cifar_bytes(*{k for pair in chosen for k in pair}).items()}
+    lk = LeakageParams()
+    checked = check_pairs([Pair("test-train", q, b, 1, 0.9) for q, b in chosen],
+                          {k: grey_square(x, lk.pixel_size) for k, x in images.items()},
+                          {k: colour_square(x, lk.pixel_size // 2) for k, x in images.items()}, lk)
+    assert [p.confirmed for p in checked[:4]] == [True, True, False, False] and checked[1].mirrored
+    write_pairs(checked, tmp_path / "pairs.csv")
+    assert bench.main(["--pairs", str(tmp_path / "pairs.csv"), "--params", str(ROOT / "params.yaml")]) == 0
+    out = capsys.readouterr().out
+    unsure = checked[4].confirmed
+    assert "5 of the 168 labelled pairs are in" in out
+    assert f"same                2         0\ndifferent           0         2\nunsure              {int(unsure)}         {int(not unsure)}" in out
+    assert "margin                   1.000" in out  # both copies above both different photographs
