@@ -238,7 +238,7 @@ def evaluate(work: Path, truth: dict, pictures: Path | None = None, reuse: bool 
     """Prepare, extract (``reuse``: unless done before) and check the planted folder with the stage's
     leakage params (``leakage``: any of them changed; None: its default); recall, negatives confirmed and the
     trade-offs."""
-    from pipeline.analyses.leakage import candidates
+    from pipeline.analyses.leakage import candidates, pixel_search, search_thumbnails, union
     from pipeline.core.config import parse_params
     from pipeline.heads.neighbours import top_k_cosine
     from pipeline.stages import extract, prepare
@@ -267,9 +267,19 @@ def evaluate(work: Path, truth: dict, pictures: Path | None = None, reuse: bool 
     found.index[:, lk.neighbours :], found.similarity[:, lk.neighbours :] = -1, -np.inf  # the stage's k
     pairs = candidates(test_ids, train_ids, found, "test-train", lk.min_cosine)
     wanted = {k for p in pairs for k in (p.id, p.nearest_id)}
+    if lk.pixel_neighbours:  # every image may be a candidate of the pixel search
+        wanted |= set(test_ids) | set(train_ids)
     rgb = dict(decoded(str(work / "images"), wanted))
     grey = {k: grey_square(v, lk.pixel_size) for k, v in rgb.items()}
     colour = {k: colour_square(v, lk.pixel_size // 2) for k, v in rgb.items()}
+    if lk.pixel_neighbours:  # the stage's second search, on the pixels
+        nearest = pixel_search(search_thumbnails(np.stack([grey[k] for k in test_ids])),
+                               search_thumbnails(np.stack([grey[k] for k in train_ids]))[0], lk.pixel_neighbours, False)
+        pairs = union(pairs, candidates(test_ids, train_ids, nearest, "test-train", pixels=True))
+    sources = {(k, t["source"]) for k, t in truth.items() if t["kind"] == "copy"}
+    candidate_share = {how: len(sources & {(p.id, p.nearest_id) for p in pairs if keep(p)}) / len(sources)
+                       for how, keep in (("features", lambda p: p.rank > 0), ("pixels", lambda p: p.pixel_rank > 0),
+                                         ("either", lambda p: True))}
     start = time.perf_counter()
     scores, mirrored, details, colours = match(
         np.stack([grey[p.id] for p in pairs]), np.stack([grey[p.nearest_id] for p in pairs]),
@@ -299,6 +309,7 @@ def evaluate(work: Path, truth: dict, pictures: Path | None = None, reuse: bool 
         if t["kind"] != "copy":
             best[p.id] = max(best.get(p.id, -np.inf), m)
     result = {"extract_s": extract_s, "check_s": check_s, "pairs": len(pairs), "rank_of_source": rank_of_source,
+              "candidate_share": candidate_share, "neighbours": lk.neighbours, "pixel_neighbours": lk.pixel_neighbours,
               "per_image": per_image, "threshold": lk.threshold, "min_detail": lk.min_detail,
               "min_colour": lk.min_colour, "truth": truth}
     if pictures is not None:
@@ -371,6 +382,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--pictures", type=Path, default=None)
     parser.add_argument("--neighbours", type=int, default=None, help="leakage.neighbours (default: the stage's)")
     parser.add_argument("--min-colour", type=float, default=None, help="leakage.min_colour (default: the stage's)")
+    parser.add_argument("--pixel-neighbours", type=int, default=None,
+                        help="leakage.pixel_neighbours (default: the stage's; 0: the features alone find candidates)")
     parser.add_argument("--reuse", action="store_true",
                         help="the planted folder and features of the last run in --work")
     args = parser.parse_args(argv)
@@ -385,12 +398,16 @@ def main(argv: list[str] | None = None) -> dict:
         (args.work / "truth.json").write_text(json.dumps(truth))
     print(f"planted {len(truth)} test images into {args.work / 'images'} ({time.perf_counter() - start:.0f} s)")
     result = evaluate(args.work, truth, args.pictures, args.reuse, neighbours=args.neighbours,
-                      min_colour=args.min_colour)
+                      min_colour=args.min_colour, pixel_neighbours=args.pixel_neighbours)
     ranks = result["rank_of_source"]
     print(f"extract {result['extract_s']:.0f} s; pixel check of {result['pairs']} candidate pairs "
           f"{result['check_s']:.1f} s")
     print("copies whose source is among their k nearest by the features: " + ", ".join(
         f"k={k}: {sum(r is not None and r <= k for r in ranks.values()) / len(ranks):.1%}" for k in (1, 3, 5, 10)))
+    share = result["candidate_share"]
+    print(f"copies whose source is a candidate: among the {result['neighbours']} nearest by the features "
+          f"{share['features']:.1%}, the {result['pixel_neighbours']} nearest by the pixels {share['pixels']:.1%}, "
+          f"either {share['either']:.1%}")
     at = recall_table(result, "match (the stage)", result["threshold"], result["min_detail"], result["min_colour"])
     n = {kind: sum(t["kind"] == kind for t in truth.values()) for kind in ("copy", "negative", "plain")}
     screened = sum(t.get("of") in SCREENED for t in truth.values())

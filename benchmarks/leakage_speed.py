@@ -7,8 +7,10 @@ Runs the work of the leakage stage twice on the same feature file and the same i
 process: ``--before`` (default 260d6eb, the stage before issue 29: nearest neighbour only, a cosine
 threshold, the grey difference at 16 px) from ``git archive`` of that revision, and this checkout (its k
 nearest, the pixel alignment). Each process loads torch and warms it up, notes its peak resident memory,
-then searches the features, reads the images of the candidates (and of the pairs it draws) from the
-dataset and checks them; it reports the seconds of each step and the peak memory the work added.
+then searches the features (and the pixels), reads the images of the candidates (every image, with the pixel
+search) and of the pairs it draws from the dataset and checks them; it reports the seconds of each step and the
+peak memory the work added. This checkout runs twice: without the pixel search (``leakage.pixel_neighbours``
+0) and with the defaults.
 
 ``--proxy DIR`` is for when no feature file of the whole dataset is at hand: it writes (once, in a
 separate process) DIR/pooled.h5 with the real ids of ``--splits`` and features computed from the pixels
@@ -35,7 +37,7 @@ import json, resource, sys, time
 import numpy as np
 def peak():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-features, source = sys.argv[1], sys.argv[2]
+features, source, settings = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 """
 
 AFTER = WARM_UP + """
@@ -48,9 +50,9 @@ w = np.eye(8, 64, dtype=np.float32); top_k_cosine(w, w, 2, device="cpu")
 match(np.full((2, 32, 32), 9, np.uint8) + np.eye(32, dtype=np.uint8) * 99, np.full((2, 32, 32), 9, np.uint8))
 before = peak(); start = time.perf_counter()
 with FeatureStore(features) as store:
-    pairs, searched, seconds = find(store, source, LeakageParams(), device="cpu")
+    pairs, searched, seconds = find(store, source, LeakageParams(**settings), device="cpu")
 t = time.perf_counter()
-lk = LeakageParams()
+lk = LeakageParams(**settings)
 thumbnails(source, {k for _, shown in boundary(pairs, lk) for p in shown
                     for k in (p.id, p.nearest_id)})
 seconds["picture's images"] = time.perf_counter() - t
@@ -117,10 +119,10 @@ def write_proxy(path: Path, splits_path: Path, dim: int = 1280, seed: int = 0) -
     partial.assemble(spec, {n: (s.keys, s.labels) for n, s in splits.splits.items()})
 
 
-def run_in(tree: Path, code: str, features: Path, source: str) -> dict:
+def run_in(tree: Path, code: str, features: Path, source: str, settings: dict | None = None) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    out = subprocess.run([sys.executable, "-c", code, str(features), source], env=env, cwd=tree, capture_output=True,
-                         text=True)  # in the tree: python -c puts the working directory first on the path
+    out = subprocess.run([sys.executable, "-c", code, str(features), source, json.dumps(settings or {})], env=env,
+                         cwd=tree, capture_output=True, text=True)  # python -c puts the working directory first
     if out.returncode:
         raise SystemExit(f"the run in {tree} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -157,13 +159,15 @@ def main() -> None:
                                  capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", old], input=archive, check=True)
         results = {f"before ({args.before})": run_in(Path(old), BEFORE, features, source)}
+    results["after, the features' candidates alone (pixel_neighbours 0)"] = run_in(
+        ROOT, AFTER, features, source, {"pixel_neighbours": 0})
     results["after (this checkout)"] = run_in(ROOT, AFTER, features, source)
     for name, r in results.items():
         steps = ", ".join(f"{step} {s:.1f} s" for step, s in r["seconds"].items())
         print(f"{name}: {r['total']:.1f} s ({steps}); peak memory +{r['peak_mib'] - r['before_mib']:,.0f} MiB "
               f"(from {r['before_mib']:,.0f}); {r['candidates']:,} candidates, {r['checked']:,} checked at full size, "
               f"{r['confirmed']:,} confirmed")
-    (b, a) = results.values()
+    b, a = results[f"before ({args.before})"], results["after (this checkout)"]
     added = a["peak_mib"] - a["before_mib"]
     print(f"after / before: time x{a['total'] / b['total']:.2f}, peak memory added {added:,.0f} vs "
           f"{b['peak_mib'] - b['before_mib']:,.0f} MiB; targets, at most 180 s and +400 MiB: "

@@ -170,9 +170,10 @@ def test_curve_and_leakage_stage_params_and_plot_follow_the_config():
         assert ("curves" in listed) == (name in ("curves", "curves-backbone")), name
     assert dvc["stages"]["curves"]["params"] == ["seed", "curves", "backbone.name", "backbone.weights",
                                                  "backbone.input_size", "backbone.storage_dtype"]
+    from pipeline.core.config import LeakageParams
+
     assert [p for p in dvc["stages"]["leakage"]["params"] if p.startswith("leakage")] == [
-        "leakage.neighbours", "leakage.min_cosine", "leakage.pixel_size", "leakage.threshold",
-        "leakage.min_detail", "leakage.min_colour"]  # block_rows: memory only
+        f"leakage.{field}" for field in LeakageParams.model_fields if field != "block_rows"]  # block_rows: memory only
     assert not [name for name, stage in dvc["stages"].items() if name != "leakage"
                 and any(str(p).startswith("leakage") for p in stage.get("do", stage).get("params") or [])]
     (plot,) = [p[f"{layout.CURVES.as_posix()}.csv"] for p in dvc["plots"] if f"{layout.CURVES.as_posix()}.csv" in p]

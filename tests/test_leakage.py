@@ -4,7 +4,6 @@ test figure without them."""
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import math
@@ -20,6 +19,7 @@ from pipeline.analyses.leakage import (
     COLOUR_DETAIL,
     COLOUR_MATCH,
     FIELDS,
+    SEARCH_SIDE,
     Pair,
     candidates,
     check_pairs,
@@ -29,13 +29,17 @@ from pipeline.analyses.leakage import (
     margin,
     match,
     near_copies,
+    pixel_search,
     read_pairs,
+    search_thumbnails,
     summarise,
+    union,
     write_pairs,
 )
 from pipeline.core.config import LeakageParams, parse_params
 from pipeline.core.errors import ConfigError, PipelineError
 from pipeline.heads.neighbours import Neighbours, top_k_cosine
+from pipeline.store.predictions import write_predictions
 from tests.conftest import write_cifar_folder
 
 
@@ -98,6 +102,35 @@ def test_candidates_are_the_k_nearest_above_the_floor_once_within_a_split():
         ("t/a", "r/1", 1, 0.99), ("t/a", "r/2", 2, 0.4), ("t/b", "r/0", 1, 0.99), ("t/b", "r/2", 2, 0.8),
         ("t/c", "r/1", 1, 0.8)]  # -1: no second neighbour
 
+
+def test_the_pixel_search_finds_moved_recoloured_mirrored_copies_and_the_union_keeps_both_ranks():
+    """Real CIFAR-10 images: three copies (shifted 3 px; mirrored and darkened; rescaled by 1.1 and re-encoded at
+    JPEG quality 40) have their source as the pixel search's nearest among 30 images; within one split no image
+    is its own (or its mirror's) neighbour; the union of both searches lists each pair once."""
+    names = [f"train/{c}/{n:04d}.jpg" for c in ("airplane", "cat", "ship") for n in range(10)]
+    raw = _cifar_bytes(*names)
+    base = [_photo(raw[k]) for k in names]
+    copies = [_moved(base[2], 1.0, 3, -2), np.clip(base[14][:, ::-1] * 0.8, 0, 255).astype(np.uint8),
+              _jpeg(_moved(base[25], 1.1, 0, 0), 40)]
+    base_thumbs = search_thumbnails(np.stack([grey_square(x, 32) for x in base]))
+    copy_thumbs = search_thumbnails(np.stack([grey_square(x, 32) for x in copies]))
+    assert base_thumbs[0].shape == (30, SEARCH_SIDE**2)
+    found = pixel_search(copy_thumbs, base_thumbs[0], 3, within=False)
+    assert found.index[:, 0].tolist() == [2, 14, 25]
+    assert all(len(set(row)) == 3 for row in found.index.tolist())
+    within = pixel_search(base_thumbs, base_thumbs[0], 3, within=True)
+    assert all(i not in row for i, row in enumerate(within.index.tolist()))
+    assert np.all(np.diff(within.similarity, axis=1) <= 0)  # most similar first
+    ids = ["test/0", "test/1", "test/2"]
+    by_pixels = candidates(ids, names, found, "test-train", pixels=True)
+    assert [(p.id, p.nearest_id, p.rank, p.pixel_rank) for p in by_pixels[:3]] == [
+        ("test/0", names[2], 0, 1), ("test/0", names[found.index[0, 1]], 0, 2),
+        ("test/0", names[found.index[0, 2]], 0, 3)]
+    assert all(math.isnan(p.cosine) for p in by_pixels)
+    by_features = [Pair("test-train", "test/1", names[14], 2, 0.93),
+                   Pair("test-train", "test/1", "train/other.jpg", 1, 0.95)]
+    both = union(by_features, by_pixels)
+    assert len(both) == len(by_pixels) + 1 and both[:2] == [replace(by_features[0], pixel_rank=1), by_features[1]]
 
 def test_grey_square():
     rng = np.random.default_rng(0)
@@ -193,10 +226,14 @@ def test_pairs_table_round_trip_and_near_copies(tmp_path):
              Pair("test-train", "test/b.jpg", "train/y.jpg", 2, 0.962, 0.71, 0.5, False, False, 0.25),
              Pair("test-val", "test/c.jpg", "train/z.jpg", 1, 0.97, 0.9, 0.8, True, True, 0.5),
              Pair("val-train", "train/z.jpg", "train/x.jpg", 1, 0.99, 0.99, 0.95, False, True, 0.99),
-             Pair("test-test", "test/a.jpg", "test/d.jpg", 3, 0.99, 0.93, 0.85, False, True)]  # no colour: NaN
+             Pair("test-test", "test/a.jpg", "test/d.jpg", 3, 0.99, 0.93, 0.85, False, True),  # no colour: NaN
+             Pair("test-train", "test/e.jpg", "train/w.jpg", 0, math.nan, 0.9, 0.8, False, True, 0.9, pixel_rank=2)]
     write_pairs(pairs, tmp_path / "pairs.csv")
     back = read_pairs(tmp_path / "pairs.csv")
     assert back[:4] == pairs[:4] and math.isnan(back[4].colour) and replace(back[4], colour=0.0) == replace(pairs[4], colour=0.0)
+    assert math.isnan(back[5].cosine) and replace(back[5], cosine=0.0) == replace(pairs[5], cosine=0.0)  # pixels only
+    assert summarise(back, {"test-train": (10, 50)}, {})["pairs"]["test-train"]["confirmed_by_pixel_search_only"] == 1
+    write_pairs(pairs[:5], tmp_path / "pairs.csv")
     back = read_pairs(tmp_path / "pairs.csv")
     assert near_copies(back) == {"test/a.jpg", "test/c.jpg"}  # confirmed, of test, in train or val
     assert near_copies(back, "test", ["train"]) == {"test/a.jpg"}
@@ -205,7 +242,7 @@ def test_pairs_table_round_trip_and_near_copies(tmp_path):
     assert summary["test_with_near_copy_in_train"] == 1 and summary["test_removed"] == 2
     assert summary["threshold"] == 0.85
     assert summary["pairs"]["test-train"] == {"searched": 10, "candidates": 50, "checked": 2, "confirmed": 1,
-                                              "mirrored": 0, "images": 1}
+                                              "mirrored": 0, "images": 1, "confirmed_by_pixel_search_only": 0}
     assert summary["pairs"]["test-val"]["mirrored"] == 1
     assert summary["pairs"]["test-test"]["images"] == 2  # both images of a pair within test
     (tmp_path / "bad.csv").write_text("split_pair,id\ntest-train,a\n")
@@ -298,20 +335,34 @@ def test_planted_near_copies_are_found_and_confirmed(planted):
     assert summary["test_with_near_copy_in_train"] == 4 and summary["test_removed"] == 5
     test_train = summary["pairs"]["test-train"]
     assert test_train["searched"] == 15 and test_train["mirrored"] == 1
-    assert test_train["checked"] < test_train["candidates"] <= 15 * planted["params"].leakage.neighbours
+    assert 15 * lk.neighbours < test_train["candidates"] <= 15 * (lk.neighbours + lk.pixel_neighbours)  # both searches
+    assert test_train["checked"] < test_train["candidates"]
     assert summary["pairs"]["val-train"]["searched"] == 6
     assert summary["pairs"]["test-test"]["confirmed"] == 2 and summary["pairs"]["test-test"]["images"] == 4
     assert Image.open(planted["out"] / "pairs.png").size[0] > 400
     assert sorted(p.name for p in planted["out"].iterdir()) == ["pairs.csv", "pairs.png", "summary.json"]
 
 
+def test_without_the_pixel_search_the_features_alone_find_the_candidates(planted):
+    """leakage.pixel_neighbours: 0: only the features' candidates, none found by the pixels; on this folder the
+    features already rank every planted copy among the nearest, so the same pairs are confirmed."""
+    from pipeline.stages import leakage
+
+    root = planted["out"].parent
+    params = planted["params"].model_copy(update={"leakage": planted["params"].leakage.model_copy(
+        update={"pixel_neighbours": 0})})
+    summary = leakage.run(params, root / "pooled.h5", root / "splits.json", root / "features-only", device="cpu")
+    pairs = read_pairs(root / "features-only" / "pairs.csv")
+    assert all(p.rank > 0 and p.pixel_rank == 0 for p in pairs)
+    assert summary["pairs"]["test-train"]["candidates"] <= 15 * params.leakage.neighbours
+    assert {(p.split_pair, p.id, p.nearest_id) for p in pairs if p.confirmed} == {
+        (p.split_pair, p.id, p.nearest_id) for p in planted["pairs"] if p.confirmed}
+    assert summary["pixel_neighbours"] == 0
+
 # -- compare: the test figure without near-copies ---------------------------------------------------
 def _evaluated(folder: Path, name: str, right: dict[str, bool]) -> Path:
     folder.mkdir(parents=True)
-    with open(folder / "test_predictions.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["id", "actual", "predicted"])
-        writer.writerows((i, "cat", "cat" if ok else "dog") for i, ok in right.items())
+    write_predictions(folder / "test_predictions.csv", ((i, "cat", "cat" if ok else "dog", 0.9) for i, ok in right.items()))
     top1 = sum(right.values()) / len(right)
     metrics = {"name": name, "head": "logistic", "test": {"n": len(right), "top1": top1, "top1_low": 0.0,
                                                           "top1_high": 1.0, "mean_class_accuracy": top1}}

@@ -6,9 +6,11 @@ few pixels, cropped, rescaled, recoloured, re-encoded, mirrored. A test image wh
 training images measures memory, not generalisation. Three steps:
 
 1. :func:`search`: for every image of a query split, its ``k`` nearest images of a base split by cosine
-   similarity of the pooled features f(x) (:func:`pipeline.heads.neighbours.top_k_cosine`, exact and blockwise).
-2. :func:`candidates`: every one of those k neighbours (rank, not a cosine scale, decides), above a
-   permissive cosine floor.
+   similarity of the pooled features f(x) (:func:`pipeline.heads.neighbours.top_k_cosine`, exact and blockwise);
+   and :func:`pixel_search`: its nearest by tiny grey thumbnails of the pixels (:func:`search_thumbnails`),
+   upright or mirrored, which finds the copies the features rank lower (one of many copies of a photograph).
+2. :func:`candidates`: every one of those neighbours (rank, not a cosine scale, decides), above a
+   permissive cosine floor for the features; :func:`union` of both searches' candidates.
 3. :func:`match`: the two images of each candidate, grey, brought to ``size`` x ``size`` pixels, are
    aligned over a grid of scales, shifts and the mirror, and compared by the cosine similarity of their
    gradient fields (which ignores brightness and contrast, and weighs edges, not plain backgrounds); a
@@ -72,12 +74,13 @@ def search(store, k: int, block_rows: int, device=None) -> dict[tuple[str, str],
 
 
 # -- pairs -------------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a third of the memory; the stage holds a few hundred thousand
 class Pair:
-    """A query image and one of its k nearest images in the base split: its ``rank`` there (1: the
-    nearest) and their cosine similarity; the pixel check fills ``match`` (the cosine similarity of the
-    gradient fields at the best alignment, -1 to 1), ``detail`` (the cosine of the gradient directions at
-    that alignment, -1 to 1), ``mirrored`` (that alignment is the mirror image), ``colour`` and
+    """A query image and one of its k nearest images in the base split: its ``rank`` there by the features (1: the
+    nearest; 0: not among them, found by the pixel search) and their cosine similarity (NaN where rank is 0), its
+    ``pixel_rank`` by the pixel search (0: not among its neighbours); the pixel check fills ``match`` (the cosine
+    similarity of the gradient fields at the best alignment, -1 to 1), ``detail`` (the cosine of the gradient
+    directions at that alignment, -1 to 1), ``mirrored`` (that alignment is the mirror image), ``colour`` and
     ``confirmed`` (:func:`confirm`)."""
 
     split_pair: str
@@ -93,6 +96,7 @@ class Pair:
     colour: float = float("nan")
     """The cosine of the two images' colour layouts at that alignment; NaN where one of them has too
     little colour to say (:data:`CHROMA_FLOOR`)."""
+    pixel_rank: int = 0
 
 
 def split_pair_name(query: str, base: str) -> str:
@@ -100,10 +104,11 @@ def split_pair_name(query: str, base: str) -> str:
 
 
 def candidates(query_ids: Sequence[str], base_ids: Sequence[str], found: Neighbours, split_pair: str,
-               min_cosine: float = -1.0) -> list[Pair]:
+               min_cosine: float = -1.0, pixels: bool = False) -> list[Pair]:
     """Every query image with each of its k nearest base images whose cosine is at least ``min_cosine``,
     by query then rank. Within one split (``test-test``) the pair of a and b is listed once, as (the
-    smaller id, the larger id), at the better rank of the two searches that found it."""
+    smaller id, the larger id), at the better rank of the two searches that found it. ``pixels``: ``found``
+    is the :func:`pixel_search`'s, its ranks go to ``pixel_rank`` (``rank`` 0, ``cosine`` NaN)."""
     within = split_pair.split("-")[0] == split_pair.split("-")[1]
     out: dict[tuple[str, str], Pair] = {}
     for i, q in enumerate(query_ids):
@@ -112,9 +117,71 @@ def candidates(query_ids: Sequence[str], base_ids: Sequence[str], found: Neighbo
             if j < 0 or not cosine >= min_cosine:
                 continue
             a, b = (min(q, base_ids[j]), max(q, base_ids[j])) if within else (q, base_ids[j])
-            if (a, b) not in out or out[a, b].rank > r + 1:
-                out[a, b] = Pair(split_pair, a, b, r + 1, cosine)
+            if (a, b) not in out or (out[a, b].pixel_rank if pixels else out[a, b].rank) > r + 1:
+                out[a, b] = (Pair(split_pair, a, b, 0, float("nan"), pixel_rank=r + 1) if pixels
+                             else Pair(split_pair, a, b, r + 1, cosine))
     return list(out.values())
+
+
+def union(by_features: Iterable[Pair], by_pixels: Iterable[Pair]) -> list[Pair]:
+    """The candidates of both searches, each pair once: a pair both found keeps the features' rank and
+    cosine and gains its ``pixel_rank``; the features' pairs first, in their order."""
+    from dataclasses import replace
+
+    out = {(p.split_pair, p.id, p.nearest_id): p for p in by_features}
+    for p in by_pixels:
+        key = (p.split_pair, p.id, p.nearest_id)
+        out[key] = replace(out[key], pixel_rank=p.pixel_rank) if key in out else p
+    return list(out.values())
+
+
+# -- the pixel search ----------------------------------------------------------------------------------
+SEARCH_SIDE = 6
+"""The pixel search compares images as SEARCH_SIDE x SEARCH_SIDE grey thumbnails: coarse enough that
+shifts, crops and rescaling within the families the check tolerates move a thumbnail's pixels by less
+than one (on the planted benchmark 6 found more copies than 4, 8, 12 or 16)."""
+
+
+SEARCH_BLOCK = 1024
+"""Rows per block of the pixel search: its similarities of a block with a block take 4 MiB (at 4,096 rows,
+64 MiB and 0.1 GiB more peak memory for the stage on CIFAR-10, for no gain in time)."""
+
+
+def search_thumbnails(greys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, S, S) uint8 grey squares (:func:`grey_square`) -> their search thumbnails upright and mirrored,
+    each (N, SEARCH_SIDE ** 2) float32: blurred (1.5 px at 32 px), area averages down to
+    :data:`SEARCH_SIDE`, less their mean (the search's cosine then ignores brightness and contrast). In chunks of
+    :data:`SEARCH_BLOCK` images (the blur's matrix products take 4 times their size: 16 MiB at a time)."""
+    import torch
+    import torch.nn.functional as F
+
+    out = np.empty((2, len(greys), SEARCH_SIDE**2), np.float32)
+    for start in range(0, len(greys), SEARCH_BLOCK):
+        g = torch.from_numpy(np.ascontiguousarray(greys[start : start + SEARCH_BLOCK], np.float32))[:, None]
+        for version, image in enumerate((g, g.flip(-1))):
+            t = F.adaptive_avg_pool2d(_blur(image, 1.5 * g.shape[-1] / 32), SEARCH_SIDE).flatten(1)
+            out[version, start : start + len(g)] = (t - t.mean(dim=1, keepdim=True)).numpy()
+    return out[0], out[1]
+
+
+def pixel_search(query: tuple[np.ndarray, np.ndarray], base: np.ndarray, k: int, within: bool,
+                 device=None) -> Neighbours:
+    """The ``k`` nearest ``base`` thumbnails (:func:`search_thumbnails`, upright) of each ``query`` (upright,
+    mirrored) by cosine, the better of the query's two versions for each base image. ``within``: query and
+    base are the same images, an image is never its own neighbour (nor its mirror's)."""
+    found = [top_k_cosine(version, base, k, exclude_self=within, block_rows=SEARCH_BLOCK, device=device)
+             for version in query]
+    index = np.concatenate([f.index for f in found], axis=1)
+    similarity = np.concatenate([f.similarity for f in found], axis=1)
+    best_index, best = np.full((len(index), k), -1), np.full((len(index), k), -np.inf, np.float32)
+    for i, (row, sims) in enumerate(zip(index, similarity)):
+        kept: dict[int, float] = {}
+        for j, s in sorted(zip(row.tolist(), sims.tolist()), key=lambda x: -x[1]):
+            if j >= 0 and j not in kept:
+                kept[j] = s
+        for r, (j, s) in enumerate(list(kept.items())[:k]):
+            best_index[i, r], best[i, r] = j, s
+    return Neighbours(best_index, best)
 
 
 # -- the pixel check -----------------------------------------------------------------------------
@@ -367,7 +434,8 @@ def check_pairs(pairs: Sequence[Pair], grey: dict[str, np.ndarray], colour: dict
 
 
 # -- the table and its summary ----------------------------------------------------------------------
-FIELDS = ["split_pair", "id", "nearest_id", "rank", "cosine", "match", "detail", "mirrored", "confirmed", "colour"]
+FIELDS = ["split_pair", "id", "nearest_id", "rank", "cosine", "match", "detail", "mirrored", "confirmed", "colour",
+          "pixel_rank"]
 _BOOL = {"true": True, "false": False}
 
 
@@ -376,9 +444,10 @@ def write_pairs(pairs: Iterable[Pair], path: str | Path) -> None:
         writer = csv.writer(f)
         writer.writerow(FIELDS)
         for p in pairs:
-            writer.writerow([p.split_pair, p.id, p.nearest_id, p.rank, f"{p.cosine:.6f}", f"{p.match:.4f}",
-                             f"{p.detail:.4f}", str(p.mirrored).lower(), str(p.confirmed).lower(),
-                             "" if math.isnan(p.colour) else f"{p.colour:.4f}"])
+            cosine = "" if math.isnan(p.cosine) else f"{p.cosine:.6f}"
+            writer.writerow([p.split_pair, p.id, p.nearest_id, p.rank, cosine, f"{p.match:.4f}", f"{p.detail:.4f}",
+                             str(p.mirrored).lower(), str(p.confirmed).lower(),
+                             "" if math.isnan(p.colour) else f"{p.colour:.4f}", p.pixel_rank])
 
 
 def read_pairs(path: str | Path) -> list[Pair]:
@@ -391,9 +460,9 @@ def read_pairs(path: str | Path) -> list[Pair]:
             raise PipelineError(f"{path} has the columns {reader.fieldnames}, expected {FIELDS}: "
                                 "run the leakage stage again (dvc repro)")
         try:
-            return [Pair(r["split_pair"], r["id"], r["nearest_id"], int(r["rank"]), float(r["cosine"]),
+            return [Pair(r["split_pair"], r["id"], r["nearest_id"], int(r["rank"]), float(r["cosine"] or "nan"),
                          float(r["match"]), float(r["detail"]), _BOOL[r["mirrored"]], _BOOL[r["confirmed"]],
-                         float(r["colour"] or "nan"))
+                         float(r["colour"] or "nan"), int(r["pixel_rank"]))
                     for r in reader]
         except (ValueError, KeyError) as err:
             raise PipelineError(f"{path} line {reader.line_num}: not a pair ({err}); "
@@ -407,10 +476,10 @@ def near_copies(pairs: Iterable[Pair], query: str = "test", bases: Sequence[str]
 
 
 def summarise(pairs: Sequence[Pair], searched: dict[str, tuple[int, int]], settings: dict) -> dict:
-    """Counts per split pair (``searched``: split pair -> (query images searched, candidate pairs)): the
-    candidates, the pairs ``checked`` at full size (listed in the table), the ``confirmed`` ones, of which
-    ``mirrored``, and the images of the query split in a confirmed pair; the headline numbers first, then
-    ``settings`` (the params)."""
+    """Counts per split pair (``searched``: split pair -> (query images searched, candidate pairs)): the candidates, the
+    pairs ``checked`` at full size (listed in the table), the ``confirmed`` ones, of which ``mirrored`` and those
+    only the pixel search found, and the images of the query split in a confirmed pair; the headline numbers first,
+    then ``settings`` (the params)."""
     per_pair = {}
     for name, (n, listed) in searched.items():
         mine = [p for p in pairs if p.split_pair == name]
@@ -418,7 +487,8 @@ def summarise(pairs: Sequence[Pair], searched: dict[str, tuple[int, int]], setti
         within = name.split("-")[0] == name.split("-")[1]
         images = {p.id for p in confirmed} | ({p.nearest_id for p in confirmed} if within else set())
         per_pair[name] = {"searched": n, "candidates": listed, "checked": len(mine), "confirmed": len(confirmed),
-                          "mirrored": sum(p.mirrored for p in confirmed), "images": len(images)}
+                          "mirrored": sum(p.mirrored for p in confirmed), "images": len(images),
+                          "confirmed_by_pixel_search_only": sum(p.rank == 0 for p in confirmed)}
     return {
         "test_with_near_copy_in_train": len(near_copies(pairs, "test", ["train"])),
         "test_removed": len(near_copies(pairs)),
@@ -434,10 +504,10 @@ COLUMNS = 12
 
 def plot_pairs(groups: Sequence[tuple[str, Sequence[Pair]]], images: dict[str, np.ndarray], path: str | Path,
                title: str) -> None:
-    """Pairs side by side: for each group (a label and its pairs), rows of query images above rows of
-    their candidate images, :data:`COLUMNS` pairs a row, each pair captioned with its split pair, the
-    candidate's rank and cosine, its match (``M``: mirrored), detail and colour (``-``: too little colour);
-    green: confirmed, orange: not."""
+    """Pairs side by side: for each group (a label and its pairs), rows of query images above rows of their candidate
+    images, :data:`COLUMNS` pairs a row, each pair captioned with its split pair, the candidate's rank and cosine
+    (``pixels #r``: found by the pixel search alone), its match (``M``: mirrored), detail and colour (``-``: too
+    little colour); green: confirmed, orange: not."""
     rows = [(label, list(pairs[i : i + COLUMNS])) for label, pairs in groups if pairs
             for i in range(0, len(pairs), COLUMNS)]
     columns = max((len(pairs) for _, pairs in rows), default=1)
@@ -459,7 +529,8 @@ def plot_pairs(groups: Sequence[tuple[str, Sequence[Pair]]], images: dict[str, n
                 for spine in ax.spines.values():
                     spine.set_edgecolor(colour)
                     spine.set_linewidth(2.5)
-            axes[2 * g, c].set_title(f"{p.split_pair} #{p.rank} cos {p.cosine:.2f}\nmatch {p.match:.3f}"
+            found = f"#{p.rank} cos {p.cosine:.2f}" if p.rank else f"pixels #{p.pixel_rank}"
+            axes[2 * g, c].set_title(f"{p.split_pair} {found}\nmatch {p.match:.3f}"
                                      f"{' M' if p.mirrored else ''}\ndetail {p.detail:.3f}"
                                      f"\ncolour {'-' if math.isnan(p.colour) else f'{p.colour:.3f}'}", fontsize=6.5,
                                      color=colour)

@@ -453,6 +453,13 @@ class LeakageParams(Section):
     """... at least this similar (a permissive floor: fewer pixel checks, not a decision)
 
     a permissive floor: a neighbour less similar than this is not a candidate (fewer pixel checks, not a decision)"""
+    pixel_neighbours: int = Field(5, ge=0, le=100)
+    """... and its k nearest by a tiny grey thumbnail, upright or mirrored (0: off)
+
+    candidates per query image from a second search, on the pixels: its this many nearest images of the other split
+    by the cosine of 6 x 6 grey thumbnails (blurred, less their mean), the query upright or mirrored; finds the
+    copies the features do not rank among the nearest (one of many copies of a photograph, a strongly recoloured
+    copy); 0: the features alone find candidates, and only their images are read"""
     pixel_size: int = Field(32, ge=16, le=128)
     """the pixel check aligns both images in grey at pixel_size x pixel_size (shifts, scales, mirror)
 

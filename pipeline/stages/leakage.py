@@ -1,13 +1,14 @@
 """Stage leakage (data side): near-copies between the splits, found on the pooled features, confirmed on the pixels.
 
-For every test image its ``leakage.neighbours`` nearest training images, validation images and other test
-images, and for every validation image its nearest training images, by cosine similarity of the cached
-pooled features (exact, in blocks: :func:`pipeline.analyses.leakage.search`). The images of these candidates are
-read from the dataset and aligned in grey at ``leakage.pixel_size`` pixels (:func:`pipeline.analyses.leakage.match`),
-which confirms a pair or not. Writes, as one set, evaluation/leakage/pairs.csv (every candidate checked
-at full size), summary.json (counts) and pairs.png (the test pairs nearest the threshold on both sides).
-It reads images, so it is data side: no head-side module imports it; the compare stage reads only the
-ids in pairs.csv.
+For every test image its ``leakage.neighbours`` nearest training images, validation images and other test images,
+and for every validation image its nearest training images, by cosine similarity of the cached pooled features
+(exact, in blocks: :func:`pipeline.analyses.leakage.search`), and as many again (``leakage.pixel_neighbours``) by
+tiny grey thumbnails of the pixels (:func:`pipeline.analyses.leakage.pixel_search`, which reads every image). The
+images of these candidates are read from the dataset and aligned in grey at ``leakage.pixel_size`` pixels
+(:func:`pipeline.analyses.leakage.match`), which confirms a pair or not. Writes, as one set,
+evaluation/leakage/pairs.csv (every candidate checked at full size), summary.json (counts) and pairs.png (the test
+pairs nearest the threshold on both sides). It reads images, so it is data side: no head-side module imports it; the
+compare stage reads only the ids in pairs.csv.
 """
 
 from __future__ import annotations
@@ -28,10 +29,13 @@ from pipeline.analyses.leakage import (
     colour_square,
     grey_square,
     margin,
+    pixel_search,
     plot_pairs,
     search,
+    search_thumbnails,
     split_pair_name,
     summarise,
+    union,
     write_pairs,
 )
 from pipeline.core import layout
@@ -84,8 +88,9 @@ def picture_title(lk: LeakageParams, backbone: str) -> str:
     else:
         colour = "colour: colour layouts' cosine there (-: too little colour)"
         rule = f", or colour >= {lk.min_colour} and match >= {COLOUR_MATCH} and detail >= {COLOUR_DETAIL}"
+    pixels = f", or of its {lk.pixel_neighbours} by the pixels (pixels #rank)" if lk.pixel_neighbours else ""
     return (f"test images (top) and a candidate near-copy (bottom): one of its {lk.neighbours} nearest by the pooled "
-            f"features ({backbone}), #rank, cosine\nmatch: gradient fields' cosine at the best alignment at "
+            f"features ({backbone}), #rank, cosine{pixels}\nmatch: gradient fields' cosine at the best alignment at "
             f"{lk.pixel_size} px (M: mirrored), detail: gradient directions' cosine there, {colour}\ngreen: confirmed "
             f"(match >= {lk.threshold} and detail >= {lk.min_detail}{rule}), orange: rejected")
 
@@ -108,24 +113,37 @@ def find(store: FeatureStore, source: str, lk: LeakageParams, device=None) -> tu
     ids = {s: store.ids(s) for s in store.splits}
     found = search(store, lk.neighbours, lk.block_rows, device)
     seconds = {"search": time.perf_counter() - start}
-    listed, searched = [], {}
-    for (query, base), neighbours in found.items():
-        name = split_pair_name(query, base)
-        mine = candidates(ids[query], ids[base], neighbours, name, lk.min_cosine)
-        listed += mine
-        searched[name] = (len(ids[query]), len(mine))
+    by_features = {(query, base): candidates(ids[query], ids[base], neighbours, split_pair_name(query, base),
+                                             lk.min_cosine)
+                   for (query, base), neighbours in found.items()}
     del found
     start = time.perf_counter()
+    if lk.pixel_neighbours:  # every image may be a candidate of the pixel search
+        wanted = {k for split in {s for pair in by_features for s in pair} for k in ids[split]}
+    else:
+        wanted = {k for listed in by_features.values() for p in listed for k in (p.id, p.nearest_id)}
     grey, colour = {}, None if lk.min_colour is None else {}
-    for key, image in decoded(source, {k for p in listed for k in (p.id, p.nearest_id)}):
+    for key, image in decoded(source, wanted):
         grey[key] = grey_square(image, lk.pixel_size)
         if colour is not None:
             colour[key] = colour_square(image, lk.pixel_size // 2)
-    seconds["reading"] = time.perf_counter() - start
-    start = time.perf_counter()
-    checked = check_pairs(listed, grey, colour, lk)
+    seconds.update({"reading": time.perf_counter() - start, "pixel search": 0.0, "pixel check": 0.0})
+    checked, searched, thumbs = [], {}, {}
+    for (query, base), listed in by_features.items():
+        name = split_pair_name(query, base)
+        if lk.pixel_neighbours:
+            start = time.perf_counter()
+            for split in (query, base):
+                if split not in thumbs:
+                    thumbs[split] = search_thumbnails(np.stack([grey[k] for k in ids[split]]))
+            nearest = pixel_search(thumbs[query], thumbs[base][0], lk.pixel_neighbours, query == base, device)
+            listed = union(listed, candidates(ids[query], ids[base], nearest, name, pixels=True))
+            seconds["pixel search"] += time.perf_counter() - start
+        searched[name] = (len(ids[query]), len(listed))
+        start = time.perf_counter()
+        checked += check_pairs(listed, grey, colour, lk)
+        seconds["pixel check"] += time.perf_counter() - start
     checked.sort(key=lambda p: (p.split_pair, -p.match, p.id, p.nearest_id))
-    seconds["pixel check"] = time.perf_counter() - start
     return checked, searched, seconds
 
 
