@@ -76,7 +76,7 @@ def run(metrics_paths: list[str | Path], out_stem: str | Path, pairs_path: str |
             if row["name"] in spread:
                 row["seeds"] = spread[row["name"]]
     rows.sort(key=lambda r: -r["test"]["top1"])
-    removed = None if pairs_path is None else near_copies(read_pairs(pairs_path))
+    removed = None if pairs_path is None else near_copies(read_pairs(pairs_path, confirmed_only=True))
     correct = [correct_by_id(row.pop("_predictions")) for row in rows]
     best = correct[0]
     if removed is not None and (stale := removed - best.keys()):
