@@ -139,7 +139,8 @@ def union(by_features: Iterable[Pair], by_pixels: Iterable[Pair]) -> list[Pair]:
 SEARCH_SIDE = 6
 """The pixel search compares images as SEARCH_SIDE x SEARCH_SIDE grey thumbnails: coarse enough that
 shifts, crops and rescaling within the families the check tolerates move a thumbnail's pixels by less
-than one (on the planted benchmark 6 found more copies than 4, 8, 12 or 16)."""
+than one (on the planted benchmark, 6 put a copy's source first for 98.0% of the copies, 4, 8, 12 and 16
+for 94.7% to 97.0%)."""
 
 
 SEARCH_BLOCK = 1024
