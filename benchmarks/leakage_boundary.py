@@ -93,13 +93,14 @@ def main(argv: list[str] | None = None) -> int:
               f"{np.percentile(values['same'], 10):15.3f} {np.percentile(values['different'], 90):20.3f}")
 
     if args.picture:
+        from pipeline.data.images import thumbnails
         from pipeline.data.sources import Splits
-        from pipeline.stages.leakage import thumbnails
+        from pipeline.stages.leakage import THUMBNAIL
 
         groups = [(kind, sorted((p for p, label in found if label == kind), key=lambda p: -margin(p, lk)))
                   for kind in KINDS]
         images = thumbnails(Splits.load(layout.SPLITS).source, {k for _, ps in groups for p in ps
-                                                                for k in (p.id, p.nearest_id)})
+                                                                for k in (p.id, p.nearest_id)}, THUMBNAIL)
         plot_pairs(groups, images, args.picture, f"labelled by eye: {', '.join(KINDS)}, by margin; "
                    "green: confirmed, orange: rejected")
         print(f"\n-> {args.picture}")

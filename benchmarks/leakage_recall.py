@@ -174,14 +174,14 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
 
 def build(source: str, work: Path, per_family: int, negatives: int, plain: int, base: int, seed: int) -> dict:
     """Write the planted image folder ``work/images``; returns what each test image is."""
+    from pipeline.data.images import read_images
     from pipeline.data.sources import open_source
-    from pipeline.stages.leakage import decoded
 
     rng = np.random.default_rng(seed)
     train = [(key, cls) for key, split, cls in open_source(source).entries() if split == "train"]
     keys = [k for k, _ in train]
     classes = np.array([c for _, c in train])
-    images = dict(decoded(source, keys))
+    images = dict(read_images(source, keys))
     small = np.stack([grey_square(images[k], 16) for k in keys])
     borders = np.array([plain_border(grey_square(images[k], 32)) for k in keys])
     order = rng.permutation(len(keys))
@@ -240,9 +240,9 @@ def evaluate(work: Path, truth: dict, pictures: Path | None = None, reuse: bool 
     trade-offs."""
     from pipeline.analyses.leakage import candidates, pixel_search, search_thumbnails, union
     from pipeline.core.config import parse_params
+    from pipeline.data.images import read_images
     from pipeline.heads.neighbours import top_k_cosine
     from pipeline.stages import extract, prepare
-    from pipeline.stages.leakage import decoded
     from pipeline.store.features import FeatureStore
 
     params = parse_params({"data": {"source": str(work / "images"), "val_fraction": 0.0},
@@ -269,7 +269,7 @@ def evaluate(work: Path, truth: dict, pictures: Path | None = None, reuse: bool 
     wanted = {k for p in pairs for k in (p.id, p.nearest_id)}
     if lk.pixel_neighbours:  # every image may be a candidate of the pixel search
         wanted |= set(test_ids) | set(train_ids)
-    rgb = dict(decoded(str(work / "images"), wanted))
+    rgb = dict(read_images(str(work / "images"), wanted))
     grey = {k: grey_square(v, lk.pixel_size) for k, v in rgb.items()}
     colour = {k: colour_square(v, lk.pixel_size // 2) for k, v in rgb.items()}
     if lk.pixel_neighbours:  # the stage's second search, on the pixels

@@ -45,7 +45,8 @@ from pipeline.store.features import FeatureStore
 from pipeline.analyses.leakage import match
 from pipeline.core.config import LeakageParams
 from pipeline.heads.neighbours import top_k_cosine
-from pipeline.stages.leakage import boundary, find, thumbnails
+from pipeline.data.images import thumbnails
+from pipeline.stages.leakage import THUMBNAIL, boundary, find
 w = np.eye(8, 64, dtype=np.float32); top_k_cosine(w, w, 2, device="cpu")
 match(np.full((2, 32, 32), 9, np.uint8) + np.eye(32, dtype=np.uint8) * 99, np.full((2, 32, 32), 9, np.uint8))
 before = peak(); start = time.perf_counter()
@@ -54,7 +55,7 @@ with FeatureStore(features) as store:
 t = time.perf_counter()
 lk = LeakageParams(**settings)
 thumbnails(source, {k for _, shown in boundary(pairs, lk) for p in shown
-                    for k in (p.id, p.nearest_id)})
+                    for k in (p.id, p.nearest_id)}, THUMBNAIL)
 seconds["picture's images"] = time.perf_counter() - t
 print(json.dumps({"seconds": seconds, "total": time.perf_counter() - start, "before_mib": before, "peak_mib": peak(),
                   "candidates": sum(c for _, c in searched.values()), "checked": len(pairs),
@@ -93,8 +94,8 @@ def write_proxy(path: Path, splits_path: Path, dim: int = 1280, seed: int = 0) -
     from PIL import Image
 
     from pipeline.analyses.leakage import grey_square
+    from pipeline.data.images import read_images
     from pipeline.data.sources import Splits
-    from pipeline.stages.leakage import decoded
     from pipeline.store.features import FeatureSpec, PartialFeatures
 
     splits = Splits.load(splits_path)
@@ -102,7 +103,7 @@ def write_proxy(path: Path, splits_path: Path, dim: int = 1280, seed: int = 0) -
     projection = rng.normal(0, 1, (256 + 192, dim)).astype(np.float32) / 16
     order = {k: (name, i) for name, split in splits.splits.items() for i, k in enumerate(split.keys)}
     rows = {name: np.zeros((len(split.keys), dim), np.float32) for name, split in splits.splits.items()}
-    for key, image in decoded(splits.source, order):
+    for key, image in read_images(splits.source, order):
         grey = grey_square(image, 16).astype(np.float32).ravel() / 255
         colour = np.asarray(Image.fromarray(image).resize((8, 8))).astype(np.float32).ravel() / 255
         x = np.concatenate([grey - grey.mean(), colour - colour.mean()]) @ projection

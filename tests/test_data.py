@@ -486,3 +486,25 @@ def test_a_damaged_archive_is_a_clear_error(tmp_path):
     (tmp_path / "bad.tar").write_bytes(b"x" * 2048)
     with pytest.raises(DatasetError, match=r"cannot read archive"):
         open_source(tmp_path / "bad.tar").all_files()
+
+
+def test_images_by_id_are_read_in_one_pass_large_jpegs_reduced(tmp_path):
+    """read_images / thumbnails: the images asked for, from a folder; a large JPEG decoded at the smallest DCT
+    scale that still covers what is asked (640 x 480 for 32 px: 1/8, 80 x 60); an id the dataset no longer holds
+    and a corrupt file are refused naming them."""
+    from pipeline.data.images import read_images, thumbnails
+
+    rng = np.random.default_rng(0)
+    write_image(tmp_path / "train" / "a" / "big.jpg", rng, size=(640, 480))
+    write_image(tmp_path / "train" / "a" / "small.png", rng, size=(20, 16))
+    write_image(tmp_path / "test" / "b" / "x.png", rng, size=(40, 30))
+    got = dict(read_images(str(tmp_path), ["train/a/big.jpg", "train/a/small.png"], cover=32))
+    assert got["train/a/big.jpg"].shape == (60, 80, 3) and got["train/a/small.png"].shape == (16, 20, 3)
+    assert dict(read_images(str(tmp_path), ["train/a/big.jpg"]))["train/a/big.jpg"].shape == (480, 640, 3)
+    thumbs = thumbnails(str(tmp_path), {"train/a/big.jpg", "test/b/x.png"}, 96)
+    assert thumbs["train/a/big.jpg"].shape == (72, 96, 3) and thumbs["test/b/x.png"].shape == (30, 40, 3)
+    with pytest.raises(DatasetError, match=r"no longer holds 1 of the images asked for \(\['test/b/gone.png'\]\)"):
+        dict(read_images(str(tmp_path), ["test/b/x.png", "test/b/gone.png"]))
+    (tmp_path / "test" / "b" / "x.png").write_bytes(b"not an image")
+    with pytest.raises(BadImageError, match="test/b/x.png"):
+        thumbnails(str(tmp_path), {"test/b/x.png"}, 96)

@@ -1,6 +1,7 @@
 """Images to tensors: decoding, resizing and centre-cropping to uint8, and batching for the backbone.
 
-:func:`read_rgb` decodes any format PIL reads; :func:`resize_crop` applies a backbone's
+:func:`read_rgb` decodes any format PIL reads (:func:`read_images` and :func:`thumbnails`: images by id, in one
+pass over a dataset); :func:`resize_crop` applies a backbone's
 :class:`~pipeline.data.preprocessing.ImageGeometry`; :class:`BatchStream` yields the decoded batches of
 one split of a :class:`~pipeline.data.sources.Source` for extraction.
 """
@@ -9,13 +10,13 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from pipeline.core.errors import BadImageError, PipelineError
+from pipeline.core.errors import BadImageError, DatasetError, PipelineError
 from pipeline.data.preprocessing import ImageGeometry
-from pipeline.data.sources import Source, check_readable_kinds, image_extensions, is_ignored
+from pipeline.data.sources import Source, check_readable_kinds, image_extensions, is_ignored, open_source
 
 
 def image_paths(paths: list[str | Path]) -> list[Path]:
@@ -81,6 +82,39 @@ def draft(image, cover: int) -> None:
     w, h = image.size
     if image.format == "JPEG" and min(w, h) >= 2 * cover:
         image.draft(None, (1, cover) if h <= w else (cover, 1))  # the scale is set by the short side alone
+
+
+def _opened(location: str, keys: Iterable[str], cover: int | None) -> Iterator[tuple[str, object]]:
+    """(id, RGB PIL image of :func:`open_rgb`) of the images ``keys`` of the dataset at ``location``, in the
+    dataset's order: one pass over an archive."""
+    source = open_source(location)
+    wanted = set(keys)
+    order = [key for key, _, _ in source.entries() if key in wanted]
+    if missing := wanted - set(order):
+        raise DatasetError(f"{location} no longer holds {len(missing)} of the images asked for "
+                           f"({sorted(missing)[:5]}): run the prepare and extract stages again (dvc repro)")
+    for key, raw in source.stream(order):
+        try:
+            yield key, open_rgb(raw, cover)
+        except Exception as err:  # PIL raises many types for corrupt data
+            raise BadImageError.of(key, location, f"{type(err).__name__}: {err}") from None
+
+
+def read_images(location: str, keys: Iterable[str], cover: int | None = None) -> Iterator[tuple[str, np.ndarray]]:
+    """(id, RGB (H, W, 3) uint8) of the images ``keys`` of the dataset at ``location``, in the dataset's order
+    (one pass); with ``cover``, a large JPEG decoded at the smallest scale still covering it (:func:`open_rgb`)."""
+    for key, image in _opened(location, keys, cover):
+        yield key, np.asarray(image)
+
+
+def thumbnails(location: str, keys: Iterable[str], size: int) -> dict[str, np.ndarray]:
+    """id -> the image as RGB (H, W, 3) uint8, its largest side at most ``size`` pixels (a large JPEG decoded at
+    the smallest scale that still covers the thumbnail), for pictures."""
+    out = {}
+    for key, image in _opened(location, keys, size):
+        image.thumbnail((size, size))
+        out[key] = np.asarray(image)
+    return out
 
 
 def image_size(raw: object) -> tuple[int, int] | None:

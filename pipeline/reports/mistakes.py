@@ -24,7 +24,8 @@ import numpy as np
 from pipeline.core import layout
 from pipeline.core.errors import PipelineError
 from pipeline.core.fileutil import atomic_files, sha256_json
-from pipeline.data.sources import Splits, open_source
+from pipeline.data.images import thumbnails
+from pipeline.data.sources import Splits
 from pipeline.store.predictions import Prediction, read_predictions
 
 THUMBNAIL = 128
@@ -119,21 +120,13 @@ def head_mistakes(role: str, config: str, evaluation_dir: str | Path, classes: l
 # -- images -------------------------------------------------------------------------------------
 def load_thumbnails(splits: Splits, ids: set[str], size: int = THUMBNAIL) -> dict[str, np.ndarray]:
     """The test images ``ids`` as uint8 arrays (H, W, 3), at most ``size`` pixels on a side, read from the
-    source of ``splits`` in one pass (in the source's order)."""
-    from pipeline.data.images import open_rgb
-
+    source of ``splits`` in one pass (:func:`pipeline.data.images.thumbnails`)."""
     keys = splits.splits["test"].keys
     missing = sorted(ids - set(keys))
     if missing:
         raise PipelineError(f"test predictions name images that are not in the test split of splits.json "
                             f"({missing[:3]}...): run the evaluate stages again (dvc repro)")
-    position = {k: i for i, k in enumerate(keys)}
-    out = {}
-    for key, raw in open_source(splits.source).stream(sorted(ids, key=position.__getitem__)):
-        image = open_rgb(raw, cover=size)  # a large JPEG decodes at the smallest scale that still covers the thumbnail
-        image.thumbnail((size, size))
-        out[key] = np.asarray(image)
-    return out
+    return thumbnails(splits.source, ids, size)
 
 
 def plot_worst(mistakes: HeadMistakes, images: dict[str, np.ndarray], columns: int, path: str | Path) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -40,8 +39,8 @@ from pipeline.analyses.leakage import (
 )
 from pipeline.core import layout
 from pipeline.core.config import LeakageParams, Params
-from pipeline.core.errors import BadImageError, DatasetError
 from pipeline.core.fileutil import atomic_files, write_json
+from pipeline.data.images import read_images, thumbnails
 from pipeline.store.features import FeatureStore, expected_spec
 
 SHOWN = 24
@@ -49,36 +48,6 @@ SHOWN = 24
 the lowest match, the rejected ones with the highest."""
 THUMBNAIL = 96
 """Largest side of an image in the picture, in pixels."""
-
-
-def decoded(source_location: str, keys: Iterable[str]) -> Iterator[tuple[str, np.ndarray]]:
-    """(id, RGB (H, W, 3) uint8) of the images ``keys`` of the dataset, in the dataset's order (one pass)."""
-    from pipeline.data.images import read_rgb
-    from pipeline.data.sources import open_source
-
-    source = open_source(source_location)
-    wanted = set(keys)
-    order = [key for key, _, _ in source.entries() if key in wanted]
-    if missing := wanted - set(order):
-        raise DatasetError(f"{source_location} no longer holds {len(missing)} images of the feature file "
-                           f"({sorted(missing)[:5]}): run the prepare and extract stages again (dvc repro)")
-    for key, raw in source.stream(order):
-        try:
-            yield key, read_rgb(raw).permute(1, 2, 0).numpy()
-        except Exception as err:  # PIL raises many types for corrupt data
-            raise BadImageError.of(key, source_location, f"{type(err).__name__}: {err}") from None
-
-
-def thumbnails(source_location: str, keys: Iterable[str]) -> dict[str, np.ndarray]:
-    """id -> the image, its largest side at most :data:`THUMBNAIL` pixels, for the picture."""
-    from PIL import Image
-
-    out = {}
-    for key, image in decoded(source_location, keys):
-        thumb = Image.fromarray(image)
-        thumb.thumbnail((THUMBNAIL, THUMBNAIL))
-        out[key] = np.asarray(thumb)
-    return out
 
 
 def picture_title(lk: LeakageParams, backbone: str) -> str:
@@ -123,7 +92,7 @@ def find(store: FeatureStore, source: str, lk: LeakageParams, device=None) -> tu
     else:
         wanted = {k for listed in by_features.values() for p in listed for k in (p.id, p.nearest_id)}
     grey, colour = {}, None if lk.min_colour is None else {}
-    for key, image in decoded(source, wanted):
+    for key, image in read_images(source, wanted, cover=lk.pixel_size):
         grey[key] = grey_square(image, lk.pixel_size)
         if colour is not None:
             colour[key] = colour_square(image, lk.pixel_size // 2)
@@ -161,7 +130,7 @@ def run(params: Params, features_path: str | Path, splits_path: str | Path, out_
         checked, searched, seconds = find(store, source, lk, device)
     summary = summarise(checked, searched, lk.model_dump(exclude={"block_rows"}))  # the settings of the result
     shown = boundary(checked, lk)
-    thumbs = thumbnails(source, {k for _, pairs in shown for p in pairs for k in (p.id, p.nearest_id)})
+    thumbs = thumbnails(source, {k for _, pairs in shown for p in pairs for k in (p.id, p.nearest_id)}, THUMBNAIL)
     out_dir = Path(out_dir)
     with atomic_files(out_dir) as staging:
         write_pairs(checked, staging / layout.LEAKAGE_PAIRS.name)
