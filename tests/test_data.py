@@ -508,3 +508,25 @@ def test_images_by_id_are_read_in_one_pass_large_jpegs_reduced(tmp_path):
     (tmp_path / "test" / "b" / "x.png").write_bytes(b"not an image")
     with pytest.raises(BadImageError, match="test/b/x.png"):
         thumbnails(str(tmp_path), {"test/b/x.png"}, 96)
+
+
+def test_images_by_id_in_the_datasets_order_skip_listing_it(tmp_path, monkeypatch):
+    """ordered=True: the keys, as splits.json lists them, are streamed without listing the dataset first (2 s for
+    CIFAR-10's archive, on every head swap's mistakes); an id a folder or an archive no longer holds is refused,
+    naming it."""
+    from pipeline.data import sources
+    from pipeline.data.images import read_images
+
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.png"):
+        write_image(tmp_path / "test" / "c" / name, rng)
+    monkeypatch.setattr(sources.FolderSource, "entries", lambda self: pytest.fail("listed the dataset"))
+    got = dict(read_images(str(tmp_path), ["test/c/a.png", "test/c/b.png"], ordered=True))
+    assert sorted(got) == ["test/c/a.png", "test/c/b.png"]
+    with pytest.raises(BadImageError, match="test/c/gone.png.*FileNotFoundError"):  # a folder: the file is not there
+        dict(read_images(str(tmp_path), ["test/c/a.png", "test/c/gone.png"], ordered=True))
+    archive = tmp_path / "images.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(tmp_path / "test", arcname="test")
+    with pytest.raises(BadImageError, match="test/c/gone.png.*missing from the archive"):
+        dict(read_images(str(archive), ["test/c/a.png", "test/c/gone.png"], ordered=True))

@@ -84,34 +84,37 @@ def draft(image, cover: int) -> None:
         image.draft(None, (1, cover) if h <= w else (cover, 1))  # the scale is set by the short side alone
 
 
-def _opened(location: str, keys: Iterable[str], cover: int | None) -> Iterator[tuple[str, object]]:
+def _opened(location: str, keys: Iterable[str], cover: int | None, ordered: bool) -> Iterator[tuple[str, object]]:
     """(id, RGB PIL image of :func:`open_rgb`) of the images ``keys`` of the dataset at ``location``, in the
-    dataset's order: one pass over an archive."""
+    dataset's order: one pass over an archive. ``ordered``: ``keys`` are in that order already (as splits.json
+    lists a split's), so the dataset is not listed first (2 s for CIFAR-10's archive)."""
     source = open_source(location)
     wanted = set(keys)
-    order = [key for key, _, _ in source.entries() if key in wanted]
+    order = list(keys) if ordered else [key for key, _, _ in source.entries() if key in wanted]
     if missing := wanted - set(order):
         raise DatasetError(f"{location} no longer holds {len(missing)} of the images asked for "
                            f"({sorted(missing)[:5]}): run the prepare and extract stages again (dvc repro)")
-    for key, raw in source.stream(order):
+    for key, raw in source.stream(order):  # an ordered key it no longer holds comes as the error that says so
         try:
             yield key, open_rgb(raw, cover)
         except Exception as err:  # PIL raises many types for corrupt data
             raise BadImageError.of(key, location, f"{type(err).__name__}: {err}") from None
 
 
-def read_images(location: str, keys: Iterable[str], cover: int | None = None) -> Iterator[tuple[str, np.ndarray]]:
+def read_images(location: str, keys: Iterable[str], cover: int | None = None,
+                ordered: bool = False) -> Iterator[tuple[str, np.ndarray]]:
     """(id, RGB (H, W, 3) uint8) of the images ``keys`` of the dataset at ``location``, in the dataset's order
-    (one pass); with ``cover``, a large JPEG decoded at the smallest scale still covering it (:func:`open_rgb`)."""
-    for key, image in _opened(location, keys, cover):
+    (one pass); with ``cover``, a large JPEG decoded at the smallest scale still covering it (:func:`open_rgb`);
+    ``ordered``: ``keys`` are in the dataset's order already."""
+    for key, image in _opened(location, keys, cover, ordered):
         yield key, np.asarray(image)
 
 
-def thumbnails(location: str, keys: Iterable[str], size: int) -> dict[str, np.ndarray]:
+def thumbnails(location: str, keys: Iterable[str], size: int, ordered: bool = False) -> dict[str, np.ndarray]:
     """id -> the image as RGB (H, W, 3) uint8, its largest side at most ``size`` pixels (a large JPEG decoded at
-    the smallest scale that still covers the thumbnail), for pictures."""
+    the smallest scale that still covers the thumbnail), for pictures; ``ordered`` as for :func:`read_images`."""
     out = {}
-    for key, image in _opened(location, keys, size):
+    for key, image in _opened(location, keys, size, ordered):
         image.thumbnail((size, size))
         out[key] = np.asarray(image)
     return out

@@ -126,7 +126,8 @@ def load_thumbnails(splits: Splits, ids: set[str], size: int = THUMBNAIL) -> dic
     if missing:
         raise PipelineError(f"test predictions name images that are not in the test split of splits.json "
                             f"({missing[:3]}...): run the evaluate stages again (dvc repro)")
-    return thumbnails(splits.source, ids, size)
+    position = {k: i for i, k in enumerate(keys)}
+    return thumbnails(splits.source, sorted(ids, key=position.__getitem__), size, ordered=True)
 
 
 def plot_worst(mistakes: HeadMistakes, images: dict[str, np.ndarray], columns: int, path: str | Path) -> None:
