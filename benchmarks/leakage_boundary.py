@@ -12,10 +12,11 @@ photograph: another object, pose or moment) or ``unsure`` (not decidable at 32 p
 what the check tolerates; these say where CIFAR-10's own copies and look-alikes lie against its measures.
 
 Reads a finished leakage stage's pairs.csv (the pairs it lists: those past the coarse pass) and prints,
-for the labelled pairs it lists: the decision against the labels, the labels per band of the margin, and
+for the labelled pairs it lists: the decision (confirmed, possible, rejected) against the labels, the labels per band of the margin, and
 for each measure how often a ``same`` pair scores above a ``different`` one (1: always; ties count half)
 with the 10th percentile of the ``same`` pairs and the 90th of the ``different`` ones (a gap: the first
-above the second). ``--picture`` draws the labelled pairs by label, green confirmed, orange rejected.
+above the second). ``--picture`` draws the labelled pairs by label, green confirmed, blue possible, orange
+rejected.
 """
 
 from __future__ import annotations
@@ -70,10 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(found)} of the {len(labels)} labelled pairs are in {args.pairs} "
           f"(the others not candidates or dropped by the coarse pass)")
 
-    print("\nlabel       confirmed  rejected")
+    print("\nlabel       confirmed  possible  rejected")
     for kind in KINDS:
         mine = [p for p, label in found if label == kind]
-        print(f"{kind:10s} {sum(p.confirmed for p in mine):10d} {sum(not p.confirmed for p in mine):9d}")
+        print(f"{kind:10s} {sum(p.confirmed for p in mine):10d} {sum(p.possible for p in mine):9d} "
+              f"{sum(not (p.confirmed or p.possible) for p in mine):9d}")
 
     print("\nmargin band      same  different  unsure")
     for low, high in zip(BANDS, BANDS[1:]):
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         images = thumbnails(Splits.load(layout.SPLITS).source, {k for _, ps in groups for p in ps
                                                                 for k in (p.id, p.nearest_id)}, THUMBNAIL)
         plot_pairs(groups, images, args.picture, f"labelled by eye: {', '.join(KINDS)}, by margin; "
-                   "green: confirmed, orange: rejected")
+                   "green: confirmed, blue: possible, orange: rejected")
         print(f"\n-> {args.picture}")
     return 0
 

@@ -30,6 +30,7 @@ from pipeline.analyses.leakage import (
     match,
     near_copies,
     pixel_search,
+    possible,
     read_pairs,
     search_thumbnails,
     summarise,
@@ -195,6 +196,12 @@ def test_the_decision_is_the_grey_rule_or_the_colour_rule():
         assert (margin(p, lk) >= 0) == expected, (m, d, c)
     grey_only = lk.model_copy(update={"min_colour": None})
     assert not confirm(0.75, 0.65, 0.95, grey_only)  # min_colour null: the grey rule alone
+    # possible: not confirmed, but within leakage.possible_margin (0.2) of the decision by its nearer rule
+    for (m, d, c), expected in [((0.85, 0.80, nan), False), ((0.7, 0.65, nan), True), ((0.55, 0.8, nan), False),
+                                ((0.55, 0.5, 0.85), True), ((0.55, 0.5, 0.6), False)]:
+        p = Pair("test-train", "a", "b", 1, 0.9, m, d, False, bool(confirm(m, d, c, lk)), c)
+        assert possible(p, lk) == expected, (m, d, c)
+        assert not possible(p, lk.model_copy(update={"possible_margin": 0.0}))  # 0: no band
     # the picture's title and the parameter's description state the rule the decision applies
     from pipeline.stages.leakage import picture_title
     from tests.params_reference import description
@@ -203,7 +210,10 @@ def test_the_decision_is_the_grey_rule_or_the_colour_rule():
     assert colour_rule in description(LeakageParams, "min_colour")
     assert f"or colour >= 0.9 and match >= {COLOUR_MATCH} and detail >= {COLOUR_DETAIL})" in picture_title(lk, "lite0")
     off = picture_title(grey_only, "lite0")
-    assert "(match >= 0.8 and detail >= 0.75), orange" in off and "colour >=" not in off and "not measured" in off
+    assert "(match >= 0.8 and detail >= 0.75), blue: possible (within 0.2 of" in off
+    assert "colour >=" not in off and "not measured" in off
+    no_band = picture_title(grey_only.model_copy(update={"possible_margin": 0.0}), "lite0")
+    assert "(match >= 0.8 and detail >= 0.75), orange: rejected" in no_band and "blue" not in no_band
 
 
 def _cifar_bytes(*members: str) -> dict[str, bytes]:
@@ -227,22 +237,30 @@ def test_pairs_table_round_trip_and_near_copies(tmp_path):
              Pair("test-val", "test/c.jpg", "train/z.jpg", 1, 0.97, 0.9, 0.8, True, True, 0.5),
              Pair("val-train", "train/z.jpg", "train/x.jpg", 1, 0.99, 0.99, 0.95, False, True, 0.99),
              Pair("test-test", "test/a.jpg", "test/d.jpg", 3, 0.99, 0.93, 0.85, False, True),  # no colour: NaN
-             Pair("test-train", "test/e.jpg", "train/w.jpg", 0, math.nan, 0.9, 0.8, False, True, 0.9, pixel_rank=2)]
+             Pair("test-train", "test/e.jpg", "train/w.jpg", 0, math.nan, 0.9, 0.8, False, True, 0.9, pixel_rank=2),
+             Pair("test-val", "test/f.jpg", "val/v.jpg", 1, 0.95, 0.78, 0.7, False, False, 0.3, possible=True)]
     write_pairs(pairs, tmp_path / "pairs.csv")
     back = read_pairs(tmp_path / "pairs.csv")
     assert back[:4] == pairs[:4] and math.isnan(back[4].colour) and replace(back[4], colour=0.0) == replace(pairs[4], colour=0.0)
     assert math.isnan(back[5].cosine) and replace(back[5], cosine=0.0) == replace(pairs[5], cosine=0.0)  # pixels only
     assert summarise(back, {"test-train": (10, 50)}, {})["pairs"]["test-train"]["confirmed_by_pixel_search_only"] == 1
-    write_pairs(pairs[:5], tmp_path / "pairs.csv")
-    back = read_pairs(tmp_path / "pairs.csv")
+    assert back[6] == pairs[6] and [p.possible for p in back] == [False] * 6 + [True]
+    # compare reads only the flagged rows: confirmed or possible
+    assert [(p.id, p.nearest_id) for p in read_pairs(tmp_path / "pairs.csv", flagged_only=True)] == [
+        (p.id, p.nearest_id) for p in back if p.confirmed or p.possible] != [(p.id, p.nearest_id) for p in back]
+    back = [p for p in back if p.id != "test/e.jpg"]
     assert near_copies(back) == {"test/a.jpg", "test/c.jpg"}  # confirmed, of test, in train or val
     assert near_copies(back, "test", ["train"]) == {"test/a.jpg"}
+    assert near_copies(back, possible=True) == {"test/a.jpg", "test/c.jpg", "test/f.jpg"}
     summary = summarise(back, {"test-train": (10, 50), "test-val": (10, 50), "val-train": (5, 25),
                                "test-test": (10, 40)}, {"threshold": 0.85})
     assert summary["test_with_near_copy_in_train"] == 1 and summary["test_removed"] == 2
+    assert summary["test_possible"] == 1  # test/f.jpg: a possible near-copy in val, no confirmed one
     assert summary["threshold"] == 0.85
     assert summary["pairs"]["test-train"] == {"searched": 10, "candidates": 50, "checked": 2, "confirmed": 1,
-                                              "mirrored": 0, "images": 1, "confirmed_by_pixel_search_only": 0}
+                                              "mirrored": 0, "images": 1, "confirmed_by_pixel_search_only": 0,
+                                              "possible": 0}
+    assert summary["pairs"]["test-val"]["possible"] == 1
     assert summary["pairs"]["test-val"]["mirrored"] == 1
     assert summary["pairs"]["test-test"]["images"] == 2  # both images of a pair within test
     (tmp_path / "bad.csv").write_text("split_pair,id\ntest-train,a\n")
@@ -330,6 +348,10 @@ def test_planted_near_copies_are_found_and_confirmed(planted):
     # every other pair the pixel check looked at is rejected, clearly
     lk = planted["params"].leakage
     assert all(margin(p, lk) < -0.05 for p in planted["pairs"] if not p.confirmed)
+    # those within leakage.possible_margin of the decision are flagged possible, and counted
+    assert all(p.possible == (not p.confirmed and margin(p, lk) >= -lk.possible_margin) for p in planted["pairs"])
+    flagged = {p.id for p in planted["pairs"] if p.possible and p.split_pair in ("test-train", "test-val")}
+    assert planted["summary"]["test_possible"] == len(flagged - near_copies(planted["pairs"]))
     summary = json.loads((planted["out"] / "summary.json").read_text())
     assert summary == planted["summary"]
     assert summary["test_with_near_copy_in_train"] == 4 and summary["test_removed"] == 5
@@ -359,6 +381,34 @@ def test_without_the_pixel_search_the_features_alone_find_the_candidates(planted
         (p.split_pair, p.id, p.nearest_id) for p in planted["pairs"] if p.confirmed}
     assert summary["pixel_neighbours"] == 0
 
+def test_the_band_of_possible_near_copies_is_drawn_and_turned_off(planted):
+    """pairs.png shows both edges with the band (12 test pairs on each side of each, nearest the edge first), the
+    decision alone without it; leakage.possible_margin: 0 flags nothing and leaves the confirmed pairs as they were."""
+    from pipeline.stages import leakage
+
+    lk = planted["params"].leakage
+    # match (detail 0.9) -> margin: 0.82 -> 0.02, 0.9 -> 0.1 confirmed; 0.78 -> -0.02, 0.7 -> -0.1, 0.62 -> -0.18
+    # possible; 0.58 -> -0.22, 0.5 -> -0.3 rejected; and 30 more possible pairs, of which 12 are shown by each group
+    made = [0.82, 0.9, 0.78, 0.7, 0.62, 0.58, 0.5] + [0.65 + i / 1000 for i in range(30)]
+    pairs = [Pair("test-train" if i % 2 else "test-val", f"test/{i}.jpg", f"train/{i}.jpg", 1, 0.9, m, 0.9)
+             for i, m in enumerate(made)] + [Pair("val-train", "val/0.jpg", "train/0.jpg", 1, 0.9, 0.79, 0.9)]
+    pairs = [replace(p, confirmed=bool(confirm(p.match, p.detail, p.colour, lk))) for p in pairs]
+    pairs = [replace(p, possible=possible(p, lk)) for p in pairs]
+    groups = leakage.boundary(pairs, lk)
+    assert [label.split(",")[0] for label, _ in groups] == ["confirmed", "possible", "possible", "rejected"]
+    assert [[p.match for p in group] for _, group in groups] == [
+        [0.82, 0.9], [0.78, 0.7] + [0.65 + i / 1000 for i in range(29, 19, -1)],
+        [0.62] + [0.65 + i / 1000 for i in range(11)], [0.58, 0.5]]  # each nearest its edge first; val-train not shown
+    root = planted["out"].parent
+    params = planted["params"].model_copy(update={"leakage": lk.model_copy(update={"possible_margin": 0.0})})
+    summary = leakage.run(params, root / "pooled.h5", root / "splits.json", root / "no-band", device="cpu")
+    pairs = read_pairs(root / "no-band" / "pairs.csv")
+    assert not any(p.possible for p in pairs) and summary["test_possible"] == 0
+    assert {(p.id, p.nearest_id) for p in pairs if p.confirmed} == {
+        (p.id, p.nearest_id) for p in planted["pairs"] if p.confirmed}
+    assert [label.split(",")[0] for label, _ in leakage.boundary(pairs, params.leakage)] == ["confirmed", "rejected"]
+
+
 # -- compare: the test figure without near-copies ---------------------------------------------------
 def _evaluated(folder: Path, name: str, right: dict[str, bool]) -> Path:
     folder.mkdir(parents=True)
@@ -380,6 +430,7 @@ def test_compare_scores_every_head_without_the_near_copies(tmp_path):
              Pair("test-val", ids[8], "train/5.jpg", 2, 0.98, 0.95, 0.9, True, True),
              Pair("test-train", ids[9], "train/1.jpg", 1, 0.99, 0.97, 0.9, False, True),
              Pair("test-train", ids[1], "train/2.jpg", 1, 0.97, 0.60, 0.9, False, False),  # the pixels differ: kept
+             Pair("test-val", ids[7], "val/3.jpg", 1, 0.97, 0.75, 0.7, False, False, possible=True),  # possible
              Pair("test-test", ids[2], ids[3], 1, 0.99, 1.0, 0.9, False, True),  # within test: kept
              Pair("val-train", "train/5.jpg", "train/6.jpg", 1, 0.99, 1.0, 0.9, False, True)]
     write_pairs(pairs, tmp_path / "pairs.csv")
@@ -389,14 +440,19 @@ def test_compare_scores_every_head_without_the_near_copies(tmp_path):
     assert clean["a"] | {"top1_low": 0, "top1_high": 0} == {"n": 7, "removed": 3, "top1": 6 / 7, "top1_low": 0,
                                                              "top1_high": 0}
     assert clean["b"]["top1"] == pytest.approx(3 / 7) and clean["b"]["removed"] == 3
+    # and without the possible one too (7): a wrong on 1-6 of the 6 left, b right on 2, 4, 6
+    assert [(r["test_without_possible_copies"]["top1"], r["test_without_possible_copies"]["removed"]) for r in rows] == [
+        (1.0, 4), (0.5, 4)]
     table = (tmp_path / "comparison.md").read_text()
     assert "test top-1 without near-copies (3 removed)" in table and f"| {6 / 7:.4f} (" in table
-    assert "on the 7 test images" in table
+    assert "... and without possible ones (4 removed)" in table and "| 1.0000 (" in table
+    assert "on the 7 test images" in table and "on the 6 that also have no possible near-copy" in table
     # no confirmed pair: the same figure as the full test split
     write_pairs(pairs[3:4], tmp_path / "none.csv")
     rows = compare.run([a, b], tmp_path / "comparison", tmp_path / "none.csv")
     assert [(r["test_without_near_copies"]["top1"], r["test_without_near_copies"]["removed"]) for r in rows] == [
         (0.7, 0), (0.5, 0)]
+    assert "without possible ones" not in (tmp_path / "comparison.md").read_text()  # none: no third column
     # pairs of other test images than those evaluated: stale
     write_pairs([Pair("test-train", "test/other.jpg", "train/0.jpg", 1, 0.99, 1.0, 0.9, False, True)],
                 tmp_path / "stale.csv")
@@ -449,18 +505,23 @@ def test_the_labelled_boundary_pairs_are_scored_by_the_stage_check(tmp_path, cap
     assert all(q.startswith("test/") and b.startswith("train/") for q, b in labels)
     chosen = [("test/airplane/0800.jpg", "train/airplane/0603.jpg"), ("test/dog/0698.jpg", "train/dog/1113.jpg"),
               ("test/airplane/0037.jpg", "train/airplane/2494.jpg"), ("test/truck/0587.jpg", "train/truck/4577.jpg"),
-              ("test/horse/0068.jpg", "train/horse/0042.jpg")]
-    assert [labels[key] for key in chosen] == ["same", "same", "different", "different", "unsure"]
+              ("test/horse/0068.jpg", "train/horse/0042.jpg"), ("test/deer/0935.jpg", "train/deer/4100.jpg")]
+    assert [labels[key] for key in chosen] == ["same", "same", "different", "different", "unsure", "same"]
     images = {key: _photo(raw) for key, raw in _cifar_bytes(*{k for pair in chosen for k in pair}).items()}
     lk = LeakageParams()
     checked = check_pairs([Pair("test-train", q, b, 1, 0.9) for q, b in chosen],
                           {k: grey_square(x, lk.pixel_size) for k, x in images.items()},
                           {k: colour_square(x, lk.pixel_size // 2) for k, x in images.items()}, lk)
     assert [p.confirmed for p in checked[:4]] == [True, True, False, False] and checked[1].mirrored
+    # the deer: the same photograph, just below the decision (margin -0.035 in the complete run): possible
+    assert checked[5].possible and not checked[5].confirmed and -0.1 < margin(checked[5], lk) < 0
     write_pairs(checked, tmp_path / "pairs.csv")
     assert bench.main(["--pairs", str(tmp_path / "pairs.csv"), "--params", str(ROOT / "params.yaml")]) == 0
     out = capsys.readouterr().out
-    unsure = checked[4].confirmed
-    assert "5 of the 168 labelled pairs are in" in out
-    assert f"same                2         0\ndifferent           0         2\nunsure              {int(unsure)}         {int(not unsure)}" in out
+    assert "6 of the 168 labelled pairs are in" in out
+    assert all(p.possible == possible(p, lk) for p in checked)
+    for kind, mine in [("same", checked[:2] + checked[5:]), ("different", checked[2:4]), ("unsure", checked[4:5])]:
+        counts = [sum(p.confirmed for p in mine), sum(p.possible for p in mine),
+                  sum(not (p.confirmed or p.possible) for p in mine)]
+        assert f"{kind:10s} {counts[0]:10d} {counts[1]:9d} {counts[2]:9d}\n" in out
     assert "margin                   1.000" in out  # both copies above both different photographs

@@ -181,8 +181,14 @@ def test_trust_and_failure_answers_state_the_figures(full_run):
     half = 100 * (m["test"]["top1_high"] - m["test"]["top1_low"]) / 2
     assert trust.startswith(f"{chosen}'s test top-1 of {pct(m['test']['top1'])} is known to about ± {half:.1f} points")
     assert "the spread over seeds was not measured (`seeds.values` is empty)" in trust
-    removed = json.loads((ev / "leakage" / "summary.json").read_text())["test_removed"]
+    leakage = json.loads((ev / "leakage" / "summary.json").read_text())
+    removed, possible = leakage["test_removed"], leakage["test_possible"]
     assert (f"{removed} test image" in trust) if removed else ("no test image has a near-copy" in trust)
+    rows = json.loads((ev / "comparison.json").read_text())["rows"]
+    shift = max(abs(r["test_without_possible_copies"]["top1"] - r["test"]["top1"]) for r in rows)
+    bound = f"{possible} more {'have' if possible > 1 else 'has'} a possible one"
+    assert (f"{bound} (a pair just below the decision" in trust and f"moves by more than {100 * shift:.2f}" in trust
+            ) if possible else "possible" not in trust
     if "ece_calibrated" in m["test"]:
         assert f"{m['test']['ece_calibrated']:.3f} after temperature scaling" in trust
     # the most confused pair, counted here from the test predictions

@@ -80,8 +80,9 @@ class Pair:
     nearest; 0: not among them, found by the pixel search) and their cosine similarity (NaN where rank is 0), its
     ``pixel_rank`` by the pixel search (0: not among its neighbours); the pixel check fills ``match`` (the cosine
     similarity of the gradient fields at the best alignment, -1 to 1), ``detail`` (the cosine of the gradient
-    directions at that alignment, -1 to 1), ``mirrored`` (that alignment is the mirror image), ``colour`` and
-    ``confirmed`` (:func:`confirm`)."""
+    directions at that alignment, -1 to 1), ``mirrored`` (that alignment is the mirror image), ``colour``,
+    ``confirmed`` (:func:`confirm`) and ``possible`` (not confirmed, but within ``leakage.possible_margin`` of the
+    decision: :func:`possible`)."""
 
     split_pair: str
     """``<query split>-<base split>``: ``test-train``, ``test-val``, ``val-train``, ``test-test``."""
@@ -97,6 +98,7 @@ class Pair:
     """The cosine of the two images' colour layouts at that alignment; NaN where one of them has too
     little colour to say (:data:`CHROMA_FLOOR`)."""
     pixel_rank: int = 0
+    possible: bool = False
 
 
 def split_pair_name(query: str, base: str) -> str:
@@ -410,11 +412,17 @@ def margin(p: Pair, lk: LeakageParams) -> float:
     return max(grey, min(p.match - COLOUR_MATCH, p.detail - COLOUR_DETAIL, p.colour - lk.min_colour))
 
 
+def possible(p: Pair, lk: LeakageParams) -> bool:
+    """Whether a checked pair is a *possible* near-copy: not confirmed, but its :func:`margin` within
+    ``lk.possible_margin`` of the decision (where, at 32 px, copies and look-alikes overlap)."""
+    return not p.confirmed and lk.possible_margin > 0 and margin(p, lk) >= -lk.possible_margin
+
+
 def check_pairs(pairs: Sequence[Pair], grey: dict[str, np.ndarray], colour: dict[str, np.ndarray] | None,
                 lk: LeakageParams) -> list[Pair]:
     """The pairs that pass the coarse pass of :func:`match` (``grey``: id -> :func:`grey_square` of the
     image; ``colour``: id -> :func:`colour_square`, or None), with their ``match``, ``detail``, ``mirrored``
-    and ``colour``, each confirmed or not by :func:`confirm` with ``lk``'s thresholds."""
+    and ``colour``, each confirmed or not by :func:`confirm` with ``lk``'s thresholds, or :func:`possible`."""
     out = []
     for start in range(0, len(pairs), 16 * CHUNK):  # the stacked images of a few chunks at a time
         some = pairs[start : start + 16 * CHUNK]
@@ -422,15 +430,16 @@ def check_pairs(pairs: Sequence[Pair], grey: dict[str, np.ndarray], colour: dict
             "query_colours": np.stack([colour[p.id] for p in some]), "base_colours": np.stack([colour[p.nearest_id] for p in some])}
         scores, mirrored, details, colours = match(np.stack([grey[p.id] for p in some]),
                                                    np.stack([grey[p.nearest_id] for p in some]), **coloured)
-        out += [replace(p, match=float(s), detail=float(d), mirrored=bool(m), colour=float(c),
-                        confirmed=bool(confirm(s, d, c, lk)))
-                for p, s, m, d, c in zip(some, scores, mirrored, details, colours) if not np.isnan(s)]
+        checked = [replace(p, match=float(s), detail=float(d), mirrored=bool(m), colour=float(c),
+                           confirmed=bool(confirm(s, d, c, lk)))
+                   for p, s, m, d, c in zip(some, scores, mirrored, details, colours) if not np.isnan(s)]
+        out += [replace(p, possible=True) if possible(p, lk) else p for p in checked]
     return out
 
 
 # -- the table and its summary ----------------------------------------------------------------------
 FIELDS = ["split_pair", "id", "nearest_id", "rank", "cosine", "match", "detail", "mirrored", "confirmed", "colour",
-          "pixel_rank"]
+          "pixel_rank", "possible"]
 _BOOL = {"true": True, "false": False}
 
 
@@ -442,12 +451,12 @@ def write_pairs(pairs: Iterable[Pair], path: str | Path) -> None:
             cosine = "" if math.isnan(p.cosine) else f"{p.cosine:.6f}"
             writer.writerow([p.split_pair, p.id, p.nearest_id, p.rank, cosine, f"{p.match:.4f}", f"{p.detail:.4f}",
                              str(p.mirrored).lower(), str(p.confirmed).lower(),
-                             "" if math.isnan(p.colour) else f"{p.colour:.4f}", p.pixel_rank])
+                             "" if math.isnan(p.colour) else f"{p.colour:.4f}", p.pixel_rank, str(p.possible).lower()])
 
 
-def read_pairs(path: str | Path, confirmed_only: bool = False) -> list[Pair]:
-    """The pairs of a pairs.csv (:func:`write_pairs`); ``confirmed_only``: only the confirmed ones (what compare
-    needs, from a table of tens of thousands of rows on a complete dataset, on every head swap)."""
+def read_pairs(path: str | Path, flagged_only: bool = False) -> list[Pair]:
+    """The pairs of a pairs.csv (:func:`write_pairs`); ``flagged_only``: only the confirmed and the possible ones
+    (what compare needs, from a table of tens of thousands of rows on a complete dataset, on every head swap)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist; run the leakage stage first (dvc repro)")
@@ -457,28 +466,30 @@ def read_pairs(path: str | Path, confirmed_only: bool = False) -> list[Pair]:
         if header != FIELDS:
             raise PipelineError(f"{path} has the columns {header}, expected {FIELDS}: "
                                 "run the leakage stage again (dvc repro)")
-        confirmed = FIELDS.index("confirmed")
+        confirmed, maybe = FIELDS.index("confirmed"), FIELDS.index("possible")
         try:
             return [Pair(sp, a, b, int(rank), float(cosine or "nan"), float(m), float(d), _BOOL[mirrored],
-                         _BOOL[ok], float(colour or "nan"), int(pixel_rank))
-                    for sp, a, b, rank, cosine, m, d, mirrored, ok, colour, pixel_rank in (
-                        r for r in rows if not confirmed_only or r[confirmed] == "true")]
+                         _BOOL[ok], float(colour or "nan"), int(pixel_rank), _BOOL[flag])
+                    for sp, a, b, rank, cosine, m, d, mirrored, ok, colour, pixel_rank, flag in (
+                        r for r in rows if not flagged_only or "true" in (r[confirmed], r[maybe]))]
         except (ValueError, KeyError) as err:
             raise PipelineError(f"{path} line {rows.line_num}: not a pair ({err}); "
                                 "run the leakage stage again (dvc repro)") from None
 
 
-def near_copies(pairs: Iterable[Pair], query: str = "test", bases: Sequence[str] = FITTED_ON) -> set[str]:
-    """Ids of the ``query`` images with a confirmed near-copy in one of ``bases``."""
+def near_copies(pairs: Iterable[Pair], query: str = "test", bases: Sequence[str] = FITTED_ON,
+                possible: bool = False) -> set[str]:
+    """Ids of the ``query`` images with a confirmed near-copy in one of ``bases`` (``possible``: or a possible one)."""
     wanted = {split_pair_name(query, b) for b in bases}
-    return {p.id for p in pairs if p.confirmed and p.split_pair in wanted}
+    return {p.id for p in pairs if (p.confirmed or possible and p.possible) and p.split_pair in wanted}
 
 
 def summarise(pairs: Sequence[Pair], searched: dict[str, tuple[int, int]], settings: dict) -> dict:
     """Counts per split pair (``searched``: split pair -> (query images searched, candidate pairs)): the candidates, the
     pairs ``checked`` at full size (listed in the table), the ``confirmed`` ones, of which ``mirrored`` and those
-    only the pixel search found, and the images of the query split in a confirmed pair; the headline numbers first,
-    then ``settings`` (the params)."""
+    only the pixel search found, the images of the query split in a confirmed pair, and the ``possible`` pairs; the
+    headline numbers first (``test_possible``: the test images with a possible near-copy in train or val and no
+    confirmed one), then ``settings`` (the params)."""
     per_pair = {}
     for name, (n, listed) in searched.items():
         mine = [p for p in pairs if p.split_pair == name]
@@ -487,10 +498,13 @@ def summarise(pairs: Sequence[Pair], searched: dict[str, tuple[int, int]], setti
         images = {p.id for p in confirmed} | ({p.nearest_id for p in confirmed} if within else set())
         per_pair[name] = {"searched": n, "candidates": listed, "checked": len(mine), "confirmed": len(confirmed),
                           "mirrored": sum(p.mirrored for p in confirmed), "images": len(images),
-                          "confirmed_by_pixel_search_only": sum(p.rank == 0 for p in confirmed)}
+                          "confirmed_by_pixel_search_only": sum(p.rank == 0 for p in confirmed),
+                          "possible": sum(p.possible for p in mine)}
+    removed = near_copies(pairs)
     return {
         "test_with_near_copy_in_train": len(near_copies(pairs, "test", ["train"])),
-        "test_removed": len(near_copies(pairs)),
+        "test_removed": len(removed),
+        "test_possible": len(near_copies(pairs, possible=True) - removed),
         **settings,
         "pairs": per_pair,
     }
@@ -506,7 +520,7 @@ def plot_pairs(groups: Sequence[tuple[str, Sequence[Pair]]], images: dict[str, n
     """Pairs side by side: for each group (a label and its pairs), rows of query images above rows of their candidate
     images, :data:`COLUMNS` pairs a row, each pair captioned with its split pair, the candidate's rank and cosine
     (``pixels #r``: found by the pixel search alone), its match (``M``: mirrored), detail and colour (``-``: too
-    little colour); green: confirmed, orange: not."""
+    little colour); green: confirmed, blue: possible, orange: rejected."""
     rows = [(label, list(pairs[i : i + COLUMNS])) for label, pairs in groups if pairs
             for i in range(0, len(pairs), COLUMNS)]
     columns = max((len(pairs) for _, pairs in rows), default=1)
@@ -518,7 +532,7 @@ def plot_pairs(groups: Sequence[tuple[str, Sequence[Pair]]], images: dict[str, n
         ax.set_axis_off()
     for g, (label, pairs) in enumerate(rows):
         for c, p in enumerate(pairs):
-            colour = "tab:green" if p.confirmed else "tab:orange"
+            colour = "tab:green" if p.confirmed else "tab:blue" if p.possible else "tab:orange"
             for r, key in enumerate((p.id, p.nearest_id)):
                 ax = axes[2 * g + r, c]
                 ax.imshow(images[key], interpolation="nearest")

@@ -482,6 +482,14 @@ class LeakageParams(Section):
     also confirmed where both images have colour: the cosine of their colour layouts (chroma) at that alignment at
     least this, with a match of at least 0.7 and a detail of at least 0.6 (a blurred or re-encoded copy keeps its
     colours; two photographs of one outline seldom do); null: `threshold` and `min_detail` alone decide"""
+    possible_margin: float = Field(0.2, ge=0, le=1)
+    """not confirmed but within this of the decision: a possible near-copy, left out of a third figure (0: none)
+
+    a pair not confirmed but within this of the decision (its margin: of the two rules the nearer to confirming it,
+    the smallest distance of its measures to their thresholds) is a *possible* near-copy: at 32 px copies and
+    look-alikes overlap there (on CIFAR-10, by eye, 0.05 below the decision most pairs are the same photograph, 0.2
+    below it few are); compare and the report give each head's test top-1 without the confirmed and the possible
+    ones too, a bound on what copies could change; 0: no such band"""
     block_rows: int = Field(4096, gt=0)
     """rows per block of the search (memory, not results; not a DVC param)
 

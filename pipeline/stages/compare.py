@@ -76,10 +76,12 @@ def run(metrics_paths: list[str | Path], out_stem: str | Path, pairs_path: str |
             if row["name"] in spread:
                 row["seeds"] = spread[row["name"]]
     rows.sort(key=lambda r: -r["test"]["top1"])
-    removed = None if pairs_path is None else near_copies(read_pairs(pairs_path, confirmed_only=True))
+    flagged = None if pairs_path is None else read_pairs(pairs_path, flagged_only=True)
+    removed = None if flagged is None else near_copies(flagged)
+    removed_too = None if flagged is None else near_copies(flagged, possible=True)
     correct = [correct_by_id(row.pop("_predictions")) for row in rows]
     best = correct[0]
-    if removed is not None and (stale := removed - best.keys()):
+    if removed_too is not None and (stale := removed_too - best.keys()):
         raise PipelineError(f"{pairs_path} names test images that {rows[0]['name']} was not evaluated on "
                             f"({sorted(stale)[:3]}): re-run the leakage and evaluate stages (dvc repro)")
     for row, mine in zip(rows, correct):
@@ -88,6 +90,7 @@ def run(metrics_paths: list[str | Path], out_stem: str | Path, pairs_path: str |
                                 "re-run their evaluate stages (dvc repro)")
         if removed is not None:
             row["test_without_near_copies"] = without(mine, removed)
+            row["test_without_possible_copies"] = without(mine, removed_too)
     ids = sorted(best)
     right = [np.array([c[i] for i in ids]) for c in correct]
     pairs = []

@@ -43,9 +43,9 @@ from pipeline.core.fileutil import atomic_files, write_json
 from pipeline.data.images import read_images, thumbnails
 from pipeline.store.features import FeatureStore, expected_spec
 
-SHOWN = 24
-"""Test pairs (against train or val) in the picture on each side of the threshold: the confirmed ones with
-the lowest match, the rejected ones with the highest."""
+SHOWN = 12
+"""Test pairs (against train or val) in the picture on each side of each edge: of the decision, and of the
+possible near-copies' band below it (:func:`boundary`)."""
 THUMBNAIL = 96
 """Largest side of an image in the picture, in pixels."""
 
@@ -58,21 +58,31 @@ def picture_title(lk: LeakageParams, backbone: str) -> str:
         colour = "colour: colour layouts' cosine there (-: too little colour)"
         rule = f", or colour >= {lk.min_colour} and match >= {COLOUR_MATCH} and detail >= {COLOUR_DETAIL}"
     pixels = f", or of its {lk.pixel_neighbours} by the pixels (pixels #rank)" if lk.pixel_neighbours else ""
+    band = (f"blue: possible (within {lk.possible_margin} of confirming by the measure nearest its threshold), "
+            if lk.possible_margin else "")
     return (f"test images (top) and a candidate near-copy (bottom): one of its {lk.neighbours} nearest by the pooled "
             f"features ({backbone}), #rank, cosine{pixels}\nmatch: gradient fields' cosine at the best alignment at "
             f"{lk.pixel_size} px (M: mirrored), detail: gradient directions' cosine there, {colour}\ngreen: confirmed "
-            f"(match >= {lk.threshold} and detail >= {lk.min_detail}{rule}), orange: rejected")
+            f"(match >= {lk.threshold} and detail >= {lk.min_detail}{rule}), {band}orange: rejected")
 
 
 def boundary(pairs: list[Pair], lk: LeakageParams, shown: int = SHOWN) -> list[tuple[str, list[Pair]]]:
-    """The test pairs against train or val nearest the decision (:func:`pipeline.analyses.leakage.margin`): the
-    ``shown`` confirmed ones with the lowest margin, the ``shown`` rejected ones with the highest, each
-    nearest the decision first."""
+    """The test pairs against train or val nearest each edge (:func:`pipeline.analyses.leakage.margin`), ``shown``
+    on each side, each nearest its edge first: the confirmed ones nearest the decision and the unconfirmed ones
+    nearest it (possible ones, with a band); with a band (``leakage.possible_margin``) also the possible ones
+    nearest its lower edge and the rejected ones nearest that."""
     tested = [(margin(p, lk), p) for p in pairs if p.split_pair in ("test-train", "test-val")]
-    confirmed = [p for _, p in sorted((x for x in tested if x[1].confirmed), key=lambda x: (x[0], x[1].id))]
-    rejected = [p for _, p in sorted((x for x in tested if not x[1].confirmed), key=lambda x: (-x[0], x[1].id))]
-    confirmed, rejected = confirmed[:shown], rejected[:shown]
-    return [("confirmed,\nnearest the\nthreshold", confirmed), ("rejected,\nnearest the\nthreshold", rejected)]
+    up = sorted((x for x in tested if x[1].confirmed), key=lambda x: (x[0], x[1].id))
+    down = sorted((x for x in tested if not x[1].confirmed), key=lambda x: (-x[0], x[1].id))
+    below = [p for _, p in down if not p.possible]
+    if not lk.possible_margin:
+        return [("confirmed,\nnearest the\nthreshold", [p for _, p in up][:shown]),
+                ("rejected,\nnearest the\nthreshold", below[:shown])]
+    band = [p for _, p in down if p.possible]
+    return [("confirmed,\nnearest the\nthreshold", [p for _, p in up][:shown]),
+            ("possible,\nnearest the\nthreshold", band[:shown]),
+            ("possible,\nnearest the\nband's edge", band[::-1][:shown]),
+            ("rejected,\nnearest the\nband's edge", below[:shown])]
 
 
 def find(store: FeatureStore, source: str, lk: LeakageParams, device=None) -> tuple[list[Pair], dict, dict]:
@@ -140,7 +150,8 @@ def run(params: Params, features_path: str | Path, splits_path: str | Path, out_
         print(f"{name}: {counts['searched']} images searched, {counts['candidates']} candidates, {counts['checked']} "
               f"aligned at full size, {counts['confirmed']} confirmed ({counts['mirrored']} mirrored)")
     print(f"test images with a near-copy in train: {summary['test_with_near_copy_in_train']}; in train or val "
-          f"(left out of compare's second test figure): {summary['test_removed']}")
+          f"(left out of compare's second test figure): {summary['test_removed']}; with a possible one only (left out "
+          f"of its third too): {summary['test_possible']}")
     print(f"leakage: {', '.join(f'{step} {s:.1f} s' for step, s in seconds.items())}, all "
           f"{time.perf_counter() - start:.1f} s -> {out_dir}")
     return summary
