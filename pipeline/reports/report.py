@@ -522,12 +522,8 @@ def trust_section(doc: Doc, inputs: Inputs, ctx: Context) -> None:
     table = []
     for r in rows:
         cells = [r["name"], pct(r["test"]["top1"])]
-        if clean:
-            c = r["test_without_near_copies"]
-            cells += [pct(c["top1"]), f"{100 * (c['top1'] - r['test']['top1']):+.2f}"]
-        if cleaner:
-            c = r["test_without_possible_copies"]
-            cells += [pct(c["top1"]), f"{100 * (c['top1'] - r['test']['top1']):+.2f}"]
+        for key in ["test_without_near_copies"] * clean + ["test_without_possible_copies"] * cleaner:
+            cells += [pct(r[key]["top1"]), f"{100 * (r[key]['top1'] - r['test']['top1']):+.2f}"]
         if seeded:
             s = r.get("seeds")
             cells += ["-" if s is None else f"{pct(s['mean'])} ± {100 * s['sd']:.2f} ({s['n']} seeds)"]

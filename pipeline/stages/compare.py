@@ -4,7 +4,8 @@ configuration.
 Each head is tested against the best one (highest test top-1) on the same test images, with the exact
 McNemar test on their test predictions (the test_predictions.csv beside each metrics.json). Beside the
 test top-1 of every head stands its top-1 on the test images that have no confirmed near-copy in the
-images heads are fitted on (train, val), read from the ids of the leakage stage's pairs.csv.
+images heads are fitted on (train, val), read from the ids of the leakage stage's pairs.csv, and its top-1 on
+those that also have no possible one (a pair just below the decision): the two bound what copies could change.
 A head that the seeds stages refit with several seeds shows their mean and standard deviation beside its
 own figure: compare first gathers the fits of every seed of ``seeds.values`` (evaluation/summary/seeds/) into
 evaluation/seeds.json and seeds.md (:func:`gather_seeds`). The chart marks the head chosen on validation
