@@ -295,7 +295,8 @@ def evaluate(work: Path, truth: dict, pictures: Path | None = None, reuse: bool 
                                                         for p in pairs]),
                "old: -mean |grey diff| at 16 px": np.array([old_check(rgb[p.id], rgb[p.nearest_id]) for p in pairs])}
     # per planted image: the scores of its source (copies) or of its candidate that comes nearest to being
-    # confirmed (negatives: the highest margin of the stage's decision; for the alternatives the highest score)
+    # confirmed (negatives: the highest margin of the stage's decision; for the alternatives the highest score),
+    # and that margin (copies: their source's)
     per_image = {name: {} for name in methods}
     best = {}
     for n, p in enumerate(pairs):
@@ -305,6 +306,7 @@ def evaluate(work: Path, truth: dict, pictures: Path | None = None, reuse: bool 
             if t["kind"] == "copy":
                 if p.nearest_id == t["source"]:
                     per_image[name][p.id] = s[n]
+                    best[p.id] = m
             elif name in ("match (the stage)", "detail", "colour"):
                 if m > best.get(p.id, -np.inf):
                     per_image[name][p.id] = s[n]
@@ -315,7 +317,7 @@ def evaluate(work: Path, truth: dict, pictures: Path | None = None, reuse: bool 
     result = {"extract_s": extract_s, "check_s": check_s, "pairs": len(pairs), "rank_of_source": rank_of_source,
               "candidate_share": candidate_share, "neighbours": lk.neighbours, "pixel_neighbours": lk.pixel_neighbours,
               "per_image": per_image, "threshold": lk.threshold, "min_detail": lk.min_detail,
-              "min_colour": lk.min_colour, "truth": truth}
+              "min_colour": lk.min_colour, "truth": truth, "margin": best, "possible_margin": lk.possible_margin}
     if pictures is not None:
         _draw(pairs, scores, details, colours, mirrored, truth, rgb, lk, pictures)
     return result
@@ -419,6 +421,15 @@ def main(argv: list[str] | None = None) -> dict:
           f"and the share of hard negatives confirmed ({n['negative']} + {n['plain']} with a plain background, "
           f"less {screened} screened by eye)")
     print("  " + "  ".join(f"{k}: {v:.1%}" for k, v in at.items()))
+    band = result["possible_margin"]
+    if band:
+        flagged = {k for k, m in result["margin"].items() if -band <= m < 0}
+        missed = [k for k, t in truth.items() if t["kind"] == "copy" and not result["margin"].get(k, -np.inf) >= 0]
+        negs = {kind: [k for k, t in truth.items() if t["kind"] == kind and t.get("of") not in SCREENED]
+                for kind in ("negative", "plain")}
+        share = {kind: sum(k in flagged for k in ks) / max(len(ks), 1) for kind, ks in negs.items()}
+        print(f"  possible (within {band} below the decision, not confirmed): {sum(k in flagged for k in missed)} of "
+              f"the {len(missed)} copies missed; hard negatives {share['negative']:.1%}, plain {share['plain']:.1%}")
     print("\nthe colour rule (min_colour; None: the grey rule for every pair), the grey thresholds at their defaults:")
     for colour in (None, 0.7, 0.75, 0.8, 0.85, 0.9):
         row = recall_table(result, "match (the stage)", result["threshold"], result["min_detail"], colour)

@@ -484,6 +484,10 @@ def test_planted_benchmark_small(tmp_path):
     assert sum(t["kind"] == "plain" for t in truth.values()) == 2
     row = bench.recall_table(result, "match (the stage)", result["threshold"], result["min_detail"])
     assert row == {**{family: 1.0 for family in [*bench.PLANTED, *bench.BEYOND]}, "negative": 0.0, "plain": 0.0}
+    # the decision's margin of every planted image: at least 0 for each (confirmed) copy, below 0 for a negative
+    assert {k: m >= 0 for k, m in result["margin"].items()} == {k: t["kind"] == "copy" for k, t in truth.items()
+                                                                 if k in result["margin"]}
+    assert all(t["kind"] != "copy" or k in result["margin"] for k, t in truth.items())
     mirror = next(k for k, t in truth.items() if t["family"] == "mirror" and t["kind"] == "copy")
     scores = result["per_image"]
     assert scores["grey correlation, unaligned"][mirror] < 0.9 < scores["match (the stage)"][mirror]
