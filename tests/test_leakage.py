@@ -365,9 +365,10 @@ def test_planted_near_copies_are_found_and_confirmed(planted):
     assert sorted(p.name for p in planted["out"].iterdir()) == ["pairs.csv", "pairs.png", "summary.json"]
 
 
-def test_without_the_pixel_search_the_features_alone_find_the_candidates(planted):
+def test_without_the_pixel_search_the_features_alone_find_the_candidates(planted, capsys):
     """leakage.pixel_neighbours: 0: only the features' candidates, none found by the pixels; on this folder the
-    features already rank every planted copy among the nearest, so the same pairs are confirmed."""
+    features already rank every planted copy among the nearest, so the same pairs are confirmed; the timing line
+    names no pixel search."""
     from pipeline.stages import leakage
 
     root = planted["out"].parent
@@ -380,6 +381,8 @@ def test_without_the_pixel_search_the_features_alone_find_the_candidates(planted
     assert {(p.split_pair, p.id, p.nearest_id) for p in pairs if p.confirmed} == {
         (p.split_pair, p.id, p.nearest_id) for p in planted["pairs"] if p.confirmed}
     assert summary["pixel_neighbours"] == 0
+    timing = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("leakage: search"))
+    assert "reading" in timing and "pixel check" in timing and "pixel search" not in timing
 
 def test_the_band_of_possible_near_copies_is_drawn_and_turned_off(planted):
     """pairs.png shows both edges with the band (12 test pairs on each side of each, nearest the edge first), the

@@ -106,7 +106,8 @@ def find(store: FeatureStore, source: str, lk: LeakageParams, device=None) -> tu
         grey[key] = grey_square(image, lk.pixel_size)
         if colour is not None:
             colour[key] = colour_square(image, lk.pixel_size // 2)
-    seconds.update({"reading": time.perf_counter() - start, "pixel search": 0.0, "pixel check": 0.0})
+    seconds.update({"reading": time.perf_counter() - start, **({"pixel search": 0.0} if lk.pixel_neighbours else {}),
+                    "pixel check": 0.0})
     checked, searched, thumbs = [], {}, {}
     for (query, base), listed in by_features.items():
         name = split_pair_name(query, base)
