@@ -7,7 +7,8 @@ page `dvc plots show` writes renders without a network connection.
 Takes the minified browser builds (build/vega.min.js, build/vega-lite.min.js, build/vega-embed.min.js)
 from the npm packages, writes them into the page's <head> with their versions and sha256, and copies the
 packages' licences to plots/LICENSES/. DVC fills the page's {plot_divs} placeholder; the page has no
-{scripts} placeholder, so DVC's own <script src="https://cdn.jsdelivr.net/..."> tags are left out.
+{scripts} placeholder, so DVC's own <script src="https://cdn.jsdelivr.net/..."> tags are left out; a
+small script after the libraries drops the div of a plot without data (DVC writes it with an empty spec).
 .dvc/config makes the page the project's default (`dvc config plots.html_template ../plots/offline.html`).
 """
 
@@ -33,6 +34,12 @@ Licences: plots/LICENSES/. -->
     {{refresh_tag}}
     <title>DVC Plot</title>
 {scripts}
+    <script>/* a plot file without rows (the training-curves folder of a head fitted in one go) has an empty
+       spec: its div is removed instead of drawing an empty chart */
+    const embedPlot = vegaEmbed;
+    vegaEmbed = (el, spec, opt) => (spec && Object.keys(spec).length ? embedPlot(el, spec, opt)
+                                    : Promise.resolve(document.querySelector(el).remove()));
+    </script>
     <style>
         body {{ font-family: sans-serif; }}
         table {{ border-spacing: 15px; }}

@@ -299,6 +299,6 @@ def test_a_head_fitted_in_one_go_logs_one_step_and_no_plot(caches, tmp_path):
               live_dir=tmp_path / "live")
     summary = json.loads((tmp_path / "live" / "metrics.json").read_text())
     assert summary["step"] == 0 and set(summary["train"]) == {"seconds"}
-    # a plot of one point says nothing; the one file keeps the empty folder (a DVC output) in git
-    assert [p.name for p in (tmp_path / "live" / "plots" / "metrics").rglob("*")] == [".gitkeep"]
-    assert ".gitkeep" in (ROOT / ".dvcignore").read_text().split()  # and DVC does not take it for a plot
+    # a plot of one point says nothing; the one file, a table with no row, keeps the folder (a DVC output) in git
+    assert [p.name for p in (tmp_path / "live" / "plots" / "metrics").rglob("*")] == ["no_epochs.tsv"]
+    assert (tmp_path / "live" / "plots" / "metrics" / "no_epochs.tsv").read_text() == "step\n"

@@ -10,9 +10,10 @@ one go logs no step: closing the log writes ``metrics.json`` with its ``train/se
 DVCLive would, without DVCLive (importing and starting it costs about a second, a tenth of a head swap's
 budget), so it has no plot at all (a plot of one point says nothing). DVCLive writes ``metrics.json``
 (the last step) and ``plots/metrics/<name>.tsv``;
-dvc.yaml declares the folder as an output and ``plots/metrics`` as the train stage's plots (an empty
-folder for a head fitted in one go). DVCLive's own edits of dvc.yaml and its experiment saving are
-turned off (DVC runs the stage).
+dvc.yaml declares the folder as an output and ``plots/metrics`` as the train stage's plots. For a head fitted in
+one go that folder holds ``no_epochs.tsv``, a table with a header and no row: git keeps no empty folder, and
+DVC keeps this file in its run cache (a restored head keeps it) and draws no plot of a table without rows.
+DVCLive's own edits of dvc.yaml and its experiment saving are turned off (DVC runs the stage).
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ import time
 from pathlib import Path
 
 from pipeline.core.fileutil import write_json
+
+NO_EPOCHS = "no_epochs.tsv"
+"""The one file of the plots folder of a head fitted in one go (see the module's docstring)."""
 
 
 class TrainingLog:
@@ -53,7 +57,7 @@ class TrainingLog:
         plots = self.folder / "plots" / "metrics"  # the stage's plots output
         plots.mkdir(parents=True, exist_ok=True)
         if not any(plots.iterdir()):  # git keeps no empty folder: without a file, a clone lacks the output
-            (plots / ".gitkeep").touch()  # (and .dvcignore hides it from DVC, which would take it for a plot)
+            (plots / NO_EPOCHS).write_text("step\n")  # a table with no row: DVC draws nothing of it
 
     def __enter__(self) -> TrainingLog:
         return self
