@@ -176,19 +176,20 @@ def test_the_pixel_check_confirms_moved_recoloured_mirrored_copies_not_other_pho
     grey = {"a": queries[0], "b": bases[0], "c": queries[n + 1]}
     checked = check_pairs(pairs, grey, None, LeakageParams(threshold=0.85, min_detail=0.7, min_colour=0.9))
     assert [(p.nearest_id, p.confirmed, p.match > 0.9) for p in checked] == [("b", True, True)]  # c: dropped
-    strict = check_pairs(pairs[:1], grey, None, LeakageParams(threshold=0.85, min_detail=1.0, min_colour=0.9))
+    strict = check_pairs(pairs[:1], grey, None, LeakageParams(threshold=0.9, min_detail=1.0, min_colour=0.9))
     assert [(p.confirmed, p.detail < 1, math.isnan(p.colour)) for p in strict] == [(False, True, True)]  # detail decides
     coloured = check_pairs(pairs[:1], grey, {"a": colours[0][0], "b": colours[1][0]},
-                           LeakageParams(threshold=0.85, min_detail=1.0, min_colour=0.9))
+                           LeakageParams(threshold=0.9, min_detail=1.0, min_colour=0.9))
     assert [(p.confirmed, p.colour > 0.9) for p in coloured] == [(True, True)]  # ... or the colour rule confirms
 
 
 def test_the_decision_is_the_grey_rule_or_the_colour_rule():
     nan = float("nan")
-    #                 match detail colour: grey rule (0.8, 0.75) | colour rule (0.9 with 0.7, 0.6)
+    #        match detail colour: grey rule (0.8, 0.75, or 0.9, 0.7) | colour rule (0.9 with 0.7, 0.6)
     cases = [((0.85, 0.80, nan), True), ((0.85, 0.80, 0.2), True), ((0.75, 0.65, 0.95), True),
              ((0.75, 0.65, 0.85), False), ((0.75, 0.65, nan), False), ((0.65, 0.9, 0.99), False),
-             ((0.9, 0.55, 0.99), False)]
+             ((0.9, 0.55, 0.99), False), ((0.9, 0.7, nan), True), ((0.89, 0.74, nan), False),
+             ((0.95, 0.69, 0.5), False)]
     lk = LeakageParams(threshold=0.8, min_detail=0.75, min_colour=0.9)
     for (m, d, c), expected in cases:
         assert bool(confirm(m, d, c, lk)) == expected, (m, d, c)
@@ -210,10 +211,12 @@ def test_the_decision_is_the_grey_rule_or_the_colour_rule():
     assert colour_rule in description(LeakageParams, "min_colour")
     assert f"or colour >= 0.9 and match >= {COLOUR_MATCH} and detail >= {COLOUR_DETAIL})" in picture_title(lk, "lite0")
     off = picture_title(grey_only, "lite0")
-    assert "(match >= 0.8 and detail >= 0.75), blue: possible (within 0.2 of" in off
+    assert "(match >= 0.8 and detail >= 0.75, or match >= 0.9 and detail >= 0.7), blue: possible (within 0.2 of" in off
     assert "colour >=" not in off and "not measured" in off
     no_band = picture_title(grey_only.model_copy(update={"possible_margin": 0.0}), "lite0")
-    assert "(match >= 0.8 and detail >= 0.75), orange: rejected" in no_band and "blue" not in no_band
+    assert "detail >= 0.75, or match >= 0.9 and detail >= 0.7), orange: rejected" in no_band and "blue" not in no_band
+    stricter = picture_title(lk.model_copy(update={"threshold": 0.85, "min_detail": 0.8}), "lite0")
+    assert "(match >= 0.85 and detail >= 0.8, or match >= 0.95 and detail >= 0.75, or colour" in stricter
 
 
 def _cifar_bytes(*members: str) -> dict[str, bytes]:

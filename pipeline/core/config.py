@@ -469,8 +469,8 @@ class LeakageParams(Section):
     """confirmed when their gradient fields' cosine at the best alignment is at least this
 
     a candidate is a confirmed near-copy when the cosine similarity of the two images' gradient fields at their best
-    alignment (shifts, scales, mirror) is at least this and its detail at least `min_detail` (both chosen on the
-    planted benchmark, [leakage.md](leakage.md#the-planted-benchmark))"""
+    alignment (shifts, scales, mirror) is at least this and its detail at least `min_detail`, or at least 0.1 more
+    with a detail 0.05 lower (all chosen on the planted benchmark, [leakage.md](leakage.md#the-planted-benchmark))"""
     min_detail: float = Field(0.75, ge=-1, le=1)
     """... and their gradient directions' cosine there (faint structure counts) at least this
 

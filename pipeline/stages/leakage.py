@@ -33,6 +33,7 @@ from pipeline.analyses.leakage import (
     search,
     search_thumbnails,
     split_pair_name,
+    strong_point,
     summarise,
     union,
     write_pairs,
@@ -58,12 +59,14 @@ def picture_title(lk: LeakageParams, backbone: str) -> str:
         colour = "colour: colour layouts' cosine there (-: too little colour)"
         rule = f", or colour >= {lk.min_colour} and match >= {COLOUR_MATCH} and detail >= {COLOUR_DETAIL}"
     pixels = f", or of its {lk.pixel_neighbours} by the pixels (pixels #rank)" if lk.pixel_neighbours else ""
+    strong = strong_point(lk)
     band = (f"blue: possible (within {lk.possible_margin} of confirming by the measure nearest its threshold), "
             if lk.possible_margin else "")
     return (f"test images (top) and a candidate near-copy (bottom): one of its {lk.neighbours} nearest by the pooled "
             f"features ({backbone}), #rank, cosine{pixels}\nmatch: gradient fields' cosine at the best alignment at "
             f"{lk.pixel_size} px (M: mirrored), detail: gradient directions' cosine there, {colour}\ngreen: confirmed "
-            f"(match >= {lk.threshold} and detail >= {lk.min_detail}{rule}), {band}orange: rejected")
+            f"(match >= {lk.threshold} and detail >= {lk.min_detail}, or match >= {strong[0]} and detail >= {strong[1]}"
+            f"{rule}), {band}orange: rejected")
 
 
 def boundary(pairs: list[Pair], lk: LeakageParams, shown: int = SHOWN) -> list[tuple[str, list[Pair]]]:
