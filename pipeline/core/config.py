@@ -485,7 +485,7 @@ class LeakageParams(Section):
     possible_margin: float = Field(0.2, ge=0, le=1)
     """not confirmed but within this of the decision: a possible near-copy, left out of a third figure (0: none)
 
-    a pair not confirmed but within this of the decision (its margin: of the two rules the nearer to confirming it,
+    a pair not confirmed but within this of the decision (its margin: of the rules the nearest to confirming it,
     the smallest distance of its measures to their thresholds) is a *possible* near-copy: at 32 px copies and
     look-alikes overlap there (on CIFAR-10, by eye, 0.05 below the decision most pairs are the same photograph, 0.2
     below it few are); compare and the report give each head's test top-1 without the confirmed and the possible
