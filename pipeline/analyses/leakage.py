@@ -20,9 +20,10 @@ training images measures memory, not generalisation. Three steps:
    the outline). Two different photographs of one outline on a plain background share their outline
    (a high match) but not their faint structure (a low detail). And the ``colour``: the cosine of the two
    images' chroma layouts at that alignment (:func:`_colour_at`), where both have colour. A pair is
-   *confirmed* (:func:`confirm`) when its match and its detail both reach their thresholds, or when its
-   colour reaches its own with a lower match and detail (a copy degraded by blur or re-encoding keeps its
-   colours); ``mirrored`` when its best alignment is the mirror.
+   *confirmed* (:func:`confirm`) when its match and its detail both reach their thresholds (or its match is
+   well above its threshold and its detail a little below), or when its colour reaches its own with a lower
+   match and detail (a copy degraded by blur or re-encoding keeps its colours); *possible*
+   (:func:`possible`) when not confirmed but near it; ``mirrored`` when its best alignment is the mirror.
 
 The pairs are a table (:func:`write_pairs` / :func:`read_pairs`, ``evaluation/leakage/pairs.csv``) that
 the compare stage reads to score every head without the test images that have a confirmed near-copy in
