@@ -7,8 +7,9 @@ tiny grey thumbnails of the pixels (:func:`pipeline.analyses.leakage.pixel_searc
 images of these candidates are read from the dataset and aligned in grey at ``leakage.pixel_size`` pixels
 (:func:`pipeline.analyses.leakage.match`), which confirms a pair or not. Writes, as one set,
 evaluation/leakage/pairs.csv (every candidate checked at full size), summary.json (counts) and pairs.png (the test
-pairs nearest the decision and nearest the lower edge of the band of possible near-copies, on both sides of each). It reads images, so it is data side: no head-side module imports it; the
-compare stage reads only the ids in pairs.csv.
+pairs nearest the decision and nearest the lower edge of the band of possible near-copies, on both sides of each).
+It reads images, so it is data side: no head-side module imports it; the compare stage reads only the ids in
+pairs.csv.
 """
 
 from __future__ import annotations
