@@ -12,7 +12,8 @@ photograph: another object, pose or moment) or ``unsure`` (not decidable at 32 p
 what the check tolerates; these say where CIFAR-10's own copies and look-alikes lie against its measures.
 
 Reads a finished leakage stage's pairs.csv (the pairs it lists: those past the coarse pass) and prints,
-for the labelled pairs it lists: the decision (confirmed, possible, rejected) against the labels, the labels per band of the margin, and
+for the labelled pairs it lists: the decision (confirmed, possible, rejected) against the labels, the labels
+per band of the margin, and
 for each measure how often a ``same`` pair scores above a ``different`` one (1: always; ties count half)
 with the 10th percentile of the ``same`` pairs and the 90th of the ``different`` ones (a gap: the first
 above the second). ``--picture`` draws the labelled pairs by label, green confirmed, blue possible, orange

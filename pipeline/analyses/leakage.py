@@ -421,7 +421,8 @@ def margin(p: Pair, lk: LeakageParams) -> float:
     the colour rule) the nearest to confirming it, each by the smallest of its measures' distances to their
     thresholds (cosines); at least 0: confirmed."""
     strong_match, lower_detail = strong_point(lk)
-    grey = max(min(p.match - lk.threshold, p.detail - lk.min_detail), min(p.match - strong_match, p.detail - lower_detail))
+    grey = max(min(p.match - lk.threshold, p.detail - lk.min_detail),
+               min(p.match - strong_match, p.detail - lower_detail))
     if lk.min_colour is None or math.isnan(p.colour):
         return grey
     return max(grey, min(p.match - COLOUR_MATCH, p.detail - COLOUR_DETAIL, p.colour - lk.min_colour))
