@@ -244,6 +244,13 @@ def test_documented_ways_to_turn_parts_off_run(tmp_path, switch):
     assert not any(s.startswith("finetune@") for s in ran(out))
     table = (repo / "evaluation" / "comparison.md").read_text()
     assert "| head |" in table and ("| ridge |" in table) == (switch == "no fine-tuning")
+    # docs/heads.md: a head swap, then back to the committed head with git and dvc checkout, nothing fitted again
+    commit(repo, env, "first run")
+    assert ran(dvc(repo, env, "exp", "run", "-S", "head.kind=ridge")) == {"train", "report"}
+    sh(["git", "checkout", "--", "params.yaml", "dvc.lock", "evaluation"], repo, env)
+    dvc(repo, env, "checkout")
+    assert "Data and pipelines are up to date" in dvc(repo, env, "status")
+    assert sh(["git", "status", "--porcelain"], repo, env) == ""
     # a clean re-run: every report and model removed, dvc repro makes them again (no folder a stage reads is
     # left for git to provide: evaluation/heads, finetune, backbones do not exist here)
     shutil.rmtree(repo / "evaluation")
