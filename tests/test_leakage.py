@@ -408,11 +408,16 @@ def test_the_band_of_possible_near_copies_is_drawn_and_turned_off(planted):
     root = planted["out"].parent
     params = planted["params"].model_copy(update={"leakage": lk.model_copy(update={"possible_margin": 0.0})})
     summary = leakage.run(params, root / "pooled.h5", root / "splits.json", root / "no-band", device="cpu")
-    pairs = read_pairs(root / "no-band" / "pairs.csv")
-    assert not any(p.possible for p in pairs) and summary["test_possible"] == 0
-    assert {(p.id, p.nearest_id) for p in pairs if p.confirmed} == {
+    unbanded = read_pairs(root / "no-band" / "pairs.csv")
+    assert not any(p.possible for p in unbanded) and summary["test_possible"] == 0
+    assert {(p.id, p.nearest_id) for p in unbanded if p.confirmed} == {
         (p.id, p.nearest_id) for p in planted["pairs"] if p.confirmed}
-    assert [label.split(",")[0] for label, _ in leakage.boundary(pairs, params.leakage)] == ["confirmed", "rejected"]
+    assert [label.split(",")[0] for label, _ in leakage.boundary(unbanded, params.leakage)] == ["confirmed", "rejected"]
+    # without a band, twice as many on each side of the decision: of the made pairs' 35 unconfirmed ones, 24 shown
+    unflagged = [replace(p, possible=False) for p in pairs]
+    assert [[p.match for p in group] for _, group in leakage.boundary(unflagged, params.leakage)] == [
+        [0.82, 0.9], sorted((p.match for p in unflagged if not p.confirmed and p.split_pair != "val-train"),
+                            reverse=True)[:24]]
 
 
 # -- compare: the test figure without near-copies ---------------------------------------------------

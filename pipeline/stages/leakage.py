@@ -71,19 +71,19 @@ def picture_title(lk: LeakageParams, backbone: str) -> str:
 
 
 def boundary(pairs: list[Pair], lk: LeakageParams, shown: int = SHOWN) -> list[tuple[str, list[Pair]]]:
-    """The test pairs against train or val nearest each edge (:func:`pipeline.analyses.leakage.margin`), ``shown``
-    on each side, each nearest its edge first: the confirmed ones nearest the decision and the unconfirmed ones
-    nearest it (possible ones, with a band); with a band (``leakage.possible_margin``) also the possible ones
-    nearest its lower edge and the rejected ones nearest that."""
+    """The test pairs against train or val nearest each edge (:func:`pipeline.analyses.leakage.margin`), each
+    nearest its edge first: with a band (``leakage.possible_margin``), ``shown`` on each side of each edge (the
+    confirmed and the possible ones nearest the decision, the possible and the rejected ones nearest the band's
+    lower edge); without one, twice ``shown`` on each side of the decision."""
     tested = [(margin(p, lk), p) for p in pairs if p.split_pair in ("test-train", "test-val")]
     up = sorted((x for x in tested if x[1].confirmed), key=lambda x: (x[0], x[1].id))
     down = sorted((x for x in tested if not x[1].confirmed), key=lambda x: (-x[0], x[1].id))
-    below = [p for _, p in down if not p.possible]
-    if not lk.possible_margin:
-        return [("confirmed,\nnearest the\nthreshold", [p for _, p in up][:shown]),
-                ("rejected,\nnearest the\nthreshold", below[:shown])]
+    confirmed, below = [p for _, p in up], [p for _, p in down if not p.possible]
+    if not lk.possible_margin:  # one edge: twice as many on each side, the same picture's size
+        return [("confirmed,\nnearest the\nthreshold", confirmed[: 2 * shown]),
+                ("rejected,\nnearest the\nthreshold", below[: 2 * shown])]
     band = [p for _, p in down if p.possible]
-    return [("confirmed,\nnearest the\nthreshold", [p for _, p in up][:shown]),
+    return [("confirmed,\nnearest the\nthreshold", confirmed[:shown]),
             ("possible,\nnearest the\nthreshold", band[:shown]),
             ("possible,\nnearest the\nband's edge", band[::-1][:shown]),
             ("rejected,\nnearest the\nband's edge", below[:shown])]
