@@ -377,6 +377,21 @@ def plots_project(cache, tmp_path: Path) -> tuple[Path, dict]:
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium); .ci/run installs it")
+def test_the_offline_page_is_what_its_builder_writes():
+    """plots/offline.html is plots/build_offline_template.py's page around the inlined libraries: the page's own
+    markup (head, the script that drops a plot without data, style) is written in the builder alone."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("build_offline_template", ROOT / "plots" / "build_offline_template.py")
+    builder = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(builder)
+    page = (ROOT / "plots" / "offline.html").read_text(encoding="utf-8")
+    versions = re.search(r"from the npm packages\n(.*?)\nLicences", page, re.S).group(1)
+    scripts = re.findall(r"    <script>/\* vega.*?\n    </script>", page, re.S)
+    assert len(scripts) == len(builder.PACKAGES)
+    assert builder.PAGE.format(versions=versions, scripts="\n".join(scripts)) == page
+
+
 def test_dvc_plots_show_renders_offline_in_headless_chromium(cache, tmp_path):
     """`dvc plots show` with the project's default page template (.dvc/config: plots/offline.html,
     Vega inlined) draws the confusion matrices, the learning curve and the training curves with no
