@@ -285,12 +285,12 @@ def evaluate(work: Path, truth: dict, pictures: Path | None = None, reuse: bool 
                        for how, keep in (("features", lambda p: p.rank > 0), ("pixels", lambda p: p.pixel_rank > 0),
                                          ("either", lambda p: True))}
     start = time.perf_counter()
-    scores, mirrored, details, colours = match(
+    scores, mirrored, details, colours, interiors = match(
         np.stack([grey[p.id] for p in pairs]), np.stack([grey[p.nearest_id] for p in pairs]),
         np.stack([colour[p.id] for p in pairs]), np.stack([colour[p.nearest_id] for p in pairs]))
     check_s = time.perf_counter() - start
     scores, details = np.nan_to_num(scores, nan=-1.0), np.nan_to_num(details, nan=-1.0)
-    methods = {"match (the stage)": scores, "detail": details, "colour": colours,
+    methods = {"match (the stage)": scores, "detail": details, "colour": colours, "interior": interiors,
                "grey correlation, unaligned": np.array([grey_correlation(grey[p.id], grey[p.nearest_id])
                                                         for p in pairs]),
                "old: -mean |grey diff| at 16 px": np.array([old_check(rgb[p.id], rgb[p.nearest_id]) for p in pairs])}
@@ -301,13 +301,13 @@ def evaluate(work: Path, truth: dict, pictures: Path | None = None, reuse: bool 
     best = {}
     for n, p in enumerate(pairs):
         t = truth[p.id]
-        m = margin(replace(p, match=scores[n], detail=details[n], colour=colours[n]), lk)
+        m = margin(replace(p, match=scores[n], detail=details[n], colour=colours[n], interior=interiors[n]), lk)
         for name, s in methods.items():
             if t["kind"] == "copy":
                 if p.nearest_id == t["source"]:
                     per_image[name][p.id] = s[n]
                     best[p.id] = m
-            elif name in ("match (the stage)", "detail", "colour"):
+            elif name in ("match (the stage)", "detail", "colour", "interior"):
                 if m > best.get(p.id, -np.inf):
                     per_image[name][p.id] = s[n]
             else:
@@ -319,7 +319,7 @@ def evaluate(work: Path, truth: dict, pictures: Path | None = None, reuse: bool 
               "per_image": per_image, "threshold": lk.threshold, "min_detail": lk.min_detail,
               "min_colour": lk.min_colour, "truth": truth, "margin": best, "possible_margin": lk.possible_margin}
     if pictures is not None:
-        _draw(pairs, scores, details, colours, mirrored, truth, rgb, lk, pictures)
+        _draw(pairs, scores, details, colours, interiors, mirrored, truth, rgb, lk, pictures)
     return result
 
 
@@ -329,7 +329,7 @@ def recall_table(result: dict, method: str, threshold: float, min_detail: float 
     the stage's match with ``min_detail`` and ``min_colour``: its decision,
     :func:`pipeline.analyses.leakage.confirm`)."""
     truth, scores = result["truth"], result["per_image"][method]
-    details, colours = result["per_image"]["detail"], result["per_image"]["colour"]
+    details, colours, interiors = (result["per_image"][k] for k in ("detail", "colour", "interior"))
 
     from pipeline.core.config import LeakageParams
 
@@ -340,7 +340,7 @@ def recall_table(result: dict, method: str, threshold: float, min_detail: float 
         s = scores.get(k, -np.inf)
         if decision is None:
             return s >= threshold
-        return bool(confirm(s, details.get(k, -np.inf), colours.get(k, np.nan), decision))
+        return bool(confirm(s, details.get(k, -np.inf), colours.get(k, np.nan), decision, interiors.get(k, np.nan)))
 
     out = {}
     for family in [*PLANTED, *BEYOND]:
@@ -353,10 +353,10 @@ def recall_table(result: dict, method: str, threshold: float, min_detail: float 
     return out
 
 
-def _draw(pairs, scores, details, colours, mirrored, truth, rgb, lk, pictures: Path) -> None:
-    checked = [replace(p, match=float(s), detail=float(d), mirrored=bool(m), colour=float(c),
-                       confirmed=bool(confirm(s, d, c, lk)))
-               for p, s, d, c, m in zip(pairs, scores, details, colours, mirrored)]
+def _draw(pairs, scores, details, colours, interiors, mirrored, truth, rgb, lk, pictures: Path) -> None:
+    checked = [replace(p, match=float(s), detail=float(d), mirrored=bool(m), colour=float(c), interior=float(i),
+                       confirmed=bool(confirm(s, d, c, lk, i)))
+               for p, s, d, c, i, m in zip(pairs, scores, details, colours, interiors, mirrored)]
     negatives = sorted((p for p in checked if truth[p.id]["kind"] != "copy"),
                        key=lambda p: -margin(p, lk))
     missed_ids = {k for k, t in truth.items() if t["kind"] == "copy"} - {

@@ -158,7 +158,8 @@ def test_the_pixel_check_confirms_moved_recoloured_mirrored_copies_not_other_pho
     images, sources = [*copies, other_cat, other_plane, swapped], [cat] * len(copies) + [cat, plane, cat]
     queries, bases = (np.stack([grey_square(c, 32) for c in x]) for x in (images, sources))
     colours = [np.stack([colour_square(c, 16) for c in x]) for x in (images, sources)]
-    scores, mirrored, details, colour = match(queries, bases, *colours)
+    scores, mirrored, details, colour, interior = match(queries, bases, *colours)
+    assert np.isnan(interior).all()  # photographs, not objects on a plain background
     n = len(copies)
     assert (scores[:n] >= 0.9).all(), scores
     assert (details[:n] >= 0.7).all(), details
@@ -181,6 +182,31 @@ def test_the_pixel_check_confirms_moved_recoloured_mirrored_copies_not_other_pho
     coloured = check_pairs(pairs[:1], grey, {"a": colours[0][0], "b": colours[1][0]},
                            LeakageParams(threshold=0.9, min_detail=1.0, min_colour=0.9))
     assert [(p.confirmed, p.colour > 0.9) for p in coloured] == [(True, True)]  # ... or the colour rule confirms
+
+
+FASHION = Path(__file__).parent / "data" / "fashion-mnist"
+
+
+def test_on_a_plain_background_the_inside_of_the_object_decides():
+    """Real product pictures on black (Fashion-MNIST, tests/data/fashion-mnist/README.md): two copies (JPEG,
+    shifted) and two pairs of different items of one cut, whose outlines alone would confirm them."""
+    names = [("test-shirt-copy-jpeg-0150", "train-shirt-0911"), ("test-coat-copy-shift-0011", "train-coat-0286"),
+             ("test-dress-negative-rescale-0017", "train-dress-0799"),
+             ("test-sneaker-negative-crop-0010", "train-sneaker-0154")]
+    load = lambda name: grey_square(np.asarray(Image.open(FASHION / f"{name}.png").convert("RGB")), 32)
+    queries, bases = (np.stack([load(pair[i]) for pair in names]) for i in (0, 1))
+    scores, _, details, _, interior = match(queries, bases)
+    lk = LeakageParams()
+    assert (scores >= 0.9).all() and (details >= lk.min_detail).all(), (scores, details)  # the outline agrees
+    assert (interior[:2] >= 0.8).all() and (interior[2:] < 0.65).all(), interior  # the inside does not
+    assert confirm(scores, details, np.nan, lk, interior).tolist() == [True, True, False, False]
+    assert confirm(scores, details, np.nan, lk).all()  # without the interior: all four
+    p = Pair("test-train", "a", "b", 1, 0.9, float(scores[2]), float(details[2]), interior=float(interior[2]))
+    assert margin(p, lk) == pytest.approx(interior[2] - lk.min_detail)  # the interior is the nearest measure
+    # the background is what makes an image plain: the same pictures on a textured background are not measured
+    noise = np.random.default_rng(0).integers(0, 255, queries.shape).astype(np.uint8)
+    textured = np.where(queries < 20, noise, queries)
+    assert np.isnan(match(textured, bases)[4]).all()
 
 
 def test_the_decision_is_the_grey_rule_or_the_colour_rule():

@@ -100,6 +100,9 @@ class Pair:
     little colour to say (:data:`CHROMA_FLOOR`)."""
     pixel_rank: int = 0
     possible: bool = False
+    interior: float = float("nan")
+    """The detail over the inside of the object alone, where both images are on a plain background; NaN
+    elsewhere (:func:`_best_alignment`)."""
 
 
 def split_pair_name(query: str, base: str) -> str:
@@ -213,6 +216,13 @@ COLOUR_MATCH, COLOUR_DETAIL = 0.7, 0.6
 """Where both images have colour and their colour layouts agree (``leakage.min_colour``), a pair is also
 confirmed down to this match and this detail: a copy degraded by blur or re-encoding loses fine structure
 before its colour layout, which two photographs of one outline seldom share."""
+PLAIN_LEVELS = 12.0
+"""Grey levels within which a pixel counts as an image's background: the median of its outer ring two pixels wide
+(after the blur)."""
+PLAIN_SHARE = 0.6
+"""An image is on a plain background when at least this share of its outer ring is background (:func:`_plain`)."""
+MIN_INSIDE = 0.05
+"""The ``interior`` is measured where the inside of the object covers at least this share of the compared window."""
 CHUNK = 256
 """Pairs aligned at once (memory: about 0.2 MiB per pair at 32 pixels)."""
 
@@ -301,22 +311,39 @@ def _box_sums(x, w: int):
     return c[..., w:, w:] - c[..., :-w, w:] - c[..., w:, :-w] + c[..., :-w, :-w]
 
 
+def _plain(images):
+    """(P, 1, S, S) grey -> (the background level (P,): the median of the outer ring two pixels wide, whether the
+    image is on a plain background (P,): at least :data:`PLAIN_SHARE` of that ring within :data:`PLAIN_LEVELS`
+    of it)."""
+    import torch
+
+    x = images[:, 0]
+    ring = torch.cat([x[:, :2].flatten(1), x[:, -2:].flatten(1), x[:, 2:-2, :2].flatten(1), x[:, 2:-2, -2:].flatten(1)], 1)
+    level = ring.median(dim=1).values
+    return level, ((ring - level[:, None]).abs() <= PLAIN_LEVELS).float().mean(1) >= PLAIN_SHARE
+
+
 def _best_alignment(queries, bases, scales: Sequence[float] = SCALES):
     """The cosine similarity of the gradient fields of each query (P, 1, S, S) and its base at their best
     alignment: the base at each of ``scales``, upright and mirrored, at every shift of up to 15% of the
     side, against the query's central window (all but a tenth of the side at each edge). The products of
     all shifts at once by FFT, the base windows' norms by an integral image. Returns (score (P,), the best
-    version (P,): its scale, mirrored from ``len(scales)`` on, the shift (P, 2) of the base in pixels, and the
-    detail (P,) there)."""
+    version (P,): its scale, mirrored from ``len(scales)`` on, the shift (P, 2) of the base in pixels, the
+    detail (P,) there, and the interior (P,): the detail over the inside of the object alone, where both images
+    are on a plain background (:func:`_plain`): the pixels off both backgrounds, less a pixel at the edge;
+    NaN elsewhere, or where that inside covers less than :data:`MIN_INSIDE` of the window)."""
     import torch
+    import torch.nn.functional as F
 
     P, size = len(queries), queries.shape[-1]
     reach, margin, sigma = math.ceil(0.15 * size), max(1, size // 10), 0.35 + 0.35 * size / 32
-    q = _gradients(_blur(queries, sigma))
+    blurred_queries, blurred_bases = _blur(queries, sigma), _blur(bases, sigma)
+    q = _gradients(blurred_queries)
     window = q.shape[-1] - 2 * margin
     q = q[..., margin : margin + window, margin : margin + window]  # (P, 2, w, w)
     side = window + 2 * reach
-    g = _gradients(_versions(_blur(bases, sigma), reach, scales))
+    versions = _versions(blurred_bases, reach, scales)
+    g = _gradients(versions)
     g = g[..., margin : margin + side, margin : margin + side]
     g = g.reshape(P, -1, 2, side, side)  # (P, V, 2, w + 2r, w + 2r)
     spectra = torch.fft.rfft2(g) * torch.fft.rfft2(q, s=(side, side)).conj()[:, None]
@@ -332,7 +359,22 @@ def _best_alignment(queries, bases, scales: Sequence[float] = SCALES):
     q, aligned = (x / (x.norm(dim=1, keepdim=True) + DETAIL_FLOOR) for x in (q, aligned))
     norms = q.flatten(1).norm(dim=1) * aligned.flatten(1).norm(dim=1)
     detail = (q * aligned).flatten(1).sum(1) / norms.clamp_min(1e-6)
-    return best, version, torch.stack([dy, dx], 1) - reach, detail
+    # the interior: the grey levels under the compared gradients (a gradient at (r, c) is the pixel's at r + 1, c + 1)
+    (query_level, query_plain), (base_level, base_plain) = _plain(blurred_queries), _plain(blurred_bases)
+    inner = slice(1 + margin, 1 + margin + window)
+    grey_q = blurred_queries[:, 0, inner, inner]
+    canvas = versions.shape[-1]
+    grey_b = versions.reshape(P, -1, canvas, canvas)[pairs, version][pairs[:, None, None], rows[:, 0] + margin + 1,
+                                                                columns[:, 0] + margin + 1]
+    off = ((grey_q - query_level[:, None, None]).abs() > PLAIN_LEVELS) & (
+        (grey_b - base_level[:, None, None]).abs() > PLAIN_LEVELS)
+    inside = -F.max_pool2d(-off[:, None].float(), 5, 1, 2)  # (P, 1, w, w): less two pixels at the edge
+    q, aligned = q * inside, aligned * inside
+    norms = q.flatten(1).norm(dim=1) * aligned.flatten(1).norm(dim=1)
+    interior = (q * aligned).flatten(1).sum(1) / norms.clamp_min(1e-6)
+    measured = query_plain & base_plain & (inside.flatten(1).mean(1) >= MIN_INSIDE)
+    interior = torch.where(measured, interior, torch.tensor(float("nan")))
+    return best, version, torch.stack([dy, dx], 1) - reach, detail, interior
 
 
 def _colour_at(queries, bases, version, shift, size: int, scales: Sequence[float] = SCALES):
@@ -364,10 +406,11 @@ def _colour_at(queries, bases, version, shift, size: int, scales: Sequence[float
 
 
 def match(queries: np.ndarray, bases: np.ndarray, query_colours: np.ndarray | None = None,
-          base_colours: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+          base_colours: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Pairs of grey images ``queries[i]``, ``bases[i]`` (P, S, S) uint8 (:func:`grey_square`): the
     cosine similarity of their gradient fields at their best alignment (scales, shifts, mirror), whether
-    that alignment is the mirror, the ``detail`` there (:func:`_best_alignment`) and, given their
+    that alignment is the mirror, the ``detail`` there (:func:`_best_alignment`), the ``interior`` (NaN but on
+    plain backgrounds) and, given their
     :func:`colour_square` (P, 3, S/2, S/2), the ``colour`` there (:func:`_colour_at`; NaN without). The pairs whose
     coarse score (both images halved, the scales of :data:`COARSE_SCALES`) is below :data:`COARSE_BAR`
     are not aligned at full size: their score and detail are NaN. Runs on one thread: these operations
@@ -377,6 +420,7 @@ def match(queries: np.ndarray, bases: np.ndarray, query_colours: np.ndarray | No
 
     scores, mirrored = np.full(len(queries), np.nan, np.float32), np.zeros(len(queries), bool)
     details, colours = np.full(len(queries), np.nan, np.float32), np.full(len(queries), np.nan, np.float32)
+    interiors = np.full(len(queries), np.nan, np.float32)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -386,16 +430,17 @@ def match(queries: np.ndarray, bases: np.ndarray, query_colours: np.ndarray | No
             coarse = _best_alignment(F.avg_pool2d(q, 2), F.avg_pool2d(b, 2), COARSE_SCALES)[0]
             keep = torch.nonzero(coarse >= COARSE_BAR)[:, 0]
             if len(keep):
-                best, version, shift, detail = _best_alignment(q[keep], b[keep])
+                best, version, shift, detail, interior = _best_alignment(q[keep], b[keep])
                 at = start + keep.numpy()
                 scores[at], mirrored[at], details[at] = best.numpy(), (version >= len(SCALES)).numpy(), detail.numpy()
+                interiors[at] = interior.numpy()
                 if query_colours is not None:
                     qc, bc = (torch.from_numpy(np.ascontiguousarray(x[at], np.float32))
                               for x in (query_colours, base_colours))
                     colours[at] = _colour_at(qc, bc, version, shift, queries.shape[-1]).numpy()
     finally:
         torch.set_num_threads(threads)
-    return scores, mirrored, details, colours
+    return scores, mirrored, details, colours, interiors
 
 
 def strong_point(lk: LeakageParams) -> tuple[float, float]:
@@ -403,29 +448,31 @@ def strong_point(lk: LeakageParams) -> tuple[float, float]:
     return round(lk.threshold + STRONG_MATCH, 6), round(lk.min_detail - DETAIL_GIVEN, 6)
 
 
-def confirm(score, detail, colour, lk: LeakageParams):
+def confirm(score, detail, colour, lk: LeakageParams, interior=float("nan")):
     """The decision, on numbers or arrays: a match of at least ``lk.threshold`` and a detail of at least
     ``lk.min_detail``, or a match :data:`STRONG_MATCH` higher with a detail :data:`DETAIL_GIVEN` lower (the grey
     rule); or, where both images have colour (``colour`` not NaN) and ``lk.min_colour`` is set, a colour of at
     least ``lk.min_colour`` with a match of at least :data:`COLOUR_MATCH` and a detail of at least
-    :data:`COLOUR_DETAIL`."""
+    :data:`COLOUR_DETAIL`. And, where both images are on a plain background (``interior`` not NaN), an interior of
+    at least ``lk.min_detail``: two items of one cut share their outline, not what is inside it."""
     strong_match, lower_detail = strong_point(lk)
     grey = (score >= lk.threshold) & (detail >= lk.min_detail) | (score >= strong_match) & (detail >= lower_detail)
-    if lk.min_colour is None:
-        return grey
-    return grey | ((colour >= lk.min_colour) & (score >= COLOUR_MATCH) & (detail >= COLOUR_DETAIL))
+    if lk.min_colour is not None:
+        grey = grey | ((colour >= lk.min_colour) & (score >= COLOUR_MATCH) & (detail >= COLOUR_DETAIL))
+    return grey & (np.isnan(interior) | (interior >= lk.min_detail))
 
 
 def margin(p: Pair, lk: LeakageParams) -> float:
     """How far a checked pair is from the decision (:func:`confirm`): of its rules (the grey rule's two points,
     the colour rule) the nearest to confirming it, each by the smallest of its measures' distances to their
-    thresholds (cosines); at least 0: confirmed."""
+    thresholds (cosines), and no nearer than its interior's distance to ``lk.min_detail`` (where measured); at
+    least 0: confirmed."""
     strong_match, lower_detail = strong_point(lk)
-    grey = max(min(p.match - lk.threshold, p.detail - lk.min_detail),
-               min(p.match - strong_match, p.detail - lower_detail))
-    if lk.min_colour is None or math.isnan(p.colour):
-        return grey
-    return max(grey, min(p.match - COLOUR_MATCH, p.detail - COLOUR_DETAIL, p.colour - lk.min_colour))
+    rules = max(min(p.match - lk.threshold, p.detail - lk.min_detail),
+                min(p.match - strong_match, p.detail - lower_detail))
+    if lk.min_colour is not None and not math.isnan(p.colour):
+        rules = max(rules, min(p.match - COLOUR_MATCH, p.detail - COLOUR_DETAIL, p.colour - lk.min_colour))
+    return rules if math.isnan(p.interior) else min(rules, p.interior - lk.min_detail)
 
 
 def possible(p: Pair, lk: LeakageParams) -> bool:
@@ -444,18 +491,18 @@ def check_pairs(pairs: Sequence[Pair], grey: dict[str, np.ndarray], colour: dict
         some = pairs[start : start + 16 * CHUNK]
         coloured = {} if colour is None else {
             "query_colours": np.stack([colour[p.id] for p in some]), "base_colours": np.stack([colour[p.nearest_id] for p in some])}
-        scores, mirrored, details, colours = match(np.stack([grey[p.id] for p in some]),
-                                                   np.stack([grey[p.nearest_id] for p in some]), **coloured)
-        checked = [replace(p, match=float(s), detail=float(d), mirrored=bool(m), colour=float(c),
-                           confirmed=bool(confirm(s, d, c, lk)))
-                   for p, s, m, d, c in zip(some, scores, mirrored, details, colours) if not np.isnan(s)]
+        scores, mirrored, details, colours, interiors = match(np.stack([grey[p.id] for p in some]),
+                                                              np.stack([grey[p.nearest_id] for p in some]), **coloured)
+        checked = [replace(p, match=float(s), detail=float(d), mirrored=bool(m), colour=float(c), interior=float(i),
+                           confirmed=bool(confirm(s, d, c, lk, i)))
+                   for p, s, m, d, c, i in zip(some, scores, mirrored, details, colours, interiors) if not np.isnan(s)]
         out += [replace(p, possible=True) if possible(p, lk) else p for p in checked]
     return out
 
 
 # -- the table and its summary ----------------------------------------------------------------------
 FIELDS = ["split_pair", "id", "nearest_id", "rank", "cosine", "match", "detail", "mirrored", "confirmed", "colour",
-          "pixel_rank", "possible"]
+          "pixel_rank", "possible", "interior"]
 _BOOL = {"true": True, "false": False}
 
 
@@ -467,7 +514,8 @@ def write_pairs(pairs: Iterable[Pair], path: str | Path) -> None:
             cosine = "" if math.isnan(p.cosine) else f"{p.cosine:.6f}"
             writer.writerow([p.split_pair, p.id, p.nearest_id, p.rank, cosine, f"{p.match:.4f}", f"{p.detail:.4f}",
                              str(p.mirrored).lower(), str(p.confirmed).lower(),
-                             "" if math.isnan(p.colour) else f"{p.colour:.4f}", p.pixel_rank, str(p.possible).lower()])
+                             "" if math.isnan(p.colour) else f"{p.colour:.4f}", p.pixel_rank, str(p.possible).lower(),
+                             "" if math.isnan(p.interior) else f"{p.interior:.4f}"])
 
 
 def read_pairs(path: str | Path, flagged_only: bool = False) -> list[Pair]:
@@ -485,8 +533,8 @@ def read_pairs(path: str | Path, flagged_only: bool = False) -> list[Pair]:
         confirmed, maybe = FIELDS.index("confirmed"), FIELDS.index("possible")
         try:
             return [Pair(sp, a, b, int(rank), float(cosine or "nan"), float(m), float(d), _BOOL[mirrored],
-                         _BOOL[ok], float(colour or "nan"), int(pixel_rank), _BOOL[flag])
-                    for sp, a, b, rank, cosine, m, d, mirrored, ok, colour, pixel_rank, flag in (
+                         _BOOL[ok], float(colour or "nan"), int(pixel_rank), _BOOL[flag], float(inside or "nan"))
+                    for sp, a, b, rank, cosine, m, d, mirrored, ok, colour, pixel_rank, flag, inside in (
                         r for r in rows if not flagged_only or "true" in (r[confirmed], r[maybe]))]
         except (ValueError, KeyError) as err:
             raise PipelineError(f"{path} line {rows.line_num}: not a pair ({err}); "
@@ -561,7 +609,8 @@ def plot_pairs(groups: Sequence[tuple[str, Sequence[Pair]]], images: dict[str, n
             found = f"#{p.rank} cos {p.cosine:.2f}" if p.rank else f"pixels #{p.pixel_rank}"
             axes[2 * g, c].set_title(f"{p.split_pair} {found}\nmatch {p.match:.3f}"
                                      f"{' M' if p.mirrored else ''}\ndetail {p.detail:.3f}"
-                                     f"\ncolour {'-' if math.isnan(p.colour) else f'{p.colour:.3f}'}", fontsize=6.5,
+                                     f"\ncolour {'-' if math.isnan(p.colour) else f'{p.colour:.3f}'}"
+                                     f"{'' if math.isnan(p.interior) else f' inside {p.interior:.3f}'}", fontsize=6.5,
                                      color=colour)
         axes[2 * g, 0].set_ylabel(label, fontsize=8)
     fig.suptitle(wrapped, fontsize=9)
