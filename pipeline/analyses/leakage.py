@@ -318,7 +318,8 @@ def _plain(images):
     import torch
 
     x = images[:, 0]
-    ring = torch.cat([x[:, :2].flatten(1), x[:, -2:].flatten(1), x[:, 2:-2, :2].flatten(1), x[:, 2:-2, -2:].flatten(1)], 1)
+    ring = torch.cat([x[:, :2].flatten(1), x[:, -2:].flatten(1), x[:, 2:-2, :2].flatten(1), x[:, 2:-2, -2:].flatten(1)],
+                     1)
     level = ring.median(dim=1).values
     return level, ((ring - level[:, None]).abs() <= PLAIN_LEVELS).float().mean(1) >= PLAIN_SHARE
 
