@@ -203,6 +203,9 @@ def test_on_a_plain_background_the_inside_of_the_object_decides():
     assert confirm(scores, details, np.nan, lk).all()  # without the interior: all four
     p = Pair("test-train", "a", "b", 1, 0.9, float(scores[2]), float(details[2]), interior=float(interior[2]))
     assert margin(p, lk) == pytest.approx(interior[2] - lk.min_detail)  # the interior is the nearest measure
+    # ... or, in colour, the colour layout: inside the outline, either may show that it is the same picture
+    assert confirm(scores[2], details[2], 0.95, lk, interior[2]) and not confirm(scores[2], details[2], 0.85, lk, interior[2])
+    assert not confirm(scores[2], details[2], 0.95, lk.model_copy(update={"min_colour": None}), interior[2])
     # the background is what makes an image plain: the same pictures on a textured background are not measured
     noise = np.random.default_rng(0).integers(0, 255, queries.shape).astype(np.uint8)
     textured = np.where(queries < 20, noise, queries)
@@ -235,14 +238,18 @@ def test_the_decision_is_the_grey_rule_or_the_colour_rule():
 
     colour_rule = f"match of at least {COLOUR_MATCH} and a detail of at least {COLOUR_DETAIL}"
     assert colour_rule in description(LeakageParams, "min_colour")
-    assert f"or colour >= 0.9 and match >= {COLOUR_MATCH} and detail >= {COLOUR_DETAIL})" in picture_title(lk, "lite0")
+    assert f"or colour >= 0.9 and match >= {COLOUR_MATCH} and detail >= {COLOUR_DETAIL}; and inside >= 0.75 or colour" \
+        in picture_title(lk, "lite0")
     off = picture_title(grey_only, "lite0")
-    assert "(match >= 0.8 and detail >= 0.75, or match >= 0.9 and detail >= 0.7), blue: possible (within 0.2 of" in off
+    assert "(match >= 0.8 and detail >= 0.75, or match >= 0.9 and detail >= 0.7; and inside >= 0.75 where measured), " \
+        "blue: possible (within 0.2 of" in off
     assert "colour >=" not in off and "not measured" in off
     no_band = picture_title(grey_only.model_copy(update={"possible_margin": 0.0}), "lite0")
-    assert "detail >= 0.75, or match >= 0.9 and detail >= 0.7), orange: rejected" in no_band and "blue" not in no_band
+    assert "detail >= 0.7; and inside >= 0.75 where measured), orange: rejected" in no_band and "blue" not in no_band
     stricter = picture_title(lk.model_copy(update={"threshold": 0.85, "min_detail": 0.8}), "lite0")
     assert "(match >= 0.85 and detail >= 0.8, or match >= 0.95 and detail >= 0.75, or colour" in stricter
+    assert "and inside >= 0.8 or colour >= 0.9 where measured" in stricter
+    assert "inside of the object alone" in description(LeakageParams, "min_detail")
 
 
 def _cifar_bytes(*members: str) -> dict[str, bytes]:

@@ -55,19 +55,21 @@ THUMBNAIL = 96
 def picture_title(lk: LeakageParams, backbone: str) -> str:
     """The title of pairs.png: what each caption's numbers are and the decision, the colour rule only when it is on."""
     if lk.min_colour is None:
-        colour, rule = "colour: not measured (leakage.min_colour is null)", ""
+        colour, rule, inside = "colour: not measured (leakage.min_colour is null)", "", ""
     else:
         colour = "colour: colour layouts' cosine there (-: too little colour)"
         rule = f", or colour >= {lk.min_colour} and match >= {COLOUR_MATCH} and detail >= {COLOUR_DETAIL}"
+        inside = f" or colour >= {lk.min_colour}"
     pixels = f", or of its {lk.pixel_neighbours} by the pixels (pixels #rank)" if lk.pixel_neighbours else ""
     strong = strong_point(lk)
     band = (f"blue: possible (within {lk.possible_margin} of confirming by the measure nearest its threshold), "
             if lk.possible_margin else "")
     return (f"test images (top) and a candidate near-copy (bottom): one of its {lk.neighbours} nearest by the pooled "
             f"features ({backbone}), #rank, cosine{pixels}\nmatch: gradient fields' cosine at the best alignment at "
-            f"{lk.pixel_size} px (M: mirrored), detail: gradient directions' cosine there, {colour}\ngreen: confirmed "
-            f"(match >= {lk.threshold} and detail >= {lk.min_detail}, or match >= {strong[0]} and detail >= {strong[1]}"
-            f"{rule}), {band}orange: rejected")
+            f"{lk.pixel_size} px (M: mirrored), detail: gradient directions' cosine there, {colour}, inside: the "
+            f"detail over the object's inside (both on a plain background)\ngreen: confirmed (match >= {lk.threshold} "
+            f"and detail >= {lk.min_detail}, or match >= {strong[0]} and detail >= {strong[1]}{rule}; and inside >= "
+            f"{lk.min_detail}{inside} where measured), {band}orange: rejected")
 
 
 def boundary(pairs: list[Pair], lk: LeakageParams, shown: int = SHOWN) -> list[tuple[str, list[Pair]]]:
