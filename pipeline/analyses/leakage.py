@@ -456,28 +456,30 @@ def confirm(score, detail, colour, lk: LeakageParams, interior=float("nan")):
     least ``lk.min_colour`` with a match of at least :data:`COLOUR_MATCH` and a detail of at least
     :data:`COLOUR_DETAIL`. And, where both images are on a plain background (``interior`` not NaN), what is inside
     the outline must agree too: an interior of at least ``lk.min_detail``, or a colour of at least ``lk.min_colour``
-    (two items of one cut share their outline, not what is inside it nor, often, their colours)."""
+    with an interior of at least :data:`COLOUR_DETAIL` (two items of one cut share their outline, not what is inside
+    it; a copy whose inside lost its faint structure to blur keeps its colours)."""
     strong_match, lower_detail = strong_point(lk)
     rules = (score >= lk.threshold) & (detail >= lk.min_detail) | (score >= strong_match) & (detail >= lower_detail)
     inside = np.isnan(interior) | (interior >= lk.min_detail)
     if lk.min_colour is not None:
         rules = rules | ((colour >= lk.min_colour) & (score >= COLOUR_MATCH) & (detail >= COLOUR_DETAIL))
-        inside = inside | (colour >= lk.min_colour)
+        inside = inside | ((colour >= lk.min_colour) & (interior >= COLOUR_DETAIL))
     return rules & inside
 
 
 def margin(p: Pair, lk: LeakageParams) -> float:
     """How far a checked pair is from the decision (:func:`confirm`): of its rules (the grey rule's two points,
     the colour rule) the nearest to confirming it, each by the smallest of its measures' distances to their
-    thresholds (cosines); on a plain background (its interior measured) no nearer than the inside's evidence
-    (its interior's or its colour's distance to their thresholds, the nearer); at least 0: confirmed."""
+    thresholds (cosines); on a plain background (its interior measured) no nearer than the inside's evidence (its
+    interior's distance to ``lk.min_detail``, or of the colour with the interior, the nearer); at least 0:
+    confirmed."""
     strong_match, lower_detail = strong_point(lk)
     rules = max(min(p.match - lk.threshold, p.detail - lk.min_detail),
                 min(p.match - strong_match, p.detail - lower_detail))
     inside = p.interior - lk.min_detail
     if lk.min_colour is not None and not math.isnan(p.colour):
         rules = max(rules, min(p.match - COLOUR_MATCH, p.detail - COLOUR_DETAIL, p.colour - lk.min_colour))
-        inside = max(inside, p.colour - lk.min_colour)
+        inside = max(inside, min(p.colour - lk.min_colour, p.interior - COLOUR_DETAIL))
     return rules if math.isnan(p.interior) else min(rules, inside)
 
 

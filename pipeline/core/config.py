@@ -476,15 +476,16 @@ class LeakageParams(Section):
 
     the cosine of the two images' gradient directions at that alignment, faint structure counting as much as
     outlines: two photographs of one outline differ there; where both images are on a plain background, the same
-    cosine over the inside of the object alone (its edge left out: the `interior`) must reach it too, or their colour
-    layouts `min_colour`, since two items of one cut share their outline; -1: the match alone decides"""
+    cosine over the inside of the object alone (its edge left out: the `interior`) must reach it too (or 0.6 with
+    colour layouts agreeing to `min_colour`), since two items of one cut share their outline; -1: the match alone
+    decides"""
     min_colour: float | None = Field(0.9, ge=-1, le=1)
     """... or, where both images have colour, their colour layouts' cosine there at least this (null: off)
 
     also confirmed where both images have colour: the cosine of their colour layouts (chroma) at that alignment at
     least this, with a match of at least 0.7 and a detail of at least 0.6 (a blurred or re-encoded copy keeps its
-    colours; two photographs of one outline seldom do); on a plain background, agreeing colour layouts also stand for
-    the inside of the object (`min_detail`); null: `threshold` and `min_detail` alone decide"""
+    colours; two photographs of one outline seldom do); on a plain background, agreeing colour layouts also let the
+    inside of the object (`min_detail`) go down to 0.6; null: `threshold` and `min_detail` alone decide"""
     possible_margin: float = Field(0.2, ge=0, le=1)
     """not confirmed but within this of the decision: a possible near-copy, left out of a third figure (0: none)
 

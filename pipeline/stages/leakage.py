@@ -59,7 +59,7 @@ def picture_title(lk: LeakageParams, backbone: str) -> str:
     else:
         colour = "colour: colour layouts' cosine there (-: too little colour)"
         rule = f", or colour >= {lk.min_colour} and match >= {COLOUR_MATCH} and detail >= {COLOUR_DETAIL}"
-        inside = f" or colour >= {lk.min_colour}"
+        inside = f", or colour >= {lk.min_colour} and inside >= {COLOUR_DETAIL},"
     pixels = f", or of its {lk.pixel_neighbours} by the pixels (pixels #rank)" if lk.pixel_neighbours else ""
     strong = strong_point(lk)
     band = (f"blue: possible (within {lk.possible_margin} of confirming by the measure nearest its threshold), "
