@@ -22,7 +22,9 @@ training images measures memory, not generalisation. Three steps:
    images' chroma layouts at that alignment (:func:`_colour_at`), where both have colour. A pair is
    *confirmed* (:func:`confirm`) when its match and its detail both reach their thresholds (or its match is
    well above its threshold and its detail a little below), or when its colour reaches its own with a lower
-   match and detail (a copy degraded by blur or re-encoding keeps its colours); *possible*
+   match and detail (a copy degraded by blur or re-encoding keeps its colours); where both images are on a
+   plain background, only if the ``interior`` (the detail over the inside of the object, its outline left out)
+   agrees too, since two items of one cut share their outline; *possible*
    (:func:`possible`) when not confirmed but near it; ``mirrored`` when its best alignment is the mirror.
 
 The pairs are a table (:func:`write_pairs` / :func:`read_pairs`, ``evaluation/leakage/pairs.csv``) that
@@ -331,7 +333,7 @@ def _best_alignment(queries, bases, scales: Sequence[float] = SCALES):
     all shifts at once by FFT, the base windows' norms by an integral image. Returns (score (P,), the best
     version (P,): its scale, mirrored from ``len(scales)`` on, the shift (P, 2) of the base in pixels, the
     detail (P,) there, and the interior (P,): the detail over the inside of the object alone, where both images
-    are on a plain background (:func:`_plain`): the pixels off both backgrounds, less a pixel at the edge;
+    are on a plain background (:func:`_plain`): the pixels off both backgrounds, less two pixels at their edge;
     NaN elsewhere, or where that inside covers less than :data:`MIN_INSIDE` of the window)."""
     import torch
     import torch.nn.functional as F
