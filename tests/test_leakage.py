@@ -209,6 +209,11 @@ def test_on_a_plain_background_the_inside_of_the_object_decides():
         p = Pair("test-train", "a", "b", 1, 0.9, 0.95, 0.8, colour=colour, interior=inside)
         assert (margin(p, lk) >= 0) == expected, (colour, inside)
     assert not confirm(0.95, 0.8, 0.95, lk.model_copy(update={"min_colour": None}), 0.65)
+    # the stage's summary: every pair checked is on a plain background
+    grey = {f"q{i}": queries[i] for i in range(4)} | {f"b{i}": bases[i] for i in range(4)}
+    checked = check_pairs([Pair("test-train", f"q{i}", f"b{i}", 1, 0.9) for i in range(4)], grey, None, lk)
+    assert [p.confirmed for p in checked] == [True, True, False, False]
+    assert summarise(checked, {"test-train": (4, 4)}, {})["checked_on_plain_background"] == 1.0
     # the background is what makes an image plain: the same pictures on a textured background are not measured
     noise = np.random.default_rng(0).integers(0, 255, queries.shape).astype(np.uint8)
     textured = np.where(queries < 20, noise, queries)
@@ -300,7 +305,8 @@ def test_pairs_table_round_trip_and_near_copies(tmp_path):
     assert summary["threshold"] == 0.85
     assert summary["pairs"]["test-train"] == {"searched": 10, "candidates": 50, "checked": 2, "confirmed": 1,
                                               "mirrored": 0, "images": 1, "confirmed_by_pixel_search_only": 0,
-                                              "possible": 0}
+                                              "possible": 0, "on_plain_background": 2}
+    assert summary["checked_on_plain_background"] == round(5 / 6, 3)  # test/f.jpg's pair: no interior
     assert summary["pairs"]["test-val"]["possible"] == 1
     assert summary["pairs"]["test-val"]["mirrored"] == 1
     assert summary["pairs"]["test-test"]["images"] == 2  # both images of a pair within test

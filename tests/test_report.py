@@ -421,3 +421,20 @@ def test_shipped_fine_tuned_curve_settings_are_the_defaults_and_points_of_the_cu
     params = parse_params(yaml.safe_load((ROOT / "params.yaml").read_text()))
     assert params.curves_finetune == CurvesFinetuneParams() and params.curve_finetune_config().key == "finetune.top"
     assert set(params.curves_finetune.shots) <= set(params.curves.shots)  # compared with the frozen heads at the same k
+
+
+def test_the_trust_answer_says_so_when_most_pairs_are_on_a_plain_background(full_run, tmp_path):
+    """On photographs (CIFAR-10) nothing is added; where the leakage stage found most checked pairs on a plain
+    background (Fashion-MNIST: all of them), the answer says the near-copy figures are bounds."""
+    from pipeline.reports.report import choose, read_inputs, trust_answer
+
+    ev, params = full_run
+    copy = tmp_path / "evaluation"
+    shutil.copytree(ev, copy)
+    summary = json.loads((copy / "leakage" / "summary.json").read_text())
+    assert 0 <= summary["checked_on_plain_background"] < 0.5
+    head = choose(json.loads((copy / "comparison.json").read_text())).head
+    assert "plain background" not in trust_answer(read_inputs(params, copy), head)
+    (copy / "leakage" / "summary.json").write_text(json.dumps({**summary, "checked_on_plain_background": 0.9}))
+    assert ("; 90% of the pairs checked are on a plain background, where two items of one cut can pass for copies, "
+            "so read these figures as bounds (docs/leakage.md)") in trust_answer(read_inputs(params, copy), head)
