@@ -20,6 +20,9 @@ same candidates: the grey correlation of the two images as they are (no alignmen
 (mean absolute grey difference at 16 px). ``--pictures`` draws the confirmed negatives, the rejected
 ones scoring highest, and the copies missed among the candidates (``leakage-recall-*.png``): look at
 them, CIFAR-10 holds near-copies inside its own train split (:data:`SCREENED`).
+
+``--source`` may be any image folder with a train split: ``benchmarks/fashion_mnist.py`` writes Fashion-MNIST,
+products on a plain black background, where the hard negatives are different items of one cut.
 """
 
 from __future__ import annotations
