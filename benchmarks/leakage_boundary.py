@@ -13,7 +13,7 @@ what the check tolerates; these say where CIFAR-10's own copies and look-alikes 
 
 Reads a finished leakage stage's pairs.csv (the pairs it lists: those past the coarse pass) and prints,
 for the labelled pairs it lists: the decision (confirmed, possible, rejected) against the labels, the labels
-per band of the margin, and
+per band of the margin (and beyond the bands on either side: a later check moves pairs), and
 for each measure how often a ``same`` pair scores above a ``different`` one (1: always; ties count half)
 with the 10th percentile of the ``same`` pairs and the 90th of the ``different`` ones (a gap: the first
 above the second). ``--picture`` draws the labelled pairs by label, green confirmed, blue possible, orange
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{sum(not (p.confirmed or p.possible) for p in mine):9d}")
 
     print("\nmargin band      same  different  unsure")
-    for low, high in zip(BANDS, BANDS[1:]):
+    for low, high in zip((-np.inf, *BANDS), (*BANDS, np.inf)):  # and beyond the bands on either side
         mine = [label for p, label in found if low <= margin(p, lk) < high]
         print(f"[{low:+.2f}, {high:+.2f})  {mine.count('same'):5d} {mine.count('different'):10d} {mine.count('unsure'):7d}")
 

@@ -30,6 +30,7 @@ from pipeline.analyses.leakage import (
     match,
     near_copies,
     pixel_search,
+    plain_background_note,
     possible,
     read_pairs,
     search_thumbnails,
@@ -213,7 +214,12 @@ def test_on_a_plain_background_the_inside_of_the_object_decides():
     grey = {f"q{i}": queries[i] for i in range(4)} | {f"b{i}": bases[i] for i in range(4)}
     checked = check_pairs([Pair("test-train", f"q{i}", f"b{i}", 1, 0.9) for i in range(4)], grey, None, lk)
     assert [p.confirmed for p in checked] == [True, True, False, False]
-    assert summarise(checked, {"test-train": (4, 4)}, {})["checked_on_plain_background"] == 1.0
+    summary = summarise(checked, {"test-train": (4, 4)}, {})
+    assert summary["checked_on_plain_background"] == 1.0 and summary["pairs"]["test-train"]["on_plain_background"] == 4
+    # what the stage's log and the report then say: from half the pairs checked on
+    assert plain_background_note(summary).startswith("100% of the pairs checked are on a plain background")
+    assert plain_background_note({"checked_on_plain_background": 0.5}).startswith("50% of the pairs checked")
+    assert plain_background_note({"checked_on_plain_background": 0.499}) is None and plain_background_note({}) is None
     # the background is what makes an image plain: the same pictures on a textured background are not measured
     noise = np.random.default_rng(0).integers(0, 255, queries.shape).astype(np.uint8)
     textured = np.where(queries < 20, noise, queries)

@@ -436,5 +436,5 @@ def test_the_trust_answer_says_so_when_most_pairs_are_on_a_plain_background(full
     head = choose(json.loads((copy / "comparison.json").read_text())).head
     assert "plain background" not in trust_answer(read_inputs(params, copy), head)
     (copy / "leakage" / "summary.json").write_text(json.dumps({**summary, "checked_on_plain_background": 0.9}))
-    assert ("; 90% of the pairs checked are on a plain background, where two items of one cut can pass for copies, "
-            "so read these figures as bounds (docs/leakage.md)") in trust_answer(read_inputs(params, copy), head)
+    assert ("; 90% of the pairs checked are on a plain background, where two items of one cut can pass for copies: "
+            "read the figures without near-copies as bounds (docs/leakage.md)") in trust_answer(read_inputs(params, copy), head)

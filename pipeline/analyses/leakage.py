@@ -225,8 +225,8 @@ PLAIN_SHARE = 0.6
 """An image is on a plain background when at least this share of its outer ring is background (:func:`_plain`)."""
 MOSTLY_PLAIN = 0.5
 """When at least this share of the checked pairs is on a plain background (``checked_on_plain_background``), the
-stage and the report say that the near-copy figures are bounds there: on Fashion-MNIST about one different item
-of one cut in five still passes for a copy (docs/leakage.md)."""
+stage and the report say that the near-copy figures are bounds there (:func:`plain_background_note`): on
+Fashion-MNIST about one different item of one cut in five still passes for a copy (docs/leakage.md)."""
 MIN_INSIDE = 0.05
 """The ``interior`` is measured where the inside of the object covers at least this share of the compared window."""
 CHUNK = 256
@@ -330,7 +330,13 @@ def _plain(images):
     return level, ((ring - level[:, None]).abs() <= PLAIN_LEVELS).float().mean(1) >= PLAIN_SHARE
 
 
-def _best_alignment(queries, bases, scales: Sequence[float] = SCALES):
+def _cosines(a, b):
+    """Row-wise cosine similarity of (P, ...) and (P, ...): (P,)."""
+    norms = a.flatten(1).norm(dim=1) * b.flatten(1).norm(dim=1)
+    return (a * b).flatten(1).sum(1) / norms.clamp_min(1e-6)
+
+
+def _best_alignment(queries, bases, scales: Sequence[float] = SCALES, inside: bool = True):
     """The cosine similarity of the gradient fields of each query (P, 1, S, S) and its base at their best
     alignment: the base at each of ``scales``, upright and mirrored, at every shift of up to 15% of the
     side, against the query's central window (all but a tenth of the side at each edge). The products of
@@ -338,7 +344,8 @@ def _best_alignment(queries, bases, scales: Sequence[float] = SCALES):
     version (P,): its scale, mirrored from ``len(scales)`` on, the shift (P, 2) of the base in pixels, the
     detail (P,) there, and the interior (P,): the detail over the inside of the object alone, where both images
     are on a plain background (:func:`_plain`): the pixels off both backgrounds, less two pixels at their edge;
-    NaN elsewhere, or where that inside covers less than :data:`MIN_INSIDE` of the window)."""
+    NaN elsewhere, or where that inside covers less than :data:`MIN_INSIDE` of the window; None with ``inside``
+    False)."""
     import torch
     import torch.nn.functional as F
 
@@ -364,8 +371,9 @@ def _best_alignment(queries, bases, scales: Sequence[float] = SCALES):
     rows, columns = (dy[:, None] + offsets)[:, None, :, None], (dx[:, None] + offsets)[:, None, None, :]
     aligned = g[pairs, version][pairs[:, None, None, None], torch.arange(2)[None, :, None, None], rows, columns]
     q, aligned = (x / (x.norm(dim=1, keepdim=True) + DETAIL_FLOOR) for x in (q, aligned))
-    norms = q.flatten(1).norm(dim=1) * aligned.flatten(1).norm(dim=1)
-    detail = (q * aligned).flatten(1).sum(1) / norms.clamp_min(1e-6)
+    detail, shift = _cosines(q, aligned), torch.stack([dy, dx], 1) - reach
+    if not inside:
+        return best, version, shift, detail, None
     # the interior: the grey levels under the compared gradients (a gradient at (r, c) is the pixel's at r + 1, c + 1)
     (query_level, query_plain), (base_level, base_plain) = _plain(blurred_queries), _plain(blurred_bases)
     inner = slice(1 + margin, 1 + margin + window)
@@ -375,13 +383,10 @@ def _best_alignment(queries, bases, scales: Sequence[float] = SCALES):
                                                                 columns[:, 0] + margin + 1]
     off = ((grey_q - query_level[:, None, None]).abs() > PLAIN_LEVELS) & (
         (grey_b - base_level[:, None, None]).abs() > PLAIN_LEVELS)
-    inside = -F.max_pool2d(-off[:, None].float(), 5, 1, 2)  # (P, 1, w, w): less two pixels at the edge
-    q, aligned = q * inside, aligned * inside
-    norms = q.flatten(1).norm(dim=1) * aligned.flatten(1).norm(dim=1)
-    interior = (q * aligned).flatten(1).sum(1) / norms.clamp_min(1e-6)
-    measured = query_plain & base_plain & (inside.flatten(1).mean(1) >= MIN_INSIDE)
-    interior = torch.where(measured, interior, torch.tensor(float("nan")))
-    return best, version, torch.stack([dy, dx], 1) - reach, detail, interior
+    within = -F.max_pool2d(-off[:, None].float(), 5, 1, 2)  # (P, 1, w, w): less two pixels at the edge
+    measured = query_plain & base_plain & (within.flatten(1).mean(1) >= MIN_INSIDE)
+    interior = torch.where(measured, _cosines(q * within, aligned * within), torch.tensor(float("nan")))
+    return best, version, shift, detail, interior
 
 
 def _colour_at(queries, bases, version, shift, size: int, scales: Sequence[float] = SCALES):
@@ -434,7 +439,7 @@ def match(queries: np.ndarray, bases: np.ndarray, query_colours: np.ndarray | No
         for start in range(0, len(queries), CHUNK):
             q = torch.from_numpy(np.ascontiguousarray(queries[start : start + CHUNK], np.float32))[:, None]
             b = torch.from_numpy(np.ascontiguousarray(bases[start : start + CHUNK], np.float32))[:, None]
-            coarse = _best_alignment(F.avg_pool2d(q, 2), F.avg_pool2d(b, 2), COARSE_SCALES)[0]
+            coarse = _best_alignment(F.avg_pool2d(q, 2), F.avg_pool2d(b, 2), COARSE_SCALES, inside=False)[0]
             keep = torch.nonzero(coarse >= COARSE_BAR)[:, 0]
             if len(keep):
                 best, version, shift, detail, interior = _best_alignment(q[keep], b[keep])
@@ -591,6 +596,16 @@ def summarise(pairs: Sequence[Pair], searched: dict[str, tuple[int, int]], setti
         **settings,
         "pairs": per_pair,
     }
+
+
+def plain_background_note(summary: dict) -> str | None:
+    """What the stage's log and the report say when at least :data:`MOSTLY_PLAIN` of the checked pairs of a
+    :func:`summarise` are on a plain background; None otherwise (or for a summary without the share)."""
+    share = summary.get("checked_on_plain_background", 0)
+    if share < MOSTLY_PLAIN:
+        return None
+    return (f"{share:.0%} of the pairs checked are on a plain background, where two items of one cut can pass for "
+            "copies: read the figures without near-copies as bounds (docs/leakage.md)")
 
 
 # -- the picture ----------------------------------------------------------------------------------

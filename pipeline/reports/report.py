@@ -31,7 +31,7 @@ from typing import Callable
 
 from pipeline.analyses.curves import Fit, Point, best_heads, labels_needed, summarise, t_interval
 from pipeline.analyses.curves import plot as plot_curve
-from pipeline.analyses.leakage import MOSTLY_PLAIN
+from pipeline.analyses.leakage import plain_background_note
 from pipeline.core import layout
 from pipeline.core.config import ALL_SHOTS, Params
 from pipeline.core.errors import PipelineError
@@ -499,10 +499,8 @@ def trust_answer(inputs: Inputs, h: dict) -> str:
             text += (f"; {possible} more {'have' if possible > 1 else 'has'} a possible one (a pair just below the "
                      f"decision, where copies and look-alikes overlap), and without those too no head's top-1 moves "
                      f"by more than {points_of(shift)}")
-        plain = inputs.leakage.get("checked_on_plain_background", 0)
-        if plain >= MOSTLY_PLAIN:
-            text += (f"; {plain:.0%} of the pairs checked are on a plain background, where two items of one cut can "
-                     "pass for copies, so read these figures as bounds (docs/leakage.md)")
+        if note := plain_background_note(inputs.leakage):
+            text += f"; {note}"
     raw, calibrated = ece_of(h)
     if calibrated is not None:
         text += f"; its calibration error (ECE) is {ece_text(raw)} raw and {ece_text(calibrated)} after temperature scaling"

@@ -23,7 +23,6 @@ import numpy as np
 from pipeline.analyses.leakage import (
     COLOUR_DETAIL,
     COLOUR_MATCH,
-    MOSTLY_PLAIN,
     Pair,
     candidates,
     check_pairs,
@@ -31,6 +30,7 @@ from pipeline.analyses.leakage import (
     grey_square,
     margin,
     pixel_search,
+    plain_background_note,
     plot_pairs,
     search,
     search_thumbnails,
@@ -160,10 +160,8 @@ def run(params: Params, features_path: str | Path, splits_path: str | Path, out_
     print(f"test images with a near-copy in train: {summary['test_with_near_copy_in_train']}; in train or val "
           f"(left out of compare's second test figure): {summary['test_removed']}; with a possible one only (left out "
           f"of its third too): {summary['test_possible']}")
-    if summary["checked_on_plain_background"] >= MOSTLY_PLAIN:
-        print(f"{summary['checked_on_plain_background']:.0%} of the pairs checked are on a plain background, where two "
-              "items of one cut can pass for copies: read the figures without near-copies as bounds "
-              "(docs/leakage.md#on-plain-backgrounds-fashion-mnist)")
+    if note := plain_background_note(summary):
+        print(note)
     print(f"leakage: {', '.join(f'{step} {s:.1f} s' for step, s in seconds.items())}, all "
           f"{time.perf_counter() - start:.1f} s -> {out_dir}")
     return summary
