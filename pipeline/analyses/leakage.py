@@ -460,38 +460,38 @@ def strong_point(lk: LeakageParams) -> tuple[float, float]:
     return round(lk.threshold + STRONG_MATCH, 6), round(lk.min_detail - DETAIL_GIVEN, 6)
 
 
-def confirm(score, detail, colour, lk: LeakageParams, interior=float("nan")):
-    """The decision, on numbers or arrays: a match of at least ``lk.threshold`` and a detail of at least
-    ``lk.min_detail``, or a match :data:`STRONG_MATCH` higher with a detail :data:`DETAIL_GIVEN` lower (the grey
-    rule); or, where both images have colour (``colour`` not NaN) and ``lk.min_colour`` is set, a colour of at
-    least ``lk.min_colour`` with a match of at least :data:`COLOUR_MATCH` and a detail of at least
-    :data:`COLOUR_DETAIL`. And, where both images are on a plain background (``interior`` not NaN), what is inside
-    the outline must agree too: an interior of at least ``lk.min_detail``, or a colour of at least ``lk.min_colour``
-    with an interior of at least :data:`COLOUR_DETAIL` (two items of one cut share their outline, not what is inside
-    it; a copy whose inside lost its faint structure to blur keeps its colours)."""
+def decision_margin(score, detail, colour, lk: LeakageParams, interior=float("nan")):
+    """How far a pair's measures are from the decision, on numbers or arrays (cosines; at least 0: confirmed, see
+    :func:`confirm`): of its rules the nearest to confirming it, each by the smallest of its measures' distances to
+    their thresholds. The rules: a match of at least ``lk.threshold`` and a detail of at least ``lk.min_detail``, or
+    a match :data:`STRONG_MATCH` higher with a detail :data:`DETAIL_GIVEN` lower (the grey rule); or, where both
+    images have colour (``colour`` not NaN) and ``lk.min_colour`` is set, a colour of at least ``lk.min_colour``
+    with a match of at least :data:`COLOUR_MATCH` and a detail of at least :data:`COLOUR_DETAIL`. And, where both
+    images are on a plain background (``interior`` not NaN), no nearer than the inside's evidence, which must
+    agree too: an interior of at least ``lk.min_detail``, or a colour of at least ``lk.min_colour`` with an
+    interior of at least :data:`COLOUR_DETAIL` (two items of one cut share their outline, not what is inside it;
+    a copy whose inside lost its faint structure to blur keeps its colours). A NaN colour term drops out
+    (``np.fmax``); a NaN match or detail gives NaN (never confirmed)."""
     strong_match, lower_detail = strong_point(lk)
-    rules = (score >= lk.threshold) & (detail >= lk.min_detail) | (score >= strong_match) & (detail >= lower_detail)
-    inside = np.isnan(interior) | (interior >= lk.min_detail)
+    rules = np.maximum(np.minimum(score - lk.threshold, detail - lk.min_detail),
+                       np.minimum(score - strong_match, detail - lower_detail))
+    inside = interior - lk.min_detail
     if lk.min_colour is not None:
-        rules = rules | ((colour >= lk.min_colour) & (score >= COLOUR_MATCH) & (detail >= COLOUR_DETAIL))
-        inside = inside | ((colour >= lk.min_colour) & (interior >= COLOUR_DETAIL))
-    return rules & inside
+        rules = np.fmax(rules, np.minimum(np.minimum(score - COLOUR_MATCH, detail - COLOUR_DETAIL),
+                                          colour - lk.min_colour))
+        inside = np.fmax(inside, np.minimum(colour - lk.min_colour, interior - COLOUR_DETAIL))
+    return np.where(np.isnan(interior), rules, np.minimum(rules, inside))
+
+
+def confirm(score, detail, colour, lk: LeakageParams, interior=float("nan")):
+    """The decision, on numbers or arrays: a :func:`decision_margin` of at least 0."""
+    return decision_margin(score, detail, colour, lk, interior) >= 0
 
 
 def margin(p: Pair, lk: LeakageParams) -> float:
-    """How far a checked pair is from the decision (:func:`confirm`): of its rules (the grey rule's two points,
-    the colour rule) the nearest to confirming it, each by the smallest of its measures' distances to their
-    thresholds (cosines); on a plain background (its interior measured) no nearer than the inside's evidence (its
-    interior's distance to ``lk.min_detail``, or of the colour with the interior, the nearer); at least 0:
+    """How far a checked pair is from the decision (:func:`decision_margin` of its measures); at least 0:
     confirmed."""
-    strong_match, lower_detail = strong_point(lk)
-    rules = max(min(p.match - lk.threshold, p.detail - lk.min_detail),
-                min(p.match - strong_match, p.detail - lower_detail))
-    inside = p.interior - lk.min_detail
-    if lk.min_colour is not None and not math.isnan(p.colour):
-        rules = max(rules, min(p.match - COLOUR_MATCH, p.detail - COLOUR_DETAIL, p.colour - lk.min_colour))
-        inside = max(inside, min(p.colour - lk.min_colour, p.interior - COLOUR_DETAIL))
-    return rules if math.isnan(p.interior) else min(rules, inside)
+    return float(decision_margin(p.match, p.detail, p.colour, lk, p.interior))
 
 
 def possible(p: Pair, lk: LeakageParams) -> bool:
