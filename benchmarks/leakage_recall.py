@@ -288,12 +288,13 @@ def evaluate(work: Path, truth: dict, pictures: Path | None = None, reuse: bool 
                        for how, keep in (("features", lambda p: p.rank > 0), ("pixels", lambda p: p.pixel_rank > 0),
                                          ("either", lambda p: True))}
     start = time.perf_counter()
-    scores, mirrored, details, colours, interiors = match(
+    scores, mirrored, details, colours, interiors, differing = match(  # every pair measured, for the sweeps below
         np.stack([grey[p.id] for p in pairs]), np.stack([grey[p.nearest_id] for p in pairs]),
         np.stack([colour[p.id] for p in pairs]), np.stack([colour[p.nearest_id] for p in pairs]))
     check_s = time.perf_counter() - start
     scores, details = np.nan_to_num(scores, nan=-1.0), np.nan_to_num(details, nan=-1.0)
     methods = {"match (the stage)": scores, "detail": details, "colour": colours, "interior": interiors,
+               "differing": differing,
                "grey correlation, unaligned": np.array([grey_correlation(grey[p.id], grey[p.nearest_id])
                                                         for p in pairs]),
                "old: -mean |grey diff| at 16 px": np.array([old_check(rgb[p.id], rgb[p.nearest_id]) for p in pairs])}
@@ -304,13 +305,14 @@ def evaluate(work: Path, truth: dict, pictures: Path | None = None, reuse: bool 
     best = {}
     for n, p in enumerate(pairs):
         t = truth[p.id]
-        m = margin(replace(p, match=scores[n], detail=details[n], colour=colours[n], interior=interiors[n]), lk)
+        m = margin(replace(p, match=scores[n], detail=details[n], colour=colours[n], interior=interiors[n],
+                           differing=differing[n]), lk)
         for name, s in methods.items():
             if t["kind"] == "copy":
                 if p.nearest_id == t["source"]:
                     per_image[name][p.id] = s[n]
                     best[p.id] = m
-            elif name in ("match (the stage)", "detail", "colour", "interior"):
+            elif name in ("match (the stage)", "detail", "colour", "interior", "differing"):
                 if m > best.get(p.id, -np.inf):
                     per_image[name][p.id] = s[n]
             else:
@@ -322,7 +324,7 @@ def evaluate(work: Path, truth: dict, pictures: Path | None = None, reuse: bool 
               "per_image": per_image, "threshold": lk.threshold, "min_detail": lk.min_detail,
               "min_colour": lk.min_colour, "truth": truth, "margin": best, "possible_margin": lk.possible_margin}
     if pictures is not None:
-        _draw(pairs, scores, details, colours, interiors, mirrored, truth, rgb, lk, pictures)
+        _draw(pairs, scores, details, colours, interiors, differing, mirrored, truth, rgb, lk, pictures)
     return result
 
 
@@ -332,7 +334,8 @@ def recall_table(result: dict, method: str, threshold: float, min_detail: float 
     the stage's match with ``min_detail`` and ``min_colour``: its decision,
     :func:`pipeline.analyses.leakage.confirm`)."""
     truth, scores = result["truth"], result["per_image"][method]
-    details, colours, interiors = (result["per_image"][k] for k in ("detail", "colour", "interior"))
+    details, colours, interiors, differing = (result["per_image"][k]
+                                              for k in ("detail", "colour", "interior", "differing"))
 
     from pipeline.core.config import LeakageParams
 
@@ -343,7 +346,8 @@ def recall_table(result: dict, method: str, threshold: float, min_detail: float 
         s = scores.get(k, -np.inf)
         if decision is None:
             return s >= threshold
-        return bool(confirm(s, details.get(k, -np.inf), colours.get(k, np.nan), decision, interiors.get(k, np.nan)))
+        return bool(confirm(s, details.get(k, -np.inf), colours.get(k, np.nan), decision, interiors.get(k, np.nan),
+                            differing.get(k, np.nan)))
 
     out = {}
     for family in [*PLANTED, *BEYOND]:
@@ -356,10 +360,10 @@ def recall_table(result: dict, method: str, threshold: float, min_detail: float 
     return out
 
 
-def _draw(pairs, scores, details, colours, interiors, mirrored, truth, rgb, lk, pictures: Path) -> None:
+def _draw(pairs, scores, details, colours, interiors, differing, mirrored, truth, rgb, lk, pictures: Path) -> None:
     checked = [replace(p, match=float(s), detail=float(d), mirrored=bool(m), colour=float(c), interior=float(i),
-                       confirmed=bool(confirm(s, d, c, lk, i)))
-               for p, s, d, c, i, m in zip(pairs, scores, details, colours, interiors, mirrored)]
+                       differing=float(x), confirmed=bool(confirm(s, d, c, lk, i, x)))
+               for p, s, d, c, i, x, m in zip(pairs, scores, details, colours, interiors, differing, mirrored)]
     negatives = sorted((p for p in checked if truth[p.id]["kind"] != "copy"),
                        key=lambda p: -margin(p, lk))
     missed_ids = {k for k, t in truth.items() if t["kind"] == "copy"} - {

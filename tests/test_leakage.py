@@ -18,7 +18,9 @@ from PIL import Image
 from pipeline.analyses.leakage import (
     COLOUR_DETAIL,
     COLOUR_MATCH,
+    DIFFERING_SCALE,
     FIELDS,
+    MAX_DIFFERING,
     SEARCH_SIDE,
     Pair,
     candidates,
@@ -159,8 +161,8 @@ def test_the_pixel_check_confirms_moved_recoloured_mirrored_copies_not_other_pho
     images, sources = [*copies, other_cat, other_plane, swapped], [cat] * len(copies) + [cat, plane, cat]
     queries, bases = (np.stack([grey_square(c, 32) for c in x]) for x in (images, sources))
     colours = [np.stack([colour_square(c, 16) for c in x]) for x in (images, sources)]
-    scores, mirrored, details, colour, interior = match(queries, bases, *colours)
-    assert np.isnan(interior).all()  # photographs, not objects on a plain background
+    scores, mirrored, details, colour, interior, differing = match(queries, bases, *colours)
+    assert np.isnan(interior).all() and np.isnan(differing).all()  # photographs, not objects on a plain background
     n = len(copies)
     assert (scores[:n] >= 0.9).all(), scores
     assert (details[:n] >= 0.7).all(), details
@@ -194,22 +196,39 @@ def test_on_a_plain_background_the_inside_of_the_object_decides():
     names = [("test-shirt-copy-jpeg-0150", "train-shirt-0911"), ("test-coat-copy-shift-0011", "train-coat-0286"),
              ("test-dress-negative-rescale-0017", "train-dress-0799"),
              ("test-sneaker-negative-crop-0010", "train-sneaker-0154")]
-    load = lambda name: grey_square(np.asarray(Image.open(FASHION / f"{name}.png").convert("RGB")), 32)
-    queries, bases = (np.stack([load(pair[i]) for pair in names]) for i in (0, 1))
-    scores, _, details, _, interior = match(queries, bases)
+    rgb = lambda name: np.asarray(Image.open(FASHION / f"{name}.png").convert("RGB"))
+    queries, bases = (np.stack([grey_square(rgb(pair[i]), 32) for pair in names]) for i in (0, 1))
+    scores, _, details, _, interior, differing = match(queries, bases)
     lk = LeakageParams()
     assert (scores >= 0.9).all() and (details >= lk.min_detail).all(), (scores, details)  # the outline agrees
-    assert (interior[:2] >= 0.8).all() and (interior[2:] < 0.65).all(), interior  # the inside does not
-    assert confirm(scores, details, np.nan, lk, interior).tolist() == [True, True, False, False]
-    assert confirm(scores, details, np.nan, lk).all()  # without the interior: all four
-    p = Pair("test-train", "a", "b", 1, 0.9, float(scores[2]), float(details[2]), interior=float(interior[2]))
-    assert margin(p, lk) == pytest.approx(interior[2] - lk.min_detail)  # the interior is the nearest measure
-    # ... or, in colour, agreeing colour layouts with an interior down to the colour rule's detail (0.6)
+    # the detail inside the outline: the dresses differ by their print and seams, the sneakers less
+    assert (interior[:2] >= 0.8).all() and interior[2] < 0.65 and interior[3] < lk.min_detail, interior
+    # in grey, the pixels after a fine alignment too: a copy differs in almost none, the sneakers by their shape,
+    # the dresses (one shade, one cut) in none
+    assert (differing[[0, 1, 2]] <= MAX_DIFFERING).all() and differing[3] > 4 * MAX_DIFFERING, differing
+    assert confirm(scores, details, np.nan, lk, interior, differing).tolist() == [True, True, False, False]
+    assert confirm(scores, details, np.nan, lk).all()  # the outline alone: all four
+    p = Pair("test-train", "a", "b", 1, 0.9, float(scores[3]), float(details[3]), interior=float(interior[3]),
+             differing=float(differing[3]))
+    assert margin(p, lk) == pytest.approx(DIFFERING_SCALE * (MAX_DIFFERING - differing[3]))  # the nearest measure
+    # where the pixels agree, the interior decides, down to the grey rule's second point (0.7)
+    assert margin(replace(p, differing=0.0), lk) == pytest.approx(interior[3] - 0.7)
+    # in colour (the same pictures tinted), the interior alone: a grey level does not follow a hue shift
+    tint = np.array([1.0, 0.55, 0.25])
+    colours = [np.stack([colour_square((rgb(pair[i]) * tint).astype(np.uint8), 16) for pair in names]) for i in (0, 1)]
+    tinted = [np.stack([grey_square((rgb(pair[i]) * tint).astype(np.uint8), 32) for pair in names]) for i in (0, 1)]
+    _, _, _, colour, interior, differing = match(*tinted, *colours)
+    assert not np.isnan(colour).any() and np.isnan(differing).all(), (colour, differing)
+    assert (interior[:2] >= 0.8).all() and (interior[2:] < lk.min_detail).all(), interior
+    # ... or agreeing colour layouts with an interior down to the colour rule's detail (0.6)
     for colour, inside, expected in ((0.95, 0.65, True), (0.95, 0.55, False), (0.85, 0.65, False), (0.85, 0.8, True)):
         assert confirm(0.95, 0.8, colour, lk, inside) == expected, (colour, inside)
         p = Pair("test-train", "a", "b", 1, 0.9, 0.95, 0.8, colour=colour, interior=inside)
         assert (margin(p, lk) >= 0) == expected, (colour, inside)
     assert not confirm(0.95, 0.8, 0.95, lk.model_copy(update={"min_colour": None}), 0.65)
+    for share, inside, expected in ((0.0, 0.8, True), (MAX_DIFFERING, 0.7, True), (0.006, 0.9, False),
+                                    (0.0, 0.69, False), (0.2, 0.9, False)):
+        assert confirm(0.95, 0.8, np.nan, lk, inside, share) == expected, (share, inside)
     # the stage's summary: every pair checked is on a plain background
     grey = {f"q{i}": queries[i] for i in range(4)} | {f"b{i}": bases[i] for i in range(4)}
     checked = check_pairs([Pair("test-train", f"q{i}", f"b{i}", 1, 0.9) for i in range(4)], grey, None, lk)
@@ -223,7 +242,7 @@ def test_on_a_plain_background_the_inside_of_the_object_decides():
     # the background is what makes an image plain: the same pictures on a textured background are not measured
     noise = np.random.default_rng(0).integers(0, 255, queries.shape).astype(np.uint8)
     textured = np.where(queries < 20, noise, queries)
-    assert np.isnan(match(textured, bases)[4]).all()
+    assert all(np.isnan(measure).all() for measure in match(textured, bases)[4:])
 
 
 def test_the_decision_is_the_grey_rule_or_the_colour_rule():
@@ -253,16 +272,21 @@ def test_the_decision_is_the_grey_rule_or_the_colour_rule():
     colour_rule = f"match of at least {COLOUR_MATCH} and a detail of at least {COLOUR_DETAIL}"
     assert colour_rule in description(LeakageParams, "min_colour")
     assert f"or colour >= 0.9 and match >= {COLOUR_MATCH} and detail >= {COLOUR_DETAIL}; and inside >= 0.75, or " \
-        f"colour >= 0.9 and inside >= {COLOUR_DETAIL}, where measured)" in picture_title(lk, "lite0")
+        f"colour >= 0.9 and inside >= {COLOUR_DETAIL}, where measured, in grey differ <= {MAX_DIFFERING:.1%} and " \
+        "inside >= 0.7)" in picture_title(lk, "lite0")
     off = picture_title(grey_only, "lite0")
-    assert "(match >= 0.8 and detail >= 0.75, or match >= 0.9 and detail >= 0.7; and inside >= 0.75 where measured), " \
+    assert "(match >= 0.8 and detail >= 0.75, or match >= 0.9 and detail >= 0.7; and inside >= 0.75 where measured, " \
+        "in grey differ <= 0.5% and inside >= 0.7), " \
         "blue: possible (within 0.2 of" in off
     assert "colour >=" not in off and "not measured" in off
     no_band = picture_title(grey_only.model_copy(update={"possible_margin": 0.0}), "lite0")
-    assert "detail >= 0.7; and inside >= 0.75 where measured), orange: rejected" in no_band and "blue" not in no_band
+    assert "detail >= 0.7; and inside >= 0.75 where measured, in grey differ <= 0.5% and inside >= 0.7), orange: " \
+        "rejected" in no_band \
+        and "blue" not in no_band
     stricter = picture_title(lk.model_copy(update={"threshold": 0.85, "min_detail": 0.8}), "lite0")
     assert "(match >= 0.85 and detail >= 0.8, or match >= 0.95 and detail >= 0.75, or colour" in stricter
-    assert "and inside >= 0.8, or colour >= 0.9 and inside >= 0.6, where measured" in stricter
+    assert "and inside >= 0.8, or colour >= 0.9 and inside >= 0.6, where measured, in grey differ <= 0.5% and " \
+        "inside >= 0.75)" in stricter
     assert "inside of the object alone" in description(LeakageParams, "min_detail")
 
 
@@ -286,16 +310,19 @@ def test_pairs_table_round_trip_and_near_copies(tmp_path):
              Pair("test-train", "test/b.jpg", "train/y.jpg", 2, 0.962, 0.71, 0.5, False, False, 0.25, interior=0.2),
              Pair("test-val", "test/c.jpg", "train/z.jpg", 1, 0.97, 0.9, 0.8, True, True, 0.5, interior=0.8),
              Pair("val-train", "train/z.jpg", "train/x.jpg", 1, 0.99, 0.99, 0.95, False, True, 0.99, interior=0.9),
-             Pair("test-test", "test/a.jpg", "test/d.jpg", 3, 0.99, 0.93, 0.85, False, True, interior=0.9),  # no colour
+             Pair("test-test", "test/a.jpg", "test/d.jpg", 3, 0.99, 0.93, 0.85, False, True, interior=0.9,
+                  differing=0.0021),  # no colour: grey, its differing pixels measured
              Pair("test-train", "test/e.jpg", "train/w.jpg", 0, math.nan, 0.9, 0.8, False, True, 0.9, pixel_rank=2,
                   interior=0.8),
              Pair("test-val", "test/f.jpg", "val/v.jpg", 1, 0.95, 0.78, 0.7, False, False, 0.3, possible=True)]  # no interior
     write_pairs(pairs, tmp_path / "pairs.csv")
     back = read_pairs(tmp_path / "pairs.csv")
-    assert back[:4] == pairs[:4] and math.isnan(back[4].colour) and replace(back[4], colour=0.0) == replace(pairs[4], colour=0.0)
-    assert math.isnan(back[5].cosine) and replace(back[5], cosine=0.0) == replace(pairs[5], cosine=0.0)  # pixels only
+    measured = lambda p: replace(p, cosine=0.0, colour=0.0, interior=0.0, differing=0.0)  # NaN != NaN
+    assert list(map(measured, back)) == list(map(measured, pairs))
+    missing = lambda p: [math.isnan(x) for x in (p.cosine, p.colour, p.interior, p.differing)]
+    assert list(map(missing, back)) == list(map(missing, pairs))
+    assert back[4].differing == 0.0021 and back[5].rank == 0  # found by the pixels only
     assert summarise(back, {"test-train": (10, 50)}, {})["pairs"]["test-train"]["confirmed_by_pixel_search_only"] == 1
-    assert math.isnan(back[6].interior) and replace(back[6], interior=0.0) == replace(pairs[6], interior=0.0)
     assert [p.possible for p in back] == [False] * 6 + [True]
     # compare reads only the flagged rows: confirmed or possible
     assert [(p.id, p.nearest_id) for p in read_pairs(tmp_path / "pairs.csv", flagged_only=True)] == [

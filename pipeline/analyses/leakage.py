@@ -23,8 +23,9 @@ training images measures memory, not generalisation. Three steps:
    *confirmed* (:func:`confirm`) when its match and its detail both reach their thresholds (or its match is
    well above its threshold and its detail a little below), or when its colour reaches its own with a lower
    match and detail (a copy degraded by blur or re-encoding keeps its colours); where both images are on a
-   plain background, only if the ``interior`` (the detail over the inside of the object, its outline left out)
-   agrees too, since two items of one cut share their outline; *possible*
+   plain background, only if what lies inside the outline agrees too, since two items of one cut share their
+   outline: the ``interior`` (the detail over the inside of the object, its outline left out) and, in grey, the
+   share of ``differing`` pixels after a fine alignment (:func:`_differing`); *possible*
    (:func:`possible`) when not confirmed but near it; ``mirrored`` when its best alignment is the mirror.
 
 The pairs are a table (:func:`write_pairs` / :func:`read_pairs`, ``evaluation/leakage/pairs.csv``) that
@@ -103,8 +104,15 @@ class Pair:
     pixel_rank: int = 0
     possible: bool = False
     interior: float = float("nan")
-    """The detail over the inside of the object alone, where both images are on a plain background; NaN
-    elsewhere (:func:`_best_alignment`)."""
+    """The detail over the inside of the object alone, where both images are on a plain background; NaN elsewhere
+    (:func:`_best_alignment`)."""
+    differing: float = float("nan")
+    """The share of pixels differing after the fine alignment, where both images are on a plain background and
+    grey (or colour is not measured); NaN elsewhere (:func:`_differing`)."""
+
+    @property
+    def on_plain_background(self) -> bool:
+        return not math.isnan(self.interior)
 
 
 def split_pair_name(query: str, base: str) -> str:
@@ -229,6 +237,19 @@ stage and the report say that the near-copy figures are bounds there (:func:`pla
 Fashion-MNIST about one different item of one cut in five still passes for a copy (docs/leakage.md)."""
 MIN_INSIDE = 0.05
 """The ``interior`` is measured where the inside of the object covers at least this share of the compared window."""
+DIFFER_LEVEL, MAX_DIFFERING = 0.12, 0.005
+"""A grey pair on a plain background is confirmed only if, after the fine alignment (:func:`_differing`), at most this
+share of its compared pixels differ by more than this share of the object's contrast: about 3 pixels of a 32-pixel
+check (a re-encoded copy's noise stays below the level; a different item of one cut differs at its collar, its
+straps, the gap between its legs)."""
+DIFFERING_SCALE = 4.0
+"""In the margin (:func:`decision_margin`), a share of differing pixels counts this many times as a cosine: the band of
+possible near-copies (``leakage.possible_margin``, 0.2) reaches 5.5% of the pixels differing, where on the planted
+Fashion-MNIST benchmark most copies it misses lie."""
+FINE_SIGMA, FINE_STEPS, FINE_RATE, FINE_EDGE = 1.0, 80, 0.06, 3.0
+"""The fine alignment: both images blurred by a Gaussian of this sigma (pixels at 32), this many Adam steps of this
+rate on the shift and the scale of each axis, and the pixels whose base position lies within this many pixels of the
+base image's edge left out (what a shifted copy brought in from beyond its frame)."""
 CHUNK = 256
 """Pairs aligned at once (memory: about 0.2 MiB per pair at 32 pixels)."""
 
@@ -389,6 +410,55 @@ def _best_alignment(queries, bases, scales: Sequence[float] = SCALES, inside: bo
     return best, version, shift, detail, interior
 
 
+def _differing(queries, bases, version, shift, scales: Sequence[float] = SCALES):
+    """The share of differing pixels of each query (P, 1, S, S) and its base after a fine alignment: from the grid's
+    best version and shift (:func:`_best_alignment`), the shift and the scale along each axis (a crop keeps 85% of
+    each side, not of both) refined by gradient descent on the squared difference of the two blurred images, the base's
+    grey levels fitted to the query's by a line (brightness and contrast) at each step. Then the share of the query's
+    central window (the base's edge left out: :data:`FINE_EDGE`) where they differ by more than :data:`DIFFER_LEVEL`
+    of the query's contrast (the 90th percentile of its distance to its background level, :func:`_plain`). A copy
+    differs by its re-encoding noise; a different item of one cut where its shape or its print differs."""
+    import torch
+    import torch.nn.functional as F
+
+    size = queries.shape[-1]
+    reach, margin = math.ceil(0.15 * size), max(1, size // 10)
+    window, canvas = size - 2 * margin, size + 2 * reach
+    q, b = _blur(queries, FINE_SIGMA * size / 32), _blur(bases, FINE_SIGMA * size / 32)
+    level = _plain(q)[0]
+    q = q[:, 0, 1 + margin : 1 + margin + window, 1 + margin : 1 + margin + window]
+    start = torch.log(torch.tensor(scales)[version % len(scales)])[:, None].repeat(1, 2)  # (P, 2): y, x
+    flip = torch.where(version >= len(scales), -1.0, 1.0)[:, None]
+    pixels = torch.arange(window, dtype=torch.float32) + 1 + margin
+    log_scale, moved = start.clone().requires_grad_(True), shift.float().clone().requires_grad_(True)
+
+    def sampled():  # the base at the query's window pixels (normalised coordinates, as in :func:`_versions`)
+        y, x = (((2 * (pixels + moved[:, i : i + 1] + reach) + 1) / canvas - 1) * canvas / size
+                / log_scale[:, i : i + 1].exp() for i in (0, 1))
+        grid = torch.stack([(flip * x)[:, None, :].expand(-1, window, -1), y[:, :, None].expand(-1, -1, window)], -1)
+        return F.grid_sample(b, grid, mode="bilinear", padding_mode="border", align_corners=False)[:, 0], grid
+
+    def residual(base):
+        b0, q0 = base - base.mean((1, 2), keepdim=True), q - q.mean((1, 2), keepdim=True)
+        slope = (b0 * q0).sum((1, 2), keepdim=True) / b0.square().sum((1, 2), keepdim=True).clamp_min(1e-6)
+        return q0 - slope * b0
+
+    step = torch.optim.Adam([log_scale, moved], lr=FINE_RATE)
+    with torch.enable_grad():
+        for _ in range(FINE_STEPS):
+            step.zero_grad()
+            residual(sampled()[0]).square().mean((1, 2)).sum().backward()  # each pair's own loss: independent
+            step.step()
+            with torch.no_grad():  # within a tenth of the grid's scale (the grid's steps are 6%)
+                log_scale.copy_(torch.minimum(torch.maximum(log_scale, start - 0.1), start + 0.1))
+    with torch.no_grad():
+        base, grid = sampled()
+        inside = (grid.abs() <= 1 - 2 * FINE_EDGE / size).all(-1)
+        contrast = (q - level[:, None, None]).abs().flatten(1).quantile(0.9, dim=1).clamp_min(1.0)
+        differs = (residual(base).abs() > DIFFER_LEVEL * contrast[:, None, None]) & inside
+        return differs.flatten(1).sum(1) / inside.flatten(1).sum(1).clamp_min(1)
+
+
 def _colour_at(queries, bases, version, shift, size: int, scales: Sequence[float] = SCALES):
     """The cosine of the colour layouts of each query (P, 3, C, C) and its base, the base taken at the version
     and shift the grey alignment at ``size`` pixels chose (shifts halved at half the size): each image's chroma
@@ -418,13 +488,16 @@ def _colour_at(queries, bases, version, shift, size: int, scales: Sequence[float
 
 
 def match(queries: np.ndarray, bases: np.ndarray, query_colours: np.ndarray | None = None,
-          base_colours: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+          base_colours: np.ndarray | None = None, lk: LeakageParams | None = None) -> tuple[np.ndarray, ...]:
     """Pairs of grey images ``queries[i]``, ``bases[i]`` (P, S, S) uint8 (:func:`grey_square`): the
     cosine similarity of their gradient fields at their best alignment (scales, shifts, mirror), whether
-    that alignment is the mirror, the ``detail`` there (:func:`_best_alignment`), the ``interior`` (NaN but on
-    plain backgrounds) and, given their
-    :func:`colour_square` (P, 3, S/2, S/2), the ``colour`` there (:func:`_colour_at`; NaN without). The pairs whose
-    coarse score (both images halved, the scales of :data:`COARSE_SCALES`) is below :data:`COARSE_BAR`
+    that alignment is the mirror, the ``detail`` there (:func:`_best_alignment`), given their
+    :func:`colour_square` (P, 3, S/2, S/2), the ``colour`` there (:func:`_colour_at`; NaN without), and where both
+    images are on a plain background, the ``interior`` and, where their colour is not measured, the share of
+    ``differing`` pixels after the fine alignment (:func:`_differing`; a grey level does not follow a hue shift); NaN
+    elsewhere. Given ``lk``, only where they could make the pair confirmed or possible (the fine alignment is the
+    check's dearest step; the other measures put most pairs beyond reach).
+    The pairs whose coarse score (both images halved, the scales of :data:`COARSE_SCALES`) is below :data:`COARSE_BAR`
     are not aligned at full size: their score and detail are NaN. Runs on one thread: these operations
     are too small to gain from more (on 2 busy cores, 2 threads took twice as long)."""
     import torch
@@ -432,7 +505,7 @@ def match(queries: np.ndarray, bases: np.ndarray, query_colours: np.ndarray | No
 
     scores, mirrored = np.full(len(queries), np.nan, np.float32), np.zeros(len(queries), bool)
     details, colours = np.full(len(queries), np.nan, np.float32), np.full(len(queries), np.nan, np.float32)
-    interiors = np.full(len(queries), np.nan, np.float32)
+    interiors, differing = np.full(len(queries), np.nan, np.float32), np.full(len(queries), np.nan, np.float32)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -450,9 +523,17 @@ def match(queries: np.ndarray, bases: np.ndarray, query_colours: np.ndarray | No
                     qc, bc = (torch.from_numpy(np.ascontiguousarray(x[at], np.float32))
                               for x in (query_colours, base_colours))
                     colours[at] = _colour_at(qc, bc, version, shift, queries.shape[-1]).numpy()
+                grey = ~np.isnan(interiors[at]) & np.isnan(colours[at])
+                if lk is not None:  # at best no pixel differs
+                    grey &= decision_margin(scores[at], details[at], colours[at], lk, interiors[at], 0.0) >= (
+                        -lk.possible_margin)
+                grey = torch.from_numpy(grey)
+                if grey.any():
+                    differing[at[grey.numpy()]] = _differing(q[keep[grey]], b[keep[grey]], version[grey],
+                                                             shift[grey]).numpy()
     finally:
         torch.set_num_threads(threads)
-    return scores, mirrored, details, colours, interiors
+    return scores, mirrored, details, colours, interiors, differing
 
 
 def strong_point(lk: LeakageParams) -> tuple[float, float]:
@@ -460,18 +541,21 @@ def strong_point(lk: LeakageParams) -> tuple[float, float]:
     return round(lk.threshold + STRONG_MATCH, 6), round(lk.min_detail - DETAIL_GIVEN, 6)
 
 
-def decision_margin(score, detail, colour, lk: LeakageParams, interior=float("nan")):
+def decision_margin(score, detail, colour, lk: LeakageParams, interior=float("nan"), differing=float("nan")):
     """How far a pair's measures are from the decision, on numbers or arrays (cosines; at least 0: confirmed, see
     :func:`confirm`): of its rules the nearest to confirming it, each by the smallest of its measures' distances to
     their thresholds. The rules: a match of at least ``lk.threshold`` and a detail of at least ``lk.min_detail``, or
     a match :data:`STRONG_MATCH` higher with a detail :data:`DETAIL_GIVEN` lower (the grey rule); or, where both
     images have colour (``colour`` not NaN) and ``lk.min_colour`` is set, a colour of at least ``lk.min_colour``
     with a match of at least :data:`COLOUR_MATCH` and a detail of at least :data:`COLOUR_DETAIL`. And, where both
-    images are on a plain background (``interior`` not NaN), no nearer than the inside's evidence, which must
-    agree too: an interior of at least ``lk.min_detail``, or a colour of at least ``lk.min_colour`` with an
-    interior of at least :data:`COLOUR_DETAIL` (two items of one cut share their outline, not what is inside it;
-    a copy whose inside lost its faint structure to blur keeps its colours). A NaN colour term drops out
-    (``np.fmax``); a NaN match or detail gives NaN (never confirmed)."""
+    images are on a plain background, no nearer than the evidence inside the outline, which must agree too (two
+    items of one cut share their outline): where their colour is measured (``differing`` NaN), an ``interior`` of at
+    least ``lk.min_detail``, or a colour of at least ``lk.min_colour`` with an interior of at least
+    :data:`COLOUR_DETAIL` (a copy whose inside lost its faint structure to blur keeps its colours); in grey, at most
+    :data:`MAX_DIFFERING` of the pixels differing after the fine alignment (counted :data:`DIFFERING_SCALE` times in
+    the margin) with an interior down to the grey rule's second point (0.7 at the defaults): the pixels see a shape
+    or a shade, the interior a print or a seam. A NaN colour term drops out (``np.fmax``); a NaN match or detail
+    gives NaN (never confirmed)."""
     strong_match, lower_detail = strong_point(lk)
     rules = np.maximum(np.minimum(score - lk.threshold, detail - lk.min_detail),
                        np.minimum(score - strong_match, detail - lower_detail))
@@ -480,18 +564,20 @@ def decision_margin(score, detail, colour, lk: LeakageParams, interior=float("na
         rules = np.fmax(rules, np.minimum(np.minimum(score - COLOUR_MATCH, detail - COLOUR_DETAIL),
                                           colour - lk.min_colour))
         inside = np.fmax(inside, np.minimum(colour - lk.min_colour, interior - COLOUR_DETAIL))
-    return np.where(np.isnan(interior), rules, np.minimum(rules, inside))
+    grey = np.minimum(DIFFERING_SCALE * (MAX_DIFFERING - differing), interior - lower_detail)
+    inside = np.where(np.isnan(differing), inside, grey)
+    return np.where(np.isnan(inside), rules, np.minimum(rules, inside))
 
 
-def confirm(score, detail, colour, lk: LeakageParams, interior=float("nan")):
+def confirm(score, detail, colour, lk: LeakageParams, interior=float("nan"), differing=float("nan")):
     """The decision, on numbers or arrays: a :func:`decision_margin` of at least 0."""
-    return decision_margin(score, detail, colour, lk, interior) >= 0
+    return decision_margin(score, detail, colour, lk, interior, differing) >= 0
 
 
 def margin(p: Pair, lk: LeakageParams) -> float:
     """How far a checked pair is from the decision (:func:`decision_margin` of its measures); at least 0:
     confirmed."""
-    return float(decision_margin(p.match, p.detail, p.colour, lk, p.interior))
+    return float(decision_margin(p.match, p.detail, p.colour, lk, p.interior, p.differing))
 
 
 def possible(p: Pair, lk: LeakageParams) -> bool:
@@ -510,18 +596,18 @@ def check_pairs(pairs: Sequence[Pair], grey: dict[str, np.ndarray], colour: dict
         some = pairs[start : start + 16 * CHUNK]
         coloured = {} if colour is None else {
             "query_colours": np.stack([colour[p.id] for p in some]), "base_colours": np.stack([colour[p.nearest_id] for p in some])}
-        scores, mirrored, details, colours, interiors = match(np.stack([grey[p.id] for p in some]),
-                                                              np.stack([grey[p.nearest_id] for p in some]), **coloured)
+        measures = match(np.stack([grey[p.id] for p in some]), np.stack([grey[p.nearest_id] for p in some]), **coloured,
+                         lk=lk)
         checked = [replace(p, match=float(s), detail=float(d), mirrored=bool(m), colour=float(c), interior=float(i),
-                           confirmed=bool(confirm(s, d, c, lk, i)))
-                   for p, s, m, d, c, i in zip(some, scores, mirrored, details, colours, interiors) if not np.isnan(s)]
+                           differing=float(x), confirmed=bool(confirm(s, d, c, lk, i, x)))
+                   for p, s, m, d, c, i, x in zip(some, *measures) if not np.isnan(s)]
         out += [replace(p, possible=True) if possible(p, lk) else p for p in checked]
     return out
 
 
 # -- the table and its summary ----------------------------------------------------------------------
 FIELDS = ["split_pair", "id", "nearest_id", "rank", "cosine", "match", "detail", "mirrored", "confirmed", "colour",
-          "pixel_rank", "possible", "interior"]
+          "pixel_rank", "possible", "interior", "differing"]
 _BOOL = {"true": True, "false": False}
 
 
@@ -534,7 +620,8 @@ def write_pairs(pairs: Iterable[Pair], path: str | Path) -> None:
             writer.writerow([p.split_pair, p.id, p.nearest_id, p.rank, cosine, f"{p.match:.4f}", f"{p.detail:.4f}",
                              str(p.mirrored).lower(), str(p.confirmed).lower(),
                              "" if math.isnan(p.colour) else f"{p.colour:.4f}", p.pixel_rank, str(p.possible).lower(),
-                             "" if math.isnan(p.interior) else f"{p.interior:.4f}"])
+                             "" if math.isnan(p.interior) else f"{p.interior:.4f}",
+                             "" if math.isnan(p.differing) else f"{p.differing:.4f}"])
 
 
 def read_pairs(path: str | Path, flagged_only: bool = False) -> list[Pair]:
@@ -552,8 +639,9 @@ def read_pairs(path: str | Path, flagged_only: bool = False) -> list[Pair]:
         confirmed, maybe = FIELDS.index("confirmed"), FIELDS.index("possible")
         try:
             return [Pair(sp, a, b, int(rank), float(cosine or "nan"), float(m), float(d), _BOOL[mirrored],
-                         _BOOL[ok], float(colour or "nan"), int(pixel_rank), _BOOL[flag], float(inside or "nan"))
-                    for sp, a, b, rank, cosine, m, d, mirrored, ok, colour, pixel_rank, flag, inside in (
+                         _BOOL[ok], float(colour or "nan"), int(pixel_rank), _BOOL[flag], float(inside or "nan"),
+                         float(differs or "nan"))
+                    for sp, a, b, rank, cosine, m, d, mirrored, ok, colour, pixel_rank, flag, inside, differs in (
                         r for r in rows if not flagged_only or "true" in (r[confirmed], r[maybe]))]
         except (ValueError, KeyError) as err:
             raise PipelineError(f"{path} line {rows.line_num}: not a pair ({err}); "
@@ -571,10 +659,10 @@ def summarise(pairs: Sequence[Pair], searched: dict[str, tuple[int, int]], setti
     """Counts per split pair (``searched``: split pair -> (query images searched, candidate pairs)): the candidates, the
     pairs ``checked`` at full size (listed in the table), the ``confirmed`` ones, of which ``mirrored`` and those
     only the pixel search found, the images of the query split in a confirmed pair, the ``possible`` pairs and those
-    ``on_plain_background`` (their interior measured); the headline numbers first (``test_possible``: the test images
-    with a possible near-copy in train or val and no confirmed one; ``checked_on_plain_background``: the share of
-    all checked pairs on a plain background, where two items of one cut can pass for copies), then ``settings``
-    (the params)."""
+    ``on_plain_background`` (their interior measured); the headline numbers first
+    (``test_possible``: the test images with a possible near-copy in train or val and no confirmed one;
+    ``checked_on_plain_background``: the share of all checked pairs on a plain background, where two items of one cut
+    can pass for copies), then ``settings`` (the params)."""
     per_pair = {}
     for name, (n, listed) in searched.items():
         mine = [p for p in pairs if p.split_pair == name]
@@ -585,7 +673,7 @@ def summarise(pairs: Sequence[Pair], searched: dict[str, tuple[int, int]], setti
                           "mirrored": sum(p.mirrored for p in confirmed), "images": len(images),
                           "confirmed_by_pixel_search_only": sum(p.rank == 0 for p in confirmed),
                           "possible": sum(p.possible for p in mine),
-                          "on_plain_background": sum(not math.isnan(p.interior) for p in mine)}
+                          "on_plain_background": sum(p.on_plain_background for p in mine)}
     removed = near_copies(pairs)
     plain = sum(counts["on_plain_background"] for counts in per_pair.values())
     return {
@@ -644,7 +732,8 @@ def plot_pairs(groups: Sequence[tuple[str, Sequence[Pair]]], images: dict[str, n
             axes[2 * g, c].set_title(f"{p.split_pair} {found}\nmatch {p.match:.3f}"
                                      f"{' M' if p.mirrored else ''}\ndetail {p.detail:.3f}"
                                      f"\ncolour {'-' if math.isnan(p.colour) else f'{p.colour:.3f}'}"
-                                     f"{'' if math.isnan(p.interior) else f' inside {p.interior:.3f}'}", fontsize=6.5,
+                                     f"{'' if math.isnan(p.interior) else f', inside {p.interior:.2f}'}"
+                                     + ("" if math.isnan(p.differing) else f"\ndiffer {p.differing:.1%}"), fontsize=6.5,
                                      color=colour)
         axes[2 * g, 0].set_ylabel(label, fontsize=8)
     fig.suptitle(wrapped, fontsize=9)

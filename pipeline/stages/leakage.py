@@ -23,6 +23,7 @@ import numpy as np
 from pipeline.analyses.leakage import (
     COLOUR_DETAIL,
     COLOUR_MATCH,
+    MAX_DIFFERING,
     Pair,
     candidates,
     check_pairs,
@@ -67,10 +68,11 @@ def picture_title(lk: LeakageParams, backbone: str) -> str:
             if lk.possible_margin else "")
     return (f"test images (top) and a candidate near-copy (bottom): one of its {lk.neighbours} nearest by the pooled "
             f"features ({backbone}), #rank, cosine{pixels}\nmatch: gradient fields' cosine at the best alignment at "
-            f"{lk.pixel_size} px (M: mirrored), detail: gradient directions' cosine there, {colour}, inside: the "
-            f"detail over the object's inside (both on a plain background)\ngreen: confirmed (match >= {lk.threshold} "
-            f"and detail >= {lk.min_detail}, or match >= {strong[0]} and detail >= {strong[1]}{rule}; and inside >= "
-            f"{lk.min_detail}{inside} where measured), {band}orange: rejected")
+            f"{lk.pixel_size} px (M: mirrored), detail: gradient directions' cosine there, {colour}; both on a plain "
+            f"background: inside: the detail over the object's inside, differ: the pixels differing after a fine "
+            f"alignment (grey)\ngreen: confirmed (match >= {lk.threshold} and detail >= {lk.min_detail}, or match >= "
+            f"{strong[0]} and detail >= {strong[1]}{rule}; and inside >= {lk.min_detail}{inside} where measured, in grey "
+            f"differ <= {MAX_DIFFERING:.1%} and inside >= {strong[1]}), {band}orange: rejected")
 
 
 def boundary(pairs: list[Pair], lk: LeakageParams, shown: int = SHOWN) -> list[tuple[str, list[Pair]]]:
