@@ -477,8 +477,8 @@ class LeakageParams(Section):
     the cosine of the two images' gradient directions at that alignment, faint structure counting as much as
     outlines: two photographs of one outline differ there; where both images are on a plain background, the same
     cosine over the inside of the object alone (its edge left out: the `interior`) must reach it too (or 0.6 with
-    colour layouts agreeing to `min_colour`), since two items of one cut share their outline; -1: the match alone
-    decides"""
+    colour layouts agreeing to `min_colour`; in grey, 0.05 less with at most 0.5% of the pixels differing after a
+    fine alignment), since two items of one cut share their outline; -1: the match alone decides"""
     min_colour: float | None = Field(0.9, ge=-1, le=1)
     """... or, where both images have colour, their colour layouts' cosine there at least this (null: off)
 
