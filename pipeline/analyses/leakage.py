@@ -248,8 +248,8 @@ possible near-copies (``leakage.possible_margin``, 0.2) reaches 5.5% of the pixe
 Fashion-MNIST benchmark most copies it misses lie."""
 FINE_SIGMA, FINE_STEPS, FINE_RATE, FINE_EDGE = 1.0, 80, 0.06, 3.0
 """The fine alignment: both images blurred by a Gaussian of this sigma (pixels at 32), this many Adam steps of this
-rate on the shift and the scale of each axis, and the pixels whose base position lies within this many pixels of the
-base image's edge left out (what a shifted copy brought in from beyond its frame)."""
+rate on the shift and the scale of each axis, and the pixels whose base position lies within this many pixels of
+the base image's edge left out (what a shifted copy brought in from beyond its frame)."""
 CHUNK = 256
 """Pairs aligned at once (memory: about 0.2 MiB per pair at 32 pixels)."""
 
@@ -443,14 +443,17 @@ def _differing(queries, bases, version, shift, scales: Sequence[float] = SCALES)
         slope = (b0 * q0).sum((1, 2), keepdim=True) / b0.square().sum((1, 2), keepdim=True).clamp_min(1e-6)
         return q0 - slope * b0
 
-    step = torch.optim.Adam([log_scale, moved], lr=FINE_RATE)
+    params = (log_scale, moved)
+    moments = [(torch.zeros_like(x), torch.zeros_like(x)) for x in params]
     with torch.enable_grad():
-        for _ in range(FINE_STEPS):
-            step.zero_grad()
-            residual(sampled()[0]).square().mean((1, 2)).sum().backward()  # each pair's own loss: independent
-            step.step()
-            with torch.no_grad():  # within a tenth of the grid's scale (the grid's steps are 6%)
-                log_scale.copy_(torch.minimum(torch.maximum(log_scale, start - 0.1), start + 0.1))
+        for step in range(1, FINE_STEPS + 1):  # Adam, written out: torch.optim imports torch._dynamo (+150 MiB)
+            grads = torch.autograd.grad(residual(sampled()[0]).square().mean((1, 2)).sum(), params)  # pairs apart
+            with torch.no_grad():
+                for x, g, (m, v) in zip(params, grads, moments):
+                    m.mul_(0.9).add_(g, alpha=0.1)
+                    v.mul_(0.999).addcmul_(g, g, value=0.001)
+                    x -= FINE_RATE * (m / (1 - 0.9**step)) / ((v / (1 - 0.999**step)).sqrt() + 1e-8)
+                log_scale.copy_(torch.minimum(torch.maximum(log_scale, start - 0.1), start + 0.1))  # near the grid's
     with torch.no_grad():
         base, grid = sampled()
         inside = (grid.abs() <= 1 - 2 * FINE_EDGE / size).all(-1)
