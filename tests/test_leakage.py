@@ -208,6 +208,15 @@ def test_on_a_plain_background_the_inside_of_the_object_decides():
     assert (differing[[0, 1, 2]] <= MAX_DIFFERING).all() and differing[3] > 4 * MAX_DIFFERING, differing
     assert confirm(scores, details, np.nan, lk, interior, differing).tolist() == [True, True, False, False]
     assert confirm(scores, details, np.nan, lk).all()  # the outline alone: all four
+    assert confirm(scores, details, np.nan, lk.model_copy(update={"min_detail": -1.0}), interior, differing).all()
+    # given the thresholds, the pixels are compared only where they could make a pair confirmed or possible: the
+    # same decisions (with a band of 0.05, both negatives' interiors alone put them beyond reach)
+    gated = match(queries, bases, lk=lk)[5]
+    assert np.array_equal(gated, differing, equal_nan=True), (gated, differing)
+    narrow = lk.model_copy(update={"possible_margin": 0.05})
+    gated = match(queries, bases, lk=narrow)[5]
+    assert np.isnan(gated[2:]).all() and np.array_equal(gated[:2], differing[:2]), gated
+    assert confirm(scores, details, np.nan, narrow, interior, gated).tolist() == [True, True, False, False]
     p = Pair("test-train", "a", "b", 1, 0.9, float(scores[3]), float(details[3]), interior=float(interior[3]),
              differing=float(differing[3]))
     assert margin(p, lk) == pytest.approx(DIFFERING_SCALE * (MAX_DIFFERING - differing[3]))  # the nearest measure
@@ -271,22 +280,19 @@ def test_the_decision_is_the_grey_rule_or_the_colour_rule():
 
     colour_rule = f"match of at least {COLOUR_MATCH} and a detail of at least {COLOUR_DETAIL}"
     assert colour_rule in description(LeakageParams, "min_colour")
-    assert f"or colour >= 0.9 and match >= {COLOUR_MATCH} and detail >= {COLOUR_DETAIL}; and inside >= 0.75, or " \
-        f"colour >= 0.9 and inside >= {COLOUR_DETAIL}, where measured, in grey differ <= {MAX_DIFFERING:.1%} and " \
-        "inside >= 0.7)" in picture_title(lk, "lite0")
+    assert f"or colour >= 0.9 and match >= {COLOUR_MATCH} and detail >= {COLOUR_DETAIL}; on a plain background " \
+        f"also, in colour, inside >= 0.75 or colour >= 0.9 and inside >= {COLOUR_DETAIL}, in grey differ <= " \
+        f"{MAX_DIFFERING:.1%} and inside >= 0.7)" in picture_title(lk, "lite0")
     off = picture_title(grey_only, "lite0")
-    assert "(match >= 0.8 and detail >= 0.75, or match >= 0.9 and detail >= 0.7; and inside >= 0.75 where measured, " \
-        "in grey differ <= 0.5% and inside >= 0.7), " \
-        "blue: possible (within 0.2 of" in off
+    assert "(match >= 0.8 and detail >= 0.75, or match >= 0.9 and detail >= 0.7; on a plain background also differ " \
+        "<= 0.5% and inside >= 0.7), blue: possible (within 0.2 of" in off
     assert "colour >=" not in off and "not measured" in off
     no_band = picture_title(grey_only.model_copy(update={"possible_margin": 0.0}), "lite0")
-    assert "detail >= 0.7; and inside >= 0.75 where measured, in grey differ <= 0.5% and inside >= 0.7), orange: " \
-        "rejected" in no_band \
-        and "blue" not in no_band
+    assert "and inside >= 0.7), orange: rejected" in no_band and "blue" not in no_band
     stricter = picture_title(lk.model_copy(update={"threshold": 0.85, "min_detail": 0.8}), "lite0")
     assert "(match >= 0.85 and detail >= 0.8, or match >= 0.95 and detail >= 0.75, or colour" in stricter
-    assert "and inside >= 0.8, or colour >= 0.9 and inside >= 0.6, where measured, in grey differ <= 0.5% and " \
-        "inside >= 0.75)" in stricter
+    assert "in colour, inside >= 0.8 or colour >= 0.9 and inside >= 0.6, in grey differ <= 0.5% and inside >= 0.75)" \
+        in stricter
     assert "inside of the object alone" in description(LeakageParams, "min_detail")
 
 

@@ -107,8 +107,8 @@ class Pair:
     """The detail over the inside of the object alone, where both images are on a plain background; NaN elsewhere
     (:func:`_best_alignment`)."""
     differing: float = float("nan")
-    """The share of pixels differing after the fine alignment, where both images are on a plain background and
-    grey (or colour is not measured); NaN elsewhere (:func:`_differing`)."""
+    """The share of pixels differing after the fine alignment, where both images are on a plain background, their
+    colour is not measured and the pair could be confirmed or possible; NaN elsewhere (:func:`_differing`)."""
 
     @property
     def on_plain_background(self) -> bool:
@@ -234,7 +234,8 @@ PLAIN_SHARE = 0.6
 MOSTLY_PLAIN = 0.5
 """When at least this share of the checked pairs is on a plain background (``checked_on_plain_background``), the
 stage and the report say that the near-copy figures are bounds there (:func:`plain_background_note`): on
-Fashion-MNIST about one different item of one cut in five still passes for a copy (docs/leakage.md)."""
+Fashion-MNIST's planted benchmark 2.5% to 9.2% of the different items of one cut still pass for copies
+(docs/leakage.md)."""
 MIN_INSIDE = 0.05
 """The ``interior`` is measured where the inside of the object covers at least this share of the compared window."""
 DIFFER_LEVEL, MAX_DIFFERING = 0.12, 0.005
@@ -357,6 +358,12 @@ def _cosines(a, b):
     return (a * b).flatten(1).sum(1) / norms.clamp_min(1e-6)
 
 
+def _reach_margin(size: int) -> tuple[int, int]:
+    """The alignment's geometry at ``size`` pixels: the farthest shift tried (15% of the side) and the query's
+    border left out of the compared window (a tenth of the side)."""
+    return math.ceil(0.15 * size), max(1, size // 10)
+
+
 def _best_alignment(queries, bases, scales: Sequence[float] = SCALES, inside: bool = True):
     """The cosine similarity of the gradient fields of each query (P, 1, S, S) and its base at their best
     alignment: the base at each of ``scales``, upright and mirrored, at every shift of up to 15% of the
@@ -371,7 +378,7 @@ def _best_alignment(queries, bases, scales: Sequence[float] = SCALES, inside: bo
     import torch.nn.functional as F
 
     P, size = len(queries), queries.shape[-1]
-    reach, margin, sigma = math.ceil(0.15 * size), max(1, size // 10), 0.35 + 0.35 * size / 32
+    (reach, margin), sigma = _reach_margin(size), 0.35 + 0.35 * size / 32
     blurred_queries, blurred_bases = _blur(queries, sigma), _blur(bases, sigma)
     q = _gradients(blurred_queries)
     window = q.shape[-1] - 2 * margin
@@ -416,14 +423,15 @@ def _differing(queries, bases, version, shift, scales: Sequence[float] = SCALES)
     each side, not of both) refined by gradient descent on the squared difference of the two blurred images, the base's
     grey levels fitted to the query's by a line (brightness and contrast) at each step. Then the share of the query's
     central window (the base's edge left out: :data:`FINE_EDGE`) where they differ by more than :data:`DIFFER_LEVEL`
-    of the query's contrast (the 90th percentile of its distance to its background level, :func:`_plain`). A copy
-    differs by its re-encoding noise; a different item of one cut where its shape or its print differs."""
+    of the query's contrast (the 90th percentile of its object's distance to its background level, :func:`_plain`);
+    NaN without such pixels. A copy differs by its re-encoding noise; a different item of one cut where its shape or
+    its print differs."""
     import torch
     import torch.nn.functional as F
 
     size = queries.shape[-1]
-    reach, margin = math.ceil(0.15 * size), max(1, size // 10)
-    window, canvas = size - 2 * margin, size + 2 * reach
+    reach, margin = _reach_margin(size)
+    window, canvas = size - 2 - 2 * margin, size + 2 * reach  # the pixels under the grid's compared gradients
     q, b = _blur(queries, FINE_SIGMA * size / 32), _blur(bases, FINE_SIGMA * size / 32)
     level = _plain(q)[0]
     q = q[:, 0, 1 + margin : 1 + margin + window, 1 + margin : 1 + margin + window]
@@ -457,9 +465,11 @@ def _differing(queries, bases, version, shift, scales: Sequence[float] = SCALES)
     with torch.no_grad():
         base, grid = sampled()
         inside = (grid.abs() <= 1 - 2 * FINE_EDGE / size).all(-1)
-        contrast = (q - level[:, None, None]).abs().flatten(1).quantile(0.9, dim=1).clamp_min(1.0)
+        away = (q - level[:, None, None]).abs().flatten(1)
+        contrast = torch.where(away > PLAIN_LEVELS, away, torch.nan).nanquantile(0.9, dim=1).clamp_min(1.0)
         differs = (residual(base).abs() > DIFFER_LEVEL * contrast[:, None, None]) & inside
-        return differs.flatten(1).sum(1) / inside.flatten(1).sum(1).clamp_min(1)
+        share = differs.flatten(1).sum(1) / inside.flatten(1).sum(1)
+        return torch.where(inside.flatten(1).any(1) & ~contrast.isnan(), share, torch.nan)
 
 
 def _colour_at(queries, bases, version, shift, size: int, scales: Sequence[float] = SCALES):
@@ -530,10 +540,9 @@ def match(queries: np.ndarray, bases: np.ndarray, query_colours: np.ndarray | No
                 if lk is not None:  # at best no pixel differs
                     grey &= decision_margin(scores[at], details[at], colours[at], lk, interiors[at], 0.0) >= (
                         -lk.possible_margin)
-                grey = torch.from_numpy(grey)
                 if grey.any():
-                    differing[at[grey.numpy()]] = _differing(q[keep[grey]], b[keep[grey]], version[grey],
-                                                             shift[grey]).numpy()
+                    fine = torch.from_numpy(grey)
+                    differing[at[grey]] = _differing(q[keep[fine]], b[keep[fine]], version[fine], shift[fine]).numpy()
     finally:
         torch.set_num_threads(threads)
     return scores, mirrored, details, colours, interiors, differing
@@ -557,8 +566,9 @@ def decision_margin(score, detail, colour, lk: LeakageParams, interior=float("na
     :data:`COLOUR_DETAIL` (a copy whose inside lost its faint structure to blur keeps its colours); in grey, at most
     :data:`MAX_DIFFERING` of the pixels differing after the fine alignment (counted :data:`DIFFERING_SCALE` times in
     the margin) with an interior down to the grey rule's second point (0.7 at the defaults): the pixels see a shape
-    or a shade, the interior a print or a seam. A NaN colour term drops out (``np.fmax``); a NaN match or detail
-    gives NaN (never confirmed)."""
+    or a shade, the interior a print or a seam (a ``differing`` is read only with its ``interior``, as :func:`match`
+    gives them; with ``lk.min_detail`` -1 neither counts). A NaN colour term drops out (``np.fmax``); a NaN match or
+    detail gives NaN (never confirmed)."""
     strong_match, lower_detail = strong_point(lk)
     rules = np.maximum(np.minimum(score - lk.threshold, detail - lk.min_detail),
                        np.minimum(score - strong_match, detail - lower_detail))
@@ -567,8 +577,9 @@ def decision_margin(score, detail, colour, lk: LeakageParams, interior=float("na
         rules = np.fmax(rules, np.minimum(np.minimum(score - COLOUR_MATCH, detail - COLOUR_DETAIL),
                                           colour - lk.min_colour))
         inside = np.fmax(inside, np.minimum(colour - lk.min_colour, interior - COLOUR_DETAIL))
-    grey = np.minimum(DIFFERING_SCALE * (MAX_DIFFERING - differing), interior - lower_detail)
-    inside = np.where(np.isnan(differing), inside, grey)
+    if lk.min_detail > -1:  # -1: the match alone decides
+        grey = np.minimum(DIFFERING_SCALE * (MAX_DIFFERING - differing), interior - lower_detail)
+        inside = np.where(np.isnan(differing), inside, grey)
     return np.where(np.isnan(inside), rules, np.minimum(rules, inside))
 
 
@@ -624,7 +635,7 @@ def write_pairs(pairs: Iterable[Pair], path: str | Path) -> None:
                              str(p.mirrored).lower(), str(p.confirmed).lower(),
                              "" if math.isnan(p.colour) else f"{p.colour:.4f}", p.pixel_rank, str(p.possible).lower(),
                              "" if math.isnan(p.interior) else f"{p.interior:.4f}",
-                             "" if math.isnan(p.differing) else f"{p.differing:.4f}"])
+                             "" if math.isnan(p.differing) else f"{p.differing:.6f}"])
 
 
 def read_pairs(path: str | Path, flagged_only: bool = False) -> list[Pair]:
@@ -735,8 +746,8 @@ def plot_pairs(groups: Sequence[tuple[str, Sequence[Pair]]], images: dict[str, n
             axes[2 * g, c].set_title(f"{p.split_pair} {found}\nmatch {p.match:.3f}"
                                      f"{' M' if p.mirrored else ''}\ndetail {p.detail:.3f}"
                                      f"\ncolour {'-' if math.isnan(p.colour) else f'{p.colour:.3f}'}"
-                                     f"{'' if math.isnan(p.interior) else f', inside {p.interior:.2f}'}"
-                                     + ("" if math.isnan(p.differing) else f"\ndiffer {p.differing:.1%}"), fontsize=6.5,
+                                     f"{'' if math.isnan(p.interior) else f', inside {p.interior:.3f}'}"
+                                     + ("" if math.isnan(p.differing) else f"\ndiffer {p.differing:.2%}"), fontsize=6.5,
                                      color=colour)
         axes[2 * g, 0].set_ylabel(label, fontsize=8)
     fig.suptitle(wrapped, fontsize=9)

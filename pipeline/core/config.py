@@ -485,7 +485,8 @@ class LeakageParams(Section):
     also confirmed where both images have colour: the cosine of their colour layouts (chroma) at that alignment at
     least this, with a match of at least 0.7 and a detail of at least 0.6 (a blurred or re-encoded copy keeps its
     colours; two photographs of one outline seldom do); on a plain background, agreeing colour layouts also let the
-    inside of the object (`min_detail`) go down to 0.6; null: `threshold` and `min_detail` alone decide"""
+    inside of the object (`min_detail`) go down to 0.6; null: no colour measured, so `threshold` and `min_detail`
+    decide, and on a plain background the pixels after a fine alignment too (see `min_detail`)"""
     possible_margin: float = Field(0.2, ge=0, le=1)
     """not confirmed but within this of the decision: a possible near-copy, left out of a third figure (0: none)
 

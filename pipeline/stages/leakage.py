@@ -56,14 +56,17 @@ THUMBNAIL = 96
 
 def picture_title(lk: LeakageParams, backbone: str) -> str:
     """The title of pairs.png: what each caption's numbers are and the decision, the colour rule only when it is on."""
+    strong = strong_point(lk)
+    grey = f"differ <= {MAX_DIFFERING:.1%} and inside >= {strong[1]}"
     if lk.min_colour is None:
-        colour, rule, inside = "colour: not measured (leakage.min_colour is null)", "", ""
+        colour, rule = "colour: not measured (leakage.min_colour is null)", ""
+        plain = f"on a plain background also {grey}"
     else:
         colour = "colour: colour layouts' cosine there (-: too little colour)"
         rule = f", or colour >= {lk.min_colour} and match >= {COLOUR_MATCH} and detail >= {COLOUR_DETAIL}"
-        inside = f", or colour >= {lk.min_colour} and inside >= {COLOUR_DETAIL},"
+        plain = (f"on a plain background also, in colour, inside >= {lk.min_detail} or colour >= {lk.min_colour} and "
+                 f"inside >= {COLOUR_DETAIL}, in grey {grey}")
     pixels = f", or of its {lk.pixel_neighbours} by the pixels (pixels #rank)" if lk.pixel_neighbours else ""
-    strong = strong_point(lk)
     band = (f"blue: possible (within {lk.possible_margin} of confirming by the measure nearest its threshold), "
             if lk.possible_margin else "")
     return (f"test images (top) and a candidate near-copy (bottom): one of its {lk.neighbours} nearest by the pooled "
@@ -71,8 +74,7 @@ def picture_title(lk: LeakageParams, backbone: str) -> str:
             f"{lk.pixel_size} px (M: mirrored), detail: gradient directions' cosine there, {colour}; both on a plain "
             f"background: inside: the detail over the object's inside, differ: the pixels differing after a fine "
             f"alignment (grey)\ngreen: confirmed (match >= {lk.threshold} and detail >= {lk.min_detail}, or match >= "
-            f"{strong[0]} and detail >= {strong[1]}{rule}; and inside >= {lk.min_detail}{inside} where measured, in grey "
-            f"differ <= {MAX_DIFFERING:.1%} and inside >= {strong[1]}), {band}orange: rejected")
+            f"{strong[0]} and detail >= {strong[1]}{rule}; {plain}), {band}orange: rejected")
 
 
 def boundary(pairs: list[Pair], lk: LeakageParams, shown: int = SHOWN) -> list[tuple[str, list[Pair]]]:
