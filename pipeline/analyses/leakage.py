@@ -234,7 +234,7 @@ PLAIN_SHARE = 0.6
 MOSTLY_PLAIN = 0.5
 """When at least this share of the checked pairs is on a plain background (``checked_on_plain_background``), the
 stage and the report say that the near-copy figures are bounds there (:func:`plain_background_note`): on
-Fashion-MNIST's planted benchmark 2.5% to 9.2% of the different items of one cut still pass for copies
+Fashion-MNIST's planted benchmark 3.8% to 9.2% of the different items of one cut still pass for copies
 (docs/leakage.md)."""
 MIN_INSIDE = 0.05
 """The ``interior`` is measured where the inside of the object covers at least this share of the compared window."""
