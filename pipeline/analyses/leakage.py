@@ -249,8 +249,8 @@ possible near-copies (``leakage.possible_margin``, 0.2) reaches 5.5% of the pixe
 Fashion-MNIST benchmark most copies it misses lie."""
 FINE_SIGMA, FINE_STEPS, FINE_RATE, FINE_EDGE = 1.0, 80, 0.06, 3.0
 """The fine alignment: both images blurred by a Gaussian of this sigma (pixels at 32), this many Adam steps of this
-rate on the shift and the scale of each axis, and the pixels whose base position lies within this many pixels of
-the base image's edge left out (what a shifted copy brought in from beyond its frame)."""
+rate on the shift and the scale of each axis, and the pixels whose base position lies within this many pixels (at
+32) of the base image's edge left out (what a shifted copy brought in from beyond its frame)."""
 CHUNK = 256
 """Pairs aligned at once (memory: about 0.2 MiB per pair at 32 pixels)."""
 
@@ -464,7 +464,7 @@ def _differing(queries, bases, version, shift, scales: Sequence[float] = SCALES)
                 log_scale.copy_(torch.minimum(torch.maximum(log_scale, start - 0.1), start + 0.1))  # near the grid's
     with torch.no_grad():
         base, grid = sampled()
-        inside = (grid.abs() <= 1 - 2 * FINE_EDGE / size).all(-1)
+        inside = (grid.abs() <= 1 - FINE_EDGE / 16).all(-1)  # FINE_EDGE pixels at 32, as the blur
         away = (q - level[:, None, None]).abs().flatten(1)
         contrast = torch.where(away > PLAIN_LEVELS, away, torch.nan).nanquantile(0.9, dim=1).clamp_min(1.0)
         differs = (residual(base).abs() > DIFFER_LEVEL * contrast[:, None, None]) & inside
