@@ -1,15 +1,15 @@
 """A head swap as a user types it, against the first full run, in one run.
 
-    python benchmarks/head_swap.py [--subset-per-class N] [--workdir DIR]
+    python benchmarks/head_swap.py [--subset-per-class N] [--workdir DIR] [--repeat N]
     python benchmarks/head_swap.py --project DIR --first-run-seconds S   # a project whose dvc repro is done
 
 Copies the project into a fresh git repository and runs the full default ``dvc repro`` once (timed),
 unless ``--project`` names a project already run (then ``--first-run-seconds`` is its first run's time).
 Then, from that committed baseline each time, it times ``dvc exp run -S <setting>`` for
 ``head.kind=ridge``, ``head.logistic.C=0.002`` and ``head.kind=linear`` (the baseline is restored between
-them, untimed, from DVC's run cache). Prints the CPU, each wall time, its ratio to the first run, the
-stages that ran, and checks from DVC's own record (dvc.lock) and the files' sha256 that neither the
-features nor the cut cache were recomputed.
+them, untimed, from DVC's run cache), each ``--repeat`` times. Prints the CPU, each wall time and the median,
+their ratio to the first run, the stages that ran, and checks from DVC's own record (dvc.lock) and the files'
+sha256 that neither the features nor the cut cache were recomputed.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import argparse
 import hashlib
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -77,7 +78,7 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def swap_heads(repo: Path, first: float) -> None:
+def swap_heads(repo: Path, first: float, repeat: int) -> None:
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "first run", "--allow-empty")
     features = sorted((repo / "data" / "features").glob("*.h5"))
@@ -86,15 +87,22 @@ def swap_heads(repo: Path, first: float) -> None:
     print(f"CPU: {describe_cpu()}")
     print(f"first dvc repro: {first:.1f} s  [{repo}]")
     for setting in SWAPS:
-        seconds, out = run([*DVC, "exp", "run", "-S", setting], repo)
-        locked = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
-        untouched = ("Running stage 'extract" not in out and all(locked[k] == v for k, v in extract.items())
-                     and [sha256(f) for f in features] == digests)
-        ran = [line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")]
-        print(f"dvc exp run -S {setting:22s} {seconds:5.1f} s = 1/{first / seconds:.0f} of the first run; features "
-              f"recomputed: {'no' if untouched else 'YES'}; stages run: {', '.join(ran)}")
-        run(["git", "checkout", "-q", "--", "params.yaml"], repo)  # back to the baseline, untimed
-        run([*DVC, "repro"], repo)
+        times = []
+        for _ in range(repeat):
+            seconds, out = run([*DVC, "exp", "run", "-S", setting], repo)
+            times.append(seconds)
+            locked = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+            untouched = ("Running stage 'extract" not in out and all(locked[k] == v for k, v in extract.items())
+                         and [sha256(f) for f in features] == digests)
+            ran = [line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")]
+            print(f"dvc exp run -S {setting:22s} {seconds:5.1f} s = 1/{first / seconds:.0f} of the first run; "
+                  f"features recomputed: {'no' if untouched else 'YES'}; stages run: {', '.join(ran)}", flush=True)
+            run(["git", "checkout", "-q", "--", "params.yaml"], repo)  # back to the baseline, untimed
+            run([*DVC, "repro"], repo)
+        if repeat > 1:
+            median = statistics.median(times)
+            print(f"  median of {repeat}: {median:.1f} s = 1/{first / median:.0f} of the first run "
+                  f"(fastest {min(times):.1f} s, slowest {max(times):.1f} s)", flush=True)
 
 
 def main() -> None:
@@ -103,15 +111,17 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary directory")
     parser.add_argument("--project", type=Path, default=None, help="a project whose first dvc repro is done")
     parser.add_argument("--first-run-seconds", type=float, default=None, help="with --project: its first run's time")
+    parser.add_argument("--repeat", type=int, default=3, help="times each swap runs, its median printed (default 3: "
+                        "a 2-core cloud machine's swaps vary by a third from one to the next)")
     args = parser.parse_args()
     if args.project:
         if args.first_run_seconds is None:
             parser.error("--project needs --first-run-seconds (the time of that project's first dvc repro)")
-        swap_heads(args.project.resolve(), args.first_run_seconds)
+        swap_heads(args.project.resolve(), args.first_run_seconds, args.repeat)
         return
     repo = (args.workdir or Path(tempfile.mkdtemp(prefix="head-swap-"))) / "project"
     repo.mkdir(parents=True)
-    swap_heads(repo, make_project(repo, args.subset_per_class))
+    swap_heads(repo, make_project(repo, args.subset_per_class), args.repeat)
 
 
 if __name__ == "__main__":

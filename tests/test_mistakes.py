@@ -3,6 +3,8 @@ mistakes drawn from the real test images."""
 
 import csv
 import json
+import os
+import shutil
 
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ from PIL import Image
 
 from pipeline.core import layout
 from pipeline.core.config import MistakesParams
-from pipeline.core.errors import PipelineError
+from pipeline.core.errors import BadImageError, PipelineError
 from pipeline.data.sources import Splits
 from pipeline.reports.mistakes import load_thumbnails
 from pipeline.stages import evaluate, mistakes, train
@@ -121,6 +123,28 @@ def test_the_images_drawn_are_the_test_images_by_id(caches, cifar_folder, report
     assert images.keys() == ids
     for key, image in images.items():  # CIFAR's 32 px are below the thumbnail size: the pixels as they are
         np.testing.assert_array_equal(image, np.asarray(Image.open(cifar_folder / key).convert("RGB")))
+
+
+def test_images_read_while_other_work_runs_make_the_same_pictures(evaluated, report, tmp_path):
+    """The report stage runs compare while the images are read in a forked process (``meanwhile``): the same
+    files as read one after the other, the other work done once, here; an image gone from the dataset stops
+    it with the reader's message, and nothing is written."""
+    out, _, dirs = evaluated
+    heads, files, settings = report
+    ran = []
+    again = files_in(tmp_path / "again")
+    mistakes.run(settings, out / "splits.json", dirs, again, meanwhile=lambda: ran.append(os.getpid()))
+    assert ran == [os.getpid()]
+    assert {name: path.read_bytes() for name, path in again.items()} == {n: p.read_bytes() for n, p in files.items()}
+
+    splits = json.loads((out / "splits.json").read_text())
+    shutil.copytree(splits["source"], tmp_path / "images")
+    gone = heads[0].worst[0].id
+    (tmp_path / "images" / gone).unlink()
+    (tmp_path / "splits.json").write_text(json.dumps(splits | {"source": str(tmp_path / "images")}))
+    with pytest.raises(BadImageError, match=f"cannot read image '{gone}'"):
+        mistakes.run(settings, tmp_path / "splits.json", dirs, files_in(tmp_path / "broken"), meanwhile=lambda: None)
+    assert not (tmp_path / "broken").exists()
 
 
 def copy_evaluations(dirs, dest):

@@ -7,13 +7,18 @@ its most confident mistakes (<role>_worst.png) and each class's most confused cl
 (<role>_confused.png), and mistakes.md / mistakes.json listing them (see :mod:`pipeline.reports.mistakes`).
 A head whose mistakes are the same as when its pictures were drawn (mistakes.json records a fingerprint;
 the pictures are persistent DVC outputs) is not drawn again: swapping the main head redraws only it.
+The report stage runs compare while the images are read (``meanwhile``): reading them is one pass over the
+dataset (an archive's test images come last), about a second that compare's own second hides.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 from pipeline.core import layout
 from pipeline.core.config import MistakesParams, Params
@@ -30,9 +35,10 @@ from pipeline.reports.mistakes import (
 
 
 def run(settings: MistakesParams, splits_path: str | Path, evaluation_dirs: dict[str, str | Path],
-        files: dict[str, Path] | None = None) -> list[HeadMistakes]:
+        files: dict[str, Path] | None = None, meanwhile: Callable[[], object] | None = None) -> list[HeadMistakes]:
     """``evaluation_dirs``: the evaluation folder of every configuration, by key, the main head (``head``)
-    first. Returns the main and the best head's mistakes, as written."""
+    first. ``meanwhile``: other work, done while the images are read (:func:`read_meanwhile`). Returns the main
+    and the best head's mistakes, as written."""
     splits = Splits.load(splits_path)
     dirs = {key: Path(d) for key, d in evaluation_dirs.items()}
     metrics = {key: json.loads((d / layout.METRICS).read_text()) for key, d in dirs.items()}
@@ -44,7 +50,7 @@ def run(settings: MistakesParams, splits_path: str | Path, evaluation_dirs: dict
     files = files or layout.mistakes_files()
     keep = drawn_before(files, fingerprints)
     shown = {p.id for m in heads if m.role not in keep for p in [*m.worst, *(e for c in m.confusions for e in c.examples)]}
-    images = load_thumbnails(splits, shown)
+    images = read_meanwhile(splits, shown, meanwhile)
     files = write_report(heads, images, settings.columns, settings.examples_per_class, files, fingerprints, keep)
     if keep:
         print(f"mistakes of the {' and '.join(sorted(keep))} head unchanged: their pictures kept")
@@ -56,9 +62,24 @@ def run(settings: MistakesParams, splits_path: str | Path, evaluation_dirs: dict
     return heads
 
 
-def run_all(params: Params) -> list[HeadMistakes]:
-    """The mistakes of the main and the best head, into the project's files."""
-    return run(params.mistakes, layout.SPLITS, {key: layout.evaluation_dir(key) for key in params.head_keys()})
+def read_meanwhile(splits: Splits, ids: set[str], meanwhile: Callable[[], object] | None) -> dict:
+    """The thumbnails of the test images ``ids`` (:func:`load_thumbnails`), read in a forked process while
+    ``meanwhile()`` runs here; where there is nothing to read or fork is not available (Windows, macOS's
+    default), one after the other. ``meanwhile``'s error comes first, as when it runs first."""
+    if not ids or meanwhile is None or "fork" not in multiprocessing.get_all_start_methods():
+        if meanwhile is not None:
+            meanwhile()
+        return load_thumbnails(splits, ids)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as reader:
+        images = reader.submit(load_thumbnails, splits, ids)
+        meanwhile()
+        return images.result()
+
+
+def run_all(params: Params, meanwhile: Callable[[], object] | None = None) -> list[HeadMistakes]:
+    """The mistakes of the main and the best head, into the project's files; ``meanwhile`` as for :func:`run`."""
+    return run(params.mistakes, layout.SPLITS, {key: layout.evaluation_dir(key) for key in params.head_keys()},
+               meanwhile=meanwhile)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,8 @@
 mistakes of the main and the best head (:mod:`pipeline.stages.mistakes`, the one part that reads images), then
 one page that answers the five questions of the run (which head, how many labels, which backbone, how far to
 trust it, where it fails), each section opening with a sentence computed from the figures. One process: a
-head swap re-runs all three, and each process of its own would start and import again (about a second).
+head swap re-runs all three, and each process of its own would start and import again (about a second);
+compare runs while the mistakes' images are read, in a forked process.
 
 The page reads only the other stages' outputs (no image, no backbone, no fitting; see
 :mod:`pipeline.reports.report`) and is written as one set: evaluation/report.md (links to the pictures beside
@@ -32,8 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.stages import compare, mistakes
 
     def stage(params: Params, _) -> dict[str, str]:
-        compare.run_all(params)
-        mistakes.run_all(params)
+        mistakes.run_all(params, meanwhile=lambda: compare.run_all(params))  # compare while the images are read
         return run(params)
 
     args = parser(__doc__).parse_args(argv)
