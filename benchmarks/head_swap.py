@@ -7,7 +7,8 @@ Copies the project into a fresh git repository and runs the full default ``dvc r
 unless ``--project`` names a project already run (then ``--first-run-seconds`` is its first run's time).
 Then, from that committed baseline each time, it times ``dvc exp run -S <setting>`` for
 ``head.kind=ridge``, ``head.logistic.C=0.002`` and ``head.kind=linear`` (the baseline is restored between
-them, untimed, from DVC's run cache), each ``--repeat`` times. Prints the CPU, each wall time and the median,
+them, untimed: ``git checkout params.yaml``, then ``dvc repro``, which fits the main head again), each
+``--repeat`` times. Prints the CPU, each wall time and the median,
 their ratio to the first run, the stages that ran, and checks from DVC's own record (dvc.lock) and the files'
 sha256 that neither the features nor the cut cache were recomputed.
 """
@@ -114,6 +115,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="times each swap runs, its median printed (default 3: "
                         "a 2-core cloud machine's swaps vary by a third from one to the next)")
     args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error(f"--repeat must be at least 1, not {args.repeat}")
     if args.project:
         if args.first_run_seconds is None:
             parser.error("--project needs --first-run-seconds (the time of that project's first dvc repro)")

@@ -125,10 +125,17 @@ def test_the_images_drawn_are_the_test_images_by_id(caches, cifar_folder, report
         np.testing.assert_array_equal(image, np.asarray(Image.open(cifar_folder / key).convert("RGB")))
 
 
-def test_images_read_while_other_work_runs_make_the_same_pictures(evaluated, report, tmp_path):
+def _dies_in_a_child(*args):
+    """:func:`load_thumbnails`, but a process forked from the test's dies at once."""
+    if os.getpid() != _dies_in_a_child.parent:
+        os._exit(9)
+    return load_thumbnails(*args)
+
+
+def test_images_read_while_other_work_runs_make_the_same_pictures(evaluated, report, tmp_path, monkeypatch):
     """The report stage runs compare while the images are read in a forked process (``meanwhile``): the same
-    files as read one after the other, the other work done once, here; an image gone from the dataset stops
-    it with the reader's message, and nothing is written."""
+    files as read one after the other, the other work done once, here; a reader that dies is replaced by a
+    read here; an image gone from the dataset stops it with the reader's message, and nothing is written."""
     out, _, dirs = evaluated
     heads, files, settings = report
     ran = []
@@ -136,6 +143,13 @@ def test_images_read_while_other_work_runs_make_the_same_pictures(evaluated, rep
     mistakes.run(settings, out / "splits.json", dirs, again, meanwhile=lambda: ran.append(os.getpid()))
     assert ran == [os.getpid()]
     assert {name: path.read_bytes() for name, path in again.items()} == {n: p.read_bytes() for n, p in files.items()}
+
+    monkeypatch.setattr(mistakes, "load_thumbnails", _dies_in_a_child)
+    monkeypatch.setattr(_dies_in_a_child, "parent", os.getpid(), raising=False)
+    killed = files_in(tmp_path / "killed")  # a reader that dies (killed for memory, say): read here instead
+    mistakes.run(settings, out / "splits.json", dirs, killed, meanwhile=lambda: None)
+    assert killed["main_worst"].read_bytes() == files["main_worst"].read_bytes()
+    monkeypatch.undo()
 
     splits = json.loads((out / "splits.json").read_text())
     shutil.copytree(splits["source"], tmp_path / "images")

@@ -16,7 +16,9 @@ from __future__ import annotations
 import json
 import multiprocessing
 import sys
+import warnings
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Callable
 
@@ -64,16 +66,25 @@ def run(settings: MistakesParams, splits_path: str | Path, evaluation_dirs: dict
 
 def read_meanwhile(splits: Splits, ids: set[str], meanwhile: Callable[[], object] | None) -> dict:
     """The thumbnails of the test images ``ids`` (:func:`load_thumbnails`), read in a forked process while
-    ``meanwhile()`` runs here; where there is nothing to read or fork is not available (Windows, macOS's
-    default), one after the other. ``meanwhile``'s error comes first, as when it runs first."""
-    if not ids or meanwhile is None or "fork" not in multiprocessing.get_all_start_methods():
+    ``meanwhile()`` runs here, on Linux; elsewhere (fork is unsafe on macOS, absent on Windows) or with nothing
+    to read, one after the other. ``meanwhile``'s error comes first, as when it runs first; a reader that died
+    (killed for memory, say) is read again here, which raises its error or returns the images."""
+    if not ids or meanwhile is None or not sys.platform.startswith("linux"):
         if meanwhile is not None:
             meanwhile()
         return load_thumbnails(splits, ids)
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as reader:
+    with warnings.catch_warnings():
+        # Python 3.12+ warns of fork in a process with threads (here OpenBLAS's, idle): the child runs the
+        # archive reader and Pillow only, nothing that takes a lock those threads could hold.
+        warnings.filterwarnings("ignore", "This process .* is multi-threaded", DeprecationWarning)
+        reader = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
         images = reader.submit(load_thumbnails, splits, ids)
+    with reader:
         meanwhile()
-        return images.result()
+        try:
+            return images.result()
+        except BrokenProcessPool:
+            return load_thumbnails(splits, ids)
 
 
 def run_all(params: Params, meanwhile: Callable[[], object] | None = None) -> list[HeadMistakes]:
