@@ -9,7 +9,7 @@ import yaml
 from scipy.optimize import brentq
 
 from pipeline.heads.base import load_head
-from pipeline.heads.metrics import Z95, mcnemar_exact, mean_of_proportions_interval, wilson_interval
+from pipeline.heads.metrics import Z95, mcnemar_exact, mean_of_proportions_interval, t_quantile, wilson_interval
 from pipeline.stages import compare, evaluate, train
 from tests.conftest import ROOT
 
@@ -23,6 +23,20 @@ def test_wilson_interval_solves_its_defining_equation(correct, n):
     low = 0.0 if correct == 0 else brentq(gap, 0.0, min(p_hat, 1 - 1e-12))
     high = 1.0 if correct == n else brentq(gap, max(p_hat, 1e-12), 1.0)
     assert wilson_interval(correct, n) == pytest.approx((low, high), abs=1e-9)
+
+
+@pytest.mark.parametrize("df", [*range(1, 41), 99, 100, 1000])
+def test_t_quantile_is_scipys(df):
+    from scipy.special import stdtrit
+
+    for p in (0.001, 0.025, 0.3, 0.5, 0.6, 0.9, 0.95, 0.975, 0.995, 0.9995):
+        assert t_quantile(df, p) == pytest.approx(float(stdtrit(df, p)), rel=1e-10, abs=1e-12)
+
+
+@pytest.mark.parametrize("df, p", [(0, 0.975), (2.5, 0.975), (3, 0.0), (3, 1.0)])
+def test_t_quantile_refuses_what_it_does_not_compute(df, p):
+    with pytest.raises(ValueError, match="t_quantile needs a positive integer df and 0 < p < 1"):
+        t_quantile(df, p)
 
 
 def test_mcnemar_is_the_exact_binomial_test_on_the_discordant_pairs():

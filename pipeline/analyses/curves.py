@@ -41,6 +41,7 @@ from pipeline.core.config import ALL_SHOTS, CurvesParams, HeadConfig
 from pipeline.core.drawing import figure, save_png
 from pipeline.core.fileutil import atomic_path, write_json
 from pipeline.core.head_registry import head_class
+from pipeline.heads.metrics import t_quantile
 from pipeline.heads.shots import ShotFit, ShotSet, TestSplit
 
 if TYPE_CHECKING:
@@ -175,16 +176,13 @@ class Point:
 
 def t_interval(values: list[float], confidence: float) -> tuple[float, float | None, float | None, float | None]:
     """Mean, standard deviation (ddof 1) and the t-interval of the mean at ``confidence``; None where
-    there is a single value. The t quantile is scipy.special's ``stdtrit`` (what ``scipy.stats.t.interval``
-    computes; importing scipy.stats costs 0.5 s of the report stage, which a head swap re-runs)."""
-    from scipy.special import stdtrit
-
+    there is a single value (``scipy.stats.t.interval``'s, with :func:`t_quantile`)."""
     v = np.asarray(values, dtype=np.float64)
     mean = float(v.mean())
     if len(v) < 2:
         return mean, None, None, None
     std = float(v.std(ddof=1))
-    half = float(stdtrit(len(v) - 1, (1 + confidence) / 2)) * std / math.sqrt(len(v))
+    half = t_quantile(len(v) - 1, (1 + confidence) / 2) * std / math.sqrt(len(v))
     return mean, std, mean - half, mean + half
 
 
