@@ -8,9 +8,9 @@ unless ``--project`` names a project already run (then ``--first-run-seconds`` i
 Then, from that committed baseline each time, it times ``dvc exp run -S <setting>`` for
 ``head.kind=ridge``, ``head.logistic.C=0.002`` and ``head.kind=linear`` (the baseline is restored between
 them, untimed: ``git checkout params.yaml``, then ``dvc repro``, which fits the main head again), each
-``--repeat`` times. Prints the CPU, each wall time and the median,
-their ratio to the first run, the stages that ran, and checks from DVC's own record (dvc.lock) and the files'
-sha256 that neither the features nor the cut cache were recomputed.
+``--repeat`` times. Prints the CPU, each wall time and the median, their ratio to the first run, the stages
+that ran, and checks from DVC's own record (dvc.lock) and the files' sha256 that neither the features nor the
+cut cache were recomputed.
 """
 
 from __future__ import annotations

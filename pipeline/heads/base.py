@@ -292,8 +292,9 @@ class FeatureNormalizer:
         once): each run of ``BLOCK_ROWS`` rows's mean and sum of squared deviations, summed in float64 (the
         deviations from the mean rounded to the features' float32, corrected for that rounding: 2.7 times
         faster than all in float64 on 45,000 x 1,280, the scales within 1e-7; float64 features stay float64),
-        merged into the running ones (Chan et al.'s pairwise update; the variance has ddof = 0). scikit-learn's ``StandardScaler.partial_fit`` does the same; importing
-        scikit-learn costs 1.4 s of a head swap's 10-s budget on a 2-core CPU."""
+        merged into the running ones (Chan et al.'s pairwise update; the variance has ddof = 0).
+        scikit-learn's ``StandardScaler.partial_fit`` does the same; importing scikit-learn costs 1.4 s of a
+        head swap's 10-s budget on a 2-core CPU."""
         if self.mode == "standardize":
             n, mean, squares = 0, 0.0, 0.0
             for X, _ in blocks():

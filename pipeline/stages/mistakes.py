@@ -8,7 +8,7 @@ its most confident mistakes (<role>_worst.png) and each class's most confused cl
 A head whose mistakes are the same as when its pictures were drawn (mistakes.json records a fingerprint;
 the pictures are persistent DVC outputs) is not drawn again: swapping the main head redraws only it.
 The report stage runs compare while the images are read (``meanwhile``): reading them is one pass over the
-dataset (an archive's test images come last), about a second that compare's own second hides.
+dataset (an archive's test images come last), 0.5 to 1 s that compare's own second hides.
 """
 
 from __future__ import annotations
